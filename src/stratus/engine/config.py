@@ -1,0 +1,163 @@
+"""Model and engine configuration: what a checkpoint's config.json says, and how to run it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    family: str  # llama | mistral | qwen2
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool  # q/k/v projections carry a bias (Qwen2)
+    sliding_window: int | None
+    torch_dtype: str
+    bos_token_id: int | None
+    eos_token_ids: list[int] = field(default_factory=list)
+    quantization: dict | None = None  # written by `stratus compress`
+
+    @classmethod
+    def from_dir(cls, path: Path) -> ModelConfig:
+        file = path / "config.json"
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing; a checkpoint directory needs config.json")
+        try:
+            raw = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{file}: not valid JSON ({exc})") from exc
+        return cls.from_dict(raw, source=str(file))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config.json") -> ModelConfig:
+        archs = raw.get("architectures") or []
+        arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        if arch is None:
+            raise CheckpointError(
+                f"{source}: architectures {archs} not supported; expected one of "
+                f"{sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+        family = SUPPORTED_ARCHITECTURES[arch]
+
+        def need(key: str):
+            if key not in raw:
+                raise CheckpointError(f"{source}: missing required field {key!r} for {arch}")
+            return raw[key]
+
+        hidden = int(need("hidden_size"))
+        heads = int(need("num_attention_heads"))
+        kv_heads = int(raw.get("num_key_value_heads") or heads)
+        head_dim = int(raw.get("head_dim") or hidden // heads)
+        if heads % kv_heads:
+            raise CheckpointError(
+                f"{source}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
+            )
+        rope_scaling = raw.get("rope_scaling")
+        rope_theta = raw.get("rope_theta")
+        rope_params = raw.get("rope_parameters")  # transformers 5 may nest rope settings here
+        if isinstance(rope_params, dict):
+            rope_theta = rope_theta or rope_params.get("rope_theta")
+            if rope_params.get("rope_type", "default") != "default" and not rope_scaling:
+                rope_scaling = rope_params
+        if rope_scaling is not None:
+            kind = rope_scaling.get("rope_type") or rope_scaling.get("type")
+            if kind in (None, "default"):
+                rope_scaling = None
+            elif kind not in ("llama3", "linear"):
+                raise CheckpointError(
+                    f"{source}: rope_scaling type {kind!r} not supported; expected llama3 or linear"
+                )
+        eos = raw.get("eos_token_id")
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
+        if family == "qwen2" and not raw.get("use_sliding_window", False):
+            sliding = None
+        return cls(
+            architecture=arch,
+            family=family,
+            vocab_size=int(need("vocab_size")),
+            hidden_size=hidden,
+            intermediate_size=int(need("intermediate_size")),
+            num_layers=int(need("num_hidden_layers")),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta or 10000.0),
+            rope_scaling=rope_scaling,
+            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            attention_bias=family == "qwen2" or bool(raw.get("attention_bias", False)),
+            sliding_window=int(sliding) if sliding else None,
+            torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+            quantization=raw.get("quantization"),
+        )
+
+    def num_parameters(self) -> int:
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        q = self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h
+        if self.attention_bias:
+            per_layer += q + 2 * kv
+        head = 0 if self.tie_word_embeddings else v * h
+        return v * h + self.num_layers * per_layer + h + head
+
+
+@dataclass
+class EngineConfig:
+    """How to run one replica. Defaults suit a CPU; every field is a `stratus serve` knob."""
+
+    dtype: str = "auto"  # auto: float32 on CPU (bf16 is slow without AVX512-BF16), checkpoint dtype on GPU
+    device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
+    block_size: int = 16  # tokens per KV block
+    kv_cache_memory_mb: int = 256  # size of the KV block pool
+    max_num_seqs: int = 64  # sequences in one batch
+    max_num_batched_tokens: int = 512  # per-step token budget (prefill chunks + decodes)
+    max_model_len: int | None = None  # context window; default: the model's
+    enable_prefix_caching: bool = True
+    num_threads: int | None = None  # torch intra-op threads on CPU
+    seed: int = 0  # for unseeded sampling
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolve_dtype(self, model: ModelConfig, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            if device.type == "cpu":
+                return torch.float32
+            return DTYPES.get(model.torch_dtype, torch.bfloat16)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {self.dtype!r}")
+        return DTYPES[self.dtype]

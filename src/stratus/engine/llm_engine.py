@@ -1,0 +1,306 @@
+"""The synchronous engine core: admit requests, run steps, turn sampled tokens into deltas."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+
+from .block_manager import BlockManager
+from .config import CheckpointError, EngineConfig, ModelConfig
+from .model_runner import ModelRunner
+from .sampler import apply_penalties, sample, top_logprobs
+from .scheduler import Scheduler
+from .sequence import Sequence, Status
+from .tokenizer import IncrementalDetokenizer, Tokenizer
+from .types import (
+    Delta,
+    EngineStats,
+    GenerateRequest,
+    SamplingParams,
+    TokenLogprob,
+    ValidationError,
+)
+
+
+class LLMEngine:
+    def __init__(self, path: str | Path, config: EngineConfig | None = None):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: not a directory; expected a Hugging Face checkpoint")
+        self.config = config or EngineConfig()
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        self.model_config = ModelConfig.from_dir(self.path)
+        self.tokenizer = Tokenizer(self.path)
+        if self.tokenizer.vocab_size > self.model_config.vocab_size:
+            raise CheckpointError(
+                f"{self.path / 'tokenizer.json'}: {self.tokenizer.vocab_size} tokens, but config.json "
+                f"says vocab_size={self.model_config.vocab_size}"
+            )
+        self.max_model_len = min(
+            self.config.max_model_len or self.model_config.max_position_embeddings,
+            self.model_config.max_position_embeddings,
+        )
+        self.runner = ModelRunner(self.path, self.model_config, self.config, self.max_model_len)
+        pool_tokens = self.runner.num_blocks * self.config.block_size
+        if pool_tokens < self.max_model_len:
+            raise ValueError(
+                f"KV cache pool holds {pool_tokens} tokens, less than the context window "
+                f"{self.max_model_len}: raise kv_cache_memory_mb or lower max_model_len"
+            )
+        self.blocks = BlockManager(
+            self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.blocks, self.config.max_num_seqs, max(self.config.max_num_batched_tokens, 2)
+        )
+        self.eos_token_ids = self._eos_ids()
+        self.generator = torch.Generator(device=self.runner.device).manual_seed(self.config.seed)
+        self.requests: dict[str, list[Sequence]] = {}
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens generated in a step)
+        self.generated_tokens_total = 0
+        self.prompt_tokens_total = 0
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids = set(self.model_config.eos_token_ids)
+        gen_file = self.path / "generation_config.json"
+        if gen_file.is_file():
+            eos = json.loads(gen_file.read_text()).get("eos_token_id")
+            ids |= {eos} if isinstance(eos, int) else set(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return frozenset(ids)
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def prepare(self, request: GenerateRequest) -> list[int]:
+        """Validate a request and return its prompt token ids; raises ValidationError."""
+        params = request.params
+        params.validate()
+        if request.prompt_token_ids is not None:
+            ids = request.prompt_token_ids
+            if any(not isinstance(t, int) or not 0 <= t < self.model_config.vocab_size for t in ids):
+                raise ValidationError(
+                    f"prompt token ids must be integers in [0, {self.model_config.vocab_size})", "prompt"
+                )
+        elif request.prompt is not None:
+            ids = self.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+        else:
+            raise ValidationError("a prompt is required", "prompt")
+        if not ids:
+            raise ValidationError("the prompt is empty", "prompt")
+        if len(ids) >= self.max_model_len:
+            raise ValidationError(
+                f"the prompt is {len(ids)} tokens, but this model's context window is "
+                f"{self.max_model_len} tokens (prompt plus at least one generated token)",
+                "messages" if request.prompt is None else "prompt",
+            )
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise ValidationError(
+                f"max_tokens={params.max_tokens} does not fit: the prompt is {len(ids)} tokens and "
+                f"the context window is {self.max_model_len}, so max_tokens can be at most "
+                f"{self.max_model_len - len(ids)}",
+                "max_tokens",
+            )
+        return list(ids)
+
+    def add_request(self, request: GenerateRequest, prompt_ids: list[int] | None = None) -> None:
+        if request.request_id in self.requests:
+            raise ValidationError(f"request id {request.request_id!r} is already running", "request_id")
+        ids = prompt_ids if prompt_ids is not None else self.prepare(request)
+        params = request.params
+        stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else self.eos_token_ids
+        )
+        seqs = []
+        for index in range(params.n):
+            gen = None
+            if params.seed is not None:
+                gen = torch.Generator(device=self.runner.device).manual_seed(params.seed + index)
+            seq = Sequence(
+                request_id=request.request_id,
+                index=index,
+                token_ids=list(ids),
+                num_prompt_tokens=len(ids),
+                params=params,
+                stop_token_ids=stop_ids,
+                detokenizer=IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens),
+                generator=gen,
+            )
+            seqs.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request.request_id] = seqs
+        self.prompt_tokens_total += len(ids)
+
+    def abort(self, request_id: str) -> list[Delta]:
+        """Stop a request now and free its KV blocks; returns its closing deltas."""
+        deltas = []
+        for seq in self.requests.pop(request_id, []):
+            if not seq.finished:
+                self.scheduler.finish(seq)
+                seq.finish_reason = "abort"
+                deltas.append(self._delta(seq, "", [], None))
+        return deltas
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def step(self) -> list[Delta]:
+        batch = self.scheduler.schedule()
+        if not batch.items:
+            return []
+        finishing, logits = self.runner.run(batch)
+        for seq, n in batch.items:
+            seq.num_computed_tokens += n
+            self.blocks.commit_full_blocks(seq)
+        if not finishing:
+            return []
+        # Logprobs describe the model's own distribution, before penalties and temperature.
+        want = [i for i, seq in enumerate(finishing) if seq.params.logprobs is not None]
+        raw = logits[want] if want else None  # advanced indexing copies
+        apply_penalties(logits, finishing)
+        tokens = sample(logits, finishing, self.generator)
+        lp_rows = self._logprobs(raw, want, finishing, tokens) if want else {}
+        deltas = []
+        now = time.monotonic()
+        for i, seq in enumerate(finishing):
+            delta = self._append_token(seq, tokens[i], lp_rows.get(i))
+            if delta is not None:
+                deltas.append(delta)
+        self._recent.append((now, len(finishing)))
+        self.generated_tokens_total += len(finishing)
+        return deltas
+
+    def _logprobs(self, raw, rows, finishing, tokens) -> dict[int, TokenLogprob]:
+        k = max(finishing[i].params.logprobs for i in rows)
+        chosen, best = top_logprobs(raw, [tokens[i] for i in rows], k)
+        text = self.tokenizer.token_text
+        return {
+            i: TokenLogprob(
+                tokens[i],
+                text(tokens[i]),
+                chosen[j],
+                [(t, text(t), lp) for t, lp in best[j][: finishing[i].params.logprobs]],
+            )
+            for j, i in enumerate(rows)
+        }
+
+    def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> Delta | None:
+        seq.token_ids.append(token)
+        params = seq.params
+        finish = None
+        new_text = ""
+        if token in seq.stop_token_ids:
+            finish = "stop"
+        else:
+            seq.text += seq.detokenizer.push(token)
+            if params.stop:
+                cut = self._find_stop(seq)
+                if cut is not None:
+                    seq.text = seq.text[:cut]
+                    finish = "stop"
+        if finish is None and (
+            seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len
+        ):
+            finish = "length"
+        if finish is None:
+            # Hold back a tail that could still grow into a stop string.
+            safe = len(seq.text) - self._stop_holdback(seq)
+        else:
+            safe = len(seq.text)
+        if safe > seq.emitted_chars:
+            new_text = seq.text[seq.emitted_chars : safe]
+            seq.emitted_chars = safe
+        if finish is not None:
+            seq.finish_reason = finish
+            self.scheduler.finish(seq)
+            group = self.requests.get(seq.request_id, [])
+            if all(s.finished for s in group):
+                self.requests.pop(seq.request_id, None)
+        return self._delta(seq, new_text, [token], [logprob] if logprob else None)
+
+    @staticmethod
+    def _find_stop(seq: Sequence) -> int | None:
+        # Only the text a new token could have completed needs searching.
+        longest = max(len(s) for s in seq.params.stop)
+        window_start = max(0, seq.emitted_chars - longest)
+        hits = [i for s in seq.params.stop if (i := seq.text.find(s, window_start)) != -1]
+        return min(hits) if hits else None
+
+    @staticmethod
+    def _stop_holdback(seq: Sequence) -> int:
+        """Length of the longest suffix of the text that is a proper prefix of a stop string."""
+        best = 0
+        for stop in seq.params.stop:
+            for k in range(min(len(stop) - 1, len(seq.text)), best, -1):
+                if seq.text.endswith(stop[:k]):
+                    best = k
+                    break
+        return best
+
+    def _delta(self, seq: Sequence, text: str, token_ids: list[int], logprobs) -> Delta:
+        return Delta(
+            request_id=seq.request_id,
+            index=seq.index,
+            text=text,
+            token_ids=token_ids,
+            logprobs=logprobs,
+            finish_reason=seq.finish_reason,
+            prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=seq.num_output_tokens,
+            cached_tokens=seq.num_cached_tokens,
+        )
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        now = time.monotonic()
+        while self._recent and now - self._recent[0][0] > 5.0:
+            self._recent.popleft()
+        span = now - self._recent[0][0] if len(self._recent) > 1 else 0.0
+        rate = sum(n for _, n in self._recent) / span if span > 0 else 0.0
+        return EngineStats(
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            kv_blocks_total=self.blocks.num_blocks,
+            kv_blocks_used=self.blocks.num_used,
+            kv_blocks_free=self.blocks.num_free,
+            prefix_cache_queries=self.blocks.prefix_queries,
+            prefix_cache_hits=self.blocks.prefix_hits,
+            prefix_hit_rate=self.blocks.hit_rate,
+            tokens_per_second=rate,
+            preemptions=self.scheduler.num_preemptions,
+            generated_tokens_total=self.generated_tokens_total,
+            prompt_tokens_total=self.prompt_tokens_total,
+        )
+
+    def prompt_logits(self, prompts: list[list[int]]) -> list[torch.Tensor]:
+        """Logits for every position of each prompt, computed as one batch. Engine must be idle."""
+        seqs = [
+            Sequence(
+                "logits",
+                i,
+                list(ids),
+                len(ids),
+                SamplingParams(),
+                frozenset(),
+                IncrementalDetokenizer(self.tokenizer, []),
+                None,
+                status=Status.RUNNING,
+            )
+            for i, ids in enumerate(prompts)
+        ]
+        try:
+            for seq in seqs:
+                if not self.blocks.allocate_slots(seq, seq.num_tokens):
+                    raise ValueError("not enough free KV blocks for these prompts")
+            return self.runner.full_logits(seqs)
+        finally:
+            for seq in seqs:
+                self.blocks.free(seq)

@@ -1,0 +1,139 @@
+"""Owns the model and the KV pool on one device; turns a scheduled batch into logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import EngineConfig, ModelConfig
+from .model import AttentionBatch, LlamaModel, PrefillSpan
+from .scheduler import ScheduledBatch
+from .sequence import Sequence
+from .weights import load_weights
+
+
+class ModelRunner:
+    def __init__(self, path: Path, model_config: ModelConfig, config: EngineConfig, max_model_len: int):
+        self.device = config.resolve_device()
+        self.dtype = config.resolve_dtype(model_config, self.device)
+        self.block_size = config.block_size
+        with torch.device("meta"):
+            model = LlamaModel(model_config, max_positions=1)
+        model = model.to_empty(device=self.device).to(self.dtype)
+        if model_config.tie_word_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight
+        from .model import RotaryEmbedding  # rope tables are computed, not loaded
+
+        model.rope = RotaryEmbedding(model_config, max_model_len).to(self.device)
+        load_weights(model, path, self.dtype)
+        self.model = model.eval()
+        self.num_blocks = self._pool_blocks(model_config, config)
+        kv_shape = (self.num_blocks * self.block_size, model_config.num_kv_heads, model_config.head_dim)
+        self.kv_caches = [
+            (
+                torch.zeros(kv_shape, dtype=self.dtype, device=self.device),
+                torch.zeros(kv_shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(model_config.num_layers)
+        ]
+
+    def _pool_blocks(self, model_config: ModelConfig, config: EngineConfig) -> int:
+        bytes_per_block = (
+            2
+            * model_config.num_layers
+            * self.block_size
+            * model_config.num_kv_heads
+            * model_config.head_dim
+            * torch.finfo(self.dtype).bits
+            // 8
+        )
+        return max(1, config.kv_cache_memory_mb * 2**20 // bytes_per_block)
+
+    def slot_table(self, seqs: list[Sequence], length: int) -> torch.Tensor:
+        """[len(seqs), length] KV slot of each position 0..length-1 of each sequence."""
+        width = -(-length // self.block_size)
+        tables = torch.tensor(
+            [s.block_table[:width] + [0] * (width - len(s.block_table[:width])) for s in seqs],
+            dtype=torch.long,
+        )
+        pos = torch.arange(length)
+        slots = tables[:, pos // self.block_size] * self.block_size + pos % self.block_size
+        return slots.to(self.device)
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
+        """Compute the batch; returns the sequences that reached their last token and their logits."""
+        decodes = [(s, n) for s, n in batch.items if n == 1]
+        prefills = [(s, n) for s, n in batch.items if n > 1]
+        input_ids: list[int] = []
+        positions: list[int] = []
+        for seq, n in decodes + prefills:
+            start = seq.num_computed_tokens
+            input_ids.extend(seq.token_ids[start : start + n])
+            positions.extend(range(start, start + n))
+        pos_t = torch.tensor(positions, dtype=torch.long)
+        lengths = [s.num_computed_tokens + n for s, n in decodes + prefills]
+        # Slot of every new token: its block's first slot plus its offset in the block.
+        block_of = torch.tensor(
+            [
+                seq.block_table[p // self.block_size]
+                for seq, n in decodes + prefills
+                for p in range(seq.num_computed_tokens, seq.num_computed_tokens + n)
+            ],
+            dtype=torch.long,
+        )
+        slot_mapping = (block_of * self.block_size + pos_t % self.block_size).to(self.device)
+
+        decode_slots = decode_mask = None
+        if decodes:
+            longest = max(lengths[: len(decodes)])
+            decode_slots = self.slot_table([s for s, _ in decodes], longest)
+            ctx = torch.tensor(lengths[: len(decodes)], device=self.device).unsqueeze(1)
+            key_pos = torch.arange(longest, device=self.device).unsqueeze(0)
+            valid = key_pos < ctx
+            window = self.model.config.sliding_window
+            if window is not None:
+                valid &= (ctx - 1) - key_pos < window
+            decode_mask = valid[:, None, None, :]
+        spans = []
+        row = len(decodes)
+        for seq, n in prefills:
+            total = seq.num_computed_tokens + n
+            spans.append(PrefillSpan(row, n, seq.num_computed_tokens, self.slot_table([seq], total)[0]))
+            row += n
+        attn = AttentionBatch(slot_mapping, len(decodes), decode_slots, decode_mask, spans)
+        hidden = self.model(
+            torch.tensor(input_ids, dtype=torch.long, device=self.device),
+            pos_t.to(self.device),
+            self.kv_caches,
+            attn,
+        )
+        # Only a sequence whose last token was computed this step samples a next token.
+        last_rows, finishing = [], []
+        row = 0
+        for seq, n in decodes + prefills:
+            row += n
+            if seq.num_computed_tokens + n == seq.num_tokens:
+                last_rows.append(row - 1)
+                finishing.append(seq)
+        logits = self.model.logits(hidden[torch.tensor(last_rows, device=self.device)]) if last_rows else None
+        return finishing, logits
+
+    @torch.inference_mode()
+    def full_logits(self, seqs: list[Sequence]) -> list[torch.Tensor]:
+        """Logits at every position of each sequence, all in one forward pass (parity, perplexity).
+        The sequences must already own blocks for all their tokens."""
+        spans, rows = [], 0
+        for seq in seqs:
+            slots = self.slot_table([seq], seq.num_tokens)[0]
+            spans.append(PrefillSpan(rows, seq.num_tokens, 0, slots))
+            rows += seq.num_tokens
+        slot_mapping = torch.cat([span.context_slots for span in spans])
+        ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.long, device=self.device)
+        positions = torch.cat([torch.arange(s.num_tokens, device=self.device) for s in seqs])
+        hidden = self.model(
+            ids, positions, self.kv_caches, AttentionBatch(slot_mapping, 0, None, None, spans)
+        )
+        logits = self.model.logits(hidden)
+        return list(logits.split([s.num_tokens for s in seqs]))

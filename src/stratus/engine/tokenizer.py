@@ -1,0 +1,126 @@
+"""Tokenizer, chat template and incremental detokenization for a checkpoint directory."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as HFTokenizer
+
+from .config import CheckpointError
+from .types import ValidationError
+
+
+def _token_text(value) -> str | None:
+    """tokenizer_config.json stores special tokens as strings or as {"content": ...} objects."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+class Tokenizer:
+    def __init__(self, path: Path):
+        file = path / "tokenizer.json"
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing; stratus needs a fast tokenizer (tokenizer.json)")
+        try:
+            self._tok = HFTokenizer.from_file(str(file))
+        except Exception as exc:
+            raise CheckpointError(f"{file}: not a readable tokenizer ({exc})") from exc
+        config_file = path / "tokenizer_config.json"
+        config: dict = {}
+        if config_file.is_file():
+            try:
+                config = json.loads(config_file.read_text())
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from exc
+        self.bos_token = _token_text(config.get("bos_token"))
+        self.eos_token = _token_text(config.get("eos_token"))
+        self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
+        self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.special_ids = {
+            t.content and self._tok.token_to_id(t.content)
+            for t in self._tok.get_added_tokens_decoder().values()
+            if t.special
+        } - {None}
+        # transformers 5 writes the template next to the tokenizer; older files embed it.
+        template_file = path / "chat_template.jinja"
+        template = template_file.read_text() if template_file.is_file() else config.get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        self.chat_template: str | None = template
+        self._compiled = None
+        if template:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = _raise_template_error
+            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+            try:
+                self._compiled = env.from_string(template)
+            except TemplateError as exc:
+                raise CheckpointError(f"{path}: chat template does not compile ({exc})") from exc
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, token_id: int) -> str:
+        return self._tok.id_to_token(token_id) or ""
+
+    def token_text(self, token_id: int) -> str:
+        """The text one token stands for (for logprobs), special tokens included."""
+        return self._tok.decode([token_id], skip_special_tokens=False)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
+        """Render messages with the checkpoint's template in a sandbox (the template is untrusted)."""
+        if self._compiled is None:
+            raise ValidationError(
+                "this model has no chat template; use /v1/completions with a plain prompt", "messages"
+            )
+        try:
+            return self._compiled.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+                **extra,
+            )
+        except TemplateError as exc:
+            raise ValidationError(f"the chat template rejected these messages: {exc}", "messages") from exc
+
+
+def _raise_template_error(message: str):
+    raise TemplateError(message)
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text deltas without splitting characters.
+
+    Decoding a window that starts a few tokens back keeps the spacing a tokenizer derives from
+    context (SentencePiece's leading "▁"), and a trailing U+FFFD means a UTF-8 sequence is still
+    incomplete, so that text is held until the next token.
+    """
+
+    CONTEXT_TOKENS = 5
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int], skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.ids = list(prompt_ids[-self.CONTEXT_TOKENS :])
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset], self.skip)
+        full = self.tokenizer.decode(self.ids[self.prefix_offset :], self.skip)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return full[len(prefix) :]
+        return ""
