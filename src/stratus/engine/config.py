@@ -141,6 +141,7 @@ class EngineConfig:
     device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
     block_size: int = 16  # tokens per KV block
     kv_cache_memory_mb: int = 256  # size of the KV block pool
+    num_kv_blocks: int | None = None  # exact pool size in blocks; overrides kv_cache_memory_mb
     max_num_seqs: int = 64  # sequences in one batch
     max_num_batched_tokens: int = 512  # per-step token budget (prefill chunks + decodes)
     max_model_len: int | None = None  # context window; default: the model's

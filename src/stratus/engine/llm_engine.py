@@ -151,6 +151,7 @@ class LLMEngine:
 
     # -- the step ------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def step(self) -> list[Delta]:
         batch = self.scheduler.schedule()
         if not batch.items:

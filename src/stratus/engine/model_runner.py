@@ -39,6 +39,8 @@ class ModelRunner:
         ]
 
     def _pool_blocks(self, model_config: ModelConfig, config: EngineConfig) -> int:
+        if config.num_kv_blocks:
+            return config.num_kv_blocks
         bytes_per_block = (
             2
             * model_config.num_layers

@@ -1,0 +1,92 @@
+"""Bad checkpoints fail at load with a message naming the file and what was expected;
+chat templates are untrusted and render in a sandbox."""
+
+import json
+import shutil
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from stratus.engine import CheckpointError, EngineConfig, LLMEngine, ValidationError
+from stratus.engine.tokenizer import Tokenizer
+
+
+@pytest.fixture
+def ckpt(llama_dir, tmp_path):
+    target = tmp_path / "ckpt"
+    shutil.copytree(llama_dir, target)
+    return target
+
+
+def load(path):
+    return LLMEngine(path, EngineConfig(kv_cache_memory_mb=8))
+
+
+def edit_config(path, **changes):
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_unsupported_architecture(ckpt):
+    edit_config(ckpt, architectures=["GPT2LMHeadModel"])
+    with pytest.raises(CheckpointError, match=r"config.json.*GPT2LMHeadModel.*LlamaForCausalLM"):
+        load(ckpt)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "model.safetensors"])
+def test_missing_file(ckpt, name):
+    (ckpt / name).unlink()
+    with pytest.raises(CheckpointError, match=name.split(".")[0]):
+        load(ckpt)
+
+
+def test_shape_mismatch_names_tensor_file_and_shapes(ckpt):
+    edit_config(ckpt, intermediate_size=96)
+    with pytest.raises(
+        CheckpointError,
+        match=r"model.safetensors: tensor .*mlp.* has shape \[128, 128\], expected \[96, 128\]",
+    ):
+        load(ckpt)
+
+
+def test_missing_tensor(ckpt):
+    tensors = load_file(ckpt / "model.safetensors")
+    del tensors["model.layers.1.self_attn.k_proj.weight"]
+    save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="model.layers.1.self_attn.k_proj.weight missing"):
+        load(ckpt)
+
+
+def test_corrupt_safetensors(ckpt):
+    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file"):
+        load(ckpt)
+
+
+def test_pool_smaller_than_context_window_is_refused(llama_dir):
+    with pytest.raises(ValueError, match="KV cache pool holds 32 tokens"):
+        LLMEngine(llama_dir, EngineConfig(num_kv_blocks=2))
+
+
+def test_chat_template_renders_and_reads_chat_template_jinja(ckpt):
+    messages = [{"role": "user", "content": "hi"}]
+    tok = Tokenizer(ckpt)
+    assert tok.apply_chat_template(messages) == "<s><|user|>\nhi<|end|>\n<|assistant|>\n"
+    (ckpt / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    assert Tokenizer(ckpt).apply_chat_template(messages) == "[hi]"
+
+
+def test_chat_template_is_sandboxed(ckpt):
+    (ckpt / "chat_template.jinja").write_text("{{ messages.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(ValidationError, match="chat template"):
+        Tokenizer(ckpt).apply_chat_template([{"role": "user", "content": "x"}])
+    (ckpt / "chat_template.jinja").write_text("{{ raise_exception('only user and assistant roles') }}")
+    with pytest.raises(ValidationError, match="only user and assistant roles"):
+        Tokenizer(ckpt).apply_chat_template([{"role": "user", "content": "x"}])
+
+
+def test_plain_prompts_get_bos_chat_prompts_do_not(ckpt):
+    tok = Tokenizer(ckpt)
+    assert tok.encode("hello")[0] == tok.bos_token_id
+    assert tok.encode("hello", add_special_tokens=False)[0] != tok.bos_token_id
