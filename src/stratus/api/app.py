@@ -1,0 +1,89 @@
+"""`create_app()`: the gateway as a FastAPI app, wired from settings.
+
+    app = create_app(Settings(models={"demo": "models/demo"}))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+The app starts listening at once (/health answers) and loads its models in the background;
+/ready turns 200 when every model is loaded and warm. Engines passed in through `engines=`
+are used as they are and left running at shutdown (the caller owns them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+import stratus
+from stratus.api.errors import install_error_handlers
+from stratus.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from stratus.api.openapi import build_openapi
+from stratus.api.pipeline import OPEN_ACCESS, RequestHooks
+from stratus.api.registry import ModelRegistry
+from stratus.api.response_cache import ResponseCache
+from stratus.api.routes import chat, completions, models, ops, tokenize
+from stratus.api.state import AppState
+from stratus.config import Settings
+from stratus.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from stratus.engine import Engine
+
+log = logging.getLogger("stratus.api")
+
+DESCRIPTION = (
+    "An OpenAI-compatible API in front of stratus engines. Errors use the OpenAI envelope "
+    '`{"error": {"message", "type", "param", "code"}}`.'
+)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engines: dict[str, Engine] | None = None,
+    hooks: RequestHooks | None = None,
+) -> FastAPI:
+    settings = settings or Settings()
+    paths = dict(settings.model_paths()) if not engines or settings.models else {}
+    registry = ModelRegistry(paths, engines, settings.engine)
+    cache = None
+    if settings.response_cache_size > 0:
+        cache = ResponseCache(settings.response_cache_size, settings.response_cache_ttl)
+    state = AppState(
+        settings=settings,
+        registry=registry,
+        metrics=Metrics(registry.stats),
+        hooks=hooks or OPEN_ACCESS,
+        cache=cache,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(registry.load_all(), name="stratus-load-models")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await registry.shutdown()
+
+    app = FastAPI(
+        title="stratus",
+        version=stratus.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.stratus = state
+    install_error_handlers(app)
+    for module in (chat, completions, models, tokenize, ops):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, state=state)  # outermost: sees every outcome
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
+    return app

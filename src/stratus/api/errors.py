@@ -1,0 +1,168 @@
+"""The OpenAI error envelope and the handlers that turn every failure into one.
+
+Every error a client sees is `{"error": {"message", "type", "param", "code"}}` with a status
+that matches it; the message says what to fix. Unexpected exceptions are logged with their
+traceback here and reach the client only as a generic 500 that carries the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger("stratus.api")
+
+# status -> OpenAI error type
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+class APIError(Exception):
+    """An error with a client-facing message; raise it anywhere in the request path."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or ERROR_TYPES.get(status, "invalid_request_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> Response:
+        return Response(
+            orjson.dumps(self.body()),
+            status_code=self.status,
+            media_type="application/json",
+            headers=self.headers,
+        )
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def unavailable(message: str, retry_after: int = 1, code: str = "overloaded") -> APIError:
+    return APIError(503, message, code=code, headers={"Retry-After": str(retry_after)})
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every non-2xx response."""
+
+    error: ErrorDetail
+
+
+def _loc_to_param(loc: tuple | list) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    # pydantic names the union arm it tried ("str", "list[int]", "function-after[...]"); drop those.
+    parts = [p for p in parts if not (p[:1].islower() and ("[" in p or p in _TYPE_WORDS))]
+    return ".".join(parts) or None
+
+
+_TYPE_WORDS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """One readable sentence (and the offending field) from pydantic's error list."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "invalid JSON")
+        return f"The request body is not valid JSON: {detail}.", None
+    param = _loc_to_param(first.get("loc", ()))
+    cause = (first.get("ctx") or {}).get("error")
+    if getattr(cause, "param", None):
+        param = cause.param  # a rule about one field, checked on the whole body
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    if first.get("type") in ("extra_forbidden",):
+        return f"Unrecognized request argument supplied: '{param}'.", param
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    text = f"Invalid value for '{param}': {msg}." if param else f"Invalid request body: {msg}."
+    more = len(errors) - 1
+    if more:
+        text += f" ({more} more problem{'s' if more > 1 else ''} in the request.)"
+    return text, param
+
+
+async def _api_error(request: Request, exc: APIError) -> Response:
+    return exc.response()
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    message, param = validation_message(list(exc.errors()))
+    return APIError(400, message, param=param).response()
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == 404:
+        message = f"Unknown route: {request.method} {request.url.path}. See /openapi.json."
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+    else:
+        message = str(exc.detail)
+    err = APIError(exc.status_code, message, headers=dict(exc.headers or {}))
+    return err.response()
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    request_id = getattr(request.state, "request_id", None)
+    log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+    return internal_error(request_id).response()
+
+
+def internal_error(request_id: str | None) -> APIError:
+    suffix = f" (request id {request_id})" if request_id else ""
+    return APIError(500, f"The server had an error while processing your request{suffix}.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

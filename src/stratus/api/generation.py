@@ -1,0 +1,202 @@
+"""Step 6, generate: run a request's engine generations and keep its timing and usage.
+
+A completions request with several prompts runs one engine generation per prompt, merged into
+one stream whose choice indices are `prompt_index * n + choice`. Whoever consumes the deltas,
+closing the stream early (a client that went away) closes every engine generator, which
+aborts those requests and frees their KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+from fastapi import Request
+
+from stratus.api.deps import Gateway
+from stratus.api.errors import APIError, unavailable
+from stratus.api.pipeline import Usage
+from stratus.api.prompts import engine_error
+from stratus.engine.types import Delta, GenerateRequest, TokenLogprob, ValidationError
+
+if TYPE_CHECKING:
+    from stratus.engine import Engine
+
+log = logging.getLogger("stratus.api")
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the response was ready."""
+
+
+@dataclass
+class Choice:
+    index: int
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class Generation:
+    """The engine work behind one API request."""
+
+    def __init__(self, gw: Gateway, engine: Engine, requests: list[GenerateRequest]):
+        self.gw = gw
+        self.engine = engine
+        self.requests = requests
+        self.n = requests[0].params.n
+        self.choices = {i: Choice(i) for i in range(len(requests) * self.n)}
+        self.prompt_tokens = [0] * len(requests)
+        self.cached_tokens = [0] * len(requests)
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.outcome = "ok"
+        self._finished = False
+
+    async def deltas(self) -> AsyncIterator[tuple[int, Delta]]:
+        """(choice index, delta) pairs as the engine produces them; updates the choices."""
+        async with aclosing(_merge([self.engine.generate(r) for r in self.requests])) as merged:
+            async for which, delta in merged:
+                index = which * self.n + delta.index
+                self.prompt_tokens[which] = delta.prompt_tokens
+                self.cached_tokens[which] = delta.cached_tokens
+                choice = self.choices[index]
+                if delta.token_ids:
+                    now = time.perf_counter()
+                    self.first_token_at = self.first_token_at or now
+                    self.last_token_at = now
+                choice.tokens = max(choice.tokens, delta.completion_tokens)
+                choice.parts.append(delta.text)
+                if delta.logprobs:
+                    choice.logprobs.extend(delta.logprobs)
+                if delta.finish_reason is not None:
+                    choice.finish_reason = delta.finish_reason
+                    if delta.finish_reason == "abort":
+                        self.outcome = "aborted"
+                yield index, delta
+
+    async def collect(self) -> list[Choice]:
+        async with aclosing(self.deltas()) as stream:
+            async for _ in stream:
+                pass
+        if self.outcome == "aborted":
+            raise unavailable("The generation was stopped because the server is shutting down.")
+        return [self.choices[i] for i in sorted(self.choices)]
+
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=sum(self.prompt_tokens),
+            completion_tokens=sum(c.tokens for c in self.choices.values()),
+            cached_tokens=sum(self.cached_tokens),
+        )
+
+    async def finish(self, outcome: str | None = None) -> None:
+        """Metrics and step 7 (account), once, however the generation ended. Shielded from
+        cancellation: a client that left still pays for what was generated."""
+        if self._finished:
+            return
+        self._finished = True
+        if outcome:
+            self.outcome = outcome
+        ctx = self.gw.ctx
+        if self.outcome != "ok":
+            ctx.outcome = self.outcome
+        usage = self.usage()
+        model = ctx.model or ""
+        metrics = self.gw.state.metrics
+        started = ctx.started
+        metrics.observe_generation(
+            model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            ttft=self.first_token_at - started if self.first_token_at else None,
+            decode_seconds=(self.last_token_at - self.first_token_at if self.first_token_at else None),
+            e2e=time.perf_counter() - started,
+        )
+        if self.outcome in ("client_disconnect", "aborted"):
+            metrics.aborted.labels(model, self.outcome).inc()
+        with anyio.CancelScope(shield=True):
+            await self.gw.account(usage)
+
+
+async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+    """Interleave several delta streams as items arrive; closing this closes them all."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for delta in only:
+                yield 0, delta
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(which: int, stream: AsyncIterator[Delta]) -> None:
+        try:
+            async with aclosing(stream) as s:
+                async for delta in s:
+                    queue.put_nowait((which, delta))
+        except Exception as exc:
+            queue.put_nowait((which, exc))
+        finally:
+            queue.put_nowait((which, done))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            which, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield which, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable` unless the client disconnects first; then cancel it (aborting the
+    generation) and raise ClientDisconnected. Engine validation errors become 400s."""
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            raise ClientDisconnected()
+        try:
+            return work.result()
+        except ValidationError as exc:
+            raise engine_error(exc) from None
+    finally:
+        for task in (work, watcher):
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(work, watcher, return_exceptions=True)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def check_engine_failure(exc: Exception, request_id: str) -> APIError:
+    """Any other failure from the engine: logged in full here, generic to the client."""
+    log.error("generation failed for request %s", request_id, exc_info=exc)
+    return APIError(500, f"The model failed while generating (request id {request_id}); retry.")

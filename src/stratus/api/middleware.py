@@ -1,0 +1,135 @@
+"""Two small ASGI middlewares: the request context (metrics and the record step) and the body limit.
+
+Both are plain ASGI rather than Starlette's BaseHTTPMiddleware, so streamed responses pass
+through untouched and a client disconnect still reaches the endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stratus.api.errors import APIError
+from stratus.api.pipeline import RequestContext
+
+if TYPE_CHECKING:
+    from stratus.api.state import AppState
+
+log = logging.getLogger("stratus.api")
+access_log = logging.getLogger("stratus.access")
+
+
+class RequestContextMiddleware:
+    """Creates the RequestContext, then counts and records the request once it has ended."""
+
+    def __init__(self, app: ASGIApp, state: AppState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = RequestContext.from_scope(scope)
+        scope.setdefault("state", {})["ctx"] = ctx
+        request_id_header = (b"x-request-id", ctx.request_id.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ctx.status = message["status"]
+                message["headers"] = [*message.get("headers", []), request_id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException:
+            if ctx.status is None:
+                ctx.status = 500
+            ctx.outcome = "error"
+            raise
+        finally:
+            await self._finish(scope, ctx)
+
+    async def _finish(self, scope: Scope, ctx: RequestContext) -> None:
+        route = scope.get("route")
+        ctx.route = getattr(route, "path", None) or "unmatched"
+        if ctx.status is None:  # no response was started: the client left first
+            ctx.status, ctx.outcome = 499, "client_disconnect"
+        status = ctx.status
+        if ctx.outcome == "ok" and status >= 400:
+            ctx.outcome = "error"
+        self.state.metrics.requests.labels(ctx.route, ctx.model or "", str(status)).inc()
+        if self.state.settings.access_log:
+            access_log.info(
+                "%s %s %s %s model=%s outcome=%s",
+                ctx.client,
+                ctx.method,
+                ctx.path,
+                status,
+                ctx.model or "-",
+                ctx.outcome,
+            )
+        try:
+            await self.state.hooks.record(ctx)
+        except Exception:
+            log.exception("record hook failed for request %s", ctx.request_id)
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over `max_bytes` with 413, by Content-Length and by what actually arrives.
+
+    The body is read here (the JSON endpoints read it whole anyway) and replayed to the app;
+    later `receive` calls go to the server, so disconnects are still seen downstream.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> APIError:
+        return APIError(
+            413,
+            f"Request body is larger than the limit of {self.max_bytes} bytes; send a smaller "
+            "request (the server's --max-body-bytes sets the limit).",
+            code="request_too_large",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_bytes:
+                    await self._too_large().response()(scope, receive, send)
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._too_large().response()(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,118 @@
+"""The steps every request goes through (DESIGN.md, "The path of one request").
+
+    1 identify  2 guard  3 authorize  4 admit  5 route  6 generate  7 account  8 record
+
+`RequestHooks` holds the steps that other parts of stratus provide: identity (security/identity),
+guard (security/anomaly), authorize (security/rbac), admit and account (security/limits), and
+record (security/audit). The defaults below are the open, unmetered, unaudited gateway of a
+development server: everyone is the anonymous principal and every hook lets the request through.
+Access control replaces them by passing its own `RequestHooks` subclass to `create_app`.
+
+Where each step runs:
+  identify, guard   a FastAPI dependency (`deps.request_context`), before the body is validated
+  authorize, route  `deps.Gateway.route` once the body names a model
+  admit             `deps.Gateway.admit` once the prompt is tokenized (token counts known)
+  generate          `generation.py`
+  account           when a generation ends, however it ends (also a client disconnect)
+  record            `RequestContextMiddleware`, exactly once per request, after the last byte
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling. The security package will own this type (security/identity.py)."""
+
+    user: str
+    team: str | None = None
+    roles: frozenset[str] = frozenset()
+    key_id: str | None = None  # public prefix of the API key used, never the key
+
+    @property
+    def tenant(self) -> str:
+        """The unit that owns cached answers and usage: the team, else the user."""
+        return f"team:{self.team}" if self.team else f"user:{self.user}"
+
+
+ANONYMOUS = Principal(user="anonymous")
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    from_response_cache: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@dataclass
+class RequestContext:
+    """What the gateway knows about one request as it moves through the steps."""
+
+    request_id: str
+    method: str
+    path: str
+    client: str | None
+    started: float = field(default_factory=time.perf_counter)  # for durations
+    started_at: float = field(default_factory=time.time)  # wall clock, for records
+    principal: Principal | None = None  # set by identify
+    route: str | None = None  # the route template, e.g. /v1/models/{model_id}
+    model: str | None = None
+    status: int | None = None
+    outcome: str = "ok"  # ok | error | client_disconnect | aborted
+    usage: Usage | None = None
+    error: str | None = None  # the client-facing message of an error response
+
+    @classmethod
+    def from_scope(cls, scope: dict) -> RequestContext:
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        client = scope.get("client")
+        return cls(
+            request_id=request_id,
+            method=scope.get("method", ""),
+            path=scope.get("path", ""),
+            client=f"{client[0]}:{client[1]}" if client else None,
+        )
+
+
+class RequestHooks:
+    """The pluggable steps. Every method here is a no-op: no auth, no limits, no audit."""
+
+    async def identify(self, request: Request, ctx: RequestContext) -> Principal:
+        """Step 1: turn credentials into a Principal (raise APIError 401 to refuse)."""
+        return ANONYMOUS
+
+    async def guard(self, request: Request, ctx: RequestContext) -> None:
+        """Step 2: lockouts and anomaly checks (raise APIError 403/429 to refuse)."""
+
+    async def authorize(self, ctx: RequestContext, model: str | None) -> None:
+        """Step 3: may ctx.principal call ctx.route, and use `model`? (raise APIError 403)."""
+
+    async def admit(self, ctx: RequestContext, prompt_tokens: int, max_tokens: int) -> None:
+        """Step 4: rate limits, quota and budget for this many tokens (raise APIError 429)."""
+
+    async def account(self, ctx: RequestContext, usage: Usage) -> None:
+        """Step 7: charge the tokens actually used to the principal's key and team."""
+
+    async def record(self, ctx: RequestContext) -> None:
+        """Step 8: the audit event; called exactly once per request, whatever its outcome."""
+
+
+OPEN_ACCESS = RequestHooks()

@@ -1,0 +1,122 @@
+"""From an API request to what the engine takes: prompt token ids and SamplingParams.
+
+Chat messages are rendered with the model's chat template and tokenized without special
+tokens (the template carries BOS when the model wants it); plain completion prompts get the
+tokenizer's special tokens. Length checks happen here, before anything reaches the engine,
+so the error names the field the client actually sent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stratus.api.errors import APIError, bad_request
+from stratus.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from stratus.engine.types import SamplingParams, ValidationError
+
+if TYPE_CHECKING:
+    from stratus.engine import Engine
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy completions default
+
+
+def engine_error(exc: ValidationError) -> APIError:
+    return bad_request(str(exc), exc.param)
+
+
+def render_chat(engine: Engine, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
+    plain = []
+    for m in messages:
+        item = {"role": m.role, "content": m.text()}
+        if m.name:
+            item["name"] = m.name
+        plain.append(item)
+    try:
+        return engine.tokenizer.apply_chat_template(plain, add_generation_prompt=add_generation_prompt)
+    except ValidationError as exc:
+        raise engine_error(exc) from None
+
+
+def chat_prompt_ids(engine: Engine, messages: list[ChatMessage]) -> list[int]:
+    return engine.tokenizer.encode(render_chat(engine, messages), add_special_tokens=False)
+
+
+def completion_prompt_ids(engine: Engine, req: CompletionRequest) -> list[list[int]]:
+    out = []
+    for prompt in req.prompts():
+        if isinstance(prompt, str):
+            out.append(engine.tokenizer.encode(prompt, add_special_tokens=True))
+        else:
+            check_token_ids(engine, prompt, "prompt")
+            out.append(list(prompt))
+    return out
+
+
+def check_token_ids(engine: Engine, ids: list[int], param: str) -> None:
+    vocab = engine.tokenizer.vocab_size
+    bad = next((t for t in ids if t >= vocab), None)
+    if bad is not None:
+        raise bad_request(f"Token id {bad} is out of range; this model's ids are 0 to {vocab - 1}.", param)
+
+
+def fit_max_tokens(
+    engine: Engine,
+    prompt_len: int,
+    requested: int | None,
+    *,
+    prompt_param: str,
+    max_param: str,
+    default: int | None,
+) -> int:
+    """The completion budget: `requested` if it fits the context window, else a 400 saying why."""
+    window = engine.max_model_len
+    if prompt_len == 0:
+        raise bad_request("The prompt is empty; it must contain at least one token.", prompt_param)
+    if prompt_len >= window:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {window} tokens, but the prompt is "
+            f"{prompt_len} tokens (no room left to generate). Shorten the {prompt_param}.",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
+    room = window - prompt_len
+    if requested is None:
+        return room if default is None else min(default, room)
+    if requested > room:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for the "
+            f"completion). Reduce the prompt, or set {max_param} to at most {room}.",
+            param=max_param,
+            code="context_length_exceeded",
+        )
+    return requested
+
+
+def sampling_params(
+    req: ChatCompletionRequest | CompletionRequest, max_tokens: int, logprobs: int | None
+) -> SamplingParams:
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        seed=req.seed,
+        stop=req.stop_list(),
+        stop_token_ids=list(req.stop_token_ids or []),
+        ignore_eos=req.ignore_eos,
+        logprobs=logprobs,
+        n=req.n,
+        skip_special_tokens=req.skip_special_tokens,
+    )
+    try:
+        params.validate()
+    except ValidationError as exc:
+        raise engine_error(exc) from None
+    return params

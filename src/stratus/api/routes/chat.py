@@ -1,0 +1,67 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from stratus.api.deps import Gateway, gateway, parse_body
+from stratus.api.formatting import ChatFormat
+from stratus.api.generation import Generation
+from stratus.api.prompts import chat_prompt_ids, fit_max_tokens, sampling_params
+from stratus.api.routes.common import (
+    GENERATION_ERRORS,
+    CacheSlot,
+    json_body,
+    new_id,
+    sse_response,
+)
+from stratus.api.schemas import ChatCompletionRequest
+from stratus.api.schemas_out import ChatCompletion
+from stratus.api.streaming import complete, stream
+from stratus.engine.types import GenerateRequest
+
+router = APIRouter(tags=["openai"])
+ROUTE = "/v1/chat/completions"
+
+
+@router.post(
+    ROUTE,
+    summary="Create a chat completion",
+    response_model=None,
+    responses={
+        **sse_response(ChatCompletion, "The completion, or a stream of chat.completion.chunk"),
+        **GENERATION_ERRORS,
+    },
+    openapi_extra=json_body(ChatCompletionRequest),
+)
+async def chat_completions(request: Request, gw: Gateway = Depends(gateway)) -> Response:
+    body, raw = await parse_body(request, ChatCompletionRequest)
+    engine = await gw.route(body.model)
+    prompt_ids = chat_prompt_ids(engine, body.messages)
+    requested, max_param = body.requested_max_tokens()
+    max_tokens = fit_max_tokens(
+        engine, len(prompt_ids), requested, prompt_param="messages", max_param=max_param, default=None
+    )
+    params = sampling_params(body, max_tokens, body.logprobs_k())
+    await gw.admit(len(prompt_ids), max_tokens * body.n)
+
+    request_id = new_id()
+    fmt = ChatFormat(request_id, body.model, body.logprobs, body.include_usage())
+    cache = CacheSlot(gw, ROUTE, body, raw)
+    if (hit := await cache.lookup(fmt.restamp)) is not None:
+        return hit
+    gen = Generation(
+        gw,
+        engine,
+        [
+            GenerateRequest(
+                prompt_token_ids=prompt_ids, params=params, request_id=request_id, add_special_tokens=False
+            )
+        ],
+    )
+    if body.stream:
+        return await stream(request, gen, fmt, body.include_usage())
+    result, response = await complete(request, gen, fmt)
+    cache.store(result)
+    return response

@@ -1,0 +1,89 @@
+"""POST /v1/completions: a prompt as text, a list of texts, token ids, or a list of those."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from stratus.api.deps import Gateway, gateway, parse_body
+from stratus.api.formatting import CompletionFormat
+from stratus.api.generation import Generation
+from stratus.api.prompts import (
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
+    completion_prompt_ids,
+    fit_max_tokens,
+    sampling_params,
+)
+from stratus.api.routes.common import (
+    GENERATION_ERRORS,
+    CacheSlot,
+    json_body,
+    new_id,
+    sse_response,
+)
+from stratus.api.schemas import CompletionRequest
+from stratus.api.schemas_out import Completion
+from stratus.api.streaming import complete, stream
+from stratus.engine.types import GenerateRequest
+
+router = APIRouter(tags=["openai"])
+ROUTE = "/v1/completions"
+
+
+@router.post(
+    ROUTE,
+    summary="Create a completion",
+    response_model=None,
+    responses={
+        **sse_response(Completion, "The completion, or a stream of text_completion chunks"),
+        **GENERATION_ERRORS,
+    },
+    openapi_extra=json_body(CompletionRequest),
+)
+async def completions(request: Request, gw: Gateway = Depends(gateway)) -> Response:
+    body, raw = await parse_body(request, CompletionRequest)
+    engine = await gw.route(body.model)
+    prompts = completion_prompt_ids(engine, body)
+    max_tokens = min(
+        fit_max_tokens(
+            engine,
+            len(ids),
+            body.max_tokens,
+            prompt_param="prompt",
+            max_param="max_tokens",
+            default=COMPLETIONS_DEFAULT_MAX_TOKENS,
+        )
+        for ids in prompts
+    )
+    params = sampling_params(body, max_tokens, body.logprobs)
+    await gw.admit(sum(len(ids) for ids in prompts), max_tokens * body.n * len(prompts))
+
+    request_id = new_id()
+    echo = None
+    if body.echo:
+        echo = [
+            p if isinstance(p, str) else engine.tokenizer.decode(ids)
+            for p, ids in zip(body.prompts(), prompts)
+        ]
+    fmt = CompletionFormat(
+        request_id, body.model, body.logprobs is not None, echo, body.n, body.include_usage()
+    )
+    cache = CacheSlot(gw, ROUTE, body, raw)
+    if (hit := await cache.lookup(fmt.restamp)) is not None:
+        return hit
+    requests = [
+        GenerateRequest(prompt_token_ids=ids, params=_copy(params), request_id=f"{request_id}-{i}")
+        for i, ids in enumerate(prompts)
+    ]
+    gen = Generation(gw, engine, requests)
+    if body.stream:
+        return await stream(request, gen, fmt, body.include_usage())
+    result, response = await complete(request, gen, fmt)
+    cache.store(result)
+    return response
+
+
+def _copy(params):
+    from dataclasses import replace
+
+    return replace(params, stop=list(params.stop), stop_token_ids=list(params.stop_token_ids))

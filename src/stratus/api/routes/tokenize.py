@@ -1,0 +1,52 @@
+"""POST /tokenize and POST /detokenize (as vLLM offers them), for one model."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from stratus.api.deps import Gateway, gateway, parse_body
+from stratus.api.prompts import check_token_ids, render_chat
+from stratus.api.routes.common import errors, json_body
+from stratus.api.schemas import DetokenizeRequest, TokenizeRequest
+from stratus.api.schemas_out import DetokenizeResponse, TokenizeResponse
+from stratus.api.streaming import JSONBody
+
+router = APIRouter(tags=["tokenizer"])
+
+
+@router.post(
+    "/tokenize",
+    summary="Token ids of a prompt, or of chat messages rendered with the chat template",
+    response_model=TokenizeResponse,
+    responses=errors(400, 404, 413, 500, 503),
+    openapi_extra=json_body(TokenizeRequest),
+)
+async def tokenize(request: Request, gw: Gateway = Depends(gateway)) -> JSONBody:
+    body, _ = await parse_body(request, TokenizeRequest)
+    engine = await gw.route(body.model, generating=False)
+    tok = engine.tokenizer
+    if body.messages is not None:
+        text = render_chat(engine, body.messages, body.add_generation_prompt)
+        special = bool(body.add_special_tokens)  # the template carries BOS
+    else:
+        text = body.prompt or ""
+        special = True if body.add_special_tokens is None else body.add_special_tokens
+    ids = tok.encode(text, add_special_tokens=special)
+    out = {"count": len(ids), "max_model_len": engine.max_model_len, "tokens": ids}
+    if body.return_token_strs:
+        out["token_strs"] = [tok.id_to_token(t) for t in ids]
+    return JSONBody(out)
+
+
+@router.post(
+    "/detokenize",
+    summary="Text of a list of token ids",
+    response_model=DetokenizeResponse,
+    responses=errors(400, 404, 413, 500, 503),
+    openapi_extra=json_body(DetokenizeRequest),
+)
+async def detokenize(request: Request, gw: Gateway = Depends(gateway)) -> JSONBody:
+    body, _ = await parse_body(request, DetokenizeRequest)
+    engine = await gw.route(body.model, generating=False)
+    check_token_ids(engine, body.tokens, "tokens")
+    return JSONBody({"prompt": engine.tokenizer.decode(body.tokens)})

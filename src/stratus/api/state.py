@@ -1,0 +1,20 @@
+"""Everything one gateway app holds, reachable from a request as `request.app.state.stratus`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stratus.api.pipeline import RequestHooks
+from stratus.api.registry import ModelRegistry
+from stratus.api.response_cache import ResponseCache
+from stratus.config import Settings
+from stratus.observe.metrics import Metrics
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    registry: ModelRegistry
+    metrics: Metrics
+    hooks: RequestHooks
+    cache: ResponseCache | None = None

@@ -1,0 +1,267 @@
+"""The `stratus` command. `stratus serve` runs the OpenAI-compatible gateway in front of engines.
+
+Settings come from flags, then `STRATUS_*` environment variables, then stratus.toml, then
+defaults (see stratus/config.py). Other commands (worker, keys, users, ...) join this group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+
+import stratus
+from stratus.config import ConfigError, Settings, load_settings, parse_model_spec
+
+ENGINE_HELP = {
+    "dtype": "Weights and activations: auto (float32 on CPU), float32, bfloat16 or float16.",
+    "device": "auto (cuda when available, else cpu), cpu or cuda[:N].",
+    "block_size": "Tokens per KV cache block.",
+    "kv_cache_memory_mb": "Memory for the KV block pool, in MiB.",
+    "max_num_seqs": "Most sequences in one batch.",
+    "max_num_batched_tokens": "Token budget of one step (prefill chunks plus decodes).",
+    "max_model_len": "Context window; default: the model's.",
+    "enable_prefix_caching": "Reuse KV blocks of shared prompt prefixes.",
+    "num_threads": "PyTorch threads on CPU; default: PyTorch's choice.",
+    "seed": "Seed for requests that do not set one.",
+}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(stratus.__version__, prog_name="stratus")
+def main() -> None:
+    """stratus: serve open-weight LLMs behind an OpenAI-compatible API."""
+
+
+def _engine_options(func):
+    """One flag per EngineConfig field, so every engine knob is a `stratus serve` flag."""
+    from stratus.engine.config import EngineConfig
+
+    hints = typing.get_type_hints(EngineConfig)
+    defaults = EngineConfig()
+    for f in reversed(dataclasses.fields(EngineConfig)):
+        typ = hints[f.name]
+        args = typing.get_args(typ)
+        base = next((a for a in args if a is not type(None)), typ) if args else typ
+        flag = f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        text = f"{ENGINE_HELP.get(f.name, f'Engine setting {f.name}.')} [default: {default}]"
+        if base is bool:
+            decl = f"--{flag}/--no-{flag}"
+            func = click.option(decl, f.name, default=None, help=text)(func)
+        else:
+            func = click.option(f"--{flag}", f.name, type=base, default=None, help=text)(func)
+    return func
+
+
+def _default(name: str) -> Any:
+    return getattr(Settings(), name)
+
+
+@main.command()
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="A Hugging Face checkpoint directory to serve as NAME; repeat for several models. "
+    "Default: the bundled demo model as 'demo'. [env: STRATUS_MODELS=a=/p,b=/q]",
+)
+@click.option("--host", default=None, help=f"Address to listen on. [default: {_default('host')}]")
+@click.option("--port", type=int, default=None, help=f"Port (0: any free one). [default: {_default('port')}]")
+@click.option("--data-dir", default=None, help=f"Where state is kept. [default: {_default('data_dir')}]")
+@click.option("--tls-cert", default=None, help="TLS certificate (PEM); HTTPS when given with --tls-key.")
+@click.option("--tls-key", default=None, help="TLS private key (PEM).")
+@click.option(
+    "--allow-insecure-http/--no-allow-insecure-http",
+    default=None,
+    help="Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).",
+)
+@click.option(
+    "--drain-timeout",
+    type=float,
+    default=None,
+    help=f"On SIGTERM, seconds to let in-flight requests finish. [default: {_default('drain_timeout')}]",
+)
+@click.option(
+    "--max-body-bytes",
+    type=int,
+    default=None,
+    help=f"Largest request body; bigger ones get 413. [default: {_default('max_body_bytes')}]",
+)
+@click.option(
+    "--max-waiting",
+    type=int,
+    default=None,
+    help=f"Queued requests per model before new ones get 503. [default: {_default('max_waiting')}]",
+)
+@click.option(
+    "--retry-after",
+    type=int,
+    default=None,
+    help=f"Seconds in the Retry-After header of a 503. [default: {_default('retry_after')}]",
+)
+@click.option(
+    "--response-cache-size",
+    type=int,
+    default=None,
+    help="Entries in the exact-match response cache for deterministic requests (temperature 0 "
+    "or a seed), kept per tenant; 0 turns it off. [default: 0]",
+)
+@click.option(
+    "--response-cache-ttl",
+    type=float,
+    default=None,
+    help=f"Seconds a cached response stays valid. [default: {_default('response_cache_ttl')}]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"]),
+    default=None,
+    help="Log verbosity. [default: info]",
+)
+@click.option("--access-log/--no-access-log", default=None, help="Log one line per request. [default: off]")
+@_engine_options
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Settings file. [default: ./stratus.toml if present; env: STRATUS_CONFIG]",
+)
+def serve(models: tuple[str, ...], config_file: str | None, **flags: Any) -> None:
+    """Serve models over an OpenAI-compatible HTTP API.
+
+    \b
+    Examples:
+      stratus serve                                  # the demo model as 'demo' on 127.0.0.1:8000
+      stratus serve --model llama=/models/llama-3.2-1b --port 9000
+      STRATUS_PORT=9000 stratus serve                # every flag has a STRATUS_* variable
+
+    SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish for up to
+    --drain-timeout seconds, and exits 0.
+    """
+    try:
+        cli = dict(flags)
+        if models:
+            parsed = [parse_model_spec(m) for m in models]
+            names = [n for n, _ in parsed]
+            if len(set(names)) != len(names):
+                raise ConfigError("--model: each NAME may appear only once")
+            cli["models"] = dict(parsed)
+        settings = load_settings(cli, config_file=config_file)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(run_server(settings))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_models(settings: Settings) -> None:
+    for name, path in settings.model_paths().items():
+        if not (path / "config.json").is_file():
+            hint = "Pass --model NAME=PATH with a Hugging Face checkpoint directory."
+            if not settings.models:
+                hint = "Train it with `make demo-model`, or " + hint[0].lower() + hint[1:]
+            raise click.ClickException(
+                f"model '{name}': no checkpoint at {path} (config.json missing). {hint}"
+            )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def banner(settings: Settings, host: str, port: int) -> str:
+    scheme = "https" if settings.tls else "http"
+    shown = f"[{host}]" if ":" in host else host
+    base = f"{scheme}://{shown}:{port}"
+    model = next(iter(settings.model_paths()))
+    models = ", ".join(f"{n} ({p})" for n, p in settings.model_paths().items())
+    return "\n".join(
+        [
+            f"stratus {stratus.__version__} listening on {base}  (OpenAI base URL: {base}/v1)",
+            f"  models: {models}",
+            f"  ready:  curl {base}/ready   (200 once the models are loaded and warm)",
+            "  try:",
+            f"    curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\",
+            f'      -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'',
+            f"    python -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='none'); "
+            f"print(c.chat.completions.create(model='{model}', "
+            "messages=[{'role': 'user', 'content': 'Hello'}]).choices[0].message.content)\"",
+        ]
+    )
+
+
+def run_server(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT, drain, and return the exit status."""
+    import uvicorn
+
+    from stratus.api import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not settings.tls and not _is_loopback(settings.host) and not settings.allow_insecure_http:
+        raise click.ClickException(
+            f"refusing plain HTTP on {settings.host}: give --tls-cert and --tls-key, listen on "
+            "127.0.0.1, or pass --allow-insecure-http when a TLS proxy sits in front"
+        )
+    for name in ("tls_cert", "tls_key"):
+        value = getattr(settings, name)
+        if value and not Path(value).is_file():
+            raise click.ClickException(f"--{name.replace('_', '-')}: no file at {value}")
+    _check_models(settings)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    sock = _bind(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.drain_timeout,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    click.echo(banner(settings, settings.host, port), nl=True)
+    sys.stdout.flush()
+    # uvicorn re-raises the signal that stopped it once it has drained; the default handlers
+    # would then kill the process (SIGTERM) or raise KeyboardInterrupt. A drained server is a
+    # clean exit, so both become no-ops here.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run(sockets=[sock])
+    click.echo("stratus: stopped", err=True)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Settings for `stratus serve`: CLI flag > `STRATUS_*` environment variable > stratus.toml > default.
+
+Every setting has one flat name used by all three sources: `--max-waiting` on the command line,
+`STRATUS_MAX_WAITING` in the environment, `max_waiting = 64` in stratus.toml. Engine knobs
+(`EngineConfig` fields such as `max_num_seqs`) work the same way. Models are `NAME=PATH` pairs:
+`--model demo=models/demo` (repeatable), `STRATUS_MODELS="a=/m/a,b=/m/b"`, or a `[models]` table.
+
+    # stratus.toml
+    port = 8080
+    max_num_seqs = 32
+    [models]
+    demo = "models/demo"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stratus.engine.config import EngineConfig
+
+ENV_PREFIX = "STRATUS_"
+DEFAULT_CONFIG_FILE = "stratus.toml"
+DEMO_MODEL_NAME = "demo"
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value; the message names where it came from."""
+
+
+@dataclass
+class Settings:
+    models: dict[str, str] = field(default_factory=dict)  # name -> checkpoint dir; empty: demo
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "data"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allow_insecure_http: bool = False  # plain HTTP on a non-loopback address (behind a TLS proxy)
+    drain_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_waiting: int = 256  # requests waiting in one engine's queue before 503
+    retry_after: int = 2  # seconds, in the Retry-After header of a 503
+    response_cache_size: int = 0  # entries in the exact-match response cache; 0: off
+    response_cache_ttl: float = 600.0  # seconds a cached response stays valid
+    log_level: str = "info"
+    access_log: bool = False
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def model_paths(self) -> dict[str, Path]:
+        if self.models:
+            return {name: Path(path).expanduser() for name, path in self.models.items()}
+        return {DEMO_MODEL_NAME: demo_model_path()}
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+
+SETTING_NAMES = [f.name for f in dataclasses.fields(Settings) if f.name not in ("models", "engine")]
+ENGINE_NAMES = [f.name for f in dataclasses.fields(EngineConfig)]
+
+
+def demo_model_path() -> Path:
+    """models/demo of the working directory if present, else of the source checkout."""
+    local = Path.cwd() / "models" / "demo"
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parents[2] / "models" / "demo"
+
+
+def parse_model_spec(spec: str, source: str = "--model") -> tuple[str, str]:
+    """'NAME=PATH' -> (NAME, PATH); a bare PATH is named after its directory."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        path = spec
+        name = Path(spec.rstrip("/")).name
+    name, path = name.strip(), path.strip()
+    if not path:
+        raise ConfigError(f"{source}: {spec!r} has no path; use NAME=PATH")
+    if not MODEL_NAME_RE.match(name):
+        raise ConfigError(
+            f"{source}: model name {name!r} must start with a letter or digit and use only "
+            "letters, digits and . _ : / @ -"
+        )
+    return name, path
+
+
+def _models_from(value: Any, source: str) -> dict[str, str]:
+    if isinstance(value, Mapping):
+        specs = [f"{k}={v}" for k, v in value.items()]
+    elif isinstance(value, str):
+        specs = [s for s in re.split(r"[,\s]+", value) if s]
+    elif isinstance(value, (list, tuple)):
+        specs = [str(s) for s in value]
+    else:
+        raise ConfigError(f"{source}: expected NAME=PATH pairs, got {value!r}")
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, path = parse_model_spec(spec, source)
+        if name in models:
+            raise ConfigError(f"{source}: model name {name!r} given twice")
+        models[name] = path
+    return models
+
+
+def _coerce(value: Any, typ: Any, source: str) -> Any:
+    """Turn a TOML or environment value into `typ` (str, int, float, bool, or X | None)."""
+    args = typing.get_args(typ)
+    if args and type(None) in args:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        typ = next(a for a in args if a is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{source}: expected true or false, got {value!r}")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: expected a number, got {value!r}")
+        try:
+            return typ(value) if typ is float or not isinstance(value, float) else int(value)
+        except (TypeError, ValueError):
+            kind = "an integer" if typ is int else "a number"
+            raise ConfigError(f"{source}: expected {kind}, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{source}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{source}: unsupported setting type {typ!r}")
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _hints() -> dict[str, Any]:
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(EngineConfig))
+        _HINTS.update(typing.get_type_hints(Settings))
+    return _HINTS
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Merge the sources. `cli` holds only flags the user gave (None values are ignored)."""
+    cli = {k: v for k, v in (cli or {}).items() if v is not None and v != ()}
+    env = os.environ if env is None else env
+    if config_file is None:
+        config_file = env.get(f"{ENV_PREFIX}CONFIG")
+        path = Path(config_file) if config_file else Path(DEFAULT_CONFIG_FILE)
+        required = bool(config_file)
+    else:
+        path, required = Path(config_file), True
+    if required and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path.is_file():
+        layers.append((str(path), _read_toml(path)))
+    layers.append(("environment", _from_env(env)))
+    layers.append(("command line", dict(cli)))
+
+    hints = _hints()
+    known = set(SETTING_NAMES) | set(ENGINE_NAMES) | {"models"}
+    merged: dict[str, Any] = {}
+    for source, values in layers:
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown setting {key!r}; see `stratus serve --help`")
+            where = source if source == "command line" else f"{source}: {key}"
+            if key == "models":
+                merged[key] = value if source == "command line" else _models_from(value, where)
+            else:
+                merged[key] = _coerce(value, hints[key], where)
+    engine = EngineConfig(**{k: merged.pop(k) for k in ENGINE_NAMES if k in merged})
+    settings = Settings(engine=engine, **merged)
+    _check(settings)
+    return settings
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in [*SETTING_NAMES, *ENGINE_NAMES]:
+        key = f"{ENV_PREFIX}{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    for key in (f"{ENV_PREFIX}MODELS", f"{ENV_PREFIX}MODEL"):
+        if env.get(key):
+            values["models"] = env[key]
+    return values
+
+
+def _check(s: Settings) -> None:
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(f"port must be between 0 and 65535, got {s.port}")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise ConfigError("TLS needs both tls_cert and tls_key (--tls-cert F --tls-key F)")
+    for name in ("drain_timeout", "response_cache_ttl"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(s, name)}")
+    for name in ("max_body_bytes", "max_waiting"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(s, name)}")
+    if s.response_cache_size < 0:
+        raise ConfigError(f"response_cache_size must be >= 0, got {s.response_cache_size}")
+    if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+        raise ConfigError("log_level must be one of critical, error, warning, info, debug, trace")
