@@ -1,25 +1,26 @@
 """The async face of one replica: `generate()` streams deltas while a step loop runs beside it.
 
-The step loop owns the `LLMEngine` and runs in its own thread; callers talk to it through an
-inbox (add, abort) and receive deltas on per-request asyncio queues. PyTorch releases the GIL
-inside its kernels, so the event loop keeps serving HTTP while a step computes.
+The step loop (step_loop.py) owns the `LLMEngine`. It runs either in a thread of this process
+(`isolation="thread"`: quick to start, for tests and embedding) or in a process of its own
+(`isolation="process"`, what `stratus serve` uses, as vLLM's engine core does) so the HTTP event
+loop and the token loop never compete for one interpreter lock. Callers see the same interface.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .config import EngineConfig
+from .config import EngineConfig, ModelConfig
+from .inputs import context_window, prepare_prompt
 from .llm_engine import LLMEngine
-from .types import Delta, EngineStats, GenerateRequest, SamplingParams
-
-log = logging.getLogger("stratus.engine")
+from .step_loop import run_step_loop
+from .tokenizer import Tokenizer
+from .types import Delta, EngineStats, GenerateRequest, SamplingParams, ValidationError
 
 
 class EngineError(RuntimeError):
@@ -27,118 +28,127 @@ class EngineError(RuntimeError):
 
 
 class Engine:
-    def __init__(self, core: LLMEngine):
-        self.core = core
-        self.tokenizer = core.tokenizer
-        self.model_config = core.model_config
-        self.max_model_len = core.max_model_len
-        self.path = core.path
-        self._inbox: queue.Queue = queue.Queue()
+    def __init__(self, path: str | Path, config: EngineConfig | None = None, isolation: str = "thread"):
+        if isolation not in ("thread", "process"):
+            raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
+        self.path = Path(path)
+        self.config = config or EngineConfig()
+        self.isolation = isolation
+        self._core: LLMEngine | None = None
+        if isolation == "thread":
+            self._core = LLMEngine(self.path, self.config)
+            self.model_config = self._core.model_config
+            self.tokenizer = self._core.tokenizer
+        else:  # the child loads the weights; this side needs only what validation reads
+            self.model_config = ModelConfig.from_dir(self.path)
+            self.tokenizer = Tokenizer(self.path)
+        self.max_model_len = context_window(self.model_config, self.config)
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._stats = core.stats()
+        self._transport = None
+        self._failure: str | None = None  # set when the step loop's process died
+        self._stats: EngineStats | None = self._core.stats() if self._core else None
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, config: EngineConfig | None = None) -> Engine:
-        return cls(LLMEngine(path, config))
+    def from_pretrained(
+        cls, path: str | Path, config: EngineConfig | None = None, isolation: str = "thread"
+    ) -> Engine:
+        return cls(path, config, isolation)
+
+    @property
+    def core(self) -> LLMEngine:
+        """The engine core, reachable only with thread isolation (tests and offline use)."""
+        if self._core is None:
+            raise RuntimeError("the engine core lives in another process")
+        return self._core
+
+    @property
+    def healthy(self) -> bool:
+        return self._transport is not None and self._failure is None
 
     @property
     def model_name_or_path(self) -> str:
         return str(self.path)
 
     async def start(self, warmup: bool = True) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._loop, name="stratus-engine", daemon=True)
-        self._thread.start()
-        if warmup:  # first steps pay for allocator and kernel setup; do it before /ready
-            request = GenerateRequest(
-                prompt_token_ids=[0, 1, 2, 3], params=SamplingParams(max_tokens=2, temperature=0)
-            )
-            async for _ in self.generate(request):
+        if self._transport is None:
+            if self.isolation == "thread":
+                self._transport = ThreadTransport(self._core, self._on_result)
+            else:
+                from .process import ProcessTransport
+
+                self._transport = ProcessTransport(self.path, self.config, self._on_result)
+                await asyncio.to_thread(self._transport.wait_ready)
+        if warmup:  # the first steps pay for allocator and kernel setup; pay before /ready
+            params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+            async for _ in self.generate(GenerateRequest(prompt_token_ids=[1, 2, 3, 4], params=params)):
                 pass
 
     async def shutdown(self) -> None:
-        self._stopping.set()
-        self._inbox.put(("wake",))
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10)
-            self._thread = None
+        if self._transport is not None:
+            await asyncio.to_thread(self._transport.stop)
+            self._transport = None
+        for loop, stream in list(self._streams.values()):
+            loop.call_soon_threadsafe(stream.put_nowait, EngineError("the engine shut down"))
+
+    def prepare(self, request: GenerateRequest) -> list[int]:
+        """Validate and tokenize without running anything; raises ValidationError."""
+        return prepare_prompt(request, self.tokenizer, self.model_config.vocab_size, self.max_model_len)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         """Deltas for every choice until each has a finish_reason. Raises ValidationError first
         if the request is invalid. Closing the iterator early aborts the request."""
-        prompt_ids = self.core.prepare(request)
-        if self._thread is None:
+        prompt_ids = self.prepare(request)
+        if self._failure is not None:
+            raise EngineError(self._failure)
+        if self._transport is None:
             await self.start(warmup=False)
         rid = request.request_id
+        if rid in self._streams:
+            raise ValidationError(f"request id {rid!r} is already running", "request_id")
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[rid] = (asyncio.get_running_loop(), stream)
-        self._inbox.put(("add", request, prompt_ids))
+        self._transport.send(("add", request, prompt_ids))
         remaining = request.params.n
         try:
             while remaining:
                 item = await stream.get()
                 if isinstance(item, BaseException):
+                    remaining = 0
                     raise item
                 if item.finish_reason is not None:
                     remaining -= 1
                 yield item
         finally:
             self._streams.pop(rid, None)
-            if remaining:
-                self._inbox.put(("abort", rid))
+            if remaining and self._transport is not None:
+                self._transport.send(("abort", rid))
 
     async def abort(self, request_id: str) -> None:
-        self._inbox.put(("abort", request_id))
+        if self._transport is not None:
+            self._transport.send(("abort", request_id))
 
     def stats(self) -> EngineStats:
         return self._stats
 
-    # -- the step loop (engine thread) ---------------------------------------------------------
-
-    def _loop(self) -> None:
-        core = self.core
-        while not self._stopping.is_set():
-            try:
-                self._drain_inbox(block=not core.has_work())
-                if core.has_work():
-                    self._deliver(core.step())
-                self._stats = core.stats()
-            except Exception as exc:  # a bug must not hang every caller: fail what is in flight
-                log.exception("engine step failed; failing in-flight requests")
-                for rid in list(core.requests):
-                    core.abort(rid)
-                    self._send(rid, [EngineError(f"engine failure: {type(exc).__name__}")])
-
-    def _drain_inbox(self, block: bool) -> None:
-        try:
-            command = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            kind = command[0]
-            if kind == "add":
-                _, request, prompt_ids = command
-                if request.request_id in self._streams:
-                    try:
-                        self.core.add_request(request, prompt_ids)
-                    except Exception as exc:
-                        self._send(request.request_id, [exc])
-            elif kind == "abort":
-                self._deliver(self.core.abort(command[1]))
-            try:
-                command = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-
-    def _deliver(self, deltas: list[Delta]) -> None:
-        by_request: dict[str, list] = defaultdict(list)
-        for delta in deltas:
-            by_request[delta.request_id].append(delta)
-        for rid, items in by_request.items():
-            self._send(rid, items)
+    def _on_result(self, result: tuple) -> None:
+        """Called on the transport's thread with each result of the step loop."""
+        kind = result[0]
+        if kind == "stats":
+            self._stats = result[1]
+        elif kind == "deltas":
+            by_request: dict[str, list] = defaultdict(list)
+            for delta in result[1]:
+                by_request[delta.request_id].append(delta)
+            for rid, items in by_request.items():
+                self._send(rid, items)
+        elif kind == "error":
+            _, rid, error_kind, message, param = result
+            exc = ValidationError(message, param) if error_kind == "validation" else EngineError(message)
+            self._send(rid, [exc])
+        elif kind == "died":
+            self._failure = result[1]
+            for rid in list(self._streams):
+                self._send(rid, [EngineError(result[1])])
 
     def _send(self, rid: str, items: list) -> None:
         target = self._streams.get(rid)
@@ -154,3 +164,27 @@ class Engine:
 def _put_all(stream: asyncio.Queue, items: list) -> None:
     for item in items:
         stream.put_nowait(item)
+
+
+class ThreadTransport:
+    """Runs the step loop in a daemon thread of this process."""
+
+    def __init__(self, core: LLMEngine, on_result):
+        self._inbox: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(
+            target=run_step_loop, args=(core, self._next, on_result), name="stratus-engine", daemon=True
+        )
+        self._thread.start()
+
+    def _next(self, timeout: float | None):
+        try:
+            return self._inbox.get(timeout=timeout) if timeout else self._inbox.get_nowait()
+        except queue.Empty:
+            return None
+
+    def send(self, command: tuple) -> None:
+        self._inbox.put(command)
+
+    def stop(self) -> None:
+        self._inbox.put(("stop",))
+        self._thread.join(10)

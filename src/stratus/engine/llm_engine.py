@@ -11,6 +11,7 @@ import torch
 
 from .block_manager import BlockManager
 from .config import CheckpointError, EngineConfig, ModelConfig
+from .inputs import context_window, prepare_prompt
 from .model_runner import ModelRunner
 from .sampler import apply_penalties, sample, top_logprobs
 from .scheduler import Scheduler
@@ -41,10 +42,7 @@ class LLMEngine:
                 f"{self.path / 'tokenizer.json'}: {self.tokenizer.vocab_size} tokens, but config.json "
                 f"says vocab_size={self.model_config.vocab_size}"
             )
-        self.max_model_len = min(
-            self.config.max_model_len or self.model_config.max_position_embeddings,
-            self.model_config.max_position_embeddings,
-        )
+        self.max_model_len = context_window(self.model_config, self.config)
         self.runner = ModelRunner(self.path, self.model_config, self.config, self.max_model_len)
         pool_tokens = self.runner.num_blocks * self.config.block_size
         if pool_tokens < self.max_model_len:
@@ -79,34 +77,7 @@ class LLMEngine:
 
     def prepare(self, request: GenerateRequest) -> list[int]:
         """Validate a request and return its prompt token ids; raises ValidationError."""
-        params = request.params
-        params.validate()
-        if request.prompt_token_ids is not None:
-            ids = request.prompt_token_ids
-            if any(not isinstance(t, int) or not 0 <= t < self.model_config.vocab_size for t in ids):
-                raise ValidationError(
-                    f"prompt token ids must be integers in [0, {self.model_config.vocab_size})", "prompt"
-                )
-        elif request.prompt is not None:
-            ids = self.tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
-        else:
-            raise ValidationError("a prompt is required", "prompt")
-        if not ids:
-            raise ValidationError("the prompt is empty", "prompt")
-        if len(ids) >= self.max_model_len:
-            raise ValidationError(
-                f"the prompt is {len(ids)} tokens, but this model's context window is "
-                f"{self.max_model_len} tokens (prompt plus at least one generated token)",
-                "messages" if request.prompt is None else "prompt",
-            )
-        if len(ids) + params.max_tokens > self.max_model_len:
-            raise ValidationError(
-                f"max_tokens={params.max_tokens} does not fit: the prompt is {len(ids)} tokens and "
-                f"the context window is {self.max_model_len}, so max_tokens can be at most "
-                f"{self.max_model_len - len(ids)}",
-                "max_tokens",
-            )
-        return list(ids)
+        return prepare_prompt(request, self.tokenizer, self.model_config.vocab_size, self.max_model_len)
 
     def add_request(self, request: GenerateRequest, prompt_ids: list[int] | None = None) -> None:
         if request.request_id in self.requests:

@@ -1,0 +1,42 @@
+"""Checking and tokenizing a request before it reaches the step loop (runs in the caller)."""
+
+from __future__ import annotations
+
+from .config import EngineConfig, ModelConfig
+from .tokenizer import Tokenizer
+from .types import GenerateRequest, ValidationError
+
+
+def context_window(model: ModelConfig, config: EngineConfig) -> int:
+    return min(config.max_model_len or model.max_position_embeddings, model.max_position_embeddings)
+
+
+def prepare_prompt(
+    request: GenerateRequest, tokenizer: Tokenizer, vocab_size: int, max_model_len: int
+) -> list[int]:
+    """Validate `request` and return its prompt token ids; raises ValidationError, changes nothing."""
+    params = request.params
+    params.validate()
+    if request.prompt_token_ids is not None:
+        ids = request.prompt_token_ids
+        if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size for t in ids):
+            raise ValidationError(f"prompt token ids must be integers in [0, {vocab_size})", "prompt")
+    elif request.prompt is not None:
+        ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
+    else:
+        raise ValidationError("a prompt is required", "prompt")
+    if not ids:
+        raise ValidationError("the prompt is empty", "prompt")
+    if len(ids) >= max_model_len:
+        raise ValidationError(
+            f"the prompt is {len(ids)} tokens, but this model's context window is {max_model_len} "
+            "tokens (prompt plus at least one generated token): shorten the prompt",
+            "prompt",
+        )
+    if len(ids) + params.max_tokens > max_model_len:
+        raise ValidationError(
+            f"max_tokens={params.max_tokens} does not fit: the prompt is {len(ids)} tokens and the "
+            f"context window is {max_model_len}, so max_tokens can be at most {max_model_len - len(ids)}",
+            "max_tokens",
+        )
+    return list(ids)

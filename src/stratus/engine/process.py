@@ -1,0 +1,91 @@
+"""Run the step loop in a child process; commands and results cross multiprocessing queues."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import threading
+from pathlib import Path
+
+from .config import EngineConfig
+
+
+def _child_main(path: str, config: EngineConfig, commands, results) -> None:
+    from .llm_engine import LLMEngine
+    from .step_loop import run_step_loop
+
+    try:
+        core = LLMEngine(path, config)
+    except Exception as exc:  # report load failures to the parent instead of dying silently
+        results.put(("load_failed", f"{type(exc).__name__}: {exc}"))
+        return
+    results.put(("ready", core.runner.num_blocks))
+
+    def next_command(timeout):
+        try:
+            return commands.get(timeout=timeout) if timeout else commands.get_nowait()
+        except queue.Empty:
+            return None
+
+    run_step_loop(core, next_command, results.put)
+    results.put(("stopped",))
+
+
+class ProcessTransport:
+    def __init__(self, path: Path, config: EngineConfig, on_result):
+        ctx = mp.get_context("spawn")  # fork would copy the parent's threads and event loop
+        self._commands = ctx.Queue()
+        self._results = ctx.Queue()
+        self._on_result = on_result
+        self._ready = threading.Event()
+        self._failure: str | None = None
+        self.process = ctx.Process(
+            target=_child_main,
+            args=(str(path), config, self._commands, self._results),
+            name="stratus-engine-core",
+            daemon=True,
+        )
+        self.process.start()
+        self._reader = threading.Thread(target=self._read, name="stratus-engine-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                result = self._results.get(timeout=1.0)
+            except queue.Empty:
+                if not self.process.is_alive():
+                    self._failure = (
+                        self._failure or f"engine process exited with code {self.process.exitcode}"
+                    )
+                    self._ready.set()
+                    self._on_result(("died", self._failure))
+                    return
+                continue
+            kind = result[0]
+            if kind == "ready":
+                self._ready.set()
+            elif kind == "load_failed":
+                self._failure = result[1]
+                self._ready.set()
+            elif kind == "stopped":
+                return
+            else:
+                self._on_result(result)
+
+    def wait_ready(self) -> None:
+        self._ready.wait()
+        if self._failure:
+            raise RuntimeError(f"the engine process failed to load the model: {self._failure}")
+
+    def send(self, command: tuple) -> None:
+        self._commands.put(command)
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self._commands.put(("stop",))
+            self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self._reader.join(2)

@@ -1,0 +1,64 @@
+"""The loop that owns an `LLMEngine`: take commands between steps, step, publish results.
+
+It is the same loop whether it runs in a thread or in a process of its own; only the way
+commands arrive (`next_command`) and results leave (`publish`) differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .llm_engine import LLMEngine
+from .types import ValidationError
+
+log = logging.getLogger("stratus.engine")
+
+# Commands: ("add", GenerateRequest, prompt_ids) | ("abort", request_id) | ("stop",)
+# Results:  ("deltas", [Delta]) | ("error", request_id, kind, message, param) | ("stats", EngineStats)
+Command = tuple
+NextCommand = Callable[[float | None], Command | None]  # timeout None: don't wait
+Publish = Callable[[tuple], None]
+
+STATS_INTERVAL_S = 0.1
+
+
+def run_step_loop(core: LLMEngine, next_command: NextCommand, publish: Publish) -> None:
+    last_stats = 0.0
+    while True:
+        command = next_command(None if core.has_work() else 0.5)
+        while command is not None:
+            if command[0] == "stop":
+                return
+            _apply(core, command, publish)
+            command = next_command(None)
+        try:
+            if core.has_work():
+                deltas = core.step()
+                if deltas:
+                    publish(("deltas", deltas))
+        except Exception as exc:  # a bug must not hang every caller: fail what is in flight
+            log.exception("engine step failed; failing in-flight requests")
+            for rid in list(core.requests):
+                core.abort(rid)
+                publish(("error", rid, "engine", f"engine failure: {type(exc).__name__}", None))
+        now = time.monotonic()
+        if now - last_stats >= STATS_INTERVAL_S or not core.has_work():
+            publish(("stats", core.stats()))
+            last_stats = now
+
+
+def _apply(core: LLMEngine, command: Command, publish: Publish) -> None:
+    kind: Any = command[0]
+    if kind == "add":
+        _, request, prompt_ids = command
+        try:
+            core.add_request(request, prompt_ids)
+        except ValidationError as exc:
+            publish(("error", request.request_id, "validation", str(exc), exc.param))
+    elif kind == "abort":
+        deltas = core.abort(command[1])
+        if deltas:
+            publish(("deltas", deltas))
