@@ -192,7 +192,12 @@ def load_settings(
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(f"{source}: unknown setting {key!r}; see `stratus serve --help`")
-            where = source if source == "command line" else f"{source}: {key}"
+            if source == "command line":
+                where = source
+            elif source == "environment":
+                where = f"{ENV_PREFIX}{key.upper()}"
+            else:
+                where = f"{source}: {key}"
             if key == "models":
                 merged[key] = value if source == "command line" else _models_from(value, where)
             else:

@@ -96,11 +96,14 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def _loc_to_param(loc: tuple | list) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    # pydantic names the union arm it tried ("str", "list[int]", "function-after[...]"); drop those.
-    parts = [p for p in parts if not (p[:1].islower() and ("[" in p or p in _TYPE_WORDS))]
-    return ".".join(parts) or None
+def _loc_parts(loc: tuple | list) -> list[str]:
+    # pydantic names the union arm it tried ("str", "list[int]", "constrained-str"); field
+    # names never contain "[" or "-", so those parts are dropped.
+    return [
+        str(p)
+        for p in loc
+        if p != "body" and not (isinstance(p, str) and ("[" in p or "-" in p or p in _TYPE_WORDS))
+    ]
 
 
 _TYPE_WORDS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
@@ -112,21 +115,23 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "invalid JSON")
         return f"The request body is not valid JSON: {detail}.", None
-    param = _loc_to_param(first.get("loc", ()))
-    cause = (first.get("ctx") or {}).get("error")
+    # Of a union's alternatives, the error that got deepest into the value says the most.
+    top = _loc_parts(first.get("loc", ()))[:1]
+    same_field = [e for e in errors if _loc_parts(e.get("loc", ()))[:1] == top]
+    best = max(same_field, key=lambda e: len(_loc_parts(e.get("loc", ()))))
+    param = ".".join(_loc_parts(best.get("loc", ()))) or None
+    cause = (best.get("ctx") or {}).get("error")
     if getattr(cause, "param", None):
         param = cause.param  # a rule about one field, checked on the whole body
-    msg = first.get("msg", "invalid value")
-    if first.get("type") == "missing":
+    msg = best.get("msg", "invalid value")
+    if best.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
-    if first.get("type") in ("extra_forbidden",):
-        return f"Unrecognized request argument supplied: '{param}'.", param
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     text = f"Invalid value for '{param}': {msg}." if param else f"Invalid request body: {msg}."
-    more = len(errors) - 1
-    if more:
-        text += f" ({more} more problem{'s' if more > 1 else ''} in the request.)"
+    others = len({tuple(_loc_parts(e.get("loc", ()))[:1]) for e in errors}) - 1
+    if others > 0:
+        text += f" ({others} more field{'s' if others > 1 else ''} also invalid.)"
     return text, param
 
 

@@ -1,0 +1,62 @@
+"""Response dicts built by the handlers match the documented response models exactly."""
+
+from stratus.api.formatting import ChatFormat, CompletionFormat
+from stratus.api.generation import Choice
+from stratus.api.pipeline import Usage
+from stratus.api.schemas_out import ChatCompletion, ChatCompletionChunk, Completion
+from stratus.engine.types import Delta, TokenLogprob
+
+LP = [TokenLogprob(5, "ab", -0.5, [(5, "ab", -0.5), (6, "c", -1.5)])]
+USAGE = Usage(prompt_tokens=3, completion_tokens=2, cached_tokens=1)
+
+
+def choice(i, text="ab", finish="length"):
+    return Choice(i, parts=[text], logprobs=list(LP), finish_reason=finish, tokens=2)
+
+
+def delta(i, text="ab", finish=None):
+    return Delta("r", i, text, [5], logprobs=list(LP), finish_reason=finish)
+
+
+def test_chat_response_and_chunks_match_schema():
+    fmt = ChatFormat("x", "m", logprobs=True, include_usage=True)
+    body = fmt.response([choice(0), choice(1)], USAGE)
+    parsed = ChatCompletion.model_validate(body)
+    assert parsed.choices[1].logprobs.content[0].top_logprobs[1].token == "c"
+    assert parsed.usage.total_tokens == 5 and parsed.usage.prompt_tokens_details.cached_tokens == 1
+    chunks = fmt.start_chunks(2) + fmt.delta_chunks(0, delta(0, finish="stop")) + [fmt.usage_chunk(USAGE)]
+    for chunk in chunks:
+        ChatCompletionChunk.model_validate(chunk)
+    assert [c["choices"][0]["delta"] for c in chunks[1:4]] == [
+        {"role": "assistant", "content": ""},
+        {"content": "ab"},
+        {},
+    ]
+    assert chunks[3]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_aborted_delta_gets_no_finish_chunk():
+    fmt = ChatFormat("x", "m", logprobs=False)
+    assert fmt.delta_chunks(0, Delta("r", 0, "", [], finish_reason="abort")) == []
+
+
+def test_completion_echo_and_logprob_offsets():
+    fmt = CompletionFormat("x", "m", logprobs=True, echo_texts=["P1", "Prompt2"], n=2)
+    body = fmt.response([choice(i) for i in range(4)], USAGE)
+    Completion.model_validate(body)
+    assert [c["text"] for c in body["choices"]] == ["P1ab", "P1ab", "Prompt2ab", "Prompt2ab"]
+    assert body["choices"][2]["logprobs"]["text_offset"] == [7]
+    assert body["choices"][0]["logprobs"]["top_logprobs"] == [{"ab": -0.5, "c": -1.5}]
+    first = fmt.delta_chunks(3, delta(3))[0]
+    second = fmt.delta_chunks(3, delta(3))[0]
+    assert first["choices"][0]["logprobs"]["text_offset"] == [7]
+    assert second["choices"][0]["logprobs"]["text_offset"] == [9]
+    for chunk in fmt.start_chunks(4) + [first, second]:
+        Completion.model_validate(chunk)
+
+
+def test_restamp_gives_a_cached_body_a_fresh_identity():
+    old = ChatFormat("old", "m", logprobs=False).response([choice(0)], USAGE)
+    new = ChatFormat("new", "m", logprobs=False)
+    assert new.restamp(dict(old))["id"] == "chatcmpl-new"

@@ -1,0 +1,80 @@
+"""Settings precedence: CLI flag > STRATUS_* environment > stratus.toml > default."""
+
+import pytest
+
+from stratus.config import ConfigError, Settings, load_settings, parse_model_spec
+
+
+def write(tmp_path, text):
+    path = tmp_path / "stratus.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_source(tmp_path):
+    s = load_settings({}, env={}, config_file=write(tmp_path, ""))
+    assert s.port == Settings().port == 8000
+    assert s.host == "127.0.0.1"
+    assert s.models == {}
+    assert list(s.model_paths()) == ["demo"]
+
+
+def test_each_layer_overrides_the_one_below(tmp_path):
+    toml = write(tmp_path, 'port = 1111\nmax_waiting = 7\nmax_num_seqs = 3\n[models]\na = "/m/a"\n')
+    env = {"STRATUS_PORT": "2222", "STRATUS_MAX_NUM_SEQS": "5"}
+    s = load_settings({"port": 3333}, env=env, config_file=toml)
+    assert s.port == 3333  # flag beats env and file
+    assert s.engine.max_num_seqs == 5  # env beats file
+    assert s.max_waiting == 7  # file beats default
+    assert s.models == {"a": "/m/a"}
+    assert load_settings({}, env=env, config_file=toml).port == 2222
+
+
+def test_none_flags_mean_not_given(tmp_path):
+    s = load_settings(
+        {"port": None, "host": None}, env={"STRATUS_HOST": "::1"}, config_file=write(tmp_path, "")
+    )
+    assert s.host == "::1" and s.port == 8000
+
+
+def test_env_models_and_booleans(tmp_path):
+    env = {"STRATUS_MODELS": "a=/m/a, b=/m/b", "STRATUS_ENABLE_PREFIX_CACHING": "off"}
+    s = load_settings({}, env=env, config_file=write(tmp_path, ""))
+    assert s.models == {"a": "/m/a", "b": "/m/b"}
+    assert s.engine.enable_prefix_caching is False
+
+
+def test_config_file_from_environment(tmp_path):
+    toml = write(tmp_path, "drain_timeout = 3.5\n")
+    s = load_settings({}, env={"STRATUS_CONFIG": str(toml)})
+    assert s.drain_timeout == 3.5
+
+
+@pytest.mark.parametrize(
+    "toml, env, needle",
+    [
+        ("port = 'abc'\n", {}, "port: expected an integer"),
+        ("", {"STRATUS_PORT": "eighty"}, "STRATUS_PORT: expected an integer"),
+        ("bogus = 1\n", {}, "unknown setting 'bogus'"),
+        ("port = [\n", {}, "not valid TOML"),
+        ("", {"STRATUS_ACCESS_LOG": "maybe"}, "expected true or false"),
+        ("port = 70000\n", {}, "port must be between"),
+        ("tls_cert = 'a.pem'\n", {}, "needs both tls_cert and tls_key"),
+        ("[models]\n'bad name' = '/x'\n", {}, "model name 'bad name'"),
+    ],
+)
+def test_bad_values_name_their_source(tmp_path, toml, env, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_settings({}, env=env, config_file=write(tmp_path, toml))
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings({}, env={}, config_file=tmp_path / "nope.toml")
+
+
+def test_model_spec():
+    assert parse_model_spec("demo=models/demo") == ("demo", "models/demo")
+    assert parse_model_spec("/ckpt/llama-3/") == ("llama-3", "/ckpt/llama-3/")
+    with pytest.raises(ConfigError, match="no path"):
+        parse_model_spec("demo=")
