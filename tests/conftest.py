@@ -36,7 +36,9 @@ def api_server(tiny_checkpoint):
     from stratus.api import create_app
     from stratus.config import Settings
 
-    settings = Settings(models={TINY_MODEL: str(tiny_checkpoint)}, max_body_bytes=256 * 1024)
+    settings = Settings(
+        models={TINY_MODEL: str(tiny_checkpoint)}, max_body_bytes=256 * 1024, engine_isolation="process"
+    )
     server = LiveServer(create_app(settings)).start()
     try:
         server.wait_ready()

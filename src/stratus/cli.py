@@ -129,6 +129,13 @@ def _default(name: str) -> Any:
     help="Log verbosity. [default: info]",
 )
 @click.option("--access-log/--no-access-log", default=None, help="Log one line per request. [default: off]")
+@click.option(
+    "--engine-isolation",
+    type=click.Choice(["process", "thread"]),
+    default=None,
+    help="Run each engine's step loop in a process of its own, or in a thread of the server. "
+    "[default: process]",
+)
 @_engine_options
 @click.option(
     "--config",

@@ -53,6 +53,7 @@ class Settings:
     response_cache_ttl: float = 600.0  # seconds a cached response stays valid
     log_level: str = "info"
     access_log: bool = False
+    engine_isolation: str = "process"  # step loop in its own process, or a thread (tests, embedding)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def model_paths(self) -> dict[str, Path]:
@@ -233,5 +234,7 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{name} must be >= 1, got {getattr(s, name)}")
     if s.response_cache_size < 0:
         raise ConfigError(f"response_cache_size must be >= 0, got {s.response_cache_size}")
+    if s.engine_isolation not in ("process", "thread"):
+        raise ConfigError(f"engine_isolation must be 'process' or 'thread', got {s.engine_isolation!r}")
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError("log_level must be one of critical, error, warning, info, debug, trace")

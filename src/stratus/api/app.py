@@ -49,7 +49,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings()
     paths = dict(settings.model_paths()) if not engines or settings.models else {}
-    registry = ModelRegistry(paths, engines, settings.engine)
+    registry = ModelRegistry(paths, engines, settings.engine, settings.engine_isolation)
     cache = None
     if settings.response_cache_size > 0:
         cache = ResponseCache(settings.response_cache_size, settings.response_cache_ttl)

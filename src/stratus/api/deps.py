@@ -66,7 +66,8 @@ class Gateway:
         engine = self.state.registry.engine(model, settings.retry_after)
         if not generating:
             return engine
-        waiting = engine.stats().waiting
+        stats = engine.stats()  # None until a process engine reports its first numbers
+        waiting = stats.waiting if stats is not None else 0
         if waiting >= settings.max_waiting:
             raise unavailable(
                 f"The server is overloaded: {waiting} requests are waiting for model '{model}'. "

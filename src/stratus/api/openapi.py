@@ -13,7 +13,12 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from stratus.api.errors import ErrorResponse
 from stratus.api.schemas import REQUEST_MODELS
+from stratus.api.schemas_out import ChatCompletionChunk, Completion
+
+# Shapes only referenced from inside a stream's event schema (routes/common.sse_response).
+STREAM_MODELS = [ChatCompletionChunk, Completion, ErrorResponse]
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -25,6 +30,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     _, defs = models_json_schema([(m, "validation") for m in REQUEST_MODELS], ref_template=REF_TEMPLATE)
     components.update(defs.get("$defs", {}))
+    _, defs = models_json_schema([(m, "serialization") for m in STREAM_MODELS], ref_template=REF_TEMPLATE)
+    for name, definition in defs.get("$defs", {}).items():
+        components.setdefault(name, definition)
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             operation.get("responses", {}).pop("422", None)

@@ -45,8 +45,10 @@ class ModelRegistry:
         paths: dict[str, Path] | None = None,
         engines: dict[str, Engine] | None = None,
         engine_config: EngineConfig | None = None,
+        isolation: str = "process",
     ):
         self.engine_config = engine_config
+        self.isolation = isolation
         self.models: dict[str, ServedModel] = {}
         for name, path in (paths or {}).items():
             self.models[name] = ServedModel(name, Path(path))
@@ -57,12 +59,20 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return list(self.models)
 
+    def check_health(self) -> None:
+        """A ready model whose engine died (its process exited) becomes failed."""
+        for m in self.models.values():
+            if m.state == "ready" and m.engine is not None and not getattr(m.engine, "healthy", True):
+                m.state, m.error = "failed", "the engine stopped (see the server log)"
+
     @property
     def ready(self) -> bool:
+        self.check_health()
         return all(m.state == "ready" for m in self.models.values())
 
     @property
     def status(self) -> State:
+        self.check_health()
         states = {m.state for m in self.models.values()}
         if "failed" in states:
             return "failed"
@@ -79,7 +89,7 @@ class ModelRegistry:
                 from stratus.engine import Engine
 
                 log.info("loading model %s from %s", model.name, model.path)
-                model.engine = await asyncio.to_thread(Engine.from_pretrained, model.path, self.engine_config)
+                model.engine = await asyncio.to_thread(Engine.from_pretrained, model.path, self.engine_config, self.isolation)
             await model.engine.start()  # includes warm-up
         except Exception as exc:  # reported by /ready; the server keeps answering
             model.state, model.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -108,13 +118,16 @@ class ModelRegistry:
     def engine(self, name: str, retry_after: int = 2) -> Engine:
         """The engine for `name`, or 404 (unknown) / 503 (still loading, failed)."""
         model = self.get(name)
+        self.check_health()
         if model.state == "loading":
             raise unavailable(
                 f"The model '{name}' is still loading; retry shortly.", retry_after, "model_loading"
             )
         if model.state == "failed":
             raise unavailable(
-                f"The model '{name}' failed to load and cannot serve requests.", 30, "model_failed"
+                f"The model '{name}' is unavailable: it failed to load or its engine stopped.",
+                30,
+                "model_failed",
             )
         assert model.engine is not None
         return model.engine

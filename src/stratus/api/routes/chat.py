@@ -17,7 +17,7 @@ from stratus.api.routes.common import (
     sse_response,
 )
 from stratus.api.schemas import ChatCompletionRequest
-from stratus.api.schemas_out import ChatCompletion
+from stratus.api.schemas_out import ChatCompletion, ChatCompletionChunk
 from stratus.api.streaming import complete, stream
 from stratus.engine.types import GenerateRequest
 
@@ -30,7 +30,7 @@ ROUTE = "/v1/chat/completions"
     summary="Create a chat completion",
     response_model=None,
     responses={
-        **sse_response(ChatCompletion, "The completion, or a stream of chat.completion.chunk"),
+        **sse_response(ChatCompletion, ChatCompletionChunk, "The completion, or a stream of chat.completion.chunk"),
         **GENERATION_ERRORS,
     },
     openapi_extra=json_body(ChatCompletionRequest),

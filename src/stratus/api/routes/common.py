@@ -43,21 +43,36 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
-def sse_response(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
+def sse_response(
+    model: type[BaseModel], chunk: type[BaseModel], description: str
+) -> dict[int | str, dict[str, Any]]:
+    """200 as JSON (`model`), or with stream=true as server-sent events whose `data` is a `chunk`
+    as JSON, an error envelope if the generation fails midway, and finally `[DONE]`."""
+    payload = {"anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"}, _ERROR_REF]}
+    event = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "anyOf": [
+                    {"type": "string", "const": "[DONE]"},
+                    {"type": "string", "contentMediaType": "application/json", "contentSchema": payload},
+                ]
+            },
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+        },
+    }
     return {
         200: {
             "model": model,
             "description": description,
-            "content": {
-                "text/event-stream": {
-                    "schema": {
-                        "type": "string",
-                        "description": "With stream=true: `data: <chunk JSON>` events, then `data: [DONE]`",
-                    }
-                }
-            },
+            "content": {"text/event-stream": {"schema": event}},
         }
     }
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
 def new_id() -> str:

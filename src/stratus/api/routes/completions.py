@@ -35,7 +35,7 @@ ROUTE = "/v1/completions"
     summary="Create a completion",
     response_model=None,
     responses={
-        **sse_response(Completion, "The completion, or a stream of text_completion chunks"),
+        **sse_response(Completion, Completion, "The completion, or a stream of text_completion chunks"),
         **GENERATION_ERRORS,
     },
     openapi_extra=json_body(CompletionRequest),

@@ -1,0 +1,92 @@
+"""schemathesis against /openapi.json: no 5xx, and every response matches the document.
+
+Every operation gets a bounded number of generated requests, valid ones (positive) and invalid
+ones (negative). The document is fetched from the live server; only the request side is
+narrowed here (the served model's name, small token budgets) so valid requests reach the engine
+and stay quick. Responses are checked against the document as served.
+"""
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import TINY_MODEL
+
+pytestmark = pytest.mark.timeout(300)
+
+EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 15}
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+SMALL = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "best_of": 2}
+
+
+def narrow_requests(doc: dict) -> dict:
+    for name, model in doc["components"]["schemas"].items():
+        if not name.endswith("Request"):
+            continue
+        props = model.get("properties", {})
+        if "model" in props:
+            props["model"] = {"type": "string", "enum": [TINY_MODEL]}
+        for field, top in SMALL.items():
+            if field in props:
+                props[field] = {"type": "integer", "minimum": 1, "maximum": top}
+        if "max_tokens" in props:  # chat without it may generate up to the context window
+            model["required"] = sorted({*model.get("required", []), "max_tokens"})
+    return doc
+
+
+def test_openapi_document_holds_under_fuzzing(http, base_url):
+    doc = http.get("/openapi.json").json()
+    assert {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/models/{model_id}",
+        "/tokenize",
+        "/detokenize",
+        "/health",
+        "/ready",
+        "/metrics",
+    } <= set(doc["paths"])
+    schema = schemathesis.openapi.from_dict(narrow_requests(doc))
+    failures = []
+    operations = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+        for mode, examples in EXAMPLES.items():
+            if mode == GenerationMode.NEGATIVE and operation.method.upper() != "POST":
+                continue  # nothing to get wrong in a GET without a body
+
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def run(case):
+                response = case.call(base_url=base_url, timeout=60)
+                case.validate_response(response, checks=CHECKS)
+
+            try:
+                run()
+            except Exception as exc:  # collect all operations' failures, then report them together
+                failures.append(f"{operation.label} [{mode.value}]: {exc}")
+    assert operations == 9
+    assert not failures, "\n\n".join(failures)
