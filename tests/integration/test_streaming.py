@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import socket
 import time
 
 import httpx
@@ -115,6 +116,31 @@ def test_client_disconnect_aborts_the_generation(http, base_url, tiny_engine):
         time.sleep(0.05)
     # The tokens made before the abort are accounted, and they are far fewer than asked for.
     assert 0 < metric(http, "stratus_generation_tokens_total", model=TINY_MODEL) - generated < 450
+
+
+def test_non_streamed_request_is_aborted_when_its_client_leaves(http, api_server, tiny_engine):
+    aborted = metric(http, "stratus_aborted_requests_total", model=TINY_MODEL, reason="client_disconnect")
+    body = json.dumps({"model": TINY_MODEL, "prompt": "wait", "max_tokens": 450, "ignore_eos": True}).encode()
+    with socket.create_connection(("127.0.0.1", api_server.port), timeout=30) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.monotonic() + 30
+        while not (tiny_engine.stats() and tiny_engine.stats().running):
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.01)
+    # The socket is closed while the server is still generating.
+    while (
+        metric(http, "stratus_aborted_requests_total", model=TINY_MODEL, reason="client_disconnect")
+        == aborted
+    ):
+        assert time.monotonic() < deadline + 30, "the disconnect was never noticed"
+        time.sleep(0.05)
+    while tiny_engine.stats().running:
+        assert time.monotonic() < deadline + 30, "the generation kept running"
+        time.sleep(0.05)
 
 
 async def _stream_text(client, url, body):

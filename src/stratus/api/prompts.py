@@ -53,7 +53,8 @@ def completion_prompt_ids(engine: Engine, req: CompletionRequest) -> list[list[i
 
 
 def check_token_ids(engine: Engine, ids: list[int], param: str) -> None:
-    vocab = engine.tokenizer.vocab_size
+    config = getattr(engine, "model_config", None)  # the model's vocabulary may exceed the tokenizer's
+    vocab = config.vocab_size if config is not None else engine.tokenizer.vocab_size
     bad = next((t for t in ids if t >= vocab), None)
     if bad is not None:
         raise bad_request(f"Token id {bad} is out of range; this model's ids are 0 to {vocab - 1}.", param)
