@@ -225,16 +225,12 @@ def banner(settings: Settings, host: str, port: int) -> str:
     )
 
 
-def run_server(settings: Settings) -> int:
-    """Serve until SIGTERM/SIGINT, drain, and return the exit status."""
+def build_server(settings: Settings):
+    """Check the settings, bind the socket, and make the uvicorn server (not started yet)."""
     import uvicorn
 
     from stratus.api import create_app
 
-    logging.basicConfig(
-        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     if not settings.tls and not _is_loopback(settings.host) and not settings.allow_insecure_http:
         raise click.ClickException(
             f"refusing plain HTTP on {settings.host}: give --tls-cert and --tls-key, listen on "
@@ -247,7 +243,6 @@ def run_server(settings: Settings) -> int:
     _check_models(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     sock = _bind(settings.host, settings.port)
-    port = sock.getsockname()[1]
     config = uvicorn.Config(
         create_app(settings),
         log_level=settings.log_level,
@@ -257,8 +252,17 @@ def run_server(settings: Settings) -> int:
         ssl_keyfile=settings.tls_key,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
-    click.echo(banner(settings, settings.host, port), nl=True)
+    return uvicorn.Server(config), sock
+
+
+def run_server(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT, drain, and return the exit status."""
+    logging.basicConfig(
+        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    server, sock = build_server(settings)
+    click.echo(banner(settings, settings.host, sock.getsockname()[1]), nl=True)
     sys.stdout.flush()
     # uvicorn re-raises the signal that stopped it once it has drained; the default handlers
     # would then kill the process (SIGTERM) or raise KeyboardInterrupt. A drained server is a

@@ -81,6 +81,8 @@ class ModelRegistry:
     async def load_all(self) -> None:
         for model in self.models.values():
             await self._load(model)
+        if self.ready:
+            log.info("ready: serving %s", ", ".join(self.models))
 
     async def _load(self, model: ServedModel) -> None:
         started = time.perf_counter()

@@ -76,7 +76,7 @@ async def complete(request: Request, gen: Generation, fmt: Formatter) -> tuple[d
         await gen.finish("client_disconnect")
         return None, Response(status_code=499)
     except APIError:
-        await gen.finish("error")
+        await gen.finish("aborted" if gen.outcome == "aborted" else "error")
         raise
     except Exception as exc:
         await gen.finish("error")
