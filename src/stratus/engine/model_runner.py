@@ -52,16 +52,11 @@ class ModelRunner:
         )
         return max(1, config.kv_cache_memory_mb * 2**20 // bytes_per_block)
 
-    def slot_table(self, seqs: list[Sequence], length: int) -> torch.Tensor:
-        """[len(seqs), length] KV slot of each position 0..length-1 of each sequence."""
+    def block_tables(self, seqs: list[Sequence], length: int) -> torch.Tensor:
+        """[len(seqs), W] the blocks holding positions 0..length-1 of each sequence (padded with 0)."""
         width = -(-length // self.block_size)
-        tables = torch.tensor(
-            [s.block_table[:width] + [0] * (width - len(s.block_table[:width])) for s in seqs],
-            dtype=torch.long,
-        )
-        pos = torch.arange(length)
-        slots = tables[:, pos // self.block_size] * self.block_size + pos % self.block_size
-        return slots.to(self.device)
+        rows = [s.block_table[:width] + [0] * (width - min(width, len(s.block_table))) for s in seqs]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
@@ -87,12 +82,12 @@ class ModelRunner:
         )
         slot_mapping = (block_of * self.block_size + pos_t % self.block_size).to(self.device)
 
-        decode_slots = decode_mask = None
+        decode_blocks = decode_mask = None
         if decodes:
             longest = max(lengths[: len(decodes)])
-            decode_slots = self.slot_table([s for s, _ in decodes], longest)
+            decode_blocks = self.block_tables([s for s, _ in decodes], longest)
             ctx = torch.tensor(lengths[: len(decodes)], device=self.device).unsqueeze(1)
-            key_pos = torch.arange(longest, device=self.device).unsqueeze(0)
+            key_pos = torch.arange(decode_blocks.shape[1] * self.block_size, device=self.device).unsqueeze(0)
             valid = key_pos < ctx
             window = self.model.config.sliding_window
             if window is not None:
@@ -102,9 +97,9 @@ class ModelRunner:
         row = len(decodes)
         for seq, n in prefills:
             total = seq.num_computed_tokens + n
-            spans.append(PrefillSpan(row, n, seq.num_computed_tokens, self.slot_table([seq], total)[0]))
+            spans.append(PrefillSpan(row, n, seq.num_computed_tokens, self.block_tables([seq], total)[0]))
             row += n
-        attn = AttentionBatch(slot_mapping, len(decodes), decode_slots, decode_mask, spans)
+        attn = AttentionBatch(slot_mapping, self.block_size, len(decodes), decode_blocks, decode_mask, spans)
         hidden = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=self.device),
             pos_t.to(self.device),
@@ -126,16 +121,21 @@ class ModelRunner:
     def full_logits(self, seqs: list[Sequence]) -> list[torch.Tensor]:
         """Logits at every position of each sequence, all in one forward pass (parity, perplexity).
         The sequences must already own blocks for all their tokens."""
-        spans, rows = [], 0
+        spans, rows, slot_mapping = [], 0, []
         for seq in seqs:
-            slots = self.slot_table([seq], seq.num_tokens)[0]
-            spans.append(PrefillSpan(rows, seq.num_tokens, 0, slots))
+            blocks = self.block_tables([seq], seq.num_tokens)[0]
+            spans.append(PrefillSpan(rows, seq.num_tokens, 0, blocks))
+            pos = torch.arange(seq.num_tokens, device=self.device)
+            slot_mapping.append(blocks[pos // self.block_size] * self.block_size + pos % self.block_size)
             rows += seq.num_tokens
-        slot_mapping = torch.cat([span.context_slots for span in spans])
+        slot_mapping = torch.cat(slot_mapping)
         ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.long, device=self.device)
         positions = torch.cat([torch.arange(s.num_tokens, device=self.device) for s in seqs])
         hidden = self.model(
-            ids, positions, self.kv_caches, AttentionBatch(slot_mapping, 0, None, None, spans)
+            ids,
+            positions,
+            self.kv_caches,
+            AttentionBatch(slot_mapping, self.block_size, 0, None, None, spans),
         )
         logits = self.model.logits(hidden)
         return list(logits.split([s.num_tokens for s in seqs]))
