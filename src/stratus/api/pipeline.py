@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from fastapi import Request
+
+from stratus.api.ids import new_id
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class RequestContext:
     def from_scope(cls, scope: dict) -> RequestContext:
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID_RE.match(given) else new_id()
         client = scope.get("client")
         return cls(
             request_id=request_id,

@@ -91,7 +91,9 @@ class ModelRegistry:
                 from stratus.engine import Engine
 
                 log.info("loading model %s from %s", model.name, model.path)
-                model.engine = await asyncio.to_thread(Engine.from_pretrained, model.path, self.engine_config, self.isolation)
+                model.engine = await asyncio.to_thread(
+                    Engine.from_pretrained, model.path, self.engine_config, self.isolation
+                )
             await model.engine.start()  # includes warm-up
         except Exception as exc:  # reported by /ready; the server keeps answering
             model.state, model.error = "failed", f"{type(exc).__name__}: {exc}"

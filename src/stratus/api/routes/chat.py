@@ -8,12 +8,12 @@ from starlette.responses import Response
 from stratus.api.deps import Gateway, gateway, parse_body
 from stratus.api.formatting import ChatFormat
 from stratus.api.generation import Generation
+from stratus.api.ids import new_id
 from stratus.api.prompts import chat_prompt_ids, fit_max_tokens, sampling_params
 from stratus.api.routes.common import (
     GENERATION_ERRORS,
     CacheSlot,
     json_body,
-    new_id,
     sse_response,
 )
 from stratus.api.schemas import ChatCompletionRequest
@@ -30,7 +30,9 @@ ROUTE = "/v1/chat/completions"
     summary="Create a chat completion",
     response_model=None,
     responses={
-        **sse_response(ChatCompletion, ChatCompletionChunk, "The completion, or a stream of chat.completion.chunk"),
+        **sse_response(
+            ChatCompletion, ChatCompletionChunk, "The completion, or a stream of chat.completion.chunk"
+        ),
         **GENERATION_ERRORS,
     },
     openapi_extra=json_body(ChatCompletionRequest),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from pydantic import BaseModel
@@ -73,10 +72,6 @@ def sse_response(
 
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 class CacheSlot:

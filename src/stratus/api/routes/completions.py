@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from stratus.api.deps import Gateway, gateway, parse_body
 from stratus.api.formatting import CompletionFormat
 from stratus.api.generation import Generation
+from stratus.api.ids import new_id
 from stratus.api.prompts import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
     completion_prompt_ids,
@@ -18,13 +21,12 @@ from stratus.api.routes.common import (
     GENERATION_ERRORS,
     CacheSlot,
     json_body,
-    new_id,
     sse_response,
 )
 from stratus.api.schemas import CompletionRequest
 from stratus.api.schemas_out import Completion
 from stratus.api.streaming import complete, stream
-from stratus.engine.types import GenerateRequest
+from stratus.engine.types import GenerateRequest, SamplingParams
 
 router = APIRouter(tags=["openai"])
 ROUTE = "/v1/completions"
@@ -72,7 +74,11 @@ async def completions(request: Request, gw: Gateway = Depends(gateway)) -> Respo
     if (hit := await cache.lookup(fmt.restamp)) is not None:
         return hit
     requests = [
-        GenerateRequest(prompt_token_ids=ids, params=_copy(params), request_id=f"{request_id}-{i}")
+        GenerateRequest(
+            prompt_token_ids=ids,
+            params=params if len(prompts) == 1 else _copy(params),
+            request_id=request_id if len(prompts) == 1 else f"{request_id}-{i}",
+        )
         for i, ids in enumerate(prompts)
     ]
     gen = Generation(gw, engine, requests)
@@ -83,7 +89,6 @@ async def completions(request: Request, gw: Gateway = Depends(gateway)) -> Respo
     return response
 
 
-def _copy(params):
-    from dataclasses import replace
-
+def _copy(params: SamplingParams) -> SamplingParams:
+    """Each prompt's own SamplingParams (the engine may keep per-request state in them)."""
     return replace(params, stop=list(params.stop), stop_token_ids=list(params.stop_token_ids))
