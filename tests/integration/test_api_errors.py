@@ -67,6 +67,7 @@ def test_unknown_model_is_404(http):
     assert err["code"] == "model_not_found" and err["param"] == "model"
     assert "tiny" in err["message"]  # says what exists
     envelope(http.get("/v1/models/gpt-9"), 404)
+    assert 'model="gpt-9"' not in http.get("/metrics").text  # client strings never become labels
 
 
 def test_prompt_over_the_context_window_says_both_lengths(http):

@@ -60,7 +60,10 @@ class RequestContextMiddleware:
         status = ctx.status
         if ctx.outcome == "ok" and status >= 400:
             ctx.outcome = "error"
-        self.state.metrics.requests.labels(ctx.route, ctx.model or "", str(status)).inc()
+        # Only served models become label values: clients choose ctx.model, and an unbounded
+        # set of labels would grow the registry without limit.
+        model = ctx.model if ctx.model in self.state.registry.models else ""
+        self.state.metrics.requests.labels(ctx.route, model, str(status)).inc()
         if self.state.settings.access_log:
             access_log.info(
                 "%s %s %s %s model=%s outcome=%s",
