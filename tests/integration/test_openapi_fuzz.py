@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import TINY_MODEL
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 15}
 CHECKS = [

@@ -8,7 +8,7 @@ import pytest
 
 from tests.live_server import ServeProcess
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 def test_serve_prints_banner_and_drains_on_sigterm(tiny_checkpoint, tmp_path):

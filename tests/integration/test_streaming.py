@@ -163,6 +163,7 @@ async def _stream_text(client, url, body):
     return text, ids.pop()
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_streaming_clients(http, base_url):
     n = 50
     common = {"max_tokens": 12, "temperature": 0, "ignore_eos": True, "stream": True}
