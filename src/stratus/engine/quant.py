@@ -1,0 +1,281 @@
+"""Weight-only quantized linear layers: what the engine runs for a `stratus compress` checkpoint.
+
+The format on disk (config.json carries `"quantization": {"method": "int8" | "int4", ...}`):
+
+    int8  <name>.qweight  int8    [out, in]         w = qweight * scales[:, None]
+          <name>.scales   float32 [out]             (symmetric, one scale per output channel)
+    int4  <name>.qweight  uint8   [out, in_p // 2]  two 4-bit values q in 0..15 per byte: input
+                                                    column 2j in the low nibble, 2j+1 in the high
+          <name>.scales   float16 [out, in_p // G]  w = (q - 8) * scale + zero, one scale and
+          <name>.zeros    float16 [out, in_p // G]  zero per group of G input columns
+
+`in_p` is `in` rounded up to a multiple of the group size G; padded columns (zero weights before
+quantization) only ever meet zero activations. Every tensor is indexed by output row first, so
+q/k/v (and gate/up) fuse by concatenating rows, exactly as the full-precision weights do.
+
+The matmul, chosen by measurement on this project's AVX2 CPU (docs/BENCHMARKS.md, "Compression"):
+torch's packed kernels `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` read the
+compressed weight directly and are vectorized for bfloat16 activations (their float32 and
+float16 paths are scalar and 5-15x slower than a plain float32 matmul). So a few rows (decode)
+go through those kernels with the activations rounded to bfloat16; many rows (prefill), and
+any device other than the CPU, dequantize the weight tile by tile and use the dense matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CheckpointError
+
+METHODS = ("int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
+PACKED_MAX_ROWS = 16  # above this many rows, dequantize + dense matmul is faster (measured)
+ROW_BLOCK = 32  # the CPU int4 kernel wants out_features in multiples of 16; 32 fixes its layout
+TILE_ELEMENTS = 1 << 20  # weights dequantized at a time on the dense path (4 MiB as float32)
+
+
+def padded_in_features(in_features: int, group_size: int) -> int:
+    return -(-in_features // group_size) * group_size
+
+
+def int4_shapes(out_features: int, in_features: int, group_size: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the stored tensors of one int4 linear layer."""
+    padded = padded_in_features(in_features, group_size)
+    groups = padded // group_size
+    return {
+        "qweight": (out_features, padded // 2),
+        "scales": (out_features, groups),
+        "zeros": (out_features, groups),
+    }
+
+
+def int8_shapes(out_features: int, in_features: int) -> dict[str, tuple[int, ...]]:
+    return {"qweight": (out_features, in_features), "scales": (out_features,)}
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """[out, in] integers in 0..15 (in even) -> [out, in // 2] uint8, column 2j in the low nibble."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of `pack_int4`: [out, in // 2] uint8 -> [out, in] uint8 in 0..15."""
+    return torch.stack((packed & 15, packed >> 4), dim=-1).flatten(-2)
+
+
+def dequantize_int4(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """[out, in_p] weights in `dtype` from the stored int4 tensors."""
+    q = unpack_int4(qweight).to(dtype)
+    out, padded = q.shape
+    groups = scales.shape[1]
+    q = q.view(out, groups, padded // groups)
+    w = (q - 8) * scales.to(dtype).unsqueeze(-1) + zeros.to(dtype).unsqueeze(-1)
+    return w.view(out, padded)
+
+
+def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return qweight.to(dtype) * scales.to(dtype).unsqueeze(-1)
+
+
+class QuantLinear(nn.Module):
+    """Common part: bias, the dense fallback path, the choice of path per call."""
+
+    method = ""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        self.packed = False  # set by `prepare` when the CPU kernel will be used
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        if self.packed and x.shape[0] <= PACKED_MAX_ROWS:
+            y = self._packed_matmul(x)
+        else:
+            y = self._dense_matmul(x)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def _dense_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """Dequantize a tile of output rows at a time, so the float copy stays small."""
+        rows = max(1, TILE_ELEMENTS // max(1, self.stored_in_features))
+        if rows >= self.out_features:
+            return F.linear(self._pad_input(x), self.dequantize_rows(0, self.out_features, x.dtype))
+        xp = self._pad_input(x)
+        parts = [
+            F.linear(xp, self.dequantize_rows(r, min(r + rows, self.out_features), x.dtype))
+            for r in range(0, self.out_features, rows)
+        ]
+        return torch.cat(parts, dim=-1)
+
+    @property
+    def stored_in_features(self) -> int:
+        return self.in_features
+
+    def _pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        extra = self.stored_in_features - self.in_features
+        return F.pad(x, (0, extra)) if extra else x
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The [out, in] weight this layer multiplies by (for tests and evaluation)."""
+        return self.dequantize_rows(0, self.out_features, dtype)[:, : self.in_features]
+
+    def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _packed_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{self.method}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Int8Linear(QuantLinear):
+    """int8 weights, one float scale per output channel."""
+
+    method = "int8"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None):
+        super().__init__(in_features, out_features, bias, device)
+        self.register_buffer(
+            "qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
+        )
+        self.register_buffer("scales", torch.ones(out_features, dtype=torch.float32, device=device))
+        self._kernel_scales: torch.Tensor | None = None
+
+    def prepare(self) -> None:
+        """Call after loading: sets up the CPU kernel's operands."""
+        self.packed = self.qweight.device.type == "cpu"
+        self._kernel_scales = self.scales.to(torch.bfloat16) if self.packed else None
+
+    def _packed_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.qweight, self._kernel_scales)
+        return y.to(x.dtype)
+
+    def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize_int8(self.qweight[start:stop], self.scales[start:stop], dtype)
+
+
+class Int4Linear(QuantLinear):
+    """4-bit weights, packed two per byte, a scale and a zero per group of input columns."""
+
+    method = "int4"
+
+    def __init__(self, in_features: int, out_features: int, group_size: int, bias: bool = False, device=None):
+        super().__init__(in_features, out_features, bias, device)
+        if group_size not in INT4_GROUP_SIZES:
+            raise ValueError(f"int4 group size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+        self.group_size = group_size
+        shapes = int4_shapes(out_features, in_features, group_size)
+        self.register_buffer("qweight", torch.full(shapes["qweight"], 0x88, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(shapes["scales"], dtype=torch.float16, device=device))
+        self.register_buffer("zeros", torch.zeros(shapes["zeros"], dtype=torch.float16, device=device))
+        self._kernel_weight: torch.Tensor | None = None
+        self._kernel_scale_zeros: torch.Tensor | None = None
+
+    @property
+    def stored_in_features(self) -> int:
+        return padded_in_features(self.in_features, self.group_size)
+
+    def prepare(self) -> None:
+        """Call after loading: repack for the CPU kernel (rows padded to a multiple of 32)."""
+        self.packed = self.qweight.device.type == "cpu"
+        if not self.packed:
+            return
+        rows = -(-self.out_features // ROW_BLOCK) * ROW_BLOCK
+        extra = rows - self.out_features
+        q = unpack_int4(self.qweight).to(torch.int32)
+        scales, zeros = self.scales.float(), self.zeros.float()
+        if extra:
+            q = F.pad(q, (0, 0, 0, extra), value=8)
+            scales = F.pad(scales, (0, 0, 0, extra), value=1.0)
+            zeros = F.pad(zeros, (0, 0, 0, extra))
+        self._kernel_weight = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+        # [groups, out, 2] as the kernel reads it: (q - 8) * scale + zero
+        self._kernel_scale_zeros = (
+            torch.stack((scales.t(), zeros.t()), dim=-1).to(torch.bfloat16).contiguous()
+        )
+
+    def _packed_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch._weight_int4pack_mm_for_cpu(
+            self._pad_input(x).to(torch.bfloat16),
+            self._kernel_weight,
+            self.group_size,
+            self._kernel_scale_zeros,
+        )
+        if y.shape[-1] != self.out_features:
+            y = y[:, : self.out_features]
+        return y.to(x.dtype)
+
+    def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize_int4(
+            self.qweight[start:stop], self.scales[start:stop], self.zeros[start:stop], dtype
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", group_size={self.group_size}"
+
+
+def check_spec(spec: object, source: str = "config.json") -> dict:
+    """The quantization section of config.json, validated; raises CheckpointError if unusable."""
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{source}: 'quantization' must be an object, got {type(spec).__name__}")
+    method = spec.get("method")
+    if method not in METHODS:
+        raise CheckpointError(
+            f"{source}: quantization method {method!r} not supported; expected one of {METHODS}"
+        )
+    if method == "int4" and spec.get("group_size") not in INT4_GROUP_SIZES:
+        raise CheckpointError(
+            f"{source}: int4 group_size {spec.get('group_size')!r} not supported; expected one of "
+            f"{INT4_GROUP_SIZES}"
+        )
+    return spec
+
+
+def make_quant_linear(linear: nn.Linear, spec: dict) -> QuantLinear:
+    """An empty quantized layer shaped like `linear`, on its device."""
+    device = linear.weight.device
+    bias = linear.bias is not None
+    if spec["method"] == "int8":
+        layer: QuantLinear = Int8Linear(linear.in_features, linear.out_features, bias, device)
+    elif spec["method"] == "int4":
+        layer = Int4Linear(linear.in_features, linear.out_features, int(spec["group_size"]), bias, device)
+    else:
+        raise ValueError(f"unknown quantization method {spec['method']!r}; expected one of {METHODS}")
+    if bias:
+        layer.bias = layer.bias.to(linear.bias.dtype)
+    return layer
+
+
+def quantized_linears(model: nn.Module, spec: dict) -> dict[str, tuple[nn.Module, str]]:
+    """Engine module name -> (parent, attribute) of every linear layer the spec quantizes."""
+    found = {}
+    for n, layer in enumerate(model.layers):
+        for parent, attr in (
+            (layer.self_attn, "qkv_proj"),
+            (layer.self_attn, "o_proj"),
+            (layer.mlp, "gate_up_proj"),
+            (layer.mlp, "down_proj"),
+        ):
+            prefix = "self_attn" if parent is layer.self_attn else "mlp"
+            found[f"layers.{n}.{prefix}.{attr}"] = (parent, attr)
+    if spec.get("lm_head"):
+        found["lm_head"] = (model, "lm_head")
+    return found
+
+
+def install_quant_linears(model: nn.Module, spec: dict) -> None:
+    """Swap the model's nn.Linear layers named by `spec` for empty quantized ones (before loading)."""
+    check_spec(spec)
+    for parent, attr in quantized_linears(model, spec).values():
+        setattr(parent, attr, make_quant_linear(getattr(parent, attr), spec))
