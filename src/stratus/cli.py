@@ -274,5 +274,7 @@ def run_server(settings: Settings) -> int:
     return 0
 
 
+main.add_command(__import__("stratus.compress.cli", fromlist=["compress"]).compress)  # stratus compress
+
 if __name__ == "__main__":
     main()

@@ -23,6 +23,10 @@ class ModelRunner:
         model = model.to_empty(device=self.device).to(self.dtype)
         if model_config.tie_word_embeddings:
             model.lm_head.weight = model.embed_tokens.weight
+        if model_config.quantization:  # a `stratus compress` checkpoint: see quant.py
+            from .quant import install_quant_linears
+
+            install_quant_linears(model, model_config.quantization)
         from .model import RotaryEmbedding  # rope tables are computed, not loaded
 
         model.rope = RotaryEmbedding(model_config, max_model_len).to(self.device)

@@ -82,6 +82,10 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
     """Copy the checkpoint into `model`, fusing q/k/v and gate/up; every mismatch names its file."""
     config = model.config
+    if config.quantization:  # a `stratus compress` checkpoint: packed weights, see quant_weights.py
+        from .quant_weights import load_quantized_weights
+
+        return load_quantized_weights(model, path, dtype)
     tensors = read_tensors(path)
     expected = expected_shapes(config)
     if config.tie_word_embeddings:
