@@ -19,6 +19,10 @@ compressed weight directly and are vectorized for bfloat16 activations (their fl
 float16 paths are scalar and 5-15x slower than a plain float32 matmul). So a few rows (decode)
 go through those kernels with the activations rounded to bfloat16; many rows (prefill), and
 any device other than the CPU, dequantize the weight tile by tile and use the dense matmul.
+The kernels take their scales (and int4 zeros) in bfloat16 too, and return bfloat16. So that a
+sequence computes the same thing whichever path its batch takes, a layer that uses the kernels
+rounds its scales to bfloat16 for both paths, and the dense path rounds its inputs and outputs
+to bfloat16 as the kernels do; the two paths then differ only in float32 summation order.
 """
 
 from __future__ import annotations
@@ -106,6 +110,12 @@ class QuantLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
     def _dense_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:  # see the module docstring: round as the packed kernels do
+            y = self._dequantized_matmul(x.to(torch.bfloat16).to(x.dtype))
+            return y.to(torch.bfloat16).to(x.dtype)
+        return self._dequantized_matmul(x)
+
+    def _dequantized_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """Dequantize a tile of output rows at a time, so the float copy stays small."""
         rows = max(1, TILE_ELEMENTS // max(1, self.stored_in_features))
         if rows >= self.out_features:
@@ -155,7 +165,9 @@ class Int8Linear(QuantLinear):
     def prepare(self) -> None:
         """Call after loading: sets up the CPU kernel's operands."""
         self.packed = self.qweight.device.type == "cpu"
-        self._kernel_scales = self.scales.to(torch.bfloat16) if self.packed else None
+        if self.packed:
+            self._kernel_scales = self.scales.to(torch.bfloat16)
+            self.scales.copy_(self._kernel_scales)  # both paths use the kernel's scales
 
     def _packed_matmul(self, x: torch.Tensor) -> torch.Tensor:
         y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.qweight, self._kernel_scales)
@@ -204,6 +216,9 @@ class Int4Linear(QuantLinear):
         self._kernel_scale_zeros = (
             torch.stack((scales.t(), zeros.t()), dim=-1).to(torch.bfloat16).contiguous()
         )
+        # The dense path uses the kernel's (bfloat16-rounded) scales and zeros, kept in float32.
+        self.scales = self.scales.to(torch.bfloat16).float()
+        self.zeros = self.zeros.to(torch.bfloat16).float()
 
     def _packed_matmul(self, x: torch.Tensor) -> torch.Tensor:
         y = torch._weight_int4pack_mm_for_cpu(
