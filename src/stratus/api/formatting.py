@@ -19,7 +19,9 @@ def usage_dict(usage: Usage) -> dict:
 
 
 def _token_bytes(text: str) -> list[int]:
-    return list(text.encode("utf-8", errors="replace"))
+    if text.startswith("bytes:\\x"):  # part of a UTF-8 character, spelled as the engine spells it
+        return list(bytes.fromhex(text[len("bytes:") :].replace("\\x", "")))
+    return list(text.encode("utf-8"))
 
 
 def chat_logprobs(items: list[TokenLogprob]) -> dict:

@@ -46,7 +46,7 @@ class Engine:
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._transport = None
         self._failure: str | None = None  # set when the step loop's process died
-        self._stats: EngineStats | None = self._core.stats() if self._core else None
+        self._stats = self._core.stats() if self._core else EngineStats.empty()
 
     @classmethod
     def from_pretrained(

@@ -42,6 +42,7 @@ class Tokenizer:
         self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self._byte_level = '"ByteLevel"' in json.dumps(json.loads(self._tok.to_str()).get("decoder"))
         self.special_ids = {
             t.content and self._tok.token_to_id(t.content)
             for t in self._tok.get_added_tokens_decoder().values()
@@ -72,9 +73,27 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str:
         return self._tok.id_to_token(token_id) or ""
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for, exact even when it holds part of a UTF-8 character
+        (OpenAI's logprobs report them as `bytes`)."""
+        piece = self.id_to_token(token_id)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # byte fallback
+            try:
+                return bytes([int(piece[3:5], 16)])
+            except ValueError:
+                pass
+        if self._byte_level and token_id not in self.special_ids and all(ch in _UNICODE_TO_BYTE for ch in piece):
+            return bytes(_UNICODE_TO_BYTE[ch] for ch in piece)
+        return self._tok.decode([token_id], skip_special_tokens=False).encode()
+
     def token_text(self, token_id: int) -> str:
-        """The text one token stands for (for logprobs), special tokens included."""
-        return self._tok.decode([token_id], skip_special_tokens=False)
+        """The text one token stands for (for logprobs), special tokens included. A token holding
+        part of a UTF-8 character is written as OpenAI does: `bytes:\\xe2\\x80`."""
+        raw = self.token_bytes(token_id)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
         """Render messages with the checkpoint's template in a sandbox (the template is untrusted)."""
@@ -92,6 +111,26 @@ class Tokenizer:
             )
         except TemplateError as exc:
             raise ValidationError(f"the chat template rejected these messages: {exc}", "messages") from exc
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte, reversed."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_UNICODE_TO_BYTE = _byte_level_alphabet()
 
 
 def _raise_template_error(message: str):

@@ -128,3 +128,8 @@ class EngineStats:
     preemptions: int
     generated_tokens_total: int
     prompt_tokens_total: int
+
+    @classmethod
+    def empty(cls) -> EngineStats:
+        """Before the step loop's first report."""
+        return cls(0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0)

@@ -156,3 +156,19 @@ def test_incremental_detokenizer_never_splits_a_character(engine):
     pieces = [detok.push(t) for t in ids]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_token_bytes_are_exact_for_partial_characters(engine):
+    text = "café ✓"
+    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    assert b"".join(engine.tokenizer.token_bytes(t) for t in ids) == text.encode()
+
+
+def test_partial_character_tokens_are_spelled_as_bytes(engine):
+    ids = engine.tokenizer.encode("✓", add_special_tokens=False)
+    if len(ids) > 1:  # the tiny test tokenizer splits this character into byte tokens
+        texts = [engine.tokenizer.token_text(t) for t in ids]
+        assert all(t.startswith("bytes:\\x") for t in texts)
+        from stratus.api.formatting import _token_bytes
+
+        assert b"".join(bytes(_token_bytes(t)) for t in texts) == "✓".encode()
