@@ -1,0 +1,15 @@
+"""Persistent state: SQLAlchemy Core tables and the plain functions that read and write them.
+
+    store = Store.open(database_url(data_dir="data"))   # SQLite in WAL mode, migrated to head
+    with store.begin() as conn:
+        user = directory.create_user(conn, "alice", role="member")
+
+SQLite under `--data-dir` by default, PostgreSQL with `--database-url`. The schema is managed by
+alembic migrations (store/migrations), so an upgrade keeps the data. Every statement is built
+with SQLAlchemy and sent with bound parameters; no SQL text is ever assembled from input.
+"""
+
+from stratus.store.database import Store, database_url, redact_url
+from stratus.store.errors import Conflict, StoreError, StoreUnavailable
+
+__all__ = ["Conflict", "Store", "StoreError", "StoreUnavailable", "database_url", "redact_url"]
