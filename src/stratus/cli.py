@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
@@ -136,6 +137,54 @@ def _default(name: str) -> Any:
     help="Run each engine's step loop in a process of its own, or in a thread of the server. "
     "[default: process]",
 )
+@click.option(
+    "--auth/--no-auth",
+    "auth",
+    default=None,
+    help="Require a credential (API key or OIDC token) on every request but /health and /ready. "
+    "--no-auth serves everyone as anonymous and is refused unless --host is loopback. [default: on]",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    help="PostgreSQL for users, teams and keys, e.g. postgresql://stratus@db:5432/stratus (psycopg 3; "
+    "prefer the env variable, a password on the command line is visible to other users). "
+    "[default: SQLite file stratus.db in --data-dir; env: STRATUS_DATABASE_URL]",
+)
+@click.option(
+    "--auth-cache-ttl",
+    type=float,
+    default=None,
+    help="Seconds a verified credential stays cached; a revocation reaches every gateway within it. "
+    f"[default: {_default('auth_cache_ttl')}]",
+)
+@click.option("--jwt-issuer", default=None, help="Accept OIDC bearer tokens whose 'iss' is this URL.")
+@click.option("--jwt-audience", default=None, help="... and whose 'aud' contains this.")
+@click.option("--jwt-jwks", default=None, help="The issuer's signing keys: a JWKS https URL or JSON file.")
+@click.option(
+    "--jwt-algorithms",
+    default=None,
+    help=f"Accepted signature algorithms (asymmetric only). [default: {_default('jwt_algorithms')}]",
+)
+@click.option(
+    "--jwt-leeway",
+    type=float,
+    default=None,
+    help=f"Seconds of clock skew allowed on exp and nbf. [default: {_default('jwt_leeway')}]",
+)
+@click.option("--jwt-user-claim", default=None, help="Claim naming the user. [default: sub]")
+@click.option(
+    "--jwt-roles-claim",
+    default=None,
+    help="Claim holding the caller's groups (a dotted path reaches nested ones). [default: groups]",
+)
+@click.option(
+    "--jwt-role-map",
+    default=None,
+    help="Groups to roles: 'admins=admin,ml=member:ml,ml-leads=team_admin:ml' "
+    "(admin, auditor, viewer, member, or team_admin:TEAM / member:TEAM).",
+)
+@click.option("--jwt-team-claim", default=None, help="Claim naming one team the caller is a member of.")
 @_engine_options
 @click.option(
     "--config",
@@ -210,15 +259,20 @@ def banner(settings: Settings, host: str, port: int) -> str:
     base = f"{scheme}://{shown}:{port}"
     model = next(iter(settings.model_paths()))
     models = ", ".join(f"{n} ({p})" for n, p in settings.model_paths().items())
+    auth_header = ' -H "Authorization: Bearer $STRATUS_API_KEY"' if settings.auth else ""
+    api_key = "os.environ['STRATUS_API_KEY']" if settings.auth else "'none'"
+    access = "API key or OIDC token required" if settings.auth else "OFF (--no-auth), loopback only"
     return "\n".join(
         [
             f"stratus {stratus.__version__} listening on {base}  (OpenAI base URL: {base}/v1)",
             f"  models: {models}",
+            f"  access: {access}",
             f"  ready:  curl {base}/ready   (200 once the models are loaded and warm)",
             "  try:",
-            f"    curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\",
+            f"    curl {base}/v1/chat/completions -H 'Content-Type: application/json'{auth_header} \\",
             f'      -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'',
-            f"    python -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='none'); "
+            f"    python -c \"import os; from openai import OpenAI; c = OpenAI(base_url='{base}/v1', "
+            f"api_key={api_key}); "
             f"print(c.chat.completions.create(model='{model}', "
             "messages=[{'role': 'user', 'content': 'Hello'}]).choices[0].message.content)\"",
         ]
@@ -231,6 +285,11 @@ def build_server(settings: Settings):
 
     from stratus.api import create_app
 
+    if not settings.auth and not _is_loopback(settings.host):
+        raise click.ClickException(
+            f"refusing --no-auth on {settings.host}: without access control anyone who can reach the "
+            "port can use every model; listen on 127.0.0.1, or drop --no-auth"
+        )
     if not settings.tls and not _is_loopback(settings.host) and not settings.allow_insecure_http:
         raise click.ClickException(
             f"refusing plain HTTP on {settings.host}: give --tls-cert and --tls-key, listen on "
@@ -242,9 +301,10 @@ def build_server(settings: Settings):
             raise click.ClickException(f"--{name.replace('_', '-')}: no file at {value}")
     _check_models(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    hooks = _access_hooks(settings)
     sock = _bind(settings.host, settings.port)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, hooks=hooks),
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout,
@@ -253,6 +313,35 @@ def build_server(settings: Settings):
         lifespan="on",
     )
     return uvicorn.Server(config), sock
+
+
+def _access_hooks(settings: Settings):
+    """Access control for `serve`: open the store, and on a fresh one create the first admin."""
+    from stratus.api.auth import AuthHooks, build_access
+    from stratus.api.pipeline import OPEN_ACCESS
+    from stratus.security.bootstrap import ENV_VAR, bootstrap
+    from stratus.security.errors import Unavailable
+    from stratus.store import StoreUnavailable, database_url, redact_url
+
+    if not settings.auth:
+        logging.getLogger("stratus").warning("access control is OFF (--no-auth): every caller is anonymous")
+        return OPEN_ACCESS
+    url = redact_url(database_url(settings.data_dir, settings.database_url))
+    try:
+        access = build_access(settings)
+        first = bootstrap(access.store, os.environ.get(ENV_VAR) or None)
+    except (StoreUnavailable, Unavailable) as exc:
+        raise click.ClickException(f"cannot open the database {url}: {exc.__cause__ or exc}") from None
+    except ValueError as exc:
+        raise click.ClickException(f"{ENV_VAR}: {exc}") from None
+    if first.created:
+        click.echo(f"stratus: created the first admin, user 'admin' (database {url}).")
+        if first.generated_secret:
+            click.echo("  Its API key, shown this once (store it now; STRATUS_ADMIN_KEY sets your own):")
+            click.echo(f"  {first.generated_secret}")
+        else:
+            click.echo(f"  Its API key is the one in {ENV_VAR} ({first.prefix}...).")
+    return AuthHooks(access)
 
 
 def run_server(settings: Settings) -> int:
@@ -275,6 +364,7 @@ def run_server(settings: Settings) -> int:
 
 
 main.add_command(__import__("stratus.compress.cli", fromlist=["compress"]).compress)  # stratus compress
+__import__("stratus.admin_cli", fromlist=["register"]).register(main)  # stratus keys|users|teams
 
 if __name__ == "__main__":
     main()

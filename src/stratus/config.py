@@ -54,6 +54,19 @@ class Settings:
     log_level: str = "info"
     access_log: bool = False
     engine_isolation: str = "process"  # step loop in its own process, or a thread (tests, embedding)
+    # access control (docs/SECURITY.md)
+    auth: bool = True  # off only with --no-auth on a loopback address
+    database_url: str | None = field(default=None, repr=False)  # PostgreSQL; default SQLite in data_dir
+    auth_cache_ttl: float = 2.0  # seconds a verified key stays cached: how long a revocation takes
+    jwt_issuer: str | None = None  # accept OIDC tokens whose `iss` is this
+    jwt_audience: str | None = None  # ... and whose `aud` contains this
+    jwt_jwks: str | None = None  # the issuer's JWKS: an https URL or a file
+    jwt_algorithms: str = "RS256,ES256,EdDSA"
+    jwt_leeway: float = 30.0  # seconds of clock skew allowed on exp and nbf
+    jwt_user_claim: str = "sub"
+    jwt_roles_claim: str = "groups"  # a list of strings (dotted path for nested claims)
+    jwt_role_map: str | None = None  # "group=admin,ml=member:ml,ml-leads=team_admin:ml"
+    jwt_team_claim: str | None = None  # a claim naming one team the caller is a member of
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def model_paths(self) -> dict[str, Path]:
@@ -236,5 +249,29 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"response_cache_size must be >= 0, got {s.response_cache_size}")
     if s.engine_isolation not in ("process", "thread"):
         raise ConfigError(f"engine_isolation must be 'process' or 'thread', got {s.engine_isolation!r}")
+    if not 0 <= s.auth_cache_ttl <= 60:
+        raise ConfigError(f"auth_cache_ttl must be between 0 and 60 seconds, got {s.auth_cache_ttl}")
+    if s.jwt_issuer:
+        _check_jwt(s)
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError("log_level must be one of critical, error, warning, info, debug, trace")
+
+
+def _check_jwt(s: Settings) -> None:
+    from stratus.security.jwt import SAFE_ALGORITHMS, parse_role_map
+
+    if not s.jwt_audience or not s.jwt_jwks:
+        raise ConfigError("jwt_issuer needs jwt_audience and jwt_jwks (an https URL or a file)")
+    algorithms = [a.strip() for a in s.jwt_algorithms.split(",") if a.strip()]
+    bad = [a for a in algorithms if a not in SAFE_ALGORITHMS]
+    if bad or not algorithms:
+        raise ConfigError(
+            f"jwt_algorithms: {bad or 'none given'} not allowed; asymmetric ones only: "
+            f"{', '.join(sorted(SAFE_ALGORITHMS))}"
+        )
+    if not 0 <= s.jwt_leeway <= 300:
+        raise ConfigError(f"jwt_leeway must be between 0 and 300 seconds, got {s.jwt_leeway}")
+    try:
+        parse_role_map(s.jwt_role_map)
+    except ValueError as exc:
+        raise ConfigError(f"jwt_role_map: {exc}") from None

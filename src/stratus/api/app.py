@@ -6,6 +6,9 @@
 The app starts listening at once (/health answers) and loads its models in the background;
 /ready turns 200 when every model is loaded and warm. Engines passed in through `engines=`
 are used as they are and left running at shutdown (the caller owns them).
+
+Access control is on unless `settings.auth` is False: without `hooks=`, the app opens the store
+named by the settings (api/auth.py: default_hooks). `hooks=OPEN_ACCESS` is the open gateway.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 import stratus
+from stratus.api import auth
 from stratus.api.errors import install_error_handlers
 from stratus.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from stratus.api.openapi import build_openapi
-from stratus.api.pipeline import OPEN_ACCESS, RequestHooks
+from stratus.api.pipeline import RequestHooks
 from stratus.api.registry import ModelRegistry
 from stratus.api.response_cache import ResponseCache
-from stratus.api.routes import chat, completions, models, ops, tokenize
+from stratus.api.routes import admin, chat, completions, models, ops, tokenize
 from stratus.api.state import AppState
 from stratus.config import Settings
 from stratus.observe.metrics import Metrics
@@ -53,13 +57,16 @@ def create_app(
     cache = None
     if settings.response_cache_size > 0:
         cache = ResponseCache(settings.response_cache_size, settings.response_cache_ttl)
+    hooks = hooks if hooks is not None else auth.default_hooks(settings)
     state = AppState(
         settings=settings,
         registry=registry,
         metrics=Metrics(registry.stats),
-        hooks=hooks or OPEN_ACCESS,
+        hooks=hooks,
         cache=cache,
+        access=hooks.access if isinstance(hooks, auth.AuthHooks) else None,
     )
+    hooks.bind(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +78,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await registry.shutdown()
+            if state.access is not None:
+                state.access.store.close()
 
     app = FastAPI(
         title="stratus",
@@ -81,9 +90,13 @@ def create_app(
     )
     app.state.stratus = state
     install_error_handlers(app)
-    for module in (chat, completions, models, tokenize, ops):
+    auth.install(app)
+    for module in (chat, completions, models, tokenize, ops, admin):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, state=state)  # outermost: sees every outcome
-    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
+    if state.access is not None:
+        app.openapi = lambda: auth.document_auth(build_openapi(app))  # type: ignore[method-assign]
+    else:
+        app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app

@@ -24,6 +24,8 @@ from pydantic import ValidationError as PydanticValidationError
 from stratus.api.errors import APIError, unavailable, validation_message
 from stratus.api.pipeline import RequestContext, Usage
 from stratus.api.state import AppState
+from stratus.security.access import AccessControl
+from stratus.security.identity import Principal
 
 if TYPE_CHECKING:
     from stratus.engine import Engine
@@ -53,6 +55,11 @@ class Gateway:
         self.ctx = ctx
         self.state = state
 
+    @property
+    def visible(self):
+        """Which model names the caller may know of (None: all); see ModelRegistry.get."""
+        return self.ctx.principal.can_use if self.ctx.principal is not None else None
+
     async def authorize(self, model: str | None = None) -> None:
         if model is not None:
             self.ctx.model = model
@@ -63,7 +70,7 @@ class Gateway:
         will generate is refused with 503 while the engine's queue is over its bound."""
         await self.authorize(model)
         settings = self.state.settings
-        engine = self.state.registry.engine(model, settings.retry_after)
+        engine = self.state.registry.engine(model, settings.retry_after, self.visible)
         if not generating:
             return engine
         stats = engine.stats()  # None until a process engine reports its first numbers
@@ -88,6 +95,24 @@ class Gateway:
 
 async def gateway(request: Request, ctx: RequestContext = Depends(request_context)) -> Gateway:
     return Gateway(request, ctx, app_state(request))
+
+
+async def principal(ctx: RequestContext = Depends(request_context)) -> Principal:
+    """The identified caller (steps 1 and 2 done)."""
+    assert ctx.principal is not None
+    return ctx.principal
+
+
+def access_control(request: Request) -> AccessControl:
+    """The access control behind /admin/*; 404 when the server runs without it (--no-auth)."""
+    access = app_state(request).access
+    if access is None:
+        raise APIError(
+            404,
+            "Access control is off on this server (--no-auth), so /admin is not available.",
+            code="auth_disabled",
+        )
+    return access
 
 
 async def parse_body(request: Request, model: type[M]) -> tuple[M, dict]:

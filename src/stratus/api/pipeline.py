@@ -2,7 +2,8 @@
 
     1 identify  2 guard  3 authorize  4 admit  5 route  6 generate  7 account  8 record
 
-`RequestHooks` holds the steps that other parts of stratus provide: identity (security/identity),
+`RequestHooks` holds the steps that other parts of stratus provide: identity (security/identity,
+which owns `Principal`; api/auth.py holds the hooks that access control passes in),
 guard (security/anomaly), authorize (security/rbac), admit and account (security/limits), and
 record (security/audit). The defaults below are the open, unmetered, unaudited gateway of a
 development server: everyone is the anonymous principal and every hook lets the request through.
@@ -22,28 +23,17 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from stratus.api.ids import new_id
+from stratus.security.identity import ANONYMOUS, Principal
 
+if TYPE_CHECKING:
+    from stratus.api.state import AppState
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling. The security package will own this type (security/identity.py)."""
-
-    user: str
-    team: str | None = None
-    roles: frozenset[str] = frozenset()
-    key_id: str | None = None  # public prefix of the API key used, never the key
-
-    @property
-    def tenant(self) -> str:
-        """The unit that owns cached answers and usage: the team, else the user."""
-        return f"team:{self.team}" if self.team else f"user:{self.user}"
-
-
-ANONYMOUS = Principal(user="anonymous")
+__all__ = ["ANONYMOUS", "OPEN_ACCESS", "Principal", "RequestContext", "RequestHooks", "Usage"]
 
 
 @dataclass
@@ -95,6 +85,14 @@ class RequestContext:
 
 class RequestHooks:
     """The pluggable steps. Every method here is a no-op: no auth, no limits, no audit."""
+
+    def bind(self, state: AppState) -> None:
+        """Called once by `create_app` with the app's state (the served models, settings)."""
+
+    async def may(self, request: Request, ctx: RequestContext, permission: str) -> bool:
+        """May this caller (perhaps anonymous) see what `permission` guards? Never raises; for
+        routes that answer everyone but show details only to some (/ready)."""
+        return True
 
     async def identify(self, request: Request, ctx: RequestContext) -> Principal:
         """Step 1: turn credentials into a Principal (raise APIError 401 to refuse)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -37,6 +38,17 @@ class ServedModel:
     @property
     def max_model_len(self) -> int | None:
         return self.engine.max_model_len if self.engine is not None else None
+
+
+def model_not_found(name: str, available: list[str]) -> APIError:
+    """The 404 for a model; `available` is what the caller may use (never other models' names)."""
+    listed = ", ".join(sorted(available)) or "none"
+    return APIError(
+        404,
+        f"The model '{name}' does not exist. Models served here: {listed}.",
+        param="model",
+        code="model_not_found",
+    )
 
 
 class ModelRegistry:
@@ -107,21 +119,17 @@ class ModelRegistry:
             time.perf_counter() - started,
         )
 
-    def get(self, name: str) -> ServedModel:
+    def get(self, name: str, visible: Callable[[str], bool] | None = None) -> ServedModel:
+        """The model called `name`, or 404. `visible`: which models the caller may know of; a
+        model it may not use is answered exactly as one that does not exist."""
         model = self.models.get(name)
-        if model is None:
-            available = ", ".join(sorted(self.models)) or "none"
-            raise APIError(
-                404,
-                f"The model '{name}' does not exist. Models served here: {available}.",
-                param="model",
-                code="model_not_found",
-            )
+        if model is None or (visible is not None and not visible(name)):
+            raise model_not_found(name, [n for n in self.models if visible is None or visible(n)])
         return model
 
-    def engine(self, name: str, retry_after: int = 2) -> Engine:
+    def engine(self, name: str, retry_after: int = 2, visible: Callable[[str], bool] | None = None) -> Engine:
         """The engine for `name`, or 404 (unknown) / 503 (still loading, failed)."""
-        model = self.get(name)
+        model = self.get(name, visible)
         self.check_health()
         if model.state == "loading":
             raise unavailable(

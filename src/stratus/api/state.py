@@ -9,6 +9,7 @@ from stratus.api.registry import ModelRegistry
 from stratus.api.response_cache import ResponseCache
 from stratus.config import Settings
 from stratus.observe.metrics import Metrics
+from stratus.security.access import AccessControl
 
 
 @dataclass
@@ -18,3 +19,4 @@ class AppState:
     metrics: Metrics
     hooks: RequestHooks
     cache: ResponseCache | None = None
+    access: AccessControl | None = None  # users, keys and grants; None with --no-auth

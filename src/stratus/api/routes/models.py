@@ -26,13 +26,14 @@ def _card(m: ServedModel) -> dict:
 
 @router.get(
     "/v1/models",
-    summary="List the models served here",
+    summary="List the models served here that the caller may use",
     response_model=ModelList,
     responses=errors(500),
 )
 async def list_models(gw: Gateway = Depends(gateway)) -> JSONBody:
     await gw.authorize()
-    models = gw.state.registry.models.values()
+    visible = gw.visible
+    models = [m for m in gw.state.registry.models.values() if visible is None or visible(m.name)]
     return JSONBody({"object": "list", "data": [_card(m) for m in models]})
 
 
@@ -44,4 +45,4 @@ async def list_models(gw: Gateway = Depends(gateway)) -> JSONBody:
 )
 async def get_model(model_id: str, gw: Gateway = Depends(gateway)) -> JSONBody:
     await gw.authorize(model_id)
-    return JSONBody(_card(gw.state.registry.get(model_id)))
+    return JSONBody(_card(gw.state.registry.get(model_id, gw.visible)))

@@ -25,12 +25,13 @@ async def health() -> JSONBody:
     responses={503: {"model": ReadyResponse, "description": "Still loading, or a model failed"}},
 )
 async def ready(request: Request) -> JSONBody:
-    registry = app_state(request).registry
-    body = {
-        "status": registry.status,
-        "models": {m.name: m.state for m in registry.models.values()},
-        "errors": {m.name: m.error for m in registry.models.values() if m.error},
-    }
+    """Everyone gets the status; model names and errors only callers allowed to read status."""
+    state = app_state(request)
+    registry = state.registry
+    body = {"status": registry.status, "models": {}, "errors": {}}
+    if await state.hooks.may(request, request.state.ctx, "status.read"):
+        body["models"] = {m.name: m.state for m in registry.models.values()}
+        body["errors"] = {m.name: m.error for m in registry.models.values() if m.error}
     return JSONBody(body, status_code=200 if registry.ready else 503)
 
 
