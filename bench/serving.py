@@ -298,7 +298,9 @@ def main() -> None:
     url = args.url
     if url is None:
         extra = ["--config", args.config] if args.config else []
-        server = ServeProcess("--model", f"{args.model}={path}", "--engine-isolation", args.isolation, *extra)
+        server = ServeProcess(
+            "--model", f"{args.model}={path}", "--engine-isolation", args.isolation, "--no-auth", *extra
+        )
         server.wait_ready(600)
         url = server.url
     try:

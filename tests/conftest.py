@@ -4,14 +4,23 @@
   built once per session.
 - `api_server`: one real gateway serving that checkpoint as model "tiny" on a loopback port,
   started once per session (integration and e2e tests share it; its counters are cumulative).
-- `base_url`, `http`: the server's URL and an httpx client for it.
+- `base_url`, `http`: the server's URL and an httpx client for it, sending `admin_key`.
+- `admin_key`: the API key of `api_server`'s first admin (access control is on there, as in
+  `stratus serve`); `auth_headers` holds it as an Authorization header.
+
+Every secret a test issues goes through tests/issued.py: at the end of the session the SQLite
+files of every gateway and every captured log line are searched for each one (and a hit fails
+the run).
 """
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 
+from tests import issued
 from tests.checkpoints import build_checkpoint
 from tests.live_server import LiveServer
 
@@ -31,15 +40,50 @@ def tiny_checkpoint(tmp_path_factory):
     )
 
 
+def pytest_configure(config):
+    logging.getLogger().addHandler(issued.CAPTURE)
+    logging.getLogger("stratus").setLevel(logging.DEBUG)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    logging.getLogger().removeHandler(issued.CAPTURE)
+    found = issued.leaks()
+    if found:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "SECRETS LEAKED:\n  " + "\n  ".join(found)
+        if reporter is not None:
+            reporter.write_line(text, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
-def api_server(tiny_checkpoint):
+def admin_key() -> str:
+    from stratus.security.keys import generate
+
+    return issued.record(generate().secret)
+
+
+@pytest.fixture(scope="session")
+def auth_headers(admin_key) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_key}"}
+
+
+@pytest.fixture(scope="session")
+def api_server(tiny_checkpoint, tmp_path_factory, admin_key):
     from stratus.api import create_app
+    from stratus.api.auth import AuthHooks, build_access
     from stratus.config import Settings
+    from stratus.security.bootstrap import bootstrap
 
     settings = Settings(
-        models={TINY_MODEL: str(tiny_checkpoint)}, max_body_bytes=256 * 1024, engine_isolation="process"
+        models={TINY_MODEL: str(tiny_checkpoint)},
+        max_body_bytes=256 * 1024,
+        engine_isolation="process",
+        data_dir=str(issued.data_dir_of(tmp_path_factory.mktemp("gateway-data"))),
     )
-    server = LiveServer(create_app(settings)).start()
+    access = build_access(settings)
+    bootstrap(access.store, admin_key)
+    server = LiveServer(create_app(settings, hooks=AuthHooks(access))).start()
     try:
         server.wait_ready()
         yield server
@@ -59,6 +103,6 @@ def base_url(api_server) -> str:
 
 
 @pytest.fixture
-def http(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as client:
+def http(base_url, auth_headers):
+    with httpx.Client(base_url=base_url, timeout=60, headers=auth_headers) as client:
         yield client

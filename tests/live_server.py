@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from tests import issued
+
 
 class LiveServer:
     def __init__(self, app, host: str = "127.0.0.1", drain_timeout: float = 5.0):
@@ -137,3 +139,5 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._reader.join(5)
+        issued.record_output(self.output)  # searched for secrets at the end of the session

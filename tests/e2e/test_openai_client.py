@@ -11,8 +11,8 @@ HI = [{"role": "user", "content": "Say hello"}]
 
 
 @pytest.fixture(scope="module")
-def client(base_url):
-    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
+def client(base_url, admin_key):
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key=admin_key, max_retries=0, timeout=60) as c:
         yield c
 
 

@@ -20,7 +20,7 @@ class TeamFromHeader(RequestHooks):
     """Stands in for real identity (a later issue): the caller's team comes from a header."""
 
     async def identify(self, request, ctx):
-        return Principal(user="u", team=request.headers.get("x-team"))
+        return Principal(user="u", team=request.headers.get("x-team"), models=None)
 
 
 def counter(client, name):
@@ -78,6 +78,7 @@ def test_queue_over_its_bound_gets_503_with_retry_after(tiny_checkpoint):
         retry_after=3,
         engine=EngineConfig(max_num_seqs=1),
         engine_isolation="thread",
+        auth=False,  # not about access control
     )
     with LiveServer(create_app(settings)) as server:
         server.wait_ready()

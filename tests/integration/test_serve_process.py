@@ -19,6 +19,7 @@ def test_serve_prints_banner_and_drains_on_sigterm(tiny_checkpoint, tmp_path):
         "60",
         "--data-dir",
         str(tmp_path / "data"),
+        "--no-auth",  # loopback, and not about access control
         env={"STRATUS_MAX_WAITING": "100"},
     )
     try:

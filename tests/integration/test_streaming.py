@@ -92,12 +92,12 @@ def metric(http, name, **labels):
     return 0.0
 
 
-def test_client_disconnect_aborts_the_generation(http, base_url, tiny_engine):
+def test_client_disconnect_aborts_the_generation(http, base_url, tiny_engine, auth_headers):
     aborted = metric(http, "stratus_aborted_requests_total", model=TINY_MODEL, reason="client_disconnect")
     generated = metric(http, "stratus_generation_tokens_total", model=TINY_MODEL)
     body = {"model": TINY_MODEL, "prompt": "go", "max_tokens": 450, "ignore_eos": True, "stream": True}
     with (
-        httpx.Client(base_url=base_url, timeout=30) as client,
+        httpx.Client(base_url=base_url, timeout=30, headers=auth_headers) as client,
         client.stream("POST", "/v1/completions", json=body) as r,
     ):
         lines = r.iter_lines()
@@ -118,13 +118,13 @@ def test_client_disconnect_aborts_the_generation(http, base_url, tiny_engine):
     assert 0 < metric(http, "stratus_generation_tokens_total", model=TINY_MODEL) - generated < 450
 
 
-def test_non_streamed_request_is_aborted_when_its_client_leaves(http, api_server, tiny_engine):
+def test_non_streamed_request_is_aborted_when_its_client_leaves(http, api_server, tiny_engine, admin_key):
     aborted = metric(http, "stratus_aborted_requests_total", model=TINY_MODEL, reason="client_disconnect")
     body = json.dumps({"model": TINY_MODEL, "prompt": "wait", "max_tokens": 450, "ignore_eos": True}).encode()
     with socket.create_connection(("127.0.0.1", api_server.port), timeout=30) as s:
         s.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + f"Authorization: Bearer {admin_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
         deadline = time.monotonic() + 30
@@ -164,7 +164,7 @@ async def _stream_text(client, url, body):
 
 
 @pytest.mark.slow
-def test_fifty_concurrent_streaming_clients(http, base_url):
+def test_fifty_concurrent_streaming_clients(http, base_url, auth_headers):
     n = 50
     common = {"max_tokens": 12, "temperature": 0, "ignore_eos": True, "stream": True}
     bodies, prompt_ids = [], []
@@ -188,7 +188,9 @@ def test_fifty_concurrent_streaming_clients(http, base_url):
 
     async def run_all():
         limits = httpx.Limits(max_connections=n + 5)
-        async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=base_url, timeout=120, limits=limits, headers=auth_headers
+        ) as client:
             return await asyncio.gather(*(_stream_text(client, url, body) for url, body in bodies))
 
     results = asyncio.run(run_all())

@@ -55,6 +55,7 @@ def test_https(tmp_path, tiny_checkpoint):
         data_dir=str(tmp_path / "data"),
         engine_isolation="thread",
         log_level="warning",
+        auth=False,  # loopback, and not about access control
     )
     server, sock = build_server(settings)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
