@@ -10,7 +10,8 @@ kernel in src/stratus/engine/quant.py.
 Per model (demo: models/demo; 100m: the random ~100M-parameter Llama of bench/common.py):
 - fp32: the checkpoint as it is, run in float32;
 - bf16: the same weights saved in bfloat16, run in bfloat16;
-- int8, int4: `stratus compress --method int8 | int4` (group 128, head kept in float32).
+- int8, int4: `stratus compress --method int8 | int4` (group 128, head kept in float32);
+- int4+head: int4 with `--quantize-head` (the output head in int4 too).
 Each variant runs in a fresh process: load time (LLMEngine construction), then decode tokens/s
 at batch 1 and batch 16 (64 new tokens each, greedy, best of --repeats runs; only decode steps
 are timed). Quality (perplexity, top-1 agreement) is what `stratus compress` reports; see
@@ -78,11 +79,16 @@ def make_variants(src: Path, name: str) -> dict[str, tuple[Path, str]]:
     tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in read_weights(src).items()}
     write_checkpoint(src, bf16, config, tensors, overwrite=True)
     variants["bf16"] = (bf16, "bfloat16")
-    for method in ("int8", "int4"):
+    specs = {
+        "int8": CompressSpec("int8"),
+        "int4": CompressSpec("int4"),
+        "int4+head": CompressSpec("int4", quantize_head=True),
+    }
+    for variant, spec in specs.items():
         start = time.perf_counter()
-        compress(src, out / method, CompressSpec(method), overwrite=True)
-        print(f"  {name} {method}: compressed in {time.perf_counter() - start:.1f} s", flush=True)
-        variants[method] = (out / method, "float32")
+        compress(src, out / variant, spec, overwrite=True)
+        print(f"  {name} {variant}: compressed in {time.perf_counter() - start:.1f} s", flush=True)
+        variants[variant] = (out / variant, "float32")
     return variants
 
 
@@ -224,12 +230,12 @@ def table(name: str, rows: dict) -> str:
     base = rows["fp32"]["decode_tokens_per_s"]
     lines = [
         f"\n{name}",
-        f"{'variant':8s} {'MiB':>8s} {'load s':>7s} {'tok/s b1':>9s} {'x fp32':>7s} {'tok/s b16':>10s} {'x fp32':>7s}",
+        f"{'variant':9s} {'MiB':>8s} {'load s':>7s} {'tok/s b1':>9s} {'x fp32':>7s} {'tok/s b16':>10s} {'x fp32':>7s}",
     ]
     for variant, r in rows.items():
         d = r["decode_tokens_per_s"]
         lines.append(
-            f"{variant:8s} {r['bytes'] / 2**20:8.1f} {r['load_s']:7.2f} {d['1']:9.1f} {d['1'] / base['1']:7.2f} "
+            f"{variant:9s} {r['bytes'] / 2**20:8.1f} {r['load_s']:7.2f} {d['1']:9.1f} {d['1'] / base['1']:7.2f} "
             f"{d['16']:10.1f} {d['16'] / base['16']:7.2f}"
         )
     return "\n".join(lines)
