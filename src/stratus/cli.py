@@ -185,6 +185,12 @@ def _default(name: str) -> Any:
     "(admin, auditor, viewer, member, or team_admin:TEAM / member:TEAM).",
 )
 @click.option("--jwt-team-claim", default=None, help="Claim naming one team the caller is a member of.")
+@click.option(
+    "--audit-fail-open/--audit-fail-closed",
+    default=None,
+    help="Serve requests even when their audit record cannot be written (logged loudly). "
+    "[default: fail closed, 503; env: STRATUS_AUDIT_FAIL_OPEN]",
+)
 @_engine_options
 @click.option(
     "--config",
@@ -365,6 +371,7 @@ def run_server(settings: Settings) -> int:
 
 main.add_command(__import__("stratus.compress.cli", fromlist=["compress"]).compress)  # stratus compress
 __import__("stratus.admin_cli", fromlist=["register"]).register(main)  # stratus keys|users|teams
+main.add_command(__import__("stratus.audit_cli", fromlist=["audit"]).audit)  # stratus audit
 
 if __name__ == "__main__":
     main()

@@ -67,6 +67,7 @@ class Settings:
     jwt_roles_claim: str = "groups"  # a list of strings (dotted path for nested claims)
     jwt_role_map: str | None = None  # "group=admin,ml=member:ml,ml-leads=team_admin:ml"
     jwt_team_claim: str | None = None  # a claim naming one team the caller is a member of
+    audit_fail_open: bool = False  # serve even when the audit record cannot be written (logged)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def model_paths(self) -> dict[str, Path]:

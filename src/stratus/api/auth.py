@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from stratus.api.audit import AuditRecorder, recorder_for
 from stratus.api.errors import APIError
 from stratus.api.pipeline import OPEN_ACCESS, RequestContext, RequestHooks
 from stratus.api.registry import model_not_found
@@ -78,9 +79,15 @@ class AuthHooks(RequestHooks):
     def __init__(self, access: AccessControl):
         self.access = access
         self._served: list[str] | dict = []
+        self.audit: AuditRecorder | None = None
 
     def bind(self, state: AppState) -> None:
         self._served = state.registry.models  # a live view: names of the served models
+        self.audit = recorder_for(state.settings, self.access.store)  # step 8 (api/audit.py)
+
+    async def record(self, ctx: RequestContext) -> None:
+        if self.audit is not None:
+            await self.audit.record(ctx)
 
     async def _principal(self, request: Request) -> Principal:
         token = bearer(request.headers.get("authorization"))

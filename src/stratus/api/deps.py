@@ -41,6 +41,7 @@ async def request_context(request: Request) -> RequestContext:
     """Steps 1 and 2: who is calling, and should they be stopped outright."""
     ctx: RequestContext = request.state.ctx
     if ctx.principal is None:
+        ctx.authenticating = True
         hooks = app_state(request).hooks
         ctx.principal = await hooks.identify(request, ctx)
         await hooks.guard(request, ctx)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stratus.api.audit import audit_unavailable
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
 
@@ -35,10 +36,25 @@ class RequestContextMiddleware:
         ctx = RequestContext.from_scope(scope)
         scope.setdefault("state", {})["ctx"] = ctx
         request_id_header = (b"x-request-id", ctx.request_id.encode())
+        recorded = refused = False
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal recorded, refused
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
+                # A complete response is recorded before its first byte leaves, so a failed audit
+                # write can still refuse it (fail closed); a stream is recorded after its last byte.
+                if not _is_stream(message):
+                    recorded = True
+                    if not await self._record(scope, ctx, refusable=True):
+                        refused = True
+                        ctx.status, ctx.outcome = 503, "error"
+                        response = audit_unavailable().response()
+                        response.raw_headers.append(request_id_header)
+                        await response(scope, receive, send)
+                        return
                 message["headers"] = [*message.get("headers", []), request_id_header]
             await send(message)
 
@@ -50,16 +66,31 @@ class RequestContextMiddleware:
             ctx.outcome = "error"
             raise
         finally:
-            await self._finish(scope, ctx)
+            await self._finish(scope, ctx, recorded)
 
-    async def _finish(self, scope: Scope, ctx: RequestContext) -> None:
+    def _settle(self, scope: Scope, ctx: RequestContext) -> None:
         route = scope.get("route")
         ctx.route = getattr(route, "path", None) or "unmatched"
         if ctx.status is None:  # no response was started: the client left first
             ctx.status, ctx.outcome = 499, "client_disconnect"
-        status = ctx.status
-        if ctx.outcome == "ok" and status >= 400:
+        if ctx.outcome == "ok" and ctx.status >= 400:
             ctx.outcome = "error"
+
+    async def _record(self, scope: Scope, ctx: RequestContext, refusable: bool) -> bool:
+        """Step 8's record; False when it failed and the response can still be refused."""
+        self._settle(scope, ctx)
+        try:
+            await self.state.hooks.record(ctx)
+        except Exception:
+            log.exception("record hook failed for request %s", ctx.request_id)
+            return not refusable
+        return True
+
+    async def _finish(self, scope: Scope, ctx: RequestContext, recorded: bool) -> None:
+        if not recorded:
+            await self._record(scope, ctx, refusable=False)
+        self._settle(scope, ctx)
+        status = ctx.status
         # Only served models become label values: clients choose ctx.model, and an unbounded
         # set of labels would grow the registry without limit.
         model = ctx.model if ctx.model in self.state.registry.models else ""
@@ -74,10 +105,13 @@ class RequestContextMiddleware:
                 ctx.model or "-",
                 ctx.outcome,
             )
-        try:
-            await self.state.hooks.record(ctx)
-        except Exception:
-            log.exception("record hook failed for request %s", ctx.request_id)
+
+
+def _is_stream(message: Message) -> bool:
+    for name, value in message.get("headers", []):
+        if name.lower() == b"content-type":
+            return value.startswith(b"text/event-stream")
+    return False
 
 
 class BodyLimitMiddleware:

@@ -29,6 +29,7 @@ from fastapi import Request
 
 from stratus.api.ids import new_id
 from stratus.security.identity import ANONYMOUS, Principal
+from stratus.security.keys import display_prefix, lookup_of
 
 if TYPE_CHECKING:
     from stratus.api.state import AppState
@@ -68,6 +69,9 @@ class RequestContext:
     outcome: str = "ok"  # ok | error | client_disconnect | aborted
     usage: Usage | None = None
     error: str | None = None  # the client-facing message of an error response
+    user_agent: str | None = None
+    credential_prefix: str | None = None  # public prefix of a presented API key (never the secret)
+    authenticating: bool = False  # step 1 was reached: the request gets an audit record
 
     @classmethod
     def from_scope(cls, scope: dict) -> RequestContext:
@@ -75,12 +79,23 @@ class RequestContext:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID_RE.match(given) else new_id()
         client = scope.get("client")
+        agent = headers.get(b"user-agent")
         return cls(
             request_id=request_id,
             method=scope.get("method", ""),
             path=scope.get("path", ""),
             client=f"{client[0]}:{client[1]}" if client else None,
+            user_agent=agent.decode("latin-1")[:256] if agent else None,
+            credential_prefix=_key_prefix(headers.get(b"authorization")),
         )
+
+
+def _key_prefix(authorization: bytes | None) -> str | None:
+    if not authorization or len(authorization) > 300:
+        return None
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    lookup = lookup_of(token.strip()) if scheme.lower() == "bearer" else None
+    return display_prefix(lookup) if lookup else None
 
 
 class RequestHooks:

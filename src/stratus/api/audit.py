@@ -1,0 +1,110 @@
+"""Step 8's audit record: one per request that reached step 1, built from its RequestContext.
+
+    recorder = AuditRecorder(AuditLog(store, key), fail_open=False)
+    await recorder.record(ctx)       # raises AuditUnavailable when the write fails (fail closed)
+
+Fail closed is the default: the middleware writes the record before the response starts and
+answers 503 instead when the write fails. `--audit-fail-open` serves anyway and logs an
+error for every record lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from stratus.api.errors import APIError
+from stratus.api.pipeline import RequestContext
+from stratus.security.audit import AuditEvent, AuditLog
+
+log = logging.getLogger("stratus.audit")
+
+
+class AuditUnavailable(Exception):
+    """The audit record could not be written and the gateway fails closed."""
+
+
+def audit_unavailable() -> APIError:
+    return APIError(
+        503,
+        "The audit trail cannot be written, so the request was refused. Retry shortly.",
+        code="audit_unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _outcome(ctx: RequestContext) -> str:
+    status = ctx.status or 0
+    if status in (401, 403):
+        return "denied"
+    if status == 429:
+        return "limited"
+    return ctx.outcome
+
+
+def _host(client: str | None) -> str | None:
+    if not client:
+        return None
+    host, sep, _port = client.rpartition(":")
+    return (host if sep else client).strip("[]")[:64]
+
+
+def event_for(ctx: RequestContext) -> AuditEvent:
+    p = ctx.principal
+    usage = ctx.usage
+    return AuditEvent(
+        action=f"{ctx.method} {ctx.route or ctx.path}"[:160],
+        outcome=_outcome(ctx),
+        at=ctx.started_at,
+        request_id=ctx.request_id,
+        principal=p.user if p is not None else None,
+        team=p.team if p is not None else None,
+        key_prefix=(p.key_prefix if p is not None and p.key_prefix else ctx.credential_prefix),
+        resource=ctx.path[:512],
+        model=(ctx.model or None) and ctx.model[:128],
+        status=ctx.status,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        client=_host(ctx.client),
+        user_agent=ctx.user_agent,
+    )
+
+
+class AuditRecorder:
+    def __init__(self, audit: AuditLog, fail_open: bool = False):
+        self.log = audit
+        self.fail_open = fail_open
+        self.lost = 0  # records not written while failing open
+
+    async def record(self, ctx: RequestContext) -> None:
+        if not ctx.authenticating:
+            return
+        await self.write(event_for(ctx))
+
+    async def write(self, event: AuditEvent) -> None:
+        try:
+            await asyncio.to_thread(self.log.append, event)
+        except Exception as exc:
+            if not self.fail_open:
+                log.error("audit write failed (%s): refusing the request", type(exc).__name__)
+                raise AuditUnavailable from exc
+            self.lost += 1
+            log.error(
+                "AUDIT RECORD LOST (fail-open): %s %s request %s: %s (%d lost so far)",
+                event.action,
+                event.status,
+                event.request_id,
+                type(exc).__name__,
+                self.lost,
+            )
+
+
+def recorder_for(settings, store) -> AuditRecorder:
+    """The recorder a gateway with access control uses: its key from STRATUS_AUDIT_KEY or the
+    data directory's audit.key, its records in the access-control store."""
+    from stratus.security.audit_key import load_audit_key
+
+    recorder = AuditRecorder(AuditLog(store, load_audit_key(settings.data_dir)), settings.audit_fail_open)
+    if recorder.fail_open:
+        log.warning("audit is FAIL-OPEN: requests are served even when their record cannot be written")
+    return recorder
