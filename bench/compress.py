@@ -6,6 +6,7 @@ kernel in src/stratus/engine/quant.py.
     .venv/bin/python bench/compress.py                      # demo + 100m
     .venv/bin/python bench/compress.py --models 100m --threads 2
     .venv/bin/python bench/compress.py --quick              # small, for a smoke test
+    .venv/bin/python bench/compress.py --models none --threads 1   # only the kernel table
 
 Per model (demo: models/demo; 100m: the random ~100M-parameter Llama of bench/common.py):
 - fp32: the checkpoint as it is, run in float32;
@@ -259,7 +260,7 @@ def main() -> None:
         args.models, args.repeats, args.tokens = "quick", 1, 16
     result = {"machine": common.machine_info(), "threads": args.threads, "tokens": args.tokens, "models": {}}
     print(f"machine: {result['machine']}", flush=True)
-    for name in args.models.split(","):
+    for name in [m for m in args.models.split(",") if m and m != "none"]:
         src = model_dir(name)
         rows = {}
         for variant, (path, dtype) in make_variants(src, name).items():

@@ -17,11 +17,13 @@ The matmul, chosen by measurement on this project's AVX2 CPU (docs/BENCHMARKS.md
 torch's packed kernels `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` read the
 compressed weight directly and are vectorized for bfloat16 activations (their float32 and
 float16 paths are scalar and 5-15x slower than a plain float32 matmul). So on the CPU every
-batch of up to PACKED_MAX_ROWS rows (decode and prefill chunks alike) goes through those kernels
-with the activations rounded to bfloat16: dequantizing a tile and running the float32 matmul
-costs more than the kernels' whole call below ~512 rows (int8) and ~1000 rows (int4).
-Larger batches (offline scoring), and any device other than the CPU, dequantize the weight
-tile by tile and use the dense matmul.
+batch of up to PACKED_MAX_ROWS rows (decode, and prefill chunks up to the engine's default
+512-token step budget) goes through those kernels with the activations rounded to bfloat16.
+Dequantizing the weight and running the float32 matmul only pays off for larger batches
+(measured crossover between ~64 and ~512 rows for int8 depending on threads, beyond 512 for
+int4), so larger batches (offline scoring), and any device other than the CPU, dequantize the
+weight tile by tile and use the dense matmul. For prefill the packed kernels are ~1.5-2.5x
+slower than a float32 matmul: quantization buys decode speed, not prompt speed, on this CPU.
 The kernels take their scales (and int4 zeros) in bfloat16 too, and return bfloat16. So that a
 sequence computes the same thing whichever path its batch takes, a layer that uses the kernels
 rounds its scales to bfloat16 for both paths, and the dense path rounds its inputs and outputs
@@ -38,7 +40,7 @@ from .config import CheckpointError
 
 METHODS = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
-PACKED_MAX_ROWS = 1024  # above this many rows, dequantize + dense matmul is faster (measured)
+PACKED_MAX_ROWS = 512  # above this many rows, dequantize + dense matmul is no slower (measured)
 ROW_BLOCK = 32  # the CPU int4 kernel wants out_features in multiples of 16; 32 fixes its layout
 TILE_ELEMENTS = 1 << 20  # weights dequantized at a time on the dense path (4 MiB as float32)
 
