@@ -1,0 +1,161 @@
+"""Every outcome path leaves exactly one audit record; a failing audit write refuses the request."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from stratus.api import create_app
+from stratus.api.auth import AuthHooks, build_access
+from stratus.api.errors import APIError
+from stratus.config import Settings
+from stratus.security.audit_verify import verify
+from stratus.security.bootstrap import bootstrap
+from stratus.security.keys import generate
+from tests import issued
+from tests.conftest import TINY_MODEL
+from tests.live_server import LiveServer
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class AdmitForTests(AuthHooks):
+    """Real identity and audit; admission refuses two magic token budgets (limits are issue 5)."""
+
+    async def admit(self, ctx, prompt_tokens, max_tokens):
+        if max_tokens == 7:
+            raise APIError(429, "Rate limit reached (test).", code="rate_limited")
+        if max_tokens == 8:
+            raise APIError(503, "Unavailable (test).")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_engine, tmp_path_factory):
+    data_dir = issued.data_dir_of(tmp_path_factory.mktemp("audit-gateway"))
+    settings = Settings(data_dir=str(data_dir))
+    access = build_access(settings)
+    admin = issued.record(generate().secret)
+    bootstrap(access.store, admin)
+    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, hooks=AdmitForTests(access))
+    with LiveServer(app) as live:
+        live.wait_ready()
+        live.admin = admin
+        live.hooks = app.state.stratus.hooks
+        yield live
+
+
+def records_for(server, request_id, wait: bool = True):
+    """The records of one request; a stream's is written just after its last byte, so wait."""
+    for _ in range(200 if wait else 1):
+        found = [r for r in server.hooks.audit.log.records() if r.request_id == request_id]
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+def chat(max_tokens=4, model=TINY_MODEL, stream=False):
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "audit me"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+
+
+@pytest.fixture(scope="module")
+def viewer_key(server):
+    h = {"Authorization": f"Bearer {server.admin}"}
+    with httpx.Client(base_url=server.url, headers=h, timeout=60) as c:
+        assert c.post("/admin/users", json={"name": "vera", "role": "viewer"}).status_code in (200, 201)
+        r = c.post("/admin/keys", json={"name": "v", "user": "vera"})
+        assert r.status_code in (200, 201), r.text
+        return issued.record(r.json()["secret"])
+
+
+@pytest.mark.parametrize(
+    "case, key, method, path, body, status, outcome",
+    [
+        ("unauthenticated", None, "POST", "/v1/chat/completions", chat(), 401, "denied"),
+        ("bad key", "sk-stratus-0123456789ab_" + "x" * 43, "GET", "/v1/models", None, 401, "denied"),
+        ("forbidden", "viewer", "POST", "/v1/chat/completions", chat(), 403, "denied"),
+        ("unknown model", "admin", "POST", "/v1/chat/completions", chat(model="nope"), 404, "error"),
+        ("limited", "admin", "POST", "/v1/chat/completions", chat(max_tokens=7), 429, "limited"),
+        ("unavailable", "admin", "POST", "/v1/chat/completions", chat(max_tokens=8), 503, "error"),
+        ("bad body", "admin", "POST", "/v1/chat/completions", {"model": TINY_MODEL}, 400, "error"),
+        ("success", "admin", "POST", "/v1/chat/completions", chat(), 200, "ok"),
+        ("stream", "admin", "POST", "/v1/chat/completions", chat(stream=True), 200, "ok"),
+        ("admin change", "admin", "POST", "/admin/teams", {"name": "audited"}, 201, "ok"),
+    ],
+)
+def test_each_outcome_leaves_exactly_one_record(
+    server, viewer_key, case, key, method, path, body, status, outcome
+):
+    secret = {"admin": server.admin, "viewer": viewer_key}.get(key, key)
+    headers = {"X-Request-Id": f"audit-{case.replace(' ', '-')}", "User-Agent": "audit-test/1"}
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.request(method, path, json=body, headers=headers)
+    if case == "admin change" and r.status_code == 200:
+        status = 200
+    assert r.status_code == status, r.text
+    (rec,) = records_for(server, headers["X-Request-Id"])
+    assert rec.status == status and rec.outcome == outcome
+    assert rec.action.startswith(method + " ")
+    assert rec.user_agent == "audit-test/1" and rec.client == "127.0.0.1"
+    if key == "admin":
+        assert rec.principal == "admin" and rec.key_prefix.startswith("sk-stratus-")
+    if case == "success":
+        assert rec.model == TINY_MODEL and rec.prompt_tokens > 0 and rec.completion_tokens > 0
+    if case == "stream":
+        assert rec.completion_tokens > 0
+    if case == "bad key":
+        assert rec.principal is None and rec.key_prefix == "sk-stratus-0123456789ab"
+
+
+def test_public_routes_are_not_audited(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        assert c.get("/health", headers={"X-Request-Id": "audit-health"}).status_code == 200
+    assert records_for(server, "audit-health", wait=False) == []
+
+
+def test_client_disconnect_mid_stream_leaves_one_record(server):
+    headers = {"Authorization": f"Bearer {server.admin}", "X-Request-Id": "audit-disconnect"}
+    body = chat(max_tokens=200, stream=True)
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as c,
+        c.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r,
+    ):
+        next(r.iter_lines())
+    (rec,) = records_for(server, "audit-disconnect")
+    assert rec.outcome in ("client_disconnect", "ok")  # a tiny model may finish first
+
+
+def test_failing_audit_write_refuses_the_request(server, monkeypatch):
+    recorder = server.hooks.audit
+
+    def broken(event):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(recorder.log, "append", broken)
+    headers = {"Authorization": f"Bearer {server.admin}", "X-Request-Id": "audit-refused"}
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.post("/v1/chat/completions", json=chat(), headers=headers)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "audit_unavailable"
+        assert r.headers["x-request-id"] == "audit-refused"
+        monkeypatch.setattr(recorder, "fail_open", True)
+        r = c.post("/v1/chat/completions", json=chat(), headers={**headers, "X-Request-Id": "audit-open"})
+        assert r.status_code == 200  # fail-open serves, and logs the lost record
+    assert recorder.lost >= 1
+    monkeypatch.undo()
+    assert records_for(server, "audit-refused", wait=False) == []
+
+
+def test_chain_of_the_live_gateway_verifies(server):
+    report = verify(server.hooks.audit.log)
+    assert report.ok, report.problems
+    assert report.records > 10
