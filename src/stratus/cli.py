@@ -191,6 +191,7 @@ def _default(name: str) -> Any:
     help="Serve requests even when their audit record cannot be written (logged loudly). "
     "[default: fail closed, 503; env: STRATUS_AUDIT_FAIL_OPEN]",
 )
+@__import__("stratus.usage_cli", fromlist=["limit_options"]).limit_options  # limits, metering
 @_engine_options
 @click.option(
     "--config",
@@ -371,6 +372,7 @@ def run_server(settings: Settings) -> int:
 
 main.add_command(__import__("stratus.compress.cli", fromlist=["compress"]).compress)  # stratus compress
 __import__("stratus.admin_cli", fromlist=["register"]).register(main)  # stratus keys|users|teams
+__import__("stratus.usage_cli", fromlist=["register"]).register(main)  # stratus usage|limits
 main.add_command(__import__("stratus.audit_cli", fromlist=["audit"]).audit)  # stratus audit
 
 if __name__ == "__main__":

@@ -68,6 +68,11 @@ class Settings:
     jwt_role_map: str | None = None  # "group=admin,ml=member:ml,ml-leads=team_admin:ml"
     jwt_team_claim: str | None = None  # a claim naming one team the caller is a member of
     audit_fail_open: bool = False  # serve even when the audit record cannot be written (logged)
+    # limits and usage (security/limits.py)
+    metering: bool | None = None  # limits + usage ledger; None: on with access control, off without
+    redis_url: str | None = field(default=None, repr=False)  # shared limit counters; default in process
+    limits_fail_open: bool = False  # Redis down: per-process limits instead of 503
+    model_prices: str | None = None  # "tiny=0.5/1.5,...": USD per million prompt/completion tokens
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def model_paths(self) -> dict[str, Path]:
@@ -254,6 +259,13 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"auth_cache_ttl must be between 0 and 60 seconds, got {s.auth_cache_ttl}")
     if s.jwt_issuer:
         _check_jwt(s)
+    if s.model_prices:
+        from stratus.security.limits import parse_prices
+
+        try:
+            parse_prices(s.model_prices)
+        except ValueError as exc:
+            raise ConfigError(f"model_prices: {exc}") from None
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError("log_level must be one of critical, error, warning, info, debug, trace")
 

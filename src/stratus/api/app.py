@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 import stratus
-from stratus.api import auth
+from stratus.api import auth, metering
 from stratus.api.errors import install_error_handlers
 from stratus.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from stratus.api.openapi import build_openapi
 from stratus.api.pipeline import RequestHooks
 from stratus.api.registry import ModelRegistry
 from stratus.api.response_cache import ResponseCache
-from stratus.api.routes import admin, chat, completions, models, ops, tokenize
+from stratus.api.routes import admin, chat, completions, models, ops, tokenize, usage
 from stratus.api.state import AppState
 from stratus.config import Settings
 from stratus.observe.metrics import Metrics
@@ -58,13 +58,15 @@ def create_app(
     if settings.response_cache_size > 0:
         cache = ResponseCache(settings.response_cache_size, settings.response_cache_ttl)
     hooks = hooks if hooks is not None else auth.default_hooks(settings)
+    access = hooks.access if isinstance(hooks, auth.AuthHooks) else None
+    hooks = metering.wrap(hooks, settings, access.store if access is not None else None)
     state = AppState(
         settings=settings,
         registry=registry,
         metrics=Metrics(registry.stats),
         hooks=hooks,
         cache=cache,
-        access=hooks.access if isinstance(hooks, auth.AuthHooks) else None,
+        access=access,
     )
     hooks.bind(state)
 
@@ -91,7 +93,7 @@ def create_app(
     app.state.stratus = state
     install_error_handlers(app)
     auth.install(app)
-    for module in (chat, completions, models, tokenize, ops, admin):
+    for module in (chat, completions, models, tokenize, ops, admin, usage):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, state=state)  # outermost: sees every outcome

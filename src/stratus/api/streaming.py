@@ -119,6 +119,10 @@ async def _events(
             for chunk in fmt.delta_chunks(*item):
                 yield event(chunk)
             item = await anext(deltas, None)
+        # Charge and write the ledger row before the end of the stream reaches the client: a
+        # stream the client saw finish is in the ledger even if the gateway dies right after.
+        with anyio.CancelScope(shield=True):
+            await gen.finish()
         if gen.outcome == "aborted":
             yield event(
                 APIError(503, "The generation was stopped because the server is shutting down.").body()

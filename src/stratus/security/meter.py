@@ -1,0 +1,189 @@
+"""Step 4 (admit) and step 7 (account) without HTTP: limits, reservations and the usage ledger.
+
+    meter = Meter(store, limiter=MemoryLimiter(), prices=parse_prices("tiny=0.5/1.5"))
+    ticket = await meter.admit(principal, "tiny", prompt_tokens=12, max_tokens=100)  # LimitExceeded
+    ...
+    await meter.settle(ticket, prompt_tokens=12, completion_tokens=37, status="ok", ...)
+
+admit   plans the counters of every applicable rule (security/limits.py) and reserves the worst
+        case (prompt + max_tokens, and its cost) in one atomic limiter call
+settle  turns the reservation into the real charge (what was delivered), frees the concurrency
+        slot, and writes the ledger row; awaited before the end of a response is sent, so a
+        response the client saw complete is in the ledger even if the gateway is killed after
+
+The api layer (api/metering.py) turns LimitExceeded into a 429 and LimiterUnavailable into a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from stratus.security.identity import Principal
+from stratus.security.limiter_memory import MemoryLimiter
+from stratus.security.limits import (
+    QUOTA_KINDS,
+    LimiterUnavailable,
+    LimitRule,
+    Plan,
+    Prices,
+    cost_micro_usd,
+    plan_request,
+    rate_headers,
+    refusal_message,
+    retry_after,
+)
+from stratus.store import Store, StoreUnavailable
+from stratus.store import usage as ledger
+
+log = logging.getLogger("stratus.limits")
+
+
+class LimitExceeded(Exception):
+    def __init__(self, message: str, kind: str, retry_after: int, headers: dict[str, str]):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.retry_after = retry_after
+        self.headers = headers
+
+    @property
+    def quota(self) -> bool:
+        """A daily/monthly quota or budget, rather than a per-minute rate or a concurrency cap."""
+        return self.kind in QUOTA_KINDS
+
+
+@dataclass
+class Ticket:
+    """One admitted request's reservation."""
+
+    principal: Principal
+    model: str
+    plan: Plan
+    limiter: object
+    headers: dict[str, str] = field(default_factory=dict)
+    settled: bool = False
+
+
+class Meter:
+    def __init__(
+        self,
+        store: Store | None,
+        limiter,
+        prices: Prices | None = None,
+        fail_open: bool = False,
+        rules_ttl: float = 2.0,
+        prefix: str = "stratus:lim:",
+    ):
+        self.store = store
+        self.limiter = limiter
+        self.fallback = MemoryLimiter()  # per-process limits while Redis is down (fail-open only)
+        self.prices = prices or {}
+        self.fail_open = fail_open
+        self.rules_ttl = rules_ttl
+        self.prefix = prefix
+        self._rules: list[LimitRule] | None = None
+        self._rules_at = 0.0
+        self.static_rules: list[LimitRule] = []  # rules given in code (tests, benchmarks)
+
+    # -- rules --------------------------------------------------------------------------------
+
+    def invalidate(self) -> None:
+        self._rules_at = 0.0
+
+    def _load_rules(self) -> list[LimitRule]:
+        if self.store is None:
+            return []
+        with self.store.connect() as conn:
+            return [LimitRule(**r) for r in ledger.list_limits(conn)]
+
+    async def rules(self) -> list[LimitRule]:
+        now = time.monotonic()
+        if self._rules is None or now - self._rules_at > self.rules_ttl:
+            try:
+                self._rules = await asyncio.to_thread(self._load_rules)
+                self._rules_at = now
+            except StoreUnavailable:
+                if self._rules is None:
+                    raise LimiterUnavailable("the limit rules cannot be read from the database") from None
+                log.warning("limit rules could not be refreshed; using the last known ones")
+        return self.static_rules + self._rules
+
+    # -- admit and settle ---------------------------------------------------------------------
+
+    async def admit(self, principal: Principal, model: str, prompt_tokens: int, max_tokens: int) -> Ticket:
+        now = time.time()
+        plan = plan_request(
+            await self.rules(), principal, model, prompt_tokens, max_tokens, self.prices, now, self.prefix
+        )
+        limiter = self.limiter
+        if plan.items:
+            try:
+                decision = await limiter.acquire(plan.items)
+            except LimiterUnavailable:
+                if not self.fail_open:
+                    raise
+                log.warning("limiter unavailable; falling back to per-process limits (fail-open)")
+                limiter = self.fallback
+                decision = await limiter.acquire(plan.items)
+            headers = rate_headers(plan.items, decision.values, now)
+            if not decision.allowed:
+                item = plan.items[decision.refused]
+                wait = retry_after(item, now)
+                raise LimitExceeded(refusal_message(item, decision.current, now), item.kind, wait, headers)
+        else:
+            headers = {}
+        return Ticket(principal, model, plan, limiter, headers)
+
+    async def settle(
+        self,
+        ticket: Ticket,
+        *,
+        request_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        status: str,
+        started_at: float,
+        latency_s: float,
+    ) -> None:
+        """Charge what was delivered (once), then write the ledger row. Never raises."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        cost = cost_micro_usd(self.prices, ticket.model, prompt_tokens, completion_tokens)
+        changes = ticket.plan.reconcile(prompt_tokens + completion_tokens, cost)
+        try:
+            await ticket.limiter.adjust(changes)
+        except LimiterUnavailable:
+            log.error("could not reconcile limits for request %s: limiter unavailable", request_id)
+        await self.write(
+            ledger.UsageRow(
+                request_id=request_id,
+                time=started_at,
+                day=time.strftime("%Y-%m-%d", time.gmtime(started_at)),
+                key_id=ticket.principal.key_id,
+                user=ticket.principal.user,
+                team=ticket.principal.team,
+                model=ticket.model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost_micro_usd=cost,
+                status=status,
+                latency_ms=latency_s * 1000.0,
+            )
+        )
+
+    async def write(self, row: ledger.UsageRow) -> None:
+        if self.store is None:
+            return
+
+        def insert() -> None:
+            with self.store.begin() as conn:
+                ledger.record(conn, row)
+
+        try:
+            await asyncio.to_thread(insert)
+        except Exception:
+            log.exception("usage ledger write failed for request %s", row.request_id)

@@ -1,0 +1,235 @@
+"""Limits and the usage ledger on a live gateway (in-process limiter; tiny model, shared engine).
+
+- 200 concurrent requests against a token budget that admits exactly N: exactly N succeed
+- streamed, aborted and failed requests: the ledger and the counters hold what was delivered
+- 429 bodies and headers through the official openai client, which honours Retry-After
+- bad limits are a 400; /admin/usage aggregates in JSON and CSV
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from stratus.api import create_app
+from stratus.api.metering import meter_of
+from stratus.api.pipeline import Principal, RequestHooks
+from stratus.config import Settings
+from stratus.store import usage as ledger
+from tests.conftest import TINY_MODEL
+from tests.live_server import LiveServer
+
+pytestmark = pytest.mark.timeout(240)
+BROKEN = "broken"
+MAX = 4  # completion tokens per request (ignore_eos: every admitted request uses exactly these)
+
+
+class UserFromHeader(RequestHooks):
+    """Identity for these tests: user and team from headers (access control has its own tests)."""
+
+    async def identify(self, request, ctx):
+        return Principal(
+            user=request.headers.get("x-user", "u"),
+            team=request.headers.get("x-team"),
+            key_id=request.headers.get("x-key"),
+            models=None,
+            roles=frozenset({"admin"}),
+        )
+
+
+class BrokenEngine:
+    """The tiny engine, except that every generation fails after its second delta."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    async def generate(self, request):
+        seen = 0
+        async for delta in self._engine.generate(request):
+            yield delta
+            seen += 1
+            if seen == 2:
+                raise RuntimeError("injected engine failure")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_engine, tmp_path_factory):
+    settings = Settings(
+        metering=True, data_dir=str(tmp_path_factory.mktemp("limits-data")), model_prices="tiny=1/2"
+    )
+    engines = {TINY_MODEL: tiny_engine, BROKEN: BrokenEngine(tiny_engine)}
+    app = create_app(settings, engines=engines, hooks=UserFromHeader())
+    with LiveServer(app) as live:
+        live.wait_ready()
+        yield live
+
+
+def meter(server):
+    return meter_of(server.app.state.stratus.hooks)
+
+
+def set_rule(server, **rule):
+    m = meter(server)
+    with m.store.begin() as conn:
+        ledger.put_limit(conn, rule, time.time(), "test")
+    m.invalidate()
+
+
+def rows(server, user):
+    with meter(server).store.connect() as conn:
+        return [r for r in conn.execute(ledger.usage_ledger.select()).mappings() if r["user"] == user]
+
+
+def body(**extra):
+    return {"model": TINY_MODEL, "prompt": "count with me", "max_tokens": MAX, "ignore_eos": True, **extra}
+
+
+def test_200_concurrent_requests_against_a_budget_admit_exactly_n(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        probe = c.post("/v1/completions", json=body(), headers={"x-user": "probe"}).json()
+    per_request = probe["usage"]["total_tokens"]
+    n = 7
+    set_rule(server, scope="user", subject="crowd", tokens_per_day=n * per_request)
+
+    async def one(client):
+        return await client.post("/v1/completions", json=body(), headers={"x-user": "crowd"})
+
+    async def all_at_once():
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            return await asyncio.gather(*(one(client) for _ in range(200)))
+
+    responses = asyncio.run(all_at_once())
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == n and statuses.count(429) == 200 - n
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    assert "tokens per day for user 'crowd'" in refused.json()["error"]["message"]
+    delivered = sum(r.json()["usage"]["total_tokens"] for r in responses if r.status_code == 200)
+    recorded = rows(server, "crowd")
+    assert len(recorded) == n
+    assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in recorded) == delivered == n * per_request
+
+
+def counter_value(server, user, kind):
+    m = meter(server)
+    keys = [k for k in m.limiter._counters if f"user={user}/" in k and f":{kind}:" in k]
+    return sum(m.limiter.peek(k) for k in keys)
+
+
+def test_streamed_aborted_and_failed_requests_are_charged_what_was_delivered(server):
+    set_rule(server, scope="user", subject="streamer", tpm=10**6, tokens_per_day=10**6, concurrent=5)
+    h = {"x-user": "streamer"}
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        # a full stream: the usage chunk, the ledger row and the counters agree
+        with c.stream(
+            "POST",
+            "/v1/completions",
+            json=body(stream=True, stream_options={"include_usage": True}),
+            headers=h,
+        ) as r:
+            events = [line for line in r.iter_lines() if line.startswith("data: {")]
+        usage = httpx.Response(200, content=events[-1][6:]).json()["usage"]
+        [row] = rows(server, "streamer")  # written before [DONE] reached us
+        assert (row["prompt_tokens"], row["completion_tokens"], row["status"]) == (
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+            "ok",
+        )
+        assert row["cost_micro_usd"] == usage["prompt_tokens"] * 1 + usage["completion_tokens"] * 2
+
+        # an aborted stream: the client leaves after the first token
+        long = body(stream=True, max_tokens=400)
+        with c.stream("POST", "/v1/completions", json=long, headers=h) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    break
+        deadline = time.monotonic() + 60
+        while len(rows(server, "streamer")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        aborted = rows(server, "streamer")[1]
+        assert aborted["status"] == "client_disconnect"
+        assert 1 <= aborted["completion_tokens"] < 400
+
+        # a failure after two tokens: charged the two tokens, not the worst case
+        failed = c.post("/v1/completions", json={**body(max_tokens=50), "model": BROKEN}, headers=h)
+        assert failed.status_code == 500
+    set_rule(server, scope="user", subject="streamer", tpm=10**6, tokens_per_day=10**6, concurrent=5)
+    recorded = rows(server, "streamer")
+    assert len(recorded) == 3 and recorded[2]["status"] == "error"
+    assert recorded[2]["completion_tokens"] == 2
+    total = sum(r["prompt_tokens"] + r["completion_tokens"] for r in recorded)
+    assert counter_value(server, "streamer", "tokens_per_day") == total
+    assert counter_value(server, "streamer", "concurrent") == 0
+
+
+def test_429_headers_and_body_through_the_openai_client(server, monkeypatch):
+    set_rule(server, scope="user", subject="sdk", rpm=2, tpm=10**6)
+    client = openai.OpenAI(
+        base_url=server.url + "/v1", api_key="unused", max_retries=0, default_headers={"x-user": "sdk"}
+    )
+    sdk_body = {
+        "model": TINY_MODEL,
+        "prompt": "count with me",
+        "max_tokens": MAX,
+        "extra_body": {"ignore_eos": True},
+    }
+    client.completions.create(**sdk_body)
+    client.completions.create(**sdk_body)
+    with pytest.raises(openai.RateLimitError) as err:
+        client.completions.create(**sdk_body)
+    response = err.value.response
+    assert err.value.code == "rate_limit_exceeded"
+    assert "requests per minute for user 'sdk' is 2" in err.value.message
+    retry_after = int(response.headers["retry-after"])
+    assert 1 <= retry_after <= 60
+    assert response.headers["x-ratelimit-limit-requests"] == "2"
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert response.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert response.headers["x-ratelimit-limit-tokens"] == "1000000"
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) < 10**6
+    assert response.headers["x-ratelimit-reset-tokens"].endswith("s")
+
+    # the client retries a 429 by itself, waiting what Retry-After says
+    slept: list[float] = []
+    import openai._base_client as base
+
+    monkeypatch.setattr(base.time, "sleep", lambda s: slept.append(s))
+    retrying = client.with_options(max_retries=2)
+    with pytest.raises(openai.RateLimitError):
+        retrying.completions.create(**sdk_body)
+    assert len(slept) == 2
+    assert all(abs(s - int(retry_after)) <= 1 for s in slept)
+
+
+def test_bad_limits_are_400_and_usage_is_aggregated(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        for bad in (
+            {"scope": "user", "subject": "x", "rpm": -1},
+            {"scope": "user", "subject": "x", "tpm": 10**15},
+        ):
+            r = c.put("/admin/limits", json=bad)
+            assert r.status_code == 400 and r.json()["error"]["param"] in ("rpm", "tpm")
+        assert "limit" in r.json()["error"]["message"] or "integer" in r.json()["error"]["message"]
+        ok = c.put("/admin/limits", json={"scope": "team", "subject": "ml", "rpm": 100})
+        assert ok.status_code == 200
+        assert any(rule["subject"] == "ml" for rule in c.get("/admin/limits").json()["data"])
+        assert c.delete("/admin/limits", params={"scope": "team", "subject": "ml"}).status_code == 200
+
+        c.post("/v1/completions", json=body(), headers={"x-user": "agg", "x-team": "ml"})
+        data = c.get("/admin/usage", params={"by": "user,model,day"}).json()["data"]
+        mine = [d for d in data if d["user"] == "agg"]
+        assert len(mine) == 1 and mine[0]["requests"] == 1 and mine[0]["completion_tokens"] == MAX
+        csv_text = c.get("/admin/usage", params={"by": "team", "format": "csv"}).text
+        assert (
+            csv_text.splitlines()[0] == "team,requests,prompt_tokens,completion_tokens,total_tokens,cost_usd"
+        )
+        assert any(line.startswith("ml,1,") for line in csv_text.splitlines())
+        assert c.get("/admin/usage", params={"by": "planet"}).status_code == 400
