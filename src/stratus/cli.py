@@ -129,7 +129,10 @@ def _default(name: str) -> Any:
     default=None,
     help="Log verbosity. [default: info]",
 )
-@click.option("--access-log/--no-access-log", default=None, help="Log one line per request. [default: off]")
+@click.option(
+    "--access-log/--no-access-log", default=None, help="One JSON line per request (no secrets). [default: off]"
+)
+@click.option("--access-log-file", default=None, help="Append access-log lines here. [default: stdout]")
 @click.option(
     "--engine-isolation",
     type=click.Choice(["process", "thread"]),

@@ -53,6 +53,7 @@ class Settings:
     response_cache_ttl: float = 600.0  # seconds a cached response stays valid
     log_level: str = "info"
     access_log: bool = False
+    access_log_file: str | None = None  # JSON lines appended here; None or "-": stdout
     engine_isolation: str = "process"  # step loop in its own process, or a thread (tests, embedding)
     # access control (docs/SECURITY.md)
     auth: bool = True  # off only with --no-auth on a loopback address

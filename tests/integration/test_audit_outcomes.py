@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -34,7 +35,9 @@ class AdmitForTests(AuthHooks):
 @pytest.fixture(scope="module")
 def server(tiny_engine, tmp_path_factory):
     data_dir = issued.data_dir_of(tmp_path_factory.mktemp("audit-gateway"))
-    settings = Settings(data_dir=str(data_dir))
+    settings = Settings(
+        data_dir=str(data_dir), access_log=True, access_log_file=str(data_dir / "access.jsonl")
+    )
     access = build_access(settings)
     admin = issued.record(generate().secret)
     bootstrap(access.store, admin)
@@ -43,6 +46,7 @@ def server(tiny_engine, tmp_path_factory):
         live.wait_ready()
         live.admin = admin
         live.hooks = app.state.stratus.hooks
+        live.access_log = data_dir / "access.jsonl"
         yield live
 
 
@@ -159,3 +163,28 @@ def test_chain_of_the_live_gateway_verifies(server):
     report = verify(server.hooks.audit.log)
     assert report.ok, report.problems
     assert report.records > 10
+
+
+def test_access_log_line_matches_the_audit_record_and_holds_no_secret(server):
+    headers = {"Authorization": f"Bearer {server.admin}", "X-Request-Id": "access-log-1"}
+    body = {
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": "zebra-prompt-47"}],
+        "max_tokens": 3,
+    }
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        assert c.post("/v1/chat/completions?x=1", json=body, headers=headers).status_code == 200
+    (rec,) = records_for(server, "access-log-1")
+    for _ in range(100):  # the line is written just after the last byte
+        text = server.access_log.read_text()
+        if "access-log-1" in text:
+            break
+        time.sleep(0.05)
+    lines = [json.loads(line) for line in text.splitlines()]
+    (line,) = [x for x in lines if x["request_id"] == "access-log-1"]
+    assert line["principal"] == rec.principal == "admin"
+    assert line["status"] == 200 and line["model"] == TINY_MODEL and line["path"] == "/v1/chat/completions"
+    assert line["completion_tokens"] == rec.completion_tokens and line["duration_ms"] >= line["first_byte_ms"]
+    assert server.admin not in text and "zebra-prompt-47" not in text
+    exported = json.dumps([r.to_json() for r in server.hooks.audit.log.records()])
+    assert server.admin not in exported and "zebra-prompt-47" not in exported

@@ -7,6 +7,7 @@ through untouched and a client disconnect still reaches the endpoint.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,12 +15,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stratus.api.audit import audit_unavailable
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
+from stratus.observe.access_log import AccessLog
 
 if TYPE_CHECKING:
     from stratus.api.state import AppState
 
 log = logging.getLogger("stratus.api")
-access_log = logging.getLogger("stratus.access")
 
 
 class RequestContextMiddleware:
@@ -28,6 +29,8 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, state: AppState):
         self.app = app
         self.state = state
+        settings = state.settings
+        self.access_log = AccessLog(settings.access_log_file) if settings.access_log else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,13 +40,15 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["ctx"] = ctx
         request_id_header = (b"x-request-id", ctx.request_id.encode())
         recorded = refused = False
+        first_byte: float | None = None
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal recorded, refused
+            nonlocal recorded, refused, first_byte
             if refused:
                 return
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
+                first_byte = time.perf_counter() - ctx.started
                 # A complete response is recorded before its first byte leaves, so a failed audit
                 # write can still refuse it (fail closed); a stream is recorded after its last byte.
                 if not _is_stream(message):
@@ -66,7 +71,7 @@ class RequestContextMiddleware:
             ctx.outcome = "error"
             raise
         finally:
-            await self._finish(scope, ctx, recorded)
+            await self._finish(scope, ctx, recorded, first_byte)
 
     def _settle(self, scope: Scope, ctx: RequestContext) -> None:
         route = scope.get("route")
@@ -86,7 +91,9 @@ class RequestContextMiddleware:
             return not refusable
         return True
 
-    async def _finish(self, scope: Scope, ctx: RequestContext, recorded: bool) -> None:
+    async def _finish(
+        self, scope: Scope, ctx: RequestContext, recorded: bool, first_byte: float | None
+    ) -> None:
         if not recorded:
             await self._record(scope, ctx, refusable=False)
         self._settle(scope, ctx)
@@ -95,16 +102,11 @@ class RequestContextMiddleware:
         # set of labels would grow the registry without limit.
         model = ctx.model if ctx.model in self.state.registry.models else ""
         self.state.metrics.requests.labels(ctx.route, model, str(status)).inc()
-        if self.state.settings.access_log:
-            access_log.info(
-                "%s %s %s %s model=%s outcome=%s",
-                ctx.client,
-                ctx.method,
-                ctx.path,
-                status,
-                ctx.model or "-",
-                ctx.outcome,
-            )
+        if self.access_log is not None:
+            try:
+                self.access_log.write(ctx, first_byte, time.perf_counter() - ctx.started)
+            except OSError:
+                log.exception("access log write failed for request %s", ctx.request_id)
 
 
 def _is_stream(message: Message) -> bool:
