@@ -69,6 +69,10 @@ class Settings:
     jwt_role_map: str | None = None  # "group=admin,ml=member:ml,ml-leads=team_admin:ml"
     jwt_team_claim: str | None = None  # a claim naming one team the caller is a member of
     audit_fail_open: bool = False  # serve even when the audit record cannot be written (logged)
+    lockout_failures: int = 30  # 401s from one address (or against one key) per minute before a lockout; 0: off
+    lockout_seconds: float = 30.0  # the first lockout; each further one doubles (up to an hour)
+    alert_z: float = 4.0  # z-score over a key's own baseline that raises an alert
+    alert_interval: float = 60.0  # seconds per baseline sample
     # limits and usage (security/limits.py)
     metering: bool | None = None  # limits + usage ledger; None: on with access control, off without
     redis_url: str | None = field(default=None, repr=False)  # shared limit counters; default in process

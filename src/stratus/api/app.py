@@ -29,7 +29,7 @@ from stratus.api.openapi import build_openapi
 from stratus.api.pipeline import RequestHooks
 from stratus.api.registry import ModelRegistry
 from stratus.api.response_cache import ResponseCache
-from stratus.api.routes import admin, chat, completions, models, ops, tokenize, usage
+from stratus.api.routes import admin, admin_audit, chat, completions, models, ops, tokenize, usage
 from stratus.api.state import AppState
 from stratus.config import Settings
 from stratus.observe.metrics import Metrics
@@ -93,7 +93,7 @@ def create_app(
     app.state.stratus = state
     install_error_handlers(app)
     auth.install(app)
-    for module in (chat, completions, models, tokenize, ops, admin, usage):
+    for module in (chat, completions, models, tokenize, ops, admin, usage, admin_audit):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, state=state)  # outermost: sees every outcome

@@ -35,6 +35,8 @@ def audit_unavailable() -> APIError:
 
 def _outcome(ctx: RequestContext) -> str:
     status = ctx.status or 0
+    if ctx.outcome == "locked":
+        return "locked"
     if status in (401, 403):
         return "denied"
     if status == 429:

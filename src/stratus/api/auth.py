@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from stratus.api import guard
 from stratus.api.audit import AuditRecorder, recorder_for
 from stratus.api.errors import APIError
+from stratus.api.guard import guard_for
 from stratus.api.pipeline import OPEN_ACCESS, RequestContext, RequestHooks
 from stratus.api.registry import model_not_found
 from stratus.security import errors as sec
 from stratus.security import rbac
 from stratus.security.access import AccessControl
+from stratus.security.anomaly import Guard
 from stratus.security.bootstrap import ENV_VAR, bootstrap
 from stratus.security.identity import Principal
 from stratus.security.jwt import IssuerConfig, JWTVerifier, parse_role_map
@@ -80,14 +83,18 @@ class AuthHooks(RequestHooks):
         self.access = access
         self._served: list[str] | dict = []
         self.audit: AuditRecorder | None = None
+        self.anomaly: Guard | None = None
 
     def bind(self, state: AppState) -> None:
         self._served = state.registry.models  # a live view: names of the served models
         self.audit = recorder_for(state.settings, self.access.store)  # step 8 (api/audit.py)
+        self.anomaly = guard_for(state.settings)  # step 2 (api/guard.py)
 
     async def record(self, ctx: RequestContext) -> None:
         if self.audit is not None:
             await self.audit.record(ctx)
+        if self.anomaly is not None:
+            await guard.observe(self.anomaly, self.audit, ctx)
 
     async def _principal(self, request: Request) -> Principal:
         token = bearer(request.headers.get("authorization"))
@@ -102,6 +109,8 @@ class AuthHooks(RequestHooks):
         return principal
 
     async def identify(self, request: Request, ctx: RequestContext) -> Principal:
+        if self.anomaly is not None:
+            guard.check(self.anomaly, ctx)  # a locked-out address or key prefix: 429
         principal = await self._principal(request)
         ctx.principal = principal  # known even if the route is refused (for the record step)
         route = request.scope.get("route")

@@ -101,6 +101,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/admin/keys/{key_id}"): KEYS_OWN,
     ("POST", "/admin/keys/{key_id}/rotate"): KEYS_OWN,
     ("POST", "/admin/keys/{key_id}/revoke"): KEYS_OWN,
+    ("GET", "/admin/audit"): AUDIT_READ,
+    ("GET", "/admin/alerts"): AUDIT_READ,
 }
 
 

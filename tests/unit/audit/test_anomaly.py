@@ -1,0 +1,80 @@
+"""The guard on its own: lockouts with exponential backoff, and per-key baselines that alert."""
+
+from __future__ import annotations
+
+from stratus.security.anomaly import AlertPolicy, Guard, LockoutPolicy, Observation
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_failure_burst_locks_the_address_with_exponential_backoff():
+    clock = Clock()
+    guard = Guard(LockoutPolicy(failures=5, window=60, base=10), clock=clock)
+    fail = lambda: guard.observe(Observation(key=None, address="10.0.0.9", status=401, at=clock.now))  # noqa: E731
+    events = [e for _ in range(5) for e in fail()]
+    assert [e.kind for e in events] == ["lockout"]
+    assert events[0].source == "addr:10.0.0.9" and events[0].detail["seconds"] == 10
+    assert guard.locked(["addr:10.0.0.9"]) == 10
+    assert guard.locked(["addr:10.0.0.10"]) == 0
+    clock.now += 11
+    assert guard.locked(["addr:10.0.0.9"]) == 0
+    second = [e for _ in range(5) for e in fail()]
+    assert second[0].detail["seconds"] == 20  # doubled
+    assert guard.lockouts()[0]["source"] == "addr:10.0.0.9"
+
+
+def test_failures_against_one_key_prefix_lock_that_key_from_any_address():
+    guard = Guard(LockoutPolicy(failures=3, window=60, base=10))
+    for i in range(3):
+        guard.observe(Observation(key="sk-stratus-aaaaaaaaaaaa", address=f"10.0.1.{i}", status=401))
+    assert guard.locked(["key:sk-stratus-aaaaaaaaaaaa"]) > 0
+    assert guard.locked(["addr:10.0.1.0"]) == 0
+
+
+def test_spread_out_failures_do_not_lock():
+    clock = Clock()
+    guard = Guard(LockoutPolicy(failures=3, window=60, base=10), clock=clock)
+    for _ in range(10):
+        guard.observe(Observation(key=None, address="10.0.0.1", status=401, at=clock.now))
+        clock.now += 31
+    assert guard.locked(["addr:10.0.0.1"]) == 0
+
+
+def test_a_spike_on_one_key_alerts_and_steady_keys_do_not():
+    guard = Guard(alerts=AlertPolicy(z=4.0, interval=60, warmup=5, min_count=10))
+    t = 0.0
+    keys = ["sk-stratus-aaaaaaaaaaaa", "sk-stratus-bbbbbbbbbbbb", "sk-stratus-cccccccccccc"]
+    events = []
+    for minute in range(20):  # steady: 8-12 requests a minute on every key
+        for k, key in enumerate(keys):
+            for i in range(8 + (minute + k) % 5):
+                events += guard.observe(Observation(key, "10.0.0.1", 200, tokens=20, model="m", at=t + i))
+        t += 60
+    assert events == []
+    for i in range(200):  # one key, one minute: 200 requests
+        events += guard.observe(Observation(keys[0], "10.0.0.1", 200, tokens=20, model="m", at=t + i * 0.1))
+    for key in keys[1:]:
+        for i in range(10):
+            events += guard.observe(Observation(key, "10.0.0.1", 200, tokens=20, model="m", at=t + i))
+    kinds = {(e.kind, e.source) for e in events}
+    assert ("rate_spike", f"key:{keys[0]}") in kinds
+    assert all(source == f"key:{keys[0]}" for _, source in kinds)
+    assert len([e for e in events if e.kind == "rate_spike"]) == 1  # once per interval
+
+
+def test_new_model_and_many_addresses_alert():
+    guard = Guard(alerts=AlertPolicy(max_addresses=3))
+    key = "sk-stratus-dddddddddddd"
+    assert guard.observe(Observation(key, "10.0.0.1", 200, model="a", at=0)) == []
+    (event,) = guard.observe(Observation(key, "10.0.0.1", 200, model="b", at=1))
+    assert event.kind == "new_model" and event.detail == {"model": "b"}
+    events = []
+    for i in range(2, 8):
+        events += guard.observe(Observation(key, f"10.0.0.{i}", 200, model="a", at=2 + i))
+    assert [e.kind for e in events] == ["many_addresses"]
