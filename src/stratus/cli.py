@@ -82,6 +82,14 @@ def _default(name: str) -> Any:
 @click.option("--tls-cert", default=None, help="TLS certificate (PEM); HTTPS when given with --tls-key.")
 @click.option("--tls-key", default=None, help="TLS private key (PEM).")
 @click.option(
+    "--tls-self-signed/--no-tls-self-signed",
+    default=None,
+    help="HTTPS with a development certificate made once under DATA_DIR/tls (clients pin cert.pem).",
+)
+@click.option(
+    "--tls-client-ca", default=None, help="Demand client certificates signed by this CA (PEM): mutual TLS."
+)
+@click.option(
     "--allow-insecure-http/--no-allow-insecure-http",
     default=None,
     help="Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).",
@@ -130,7 +138,9 @@ def _default(name: str) -> Any:
     help="Log verbosity. [default: info]",
 )
 @click.option(
-    "--access-log/--no-access-log", default=None, help="One JSON line per request (no secrets). [default: off]"
+    "--access-log/--no-access-log",
+    default=None,
+    help="One JSON line per request (no secrets). [default: off]",
 )
 @click.option("--access-log-file", default=None, help="Append access-log lines here. [default: stdout]")
 @click.option(
@@ -294,6 +304,7 @@ def build_server(settings: Settings):
     import uvicorn
 
     from stratus.api import create_app
+    from stratus.security.tls import uvicorn_options
 
     if not settings.auth and not _is_loopback(settings.host):
         raise click.ClickException(
@@ -305,7 +316,16 @@ def build_server(settings: Settings):
             f"refusing plain HTTP on {settings.host}: give --tls-cert and --tls-key, listen on "
             "127.0.0.1, or pass --allow-insecure-http when a TLS proxy sits in front"
         )
-    for name in ("tls_cert", "tls_key"):
+    if settings.tls_self_signed and not (settings.tls_cert and settings.tls_key):
+        from stratus.security.tls import ensure_self_signed, self_signed_hosts
+
+        cert, key = ensure_self_signed(settings.data_dir, self_signed_hosts(settings.host))
+        settings.tls_cert, settings.tls_key = str(cert), str(key)
+    if settings.tls_client_ca and not settings.tls:
+        raise click.ClickException(
+            "--tls-client-ca needs HTTPS: add --tls-cert/--tls-key or --tls-self-signed"
+        )
+    for name in ("tls_cert", "tls_key", "tls_client_ca"):
         value = getattr(settings, name)
         if value and not Path(value).is_file():
             raise click.ClickException(f"--{name.replace('_', '-')}: no file at {value}")
@@ -318,9 +338,8 @@ def build_server(settings: Settings):
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout,
-        ssl_certfile=settings.tls_cert,
-        ssl_keyfile=settings.tls_key,
         lifespan="on",
+        **uvicorn_options(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
     )
     return uvicorn.Server(config), sock
 

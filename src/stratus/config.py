@@ -45,6 +45,8 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     allow_insecure_http: bool = False  # plain HTTP on a non-loopback address (behind a TLS proxy)
+    tls_self_signed: bool = False  # make (once) a development certificate under data_dir/tls
+    tls_client_ca: str | None = None  # demand client certificates signed by this CA (mutual TLS)
     drain_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM
     max_body_bytes: int = 4 * 1024 * 1024
     max_waiting: int = 256  # requests waiting in one engine's queue before 503
@@ -69,7 +71,7 @@ class Settings:
     jwt_role_map: str | None = None  # "group=admin,ml=member:ml,ml-leads=team_admin:ml"
     jwt_team_claim: str | None = None  # a claim naming one team the caller is a member of
     audit_fail_open: bool = False  # serve even when the audit record cannot be written (logged)
-    lockout_failures: int = 30  # 401s from one address (or against one key) per minute before a lockout; 0: off
+    lockout_failures: int = 30  # 401s per minute from one address or on one key that lock it; 0: off
     lockout_seconds: float = 30.0  # the first lockout; each further one doubles (up to an hour)
     alert_z: float = 4.0  # z-score over a key's own baseline that raises an alert
     alert_interval: float = 60.0  # seconds per baseline sample
@@ -87,7 +89,7 @@ class Settings:
 
     @property
     def tls(self) -> bool:
-        return bool(self.tls_cert and self.tls_key)
+        return bool(self.tls_cert and self.tls_key) or self.tls_self_signed
 
 
 SETTING_NAMES = [f.name for f in dataclasses.fields(Settings) if f.name not in ("models", "engine")]

@@ -122,7 +122,10 @@ def test_each_outcome_leaves_exactly_one_record(
 
 def test_public_routes_are_not_audited(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        assert c.get("/health", headers={"X-Request-Id": "audit-health"}).status_code == 200
+        r = c.get("/health", headers={"X-Request-Id": "audit-health"})
+        assert r.status_code == 200
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+        assert "strict-transport-security" not in r.headers  # plain HTTP: no HSTS
     assert records_for(server, "audit-health", wait=False) == []
 
 

@@ -30,6 +30,7 @@ from stratus.api.pipeline import RequestHooks
 from stratus.api.registry import ModelRegistry
 from stratus.api.response_cache import ResponseCache
 from stratus.api.routes import admin, admin_audit, chat, completions, models, ops, tokenize, usage
+from stratus.api.security_headers import SecurityHeadersMiddleware
 from stratus.api.state import AppState
 from stratus.config import Settings
 from stratus.observe.metrics import Metrics
@@ -96,7 +97,8 @@ def create_app(
     for module in (chat, completions, models, tokenize, ops, admin, usage, admin_audit):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, state=state)  # outermost: sees every outcome
+    app.add_middleware(RequestContextMiddleware, state=state)  # sees every outcome
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: even a refusal gets the headers
     if state.access is not None:
         app.openapi = lambda: auth.document_auth(build_openapi(app))  # type: ignore[method-assign]
     else:
