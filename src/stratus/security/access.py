@@ -84,11 +84,11 @@ class AccessControl:
                 user = directory.get_user_by_id(conn, key.owner_id)
                 if user is None or user.disabled:
                     raise self._refuse(token_digest, "owner disabled")
+                if key.team is not None and not _may_bind(conn, user, key.team):
+                    raise self._refuse(token_digest, "owner left the key's team")
                 principal = user_principal(
                     conn, user, key, key_prefix=keys.display_prefix(lookup), expires_at=expires_at
                 )
-                if key.team is not None and key.team not in principal.teams:
-                    raise self._refuse(token_digest, "owner left the key's team")
         except StoreUnavailable as exc:
             raise Unavailable(str(exc)) from None
         if key.last_used_at is None or now - key.last_used_at > TOUCH_EVERY_S:
@@ -144,3 +144,8 @@ class AccessControl:
     def forget_key(self, key_id: str) -> None:
         """Drop a key's cached verifications here at once (after a revocation or rotation)."""
         self.cache.invalidate_key(key_id)
+
+
+def _may_bind(conn, user, team: str) -> bool:
+    """A key bound to a team works while its owner is in the team (an admin: always)."""
+    return user.role == rbac.ADMIN or team in directory.memberships_of(conn, user.id)

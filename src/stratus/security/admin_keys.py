@@ -199,9 +199,11 @@ def rotate_key(
     grace = validate.grace(grace_seconds)
     with transaction(access) as conn:
         key = _visible_key(conn, actor, key_id)
-        if key.revoked_at is not None:
-            raise Conflict(f"Key '{key_id}' is revoked; create a new key instead.")
+        if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= time.time()):
+            raise Conflict(f"Key '{key_id}' is revoked or expired; create a new key instead.")
         owner = directory.get_user_by_id(conn, key.owner_id)
+        if owner is None or owner.disabled:
+            raise Conflict(f"The owner of key '{key_id}' is disabled; enable them first.")
         rights = key_rights(conn, owner, key)
         perm, scope = _permission(actor, key.owner, key.team)
         rbac.authorize(actor, perm, scope, Change(after=rights, before=rights))

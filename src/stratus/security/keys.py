@@ -28,7 +28,7 @@ from stratus.security.identity import Principal
 KEY_PREFIX = "sk-stratus-"
 LOOKUP_HEX_CHARS = 12
 SECRET_BYTES = 32  # 256 bits
-KEY_RE = re.compile(r"^sk-stratus-([0-9a-f]{12})_([A-Za-z0-9_-]{43,128})$")
+KEY_RE = re.compile(r"sk-stratus-([0-9a-f]{12})_([A-Za-z0-9_-]{43,128})")  # fullmatch only
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def lookup_of(token: str) -> str | None:
     """The public lookup id of a well-formed key, else None."""
     if len(token) > 200:
         return None
-    m = KEY_RE.match(token)
+    m = KEY_RE.fullmatch(token)
     return m.group(1) if m else None
 
 

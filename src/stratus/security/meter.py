@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from stratus.security.identity import Principal
+from stratus.security.ledger_writer import LedgerWriter
 from stratus.security.limiter_memory import MemoryLimiter
 from stratus.security.limits import (
     QUOTA_KINDS,
@@ -87,6 +88,7 @@ class Meter:
         self._rules: list[LimitRule] | None = None
         self._rules_at = 0.0
         self.static_rules: list[LimitRule] = []  # rules given in code (tests, benchmarks)
+        self.writer = LedgerWriter(store) if store is not None else None
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -176,14 +178,9 @@ class Meter:
         )
 
     async def write(self, row: ledger.UsageRow) -> None:
-        if self.store is None:
+        if self.writer is None:
             return
-
-        def insert() -> None:
-            with self.store.begin() as conn:
-                ledger.record(conn, row)
-
         try:
-            await asyncio.to_thread(insert)
+            await self.writer.write(row)
         except Exception:
             log.exception("usage ledger write failed for request %s", row.request_id)
