@@ -396,6 +396,7 @@ main.add_command(__import__("stratus.compress.cli", fromlist=["compress"]).compr
 __import__("stratus.admin_cli", fromlist=["register"]).register(main)  # stratus keys|users|teams
 __import__("stratus.usage_cli", fromlist=["register"]).register(main)  # stratus usage|limits
 main.add_command(__import__("stratus.audit_cli", fromlist=["audit"]).audit)  # stratus audit
+main.add_command(__import__("stratus.secrets_cli", fromlist=["secrets"]).secrets)  # stratus secrets
 
 if __name__ == "__main__":
     main()
