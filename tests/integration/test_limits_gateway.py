@@ -181,7 +181,9 @@ def test_429_headers_and_body_through_the_openai_client(server, monkeypatch):
         "max_tokens": MAX,
         "extra_body": {"ignore_eos": True},
     }
-    client.completions.create(**sdk_body)
+    first = client.completions.with_raw_response.create(**sdk_body)
+    assert first.headers["x-ratelimit-limit-requests"] == "2"  # on every admitted response too
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
     client.completions.create(**sdk_body)
     with pytest.raises(openai.RateLimitError) as err:
         client.completions.create(**sdk_body)

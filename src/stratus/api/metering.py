@@ -85,6 +85,7 @@ class MeteredHooks(RequestHooks):
         except LimiterUnavailable:
             raise limiter_down() from None
         self._tickets[id(ctx)] = ticket
+        ctx.response_headers.update(ticket.headers)  # x-ratelimit-* on the response, as OpenAI does
 
     async def account(self, ctx: RequestContext, usage: Usage) -> None:
         await self._settle(ctx, usage)

@@ -60,7 +60,8 @@ class RequestContextMiddleware:
                         response.raw_headers.append(request_id_header)
                         await response(scope, receive, send)
                         return
-                message["headers"] = [*message.get("headers", []), request_id_header]
+                extra = [(k.encode(), v.encode()) for k, v in ctx.response_headers.items()]
+                message["headers"] = [*message.get("headers", []), request_id_header, *extra]
             await send(message)
 
         try:

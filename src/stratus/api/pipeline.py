@@ -69,6 +69,7 @@ class RequestContext:
     outcome: str = "ok"  # ok | error | client_disconnect | aborted
     usage: Usage | None = None
     error: str | None = None  # the client-facing message of an error response
+    response_headers: dict[str, str] = field(default_factory=dict)  # sent with the response (x-ratelimit-*)
     user_agent: str | None = None
     credential_prefix: str | None = None  # public prefix of a presented API key (never the secret)
     authenticating: bool = False  # step 1 was reached: the request gets an audit record
