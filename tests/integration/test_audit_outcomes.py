@@ -144,10 +144,10 @@ def test_client_disconnect_mid_stream_leaves_one_record(server):
 def test_failing_audit_write_refuses_the_request(server, monkeypatch):
     recorder = server.hooks.audit
 
-    def broken(event):
+    def broken(events):
         raise OSError("disk full")
 
-    monkeypatch.setattr(recorder.log, "append", broken)
+    monkeypatch.setattr(recorder.log, "append_many", broken)
     headers = {"Authorization": f"Bearer {server.admin}", "X-Request-Id": "audit-refused"}
     with httpx.Client(base_url=server.url, timeout=60) as c:
         r = c.post("/v1/chat/completions", json=chat(), headers=headers)

@@ -92,20 +92,28 @@ class AuditLog:
         self._lock = threading.Lock()  # one writer per process; the head row orders processes
 
     def append(self, event: AuditEvent) -> AuditRecord:
-        values = asdict(event)
+        return self.append_many([event])[0]
+
+    def append_many(self, events: list[AuditEvent]) -> list[AuditRecord]:
+        """Append in one transaction (one fsync): all of them are stored, or none."""
+        out = []
         with self._lock, self.store.begin() as conn:
             seq, prev_mac = self._lock_head(conn)
-            seq += 1
-            mac = record_mac(self.key, values, seq, prev_mac)
-            row_id = conn.execute(
-                audit_events.insert().values(**values, seq=seq, prev_mac=prev_mac, mac=mac)
-            ).inserted_primary_key[0]
+            rows = []
+            for event in events:
+                values = asdict(event)
+                seq += 1
+                mac = record_mac(self.key, values, seq, prev_mac)
+                rows.append({**values, "seq": seq, "prev_mac": prev_mac, "mac": mac})
+                out.append(AuditRecord(**values, seq=seq, prev_mac=prev_mac, mac=mac))
+                prev_mac = mac
+            conn.execute(audit_events.insert(), rows)
             conn.execute(
                 audit_head.update()
                 .where(audit_head.c.id == 1)
-                .values(seq=seq, mac=mac, sig=head_sig(self.key, seq, mac))
+                .values(seq=seq, mac=prev_mac, sig=head_sig(self.key, seq, prev_mac))
             )
-        return AuditRecord(**values, seq=seq, prev_mac=prev_mac, mac=mac, id=row_id)
+        return out
 
     def _lock_head(self, conn: sa.Connection) -> tuple[int, str]:
         # A no-op update takes the write lock before the head is read (SQLite: the database

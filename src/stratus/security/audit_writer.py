@@ -1,0 +1,61 @@
+"""Group commit for the audit trail: one writer thread, one transaction (one fsync) per batch.
+
+    writer = AuditWriter(log)
+    await writer.write(event)       # returns once the record is committed; raises if it was not
+
+Requests that end together share a commit, so the fsync cost is paid once per batch rather than
+once per request: throughput grows with concurrency while every caller still learns whether its
+own record is durable before its response starts (fail closed keeps its meaning).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+
+from stratus.security.audit import AuditEvent, AuditLog, AuditRecord
+
+MAX_BATCH = 256
+
+
+class AuditWriter:
+    def __init__(self, log: AuditLog, max_batch: int = MAX_BATCH):
+        self.log = log
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="stratus-audit-writer", daemon=True)
+        self._thread.start()
+
+    async def write(self, event: AuditEvent) -> AuditRecord:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        self._queue.put((event, loop, future))
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                records = self.log.append_many([event for event, _, _ in batch])
+            except Exception as exc:  # every caller of the batch learns it failed
+                for _, loop, future in batch:
+                    loop.call_soon_threadsafe(_fail, future, exc)
+                continue
+            for (_, loop, future), record in zip(batch, records, strict=True):
+                loop.call_soon_threadsafe(_done, future, record)
+
+
+def _done(future: asyncio.Future, record: AuditRecord) -> None:
+    if not future.done():
+        future.set_result(record)
+
+
+def _fail(future: asyncio.Future, exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
