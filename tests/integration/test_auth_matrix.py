@@ -1,0 +1,218 @@
+"""The authorization matrix: every route of the app × every kind of caller has an expected status.
+
+The routes come from the app's own route table, so a route added without a declared permission
+(security/rbac.ROUTE_PERMISSIONS) or without a row here fails `test_every_route_is_declared`.
+Each caller runs every route against a world of its own (a real SQLite store, models that never
+finish loading, so a request that passes authorization ends in 503 "still loading" instead of
+running a model). Callers without a usable credential must get the one 401 body.
+"""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from stratus.api import create_app
+from stratus.api.auth import AuthHooks, build_access
+from stratus.config import Settings
+from stratus.security import admin, admin_keys, keys, rbac
+from stratus.security.bootstrap import bootstrap
+from stratus.store import apikeys
+from tests import issued
+
+pytestmark = pytest.mark.timeout(300)
+
+ROLES = ("admin", "team_admin", "member", "auditor", "viewer", "wrong_team")
+NO_CREDENTIAL = ("anonymous", "malformed", "unknown", "expired", "revoked")
+CHAT = {"model": "m-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def every(status):
+    return {who: status for who in ROLES + NO_CREDENTIAL}
+
+
+def only(status, allowed, **others):
+    """`status` for the roles in `allowed`, 403 for the other roles (unless given), 401 without."""
+    out = {who: (status if who in allowed else 403) for who in ROLES}
+    out.update(others)
+    out.update({who: 401 for who in NO_CREDENTIAL})
+    return out
+
+
+USERS = {"admin", "team_admin", "member"}
+READERS = {"admin", "team_admin", "auditor"}
+GENERATE = only(503, USERS, wrong_team=404)  # 503: the model is still loading, so it was allowed
+KEY_ADMINS = only(200, {"admin", "team_admin"}, member=404, viewer=404, wrong_team=404)  # auditor: 403
+
+# (method, route template, concrete path, body, expected status by caller), in the order they run.
+MATRIX = [
+    ("GET", "/health", "/health", None, every(200)),
+    ("GET", "/ready", "/ready", None, every(503)),
+    ("GET", "/openapi.json", "/openapi.json", None, every(200)),
+    ("GET", "/docs", "/docs", None, every(200)),
+    ("GET", "/docs/oauth2-redirect", "/docs/oauth2-redirect", None, every(200)),
+    ("GET", "/metrics", "/metrics", None, only(200, {"admin", "auditor", "viewer"})),
+    ("GET", "/v1/models", "/v1/models", None, only(200, USERS | {"wrong_team"})),
+    ("GET", "/v1/models/{model_id:path}", "/v1/models/m-a", None, only(200, USERS, wrong_team=404)),
+    ("POST", "/v1/chat/completions", "/v1/chat/completions", CHAT, GENERATE),
+    ("POST", "/v1/completions", "/v1/completions", {"model": "m-a", "prompt": "hi", "max_tokens": 2}, GENERATE),
+    ("POST", "/tokenize", "/tokenize", {"model": "m-a", "prompt": "hi"}, GENERATE),
+    ("POST", "/detokenize", "/detokenize", {"model": "m-a", "tokens": [1, 2]}, GENERATE),
+    ("GET", "/admin/whoami", "/admin/whoami", None, only(200, set(ROLES))),
+    ("GET", "/admin/users", "/admin/users", None, only(200, READERS)),
+    ("GET", "/admin/users/{name}", "/admin/users/ma", None, only(200, READERS)),
+    ("GET", "/admin/teams", "/admin/teams", None, only(200, READERS)),
+    ("GET", "/admin/teams/{name}", "/admin/teams/alpha", None, only(200, READERS)),
+    ("GET", "/admin/keys", "/admin/keys", None, only(200, set(ROLES))),
+    ("GET", "/admin/keys/{key_id}", "{k_rot}", None, only(200, READERS, member=404, viewer=404, wrong_team=404)),
+    ("POST", "/admin/users", "/admin/users", {"name": "new-{who}", "team": "alpha"}, only(201, USERS - {"member"})),
+    ("PATCH", "/admin/users/{name}", "/admin/users/ma2", {"role": "viewer"}, only(200, {"admin"})),
+    ("PUT", "/admin/users/{name}/models/{model:path}", "/admin/users/ma2/models/m-secret", None, only(200, {"admin"})),
+    ("DELETE", "/admin/users/{name}/models/{model:path}", "/admin/users/ma2/models/m-a", None, only(200, {"admin"})),
+    ("POST", "/admin/teams", "/admin/teams", {"name": "t-{who}"}, only(201, {"admin"})),
+    ("PUT", "/admin/teams/{name}/members/{user}", "/admin/teams/alpha/members/mb", {"role": "member"}, only(200, USERS - {"member"})),
+    ("DELETE", "/admin/teams/{name}/members/{user}", "/admin/teams/alpha/members/ma3", None, only(200, USERS - {"member"})),
+    ("PUT", "/admin/teams/{name}/models/{model:path}", "/admin/teams/alpha/models/m-secret", None, only(200, {"admin"})),
+    ("DELETE", "/admin/teams/{name}/models/{model:path}", "/admin/teams/beta/models/m-b", None, only(200, {"admin"})),
+    ("POST", "/admin/keys", "/admin/keys", {"name": "mine"}, only(201, set(ROLES))),
+    ("POST", "/admin/keys/{key_id}/rotate", "{k_rot}/rotate", None, KEY_ADMINS),
+    ("POST", "/admin/keys/{key_id}/revoke", "{k_rev}/revoke", None, KEY_ADMINS),
+    # issue 5 (limits and usage) and issue 6 (audit): their routes, as declared by their modules
+    ("GET", "/admin/usage", "/admin/usage", None, only(200, set(ROLES))),
+    ("GET", "/admin/limits", "/admin/limits", None, only(200, set(ROLES))),
+    ("PUT", "/admin/limits", "/admin/limits", {"scope": "team", "subject": "alpha", "rpm": 60}, only(200, {"admin", "team_admin"})),
+    ("DELETE", "/admin/limits", "/admin/limits?scope=team&subject=alpha", None, only(200, {"admin", "team_admin"})),
+    ("GET", "/admin/audit", "/admin/audit", None, only(200, {"admin", "auditor"})),
+    ("GET", "/admin/alerts", "/admin/alerts", None, only(200, {"admin", "auditor"})),
+]  # fmt: skip
+
+
+class World:
+    """Two teams, a user in every role, a key each (one expired, one revoked), two target keys."""
+
+    def __init__(self, tmp_path):
+        settings = Settings(
+            models={"m-a": "/nonexistent/a", "m-b": "/nonexistent/b", "m-secret": "/nonexistent/s"},
+            data_dir=str(issued.data_dir_of(tmp_path)),
+            lockout_failures=0,  # the matrix is about authorization; lockouts have their own tests
+        )
+        self.access = access = build_access(settings)
+        root_secret = issued.record(bootstrap(access.store).generated_secret)
+        root = access.authenticate(root_secret)
+        for team, model in (("alpha", "m-a"), ("beta", "m-b")):
+            admin.create_team(access, root, team)
+            admin.set_team_grant(access, root, team, model, True)
+        people = {
+            "ta": ("member", "alpha", "team_admin"),
+            "ma": ("member", "alpha", "member"),
+            "mb": ("member", "beta", "member"),
+            "aud": ("auditor", None, "member"),
+            "view": ("viewer", None, "member"),
+            **{name: ("member", "alpha", "member") for name in ("ma2", "ma3", "mk", "mexp", "mrev")},
+        }
+        for name, (role, team, team_role) in people.items():
+            admin.create_user(access, root, name, role=role, team=team, team_role=team_role)
+        admin.set_user_grant(access, root, "ma2", "m-a", True)
+
+        def key_for(user, team):
+            view, secret = admin_keys.create_key(access, root, f"{user}'s key", user=user, team=team)
+            return view["id"], issued.record(secret)
+
+        self.secrets = {"admin": root_secret}
+        for who, (user, team) in {
+            "team_admin": ("ta", "alpha"),
+            "member": ("ma", "alpha"),
+            "wrong_team": ("mb", "beta"),
+            "auditor": ("aud", None),
+            "viewer": ("view", None),
+        }.items():
+            self.secrets[who] = key_for(user, team)[1]
+        expired_id, self.secrets["expired"] = key_for("mexp", "alpha")
+        with access.store.begin() as conn:  # made to expire a second ago, past what the API allows
+            conn.execute(
+                apikeys.api_keys.update()
+                .where(apikeys.api_keys.c.id == expired_id)
+                .values(expires_at=time.time() - 1)
+            )
+        revoked_id, self.secrets["revoked"] = key_for("mrev", "alpha")
+        admin_keys.revoke_key(access, root, revoked_id)
+        self.secrets["malformed"] = "not-a-key"
+        self.secrets["unknown"] = issued.record(keys.generate().secret)
+        self.k_rot = f"/admin/keys/{key_for('mk', 'alpha')[0]}"
+        self.k_rev = f"/admin/keys/{key_for('mk', 'alpha')[0]}"
+        self.app = create_app(settings, hooks=AuthHooks(access))
+
+    def headers(self, who):
+        return {"Authorization": f"Bearer {self.secrets[who]}"} if who != "anonymous" else {}
+
+
+def app_routes(app):
+    """(method, path template) of every route the app serves; HEAD is GET's. Routers that FastAPI
+    keeps as included groups are walked through (their routes carry the full path)."""
+    out = set()
+    pending = list(app.routes)
+    while pending:
+        route = pending.pop()
+        if hasattr(route, "effective_route_contexts"):
+            pending.extend(route.effective_route_contexts())
+            continue
+        for method in getattr(route, "methods", None) or ():
+            if method != "HEAD":
+                out.add((method, route.path))
+    return out
+
+
+def test_every_route_is_declared(tmp_path):
+    served = app_routes(World(tmp_path).app)
+    undeclared = sorted(r for r in served if rbac.route_permission(*r) is None)
+    assert not undeclared, f"routes without a permission in rbac.ROUTE_PERMISSIONS: {undeclared}"
+    in_matrix = {(m, t) for m, t, *_ in MATRIX}
+    assert served - in_matrix == set(), f"routes missing from MATRIX: {sorted(served - in_matrix)}"
+    assert in_matrix - served == set(), (
+        f"MATRIX rows for routes that do not exist: {sorted(in_matrix - served)}"
+    )
+    assert set(rbac.ROUTE_PERMISSIONS) == served, "ROUTE_PERMISSIONS names routes that do not exist"
+
+
+async def _run(world, who):
+    mismatches, refusals = [], []
+    transport = httpx.ASGITransport(app=world.app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://test", headers=world.headers(who)
+    ) as c:
+        for method, _template, path, body, expected in MATRIX:
+            path = path.format(k_rot=world.k_rot, k_rev=world.k_rev)
+            if isinstance(body, dict):
+                body = {
+                    k: v.format(who=who.replace("_", "-")) if isinstance(v, str) else v
+                    for k, v in body.items()
+                }
+            r = await c.request(method, path, json=body)
+            if r.status_code != expected[who]:
+                mismatches.append(
+                    f"{method} {path}: {r.status_code} (expected {expected[who]}) {r.text[:160]}"
+                )
+            if r.status_code == 401:
+                refusals.append((r.content, r.headers.get("www-authenticate")))
+            if r.status_code == 403:
+                assert r.json()["error"]["type"] == "permission_error"
+    return mismatches, refusals
+
+
+@pytest.mark.parametrize("who", ROLES)
+def test_roles(tmp_path, who):
+    mismatches, refusals = asyncio.run(_run(World(tmp_path), who))
+    assert not mismatches, f"{who}:\n  " + "\n  ".join(mismatches)
+    assert refusals == []
+
+
+def test_callers_without_a_usable_credential_all_get_the_same_401(tmp_path):
+    world = World(tmp_path)
+    bodies = set()
+    for who in NO_CREDENTIAL:
+        mismatches, refusals = asyncio.run(_run(world, who))
+        assert not mismatches, f"{who}:\n  " + "\n  ".join(mismatches)
+        assert refusals and all(header == 'Bearer realm="stratus"' for _, header in refusals)
+        bodies |= {body for body, _ in refusals}
+    assert len(bodies) == 1, bodies  # missing, malformed, unknown, expired, revoked: no oracle
