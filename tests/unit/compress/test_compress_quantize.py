@@ -79,6 +79,10 @@ def test_quantized_layers_multiply_by_their_dequantized_weight(rows, out_feature
         # float32 summation order and one bfloat16 rounding of the output
         dense = layer._dense_matmul(x)
         assert (dense - got).abs().max() <= 2**-7 * ref.abs().max()
+        # off the CPU (no packed kernel) the layer dequantizes and multiplies in full precision
+        layer.packed = False
+        exact = x @ layer.dequantize().T
+        assert torch.allclose(layer(x), exact, atol=1e-5 * exact.abs().max().item())
         # on the CPU the layer uses its kernel's bfloat16 scales (and zeros) on both paths
         stored = dequantize(tensors, in_features)
         assert (layer.dequantize() - stored).abs().max() <= 2**-7 * stored.abs().max()

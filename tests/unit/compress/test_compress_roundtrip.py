@@ -89,6 +89,16 @@ def test_continuous_batching_matches_one_at_a_time(rand_dir, tmp_path, method):
     assert all(len(t) == 12 for t in together)
 
 
+def test_bfloat16_engine_runs_a_quantized_checkpoint(rand_dir, tmp_path):
+    dst = tmp_path / "int4"
+    compress(rand_dir, dst, CompressSpec("int4", group_size=32))
+    half = LLMEngine(dst, EngineConfig(kv_cache_memory_mb=16, dtype="bfloat16"))
+    full = engine(dst)
+    a, b = full.prompt_logits(PROMPTS[:1])[0], half.prompt_logits(PROMPTS[:1])[0]
+    assert (a - b).abs().max() <= 0.1 * a.abs().max()
+    assert len(greedy(half, PROMPTS[:1])[0]) == 12
+
+
 def test_tied_head_biases_and_quantized_head(qwen_dir, tmp_path):
     dst = tmp_path / "qwen-int4"
     compress(qwen_dir, dst, CompressSpec("int4", group_size=32, quantize_head=True))
