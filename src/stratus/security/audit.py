@@ -118,14 +118,12 @@ class AuditLog:
     def _lock_head(self, conn: sa.Connection) -> tuple[int, str]:
         # A no-op update takes the write lock before the head is read (SQLite: the database
         # lock; PostgreSQL: the row lock), so two processes never extend the chain from one head.
-        touched = conn.execute(
-            audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq)
-        ).rowcount
-        if not touched:
-            conn.execute(
-                audit_head.insert().values(id=1, seq=0, mac=GENESIS, sig=head_sig(self.key, 0, GENESIS))
-            )
-            return 0, GENESIS
+        lock = audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq)
+        if not conn.execute(lock).rowcount:  # the first record ever: create the head, once
+            genesis = {"id": 1, "seq": 0, "mac": GENESIS, "sig": head_sig(self.key, 0, GENESIS)}
+            insert = _dialect_insert(conn.dialect.name)
+            conn.execute(insert(audit_head).values(**genesis).on_conflict_do_nothing())
+            conn.execute(lock)
         row = conn.execute(sa.select(audit_head.c.seq, audit_head.c.mac)).one()
         return row.seq, row.mac
 
@@ -182,3 +180,12 @@ class AuditLog:
             query = query.where(c.id < before_id)
         with self.store.connect() as conn:
             return [AuditRecord(**row._asdict()) for row in conn.execute(query)]
+
+
+def _dialect_insert(dialect: str):
+    """INSERT with ON CONFLICT support (both backends stratus runs on have it)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
