@@ -15,7 +15,9 @@ Where each step runs:
   admit             `deps.Gateway.admit` once the prompt is tokenized (token counts known)
   generate          `generation.py`
   account           when a generation ends, however it ends (also a client disconnect)
-  record            `RequestContextMiddleware`, exactly once per request, after the last byte
+  record            `RequestContextMiddleware`, exactly once per request: a complete response
+                    before its first byte (a raising hook turns it into 503: fail closed), a
+                    stream after its last byte, a request the client left when it ends
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ class RequestHooks:
         """Step 7: charge the tokens actually used to the principal's key and team."""
 
     async def record(self, ctx: RequestContext) -> None:
-        """Step 8: the audit event; called exactly once per request, whatever its outcome."""
+        """Step 8: the audit event; called exactly once per request, whatever its outcome.
+        Raising before a complete response has started refuses it with 503 (fail closed)."""
 
 
 OPEN_ACCESS = RequestHooks()
