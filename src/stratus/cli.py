@@ -204,6 +204,19 @@ def _default(name: str) -> Any:
     help="Serve requests even when their audit record cannot be written (logged loudly). "
     "[default: fail closed, 503; env: STRATUS_AUDIT_FAIL_OPEN]",
 )
+@click.option(
+    "--lockout-failures",
+    type=int,
+    default=None,
+    help="401s per minute from one address, or against one key, that lock it out (0: off). [default: 30]",
+)
+@click.option(
+    "--lockout-seconds", type=float, default=None, help="First lockout; doubles each time. [default: 30]"
+)
+@click.option(
+    "--alert-z", type=float, default=None, help="z-score over a key's baseline that alerts. [default: 4]"
+)
+@click.option("--alert-interval", type=float, default=None, help="Seconds per baseline sample. [default: 60]")
 @__import__("stratus.usage_cli", fromlist=["limit_options"]).limit_options  # limits, metering
 @_engine_options
 @click.option(
