@@ -59,3 +59,27 @@ def test_usage_visibility_and_limit_rights_follow_roles(http, base_url):
     with client(other) as c:
         assert users_seen(c) == {other}
     assert {lead, member, other} <= users_seen(http)
+
+
+def test_stratus_usage_and_limits_commands(base_url, admin_key):
+    from click.testing import CliRunner
+
+    from stratus.cli import main
+
+    runner = CliRunner()
+    env = {"STRATUS_API_KEY": admin_key, "STRATUS_URL": base_url}
+    team = f"cli-{uuid.uuid4().hex[:6]}"
+    made = runner.invoke(main, ["limits", "set", "team", team, "--rpm", "50", "--budget-usd", "2.5"], env=env)
+    assert made.exit_code == 0, made.output
+    assert '"rpm": 50' in made.output
+    listed = runner.invoke(main, ["limits", "list"], env=env)
+    assert team in listed.output
+    bad = runner.invoke(main, ["limits", "set", "team", team, "--rpm", "-5"], env=env)
+    assert bad.exit_code != 0 and "400" in bad.output and "rpm" in bad.output
+    assert runner.invoke(main, ["limits", "delete", "team", team], env=env).exit_code == 0
+
+    csv_out = runner.invoke(main, ["usage", "--by", "model", "--format", "csv"], env=env)
+    assert csv_out.exit_code == 0, csv_out.output
+    assert csv_out.output.splitlines()[0].startswith("model,requests,prompt_tokens")
+    table = runner.invoke(main, ["usage", "--by", "user,day"], env=env)
+    assert table.exit_code == 0 and table.output.split()[:3] == ["user", "day", "requests"]
