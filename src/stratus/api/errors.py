@@ -17,6 +17,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from stratus.security.keys import redact
+
 log = logging.getLogger("stratus.api")
 
 # status -> OpenAI error type
@@ -48,6 +50,7 @@ class APIError(Exception):
         type: str | None = None,
         headers: dict[str, str] | None = None,
     ):
+        message = redact(message)  # a key a client sent where it did not belong is not echoed
         super().__init__(message)
         self.status = status
         self.message = message

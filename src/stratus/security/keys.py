@@ -69,6 +69,16 @@ def lookup_of(token: str) -> str | None:
     return m.group(1) if m else None
 
 
+_KEY_ANYWHERE = re.compile(r"sk-stratus-([0-9a-f]{12})_[A-Za-z0-9_-]+")
+
+
+def redact(text: str) -> str:
+    """`text` with the secret half of every stratus key in it replaced (the public prefix stays)."""
+    if KEY_PREFIX not in text:
+        return text
+    return _KEY_ANYWHERE.sub(lambda m: f"{KEY_PREFIX}{m.group(1)}_[redacted]", text)
+
+
 def looks_like_key(token: str) -> bool:
     return token.startswith(KEY_PREFIX)
 

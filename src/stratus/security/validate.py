@@ -18,7 +18,7 @@ MAX_KEY_LIFETIME_S = 10 * 365 * 86400
 def name(value: str, what: str, field: str = "name") -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise Invalid(
-            f"Invalid {what} name {value!r}: 1-64 characters, letters, digits and . _ @ -, "
+            f"Invalid {what} name: 1-64 characters, letters, digits and . _ @ -, "
             "starting with a letter or digit.",
             field=field,
         )
@@ -29,7 +29,7 @@ def model(value: str, field: str = "model") -> str:
     if value == "*":
         return value
     if not isinstance(value, str) or not MODEL_RE.match(value):
-        raise Invalid(f"Invalid model name {value!r} (or '*' for every model).", field=field)
+        raise Invalid("Invalid model name: up to 128 letters, digits and . _ : / @ - (or '*').", field=field)
     return value
 
 

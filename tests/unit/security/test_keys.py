@@ -101,3 +101,12 @@ def test_cache_respects_the_credentials_own_expiry():
     off = keys.VerificationCache(ttl=0)
     off.put("d", Principal(user="a"))
     assert off.get("d") == (False, None)
+
+
+def test_redact_keeps_the_prefix_and_drops_the_secret():
+    k = keys.generate()
+    issued.record(k.secret)
+    text = keys.redact(f"model '{k.secret}' and again {k.secret}.")
+    assert k.secret.split("_", 1)[1] not in text
+    assert text.count(f"{k.prefix}_[redacted]") == 2
+    assert keys.redact("nothing here") == "nothing here"

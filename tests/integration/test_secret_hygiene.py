@@ -1,0 +1,74 @@
+"""No secret in the database file or the logs: a whole key lifecycle with every logger at DEBUG
+(SQLAlchemy's statement log included), then a search of the SQLite files and the captured log for
+each secret issued. The session does the same for every secret of the whole suite at its end
+(tests/conftest.py), this test pins it down where verbose logging is on."""
+
+import asyncio
+import logging
+
+import httpx
+
+from stratus.api import create_app
+from stratus.api.auth import AuthHooks, build_access
+from stratus.config import Settings
+from stratus.security import keys
+from stratus.security.bootstrap import bootstrap
+from tests import issued
+
+
+def test_no_secret_reaches_the_database_or_the_logs(tmp_path, caplog):
+    data = issued.data_dir_of(tmp_path / "data")
+    settings = Settings(models={"m": "/nonexistent"}, data_dir=str(data), lockout_failures=0)
+    access = build_access(settings)
+    app = create_app(settings, hooks=AuthHooks(access))
+    secrets = [issued.record(keys.generate().secret)]
+    bootstrap(access.store, secrets[0])
+
+    async def lifecycle():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            root = {"Authorization": f"Bearer {secrets[0]}"}
+            await c.post("/admin/teams", json={"name": "ml"}, headers=root)
+            await c.post("/admin/users", json={"name": "eve", "team": "ml"}, headers=root)
+            made = (
+                await c.post("/admin/keys", json={"name": "e", "user": "eve", "team": "ml"}, headers=root)
+            ).json()
+            secrets.append(made["secret"])
+            rotated = (
+                await c.post(
+                    f"/admin/keys/{made['key']['id']}/rotate", json={"grace_seconds": 60}, headers=root
+                )
+            ).json()
+            secrets.append(rotated["secret"])
+            for secret in secrets:  # used, successfully
+                await c.get("/admin/whoami", headers={"Authorization": f"Bearer {secret}"})
+            await c.post(f"/admin/keys/{made['key']['id']}/revoke", headers=root)
+            refused = [*secrets[1:], secrets[0][:-1] + "x", issued.record(keys.generate().secret)]
+            for secret in refused:  # revoked, tampered, unknown: refused, and still not logged
+                r = await c.get("/v1/models", headers={"Authorization": f"Bearer {secret}"})
+                assert r.status_code == 401 and secret not in r.text
+            secrets.extend(refused[-2:])
+            # a key sent where none belongs: in the body of a request that fails validation
+            r = await c.post("/admin/teams", json={"name": secrets[1]}, headers=root)
+            assert r.status_code == 400 and secrets[1] not in r.text
+
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)  # every statement and parameter
+        try:
+            asyncio.run(lifecycle())
+        finally:
+            logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    access.store.close()
+    for s in secrets:
+        issued.record(s)
+
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.args!r}" for r in caplog.records)
+    assert "api_key_secrets" in logged  # the statement log was really on
+    files = [f for f in data.rglob("*") if f.is_file()]
+    assert any(f.name.startswith("stratus.db") for f in files)
+    for secret in secrets:
+        body = secret.split("_", 1)[1]
+        assert secret not in logged and body not in logged
+        for f in files:
+            blob = f.read_bytes()
+            assert secret.encode() not in blob and body.encode() not in blob, f"{secret[:22]}... in {f}"
