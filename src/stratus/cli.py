@@ -205,6 +205,13 @@ def _default(name: str) -> Any:
     "[default: fail closed, 503; env: STRATUS_AUDIT_FAIL_OPEN]",
 )
 @click.option(
+    "--audit-checkpoint-every",
+    type=int,
+    default=None,
+    help="Append the audit chain head to DATA_DIR/audit-checkpoints.jsonl every N records (0: never). "
+    "[default: 1000]",
+)
+@click.option(
     "--lockout-failures",
     type=int,
     default=None,

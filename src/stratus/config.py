@@ -71,6 +71,7 @@ class Settings:
     jwt_role_map: str | None = None  # "group=admin,ml=member:ml,ml-leads=team_admin:ml"
     jwt_team_claim: str | None = None  # a claim naming one team the caller is a member of
     audit_fail_open: bool = False  # serve even when the audit record cannot be written (logged)
+    audit_checkpoint_every: int = 1000  # records between checkpoints in data_dir (0: none)
     lockout_failures: int = 30  # 401s per minute from one address or on one key that lock it; 0: off
     lockout_seconds: float = 30.0  # the first lockout; each further one doubles (up to an hour)
     alert_z: float = 4.0  # z-score over a key's own baseline that raises an alert

@@ -11,6 +11,7 @@ error for every record lost.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
@@ -73,9 +74,9 @@ def event_for(ctx: RequestContext) -> AuditEvent:
 
 
 class AuditRecorder:
-    def __init__(self, audit: AuditLog, fail_open: bool = False):
+    def __init__(self, audit: AuditLog, fail_open: bool = False, writer: AuditWriter | None = None):
         self.log = audit
-        self.writer = AuditWriter(audit)  # group commit: one fsync per batch of requests
+        self.writer = writer or AuditWriter(audit)  # group commit: one fsync per batch of requests
         self.fail_open = fail_open
         self.lost = 0  # records not written while failing open
 
@@ -106,8 +107,12 @@ def recorder_for(settings, store) -> AuditRecorder:
     """The recorder a gateway with access control uses: its key from STRATUS_AUDIT_KEY or the
     data directory's audit.key, its records in the access-control store."""
     from stratus.security.audit_key import load_audit_key
+    from stratus.security.audit_verify import CHECKPOINT_FILE
 
-    recorder = AuditRecorder(AuditLog(store, load_audit_key(settings.data_dir)), settings.audit_fail_open)
+    audit = AuditLog(store, load_audit_key(settings.data_dir))
+    checkpoints = Path(settings.data_dir) / CHECKPOINT_FILE
+    writer = AuditWriter(audit, checkpoints=checkpoints, every=settings.audit_checkpoint_every)
+    recorder = AuditRecorder(audit, settings.audit_fail_open, writer)
     if recorder.fail_open:
         log.warning("audit is FAIL-OPEN: requests are served even when their record cannot be written")
     return recorder

@@ -5,24 +5,39 @@
 
 Requests that end together share a commit, so the fsync cost is paid once per batch rather than
 once per request: throughput grows with concurrency while every caller still learns whether its
-own record is durable before its response starts (fail closed keeps its meaning).
+own record is durable before its response starts (fail closed keeps its meaning). With
+`checkpoints` and `every`, the chain head is appended to that file each time the chain passes a
+multiple of `every` records (what `stratus audit verify` checks a truncated tail against).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import queue
 import threading
 
 from stratus.security.audit import AuditEvent, AuditLog, AuditRecord
+from stratus.security.audit_verify import write_checkpoint
+
+log = logging.getLogger("stratus.audit")
 
 MAX_BATCH = 256
 
 
 class AuditWriter:
-    def __init__(self, log: AuditLog, max_batch: int = MAX_BATCH):
+    def __init__(
+        self,
+        log: AuditLog,
+        max_batch: int = MAX_BATCH,
+        checkpoints: str | os.PathLike | None = None,
+        every: int = 0,
+    ):
         self.log = log
         self.max_batch = max_batch
+        self.checkpoints = checkpoints  # every `every` records, the head is appended here
+        self.every = every
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="stratus-audit-writer", daemon=True)
         self._thread.start()
@@ -49,6 +64,16 @@ class AuditWriter:
                 continue
             for (_, loop, future), record in zip(batch, records, strict=True):
                 loop.call_soon_threadsafe(_done, future, record)
+            if self.checkpoints and self.every > 0:
+                last = records[-1].seq
+                if last // self.every != (last - len(records)) // self.every:
+                    self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        try:
+            write_checkpoint(self.log, self.checkpoints)
+        except Exception:
+            log.exception("could not write an audit checkpoint to %s", self.checkpoints)
 
 
 def _done(future: asyncio.Future, record: AuditRecord) -> None:

@@ -1,0 +1,51 @@
+"""Group commit: concurrent writers share transactions; checkpoints are written as the chain grows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from stratus.security.audit import AuditEvent, AuditLog
+from stratus.security.audit_verify import last_checkpoint, verify
+from stratus.security.audit_writer import AuditWriter
+from stratus.store import Store, database_url
+
+
+def test_concurrent_writes_all_land_in_order_and_checkpoints_follow(tmp_path):
+    store = Store.open(database_url(tmp_path))
+    log = AuditLog(store, b"w" * 32)
+    path = tmp_path / "checkpoints.jsonl"
+    writer = AuditWriter(log, checkpoints=path, every=10)
+
+    async def many():
+        return await asyncio.gather(
+            *(writer.write(AuditEvent(action="x", outcome="ok", request_id=str(i))) for i in range(25))
+        )
+
+    records = asyncio.run(many())
+    assert sorted(r.seq for r in records) == list(range(1, 26))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert 1 <= len(lines) <= 2 and lines[-1]["seq"] >= 20  # one per batch that passes a multiple of 10
+    report = verify(log, last_checkpoint(path, log.key))
+    assert report.ok, report.problems
+    store.close()
+
+
+def test_a_failed_batch_fails_each_waiting_caller(tmp_path):
+    store = Store.open(database_url(tmp_path))
+    log = AuditLog(store, b"w" * 32)
+    writer = AuditWriter(log)
+
+    def broken(events):
+        raise OSError("disk full")
+
+    log.append_many = broken
+
+    async def one():
+        try:
+            await writer.write(AuditEvent(action="x", outcome="ok"))
+        except OSError as exc:
+            return str(exc)
+
+    assert asyncio.run(one()) == "disk full"
+    store.close()
