@@ -62,12 +62,12 @@ class AuditWriter:
                 for _, loop, future in batch:
                     loop.call_soon_threadsafe(_fail, future, exc)
                 continue
-            for (_, loop, future), record in zip(batch, records, strict=True):
-                loop.call_soon_threadsafe(_done, future, record)
             if self.checkpoints and self.every > 0:
                 last = records[-1].seq
                 if last // self.every != (last - len(records)) // self.every:
-                    self._checkpoint()
+                    self._checkpoint()  # before the callers resume: rare, and then deterministic
+            for (_, loop, future), record in zip(batch, records, strict=True):
+                loop.call_soon_threadsafe(_done, future, record)
 
     def _checkpoint(self) -> None:
         try:
