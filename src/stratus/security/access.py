@@ -71,23 +71,28 @@ class AccessControl:
         now = time.time()
         try:
             with self.store.connect() as conn:
-                found = key_rows.find_secret(conn, lookup)
+                found = key_rows.find_credential(conn, lookup)
                 if found is None:
                     raise self._refuse(token_digest, "unknown key")
-                secret, key = found
+                secret, key, user = found
                 if not keys.matches(token_digest, secret.hash):
                     raise self._refuse(token_digest, "wrong secret")
                 ends = [t for t in (key.expires_at, secret.expires_at) if t is not None]
                 expires_at = min(ends) if ends else None
                 if key.revoked_at is not None or (expires_at is not None and expires_at <= now):
                     raise self._refuse(token_digest, "revoked or expired key")
-                user = directory.get_user_by_id(conn, key.owner_id)
-                if user is None or user.disabled:
+                if user.disabled:
                     raise self._refuse(token_digest, "owner disabled")
-                if key.team is not None and not _may_bind(conn, user, key.team):
-                    raise self._refuse(token_digest, "owner left the key's team")
+                memberships = directory.memberships_of(conn, user.id)
+                if key.team is not None and user.role != rbac.ADMIN and key.team not in memberships:
+                    raise self._refuse(token_digest, "owner left the key's team")  # admins may bind any
                 principal = user_principal(
-                    conn, user, key, key_prefix=keys.display_prefix(lookup), expires_at=expires_at
+                    conn,
+                    user,
+                    key,
+                    key_prefix=keys.display_prefix(lookup),
+                    expires_at=expires_at,
+                    memberships=memberships,
                 )
         except StoreUnavailable as exc:
             raise Unavailable(str(exc)) from None
@@ -144,8 +149,3 @@ class AccessControl:
     def forget_key(self, key_id: str) -> None:
         """Drop a key's cached verifications here at once (after a revocation or rotation)."""
         self.cache.invalidate_key(key_id)
-
-
-def _may_bind(conn, user, team: str) -> bool:
-    """A key bound to a team works while its owner is in the team (an admin: always)."""
-    return user.role == rbac.ADMIN or team in directory.memberships_of(conn, user.id)

@@ -110,11 +110,15 @@ def user_principal(
     *,
     key_prefix: str | None = None,
     expires_at: float | None = None,
+    memberships: Mapping[str, str] | None = None,
 ) -> Principal:
-    """The principal of a stored user, through `key` if given (its narrowing and team apply)."""
-    memberships = directory.memberships_of(conn, user.id)
+    """The principal of a stored user, through `key` if given (its narrowing and team apply).
+    Two queries: the memberships (unless given) and every grant in scope."""
+    if memberships is None:
+        memberships = directory.memberships_of(conn, user.id)
     team = key.team if key is not None else None
-    in_scope = [team] if team is not None else list(memberships)
+    in_scope = {team} if team is not None else set(memberships)
+    direct, by_team = directory.grants_for(conn, user.id, in_scope)
     return build_principal(
         user=user.name,
         roles=[user.role],
@@ -122,8 +126,8 @@ def user_principal(
         team=team,
         narrow_roles=key.roles if key is not None else None,
         narrow_models=key.models if key is not None else None,
-        direct_models=directory.user_models(conn, user.id),
-        team_models=team_grants(conn, in_scope),
+        direct_models=direct,
+        team_models=by_team,
         key_id=key.id if key is not None else None,
         key_prefix=key_prefix,
         expires_at=expires_at,

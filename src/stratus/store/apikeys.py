@@ -12,7 +12,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from stratus.store.records import ApiKey, KeySecret
+from stratus.store.records import ApiKey, KeySecret, User
 from stratus.store.tables import api_key_secrets, api_keys, teams, users
 
 KEY_PREFIX = "sk-stratus-"
@@ -135,6 +135,41 @@ def find_secret(conn: Connection, lookup: str) -> tuple[KeySecret, ApiKey] | Non
         expires_at=row.secret_expires_at,
     )
     return secret, _key(row)
+
+
+def find_credential(conn: Connection, lookup: str) -> tuple[KeySecret, ApiKey, User] | None:
+    """One query for the request path: the secret with this lookup id, its key, and the owner."""
+    query = (
+        sa.select(
+            api_key_secrets.c.lookup,
+            api_key_secrets.c.hash,
+            api_key_secrets.c.created_at.label("secret_created_at"),
+            api_key_secrets.c.expires_at.label("secret_expires_at"),
+            *_COLUMNS,
+            _owner.c.kind.label("owner_kind"),
+            _owner.c.role.label("owner_role"),
+            _owner.c.disabled.label("owner_disabled"),
+            _owner.c.created_at.label("owner_created_at"),
+        )
+        .select_from(api_key_secrets)
+        .join(api_keys, api_keys.c.id == api_key_secrets.c.key_id)
+        .join(_owner, _owner.c.id == api_keys.c.owner_id)
+        .outerjoin(teams, teams.c.id == api_keys.c.team_id)
+        .where(api_key_secrets.c.lookup == lookup)
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    secret = KeySecret(row.lookup, row.id, row.hash, row.secret_created_at, row.secret_expires_at)
+    owner = User(
+        id=row.owner_id,
+        name=row.owner_name,
+        kind=row.owner_kind,
+        role=row.owner_role,
+        disabled=bool(row.owner_disabled),
+        created_at=row.owner_created_at,
+    )
+    return secret, _key(row), owner
 
 
 def get_key(conn: Connection, key_id: str) -> ApiKey | None:

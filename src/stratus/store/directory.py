@@ -224,6 +224,27 @@ def team_models(conn: Connection, team_names: set[str]) -> dict[str, set[str]]:
     return out
 
 
+def grants_for(
+    conn: Connection, user_id: int | None, team_names: set[str]
+) -> tuple[set[str], dict[str, set[str]]]:
+    """In one query: the user's own grants, and team name -> grants for the given teams."""
+    team_ids = sa.select(teams.c.id).where(teams.c.name.in_(sorted(team_names)))
+    query = (
+        sa.select(model_grants.c.model, model_grants.c.user_id, teams.c.name)
+        .select_from(model_grants)
+        .outerjoin(teams, teams.c.id == model_grants.c.team_id)
+        .where(sa.or_(model_grants.c.user_id == user_id, model_grants.c.team_id.in_(team_ids)))
+    )
+    own: set[str] = set()
+    by_team: dict[str, set[str]] = {name: set() for name in team_names}
+    for model, grantee, team in conn.execute(query):
+        if grantee is not None:
+            own.add(model)
+        else:
+            by_team[team].add(model)
+    return own, by_team
+
+
 def grants_of(conn: Connection, *, user_id: int | None = None, team_id: int | None = None) -> list[Grant]:
     query = (
         sa.select(model_grants.c.model, users.c.name.label("user"), teams.c.name.label("team"))
