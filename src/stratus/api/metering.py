@@ -42,10 +42,10 @@ def too_many(exc: LimitExceeded) -> APIError:
     return APIError(429, exc.message, code=code, headers=headers)
 
 
-def limiter_down() -> APIError:
+def limiter_down(why: str) -> APIError:
     return APIError(
         503,
-        "The rate limiter cannot reach its shared store (Redis); the request was refused. Retry shortly.",
+        f"The rate limiter is unavailable ({why}); the request was refused. Retry shortly.",
         code="limiter_unavailable",
         headers={"Retry-After": "2"},
     )
@@ -82,8 +82,8 @@ class MeteredHooks(RequestHooks):
             ticket = await self.meter.admit(principal, ctx.model or "", prompt_tokens, max_tokens)
         except LimitExceeded as exc:
             raise too_many(exc) from None
-        except LimiterUnavailable:
-            raise limiter_down() from None
+        except LimiterUnavailable as exc:
+            raise limiter_down(str(exc)) from None
         self._tickets[id(ctx)] = ticket
         ctx.response_headers.update(ticket.headers)  # x-ratelimit-* on the response, as OpenAI does
 
