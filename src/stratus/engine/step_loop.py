@@ -34,20 +34,23 @@ def run_step_loop(core: LLMEngine, next_command: NextCommand, publish: Publish) 
                 return
             _apply(core, command, publish)
             command = next_command(None)
+        deltas = []
         try:
             if core.has_work():
                 deltas = core.step()
-                if deltas:
-                    publish(("deltas", deltas))
         except Exception as exc:  # a bug must not hang every caller: fail what is in flight
             log.exception("engine step failed; failing in-flight requests")
             for rid in list(core.requests):
                 core.abort(rid)
                 publish(("error", rid, "engine", f"engine failure: {type(exc).__name__}", None))
         now = time.monotonic()
+        # Stats go out before the deltas they include, so a caller that has seen a request
+        # finish also sees it counted.
         if now - last_stats >= STATS_INTERVAL_S or not core.has_work():
             publish(("stats", core.stats()))
             last_stats = now
+        if deltas:
+            publish(("deltas", deltas))
 
 
 def _apply(core: LLMEngine, command: Command, publish: Publish) -> None:
