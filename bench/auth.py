@@ -15,6 +15,8 @@ In one run:
     - uncached key: AccessControl.authenticate with the cache off (a joined lookup of the secret,
                     key, owner, memberships and grants)
     - JWT:          an ES256 token verified from scratch (signature, claims, role mapping, grants)
+    - a whole request: GET /v1/models through the app in process (ASGI, no sockets), no auth and
+                    auth only, interleaved
 (b) the gateway: three uvicorn servers in child processes on loopback, each answering
     GET /v1/models for the same model list:
     - no-auth:   the open gateway (`--no-auth`)
@@ -184,6 +186,45 @@ def in_process(url: str, n: int, tmp: Path) -> dict:
     return out
 
 
+def asgi_requests(n: int, tmp: Path) -> dict:
+    """GET /v1/models through the app in process (no sockets, no client process), no auth and
+    auth only, interleaved: what auth adds to a whole request, without the network's noise."""
+    access, secret = world(f"sqlite:///{tmp / 'asgi' / 'stratus.db'}")
+    settings = Settings(models=MODELS, data_dir=str(tmp / "asgi"), lockout_failures=0)
+    apps = {
+        "no-auth": create_app(settings, hooks=OPEN_ACCESS),
+        "auth": create_app(settings, hooks=AuthOnly(access)),
+    }
+    samples: dict[str, list[float]] = {mode: [] for mode in apps}
+
+    async def run():
+        headers = {"Authorization": f"Bearer {secret}"}
+        clients = {
+            mode: httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gw", headers=headers
+            )
+            for mode, app in apps.items()
+        }
+        for i in range(n + 200):
+            for mode, c in clients.items():
+                t = time.perf_counter_ns()
+                r = await c.get("/v1/models")
+                if i >= 200:  # after a warm-up
+                    samples[mode].append((time.perf_counter_ns() - t) / 1000)
+                assert r.status_code == 200, r.text
+        for c in clients.values():
+            await c.aclose()
+
+    asyncio.run(run())
+    access.store.close()
+    out = {
+        m: {"n": n, "p50_us": round(pct(v, 0.5), 1), "p99_us": round(pct(v, 0.99), 1)}
+        for m, v in samples.items()
+    }
+    out["auth_adds_p50_us"] = round(out["auth"]["p50_us"] - out["no-auth"]["p50_us"], 1)
+    return out
+
+
 def postgres_url() -> str | None:
     try:
         import psycopg
@@ -338,6 +379,12 @@ def main() -> None:
                     f"  {backend:<10} {what:<18} p50 {row['p50_us']:>9.1f} us   p99 {row['p99_us']:>9.1f} us"
                 )
 
+        result["asgi_request"] = asgi_requests(n // 2, tmp)
+        a = result["asgi_request"]
+        print(
+            f"  one request in process (ASGI): no-auth p50 {a['no-auth']['p50_us']:.0f} us, auth p50 "
+            f"{a['auth']['p50_us']:.0f} us: auth adds {a['auth_adds_p50_us']:.0f} us"
+        )
         print("(b) the gateway, GET /v1/models")
         urls, procs, secret = start_servers(tmp)
         headers = {"Authorization": f"Bearer {secret}"}

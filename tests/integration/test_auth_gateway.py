@@ -395,3 +395,22 @@ def test_admin_fields_are_checked_against_the_caller(tmp_path):
             )
 
     asyncio.run(scenario())
+
+
+def test_disabling_a_user_stops_their_keys_at_once_here(tmp_path):
+    app, access = gateway(settings_for(tmp_path, auth_cache_ttl=60))  # a long TTL: no waiting it out
+    root = issued.record(bootstrap(access.store).generated_secret)
+
+    async def scenario():
+        async with client(app, root) as admin:
+            await admin.post("/admin/users", json={"name": "fred"})
+            fred = issued.record(
+                (await admin.post("/admin/keys", json={"name": "f", "user": "fred"})).json()["secret"]
+            )
+            assert await status(app, fred) == 200  # cached now
+            assert (await admin.patch("/admin/users/fred", json={"disabled": True})).status_code == 200
+            assert await status(app, fred) == 401
+            await admin.patch("/admin/users/fred", json={"disabled": False})
+            assert await status(app, fred) == 200
+
+    asyncio.run(scenario())

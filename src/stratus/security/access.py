@@ -60,8 +60,8 @@ class AccessControl:
             raise Unauthenticated("not a stratus key or a JWT")
         return principal
 
-    def _refuse(self, token_digest: str, why: str) -> Unauthenticated:
-        self.cache.put(token_digest, None)
+    def _refuse(self, token_digest: str, why: str, user: str | None = None, key_id: str | None = None):
+        self.cache.put(token_digest, None, user=user, key_id=key_id)
         return Unauthenticated(why)
 
     def _verify_key(self, token: str, token_digest: str) -> Principal:
@@ -80,12 +80,12 @@ class AccessControl:
                 ends = [t for t in (key.expires_at, secret.expires_at) if t is not None]
                 expires_at = min(ends) if ends else None
                 if key.revoked_at is not None or (expires_at is not None and expires_at <= now):
-                    raise self._refuse(token_digest, "revoked or expired key")
+                    raise self._refuse(token_digest, "revoked or expired key", user.name, key.id)
                 if user.disabled:
-                    raise self._refuse(token_digest, "owner disabled")
+                    raise self._refuse(token_digest, "owner disabled", user.name, key.id)
                 memberships = directory.memberships_of(conn, user.id)
                 if key.team is not None and user.role != rbac.ADMIN and key.team not in memberships:
-                    raise self._refuse(token_digest, "owner left the key's team")  # admins may bind any
+                    raise self._refuse(token_digest, "owner left the key's team", user.name, key.id)
                 principal = user_principal(
                     conn,
                     user,
@@ -149,3 +149,8 @@ class AccessControl:
     def forget_key(self, key_id: str) -> None:
         """Drop a key's cached verifications here at once (after a revocation or rotation)."""
         self.cache.invalidate_key(key_id)
+
+    def forget_user(self, user: str) -> None:
+        """Drop a user's cached credentials here at once (disabled, demoted, moved between teams);
+        other gateways follow within the cache TTL."""
+        self.cache.invalidate_user(user)

@@ -183,7 +183,9 @@ def update_user(
         if losing_admin and directory.count_users(conn, role=rbac.ADMIN, active_only=True) <= 1:
             raise Conflict(f"'{name}' is the last active admin; make another admin first.")
         directory.update_user(conn, u.id, role=role, disabled=disabled)
-        return _user_view(conn, directory.get_user_by_id(conn, u.id))
+        view = _user_view(conn, directory.get_user_by_id(conn, u.id))
+    access.forget_user(name)
+    return view
 
 
 def set_user_grant(access: AccessControl, actor: Principal, name: str, model: str, granted: bool) -> dict:
@@ -234,7 +236,9 @@ def set_member(access: AccessControl, actor: Principal, team: str, user: str, ro
         )
         rbac.authorize(actor, TEAMS_MANAGE, team_scope(team), change)
         directory.set_membership(conn, u.id, t.id, role)
-        return _team_view(conn, t)
+        view = _team_view(conn, t)
+    access.forget_user(user)
+    return view
 
 
 def remove_member(access: AccessControl, actor: Principal, team: str, user: str) -> dict:
@@ -247,7 +251,9 @@ def remove_member(access: AccessControl, actor: Principal, team: str, user: str)
         change = Change(after=Rights(frozenset()), before=membership_rights(conn, team, current))
         rbac.authorize(actor, TEAMS_MANAGE, team_scope(team), change)
         directory.remove_membership(conn, u.id, t.id)
-        return _team_view(conn, t)
+        view = _team_view(conn, t)
+    access.forget_user(user)
+    return view
 
 
 def set_team_grant(access: AccessControl, actor: Principal, team: str, model: str, granted: bool) -> dict:

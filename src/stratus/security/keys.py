@@ -104,9 +104,11 @@ class VerificationCache:
     """Recently verified credentials, by the SHA-256 of the token, for `ttl` seconds.
 
     The TTL bounds how long a revocation made on another gateway takes to reach this one; a
-    revocation made here drops the key's entries at once (`invalidate_key`). Negative answers
-    (an unknown or dead key) are cached too, so a flood of bad keys does not reach the database;
-    the cache is an LRU of at most `max_entries`, so it cannot grow without bound.
+    change made here drops the entries of the key or user at once (`invalidate_key`,
+    `invalidate_user`). Refusals are cached too, so a flood of bad keys does not reach the
+    database; a refusal of a known key (revoked, expired, owner disabled) remembers whose it was,
+    so re-enabling the owner is seen at once here as well. The cache is an LRU of at most
+    `max_entries`, so it cannot grow without bound.
     """
 
     def __init__(
@@ -115,7 +117,10 @@ class VerificationCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self.clock = clock
-        self._entries: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+        # digest -> (valid until, principal or None for a refusal, (user, key id) it concerns)
+        self._entries: OrderedDict[str, tuple[float, Principal | None, tuple[str | None, str | None]]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def get(self, token_digest: str) -> tuple[bool, Principal | None]:
@@ -126,7 +131,7 @@ class VerificationCache:
             entry = self._entries.get(token_digest)
             if entry is None:
                 return False, None
-            until, principal = entry
+            until, principal, _ = entry
             if until <= self.clock():
                 del self._entries[token_digest]
                 return False, None
@@ -135,21 +140,36 @@ class VerificationCache:
             return True, None
         return True, principal
 
-    def put(self, token_digest: str, principal: Principal | None, ttl: float | None = None) -> None:
+    def put(
+        self,
+        token_digest: str,
+        principal: Principal | None,
+        ttl: float | None = None,
+        *,
+        user: str | None = None,
+        key_id: str | None = None,
+    ) -> None:
         ttl = self.ttl if ttl is None else min(ttl, self.ttl)
         if ttl <= 0:
             return
+        if principal is not None:
+            user, key_id = principal.user, principal.key_id
         with self._lock:
-            self._entries[token_digest] = (self.clock() + ttl, principal)
+            self._entries[token_digest] = (self.clock() + ttl, principal, (user, key_id))
             self._entries.move_to_end(token_digest)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
-    def invalidate_key(self, key_id: str) -> None:
+    def _drop(self, matches) -> None:
         with self._lock:
-            stale = [d for d, (_, p) in self._entries.items() if p is not None and p.key_id == key_id]
-            for d in stale:
+            for d in [d for d, (_, _, who) in self._entries.items() if matches(who)]:
                 del self._entries[d]
+
+    def invalidate_key(self, key_id: str) -> None:
+        self._drop(lambda who: who[1] == key_id)
+
+    def invalidate_user(self, user: str) -> None:
+        self._drop(lambda who: who[0] == user)
 
     def clear(self) -> None:
         with self._lock:

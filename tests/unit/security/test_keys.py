@@ -110,3 +110,12 @@ def test_redact_keeps_the_prefix_and_drops_the_secret():
     assert k.secret.split("_", 1)[1] not in text
     assert text.count(f"{k.prefix}_[redacted]") == 2
     assert keys.redact("nothing here") == "nothing here"
+
+
+def test_cache_forgets_a_users_credentials():
+    cache = keys.VerificationCache(ttl=60)
+    cache.put("a1", Principal(user="a", key_id="k1"))
+    cache.put("a2", Principal(user="a", key_id="k2"))
+    cache.put("b1", Principal(user="b", key_id="k3"))
+    cache.invalidate_user("a")
+    assert [cache.get(d)[0] for d in ("a1", "a2", "b1")] == [False, False, True]
