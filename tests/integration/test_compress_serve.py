@@ -4,9 +4,12 @@ import httpx
 import pytest
 
 from stratus.api import create_app
+from stratus.api.auth import AuthHooks, build_access
 from stratus.compress import CompressSpec, compress
 from stratus.config import Settings
 from stratus.engine import EngineConfig, GenerateRequest, LLMEngine, SamplingParams
+from stratus.security.bootstrap import bootstrap
+from tests import issued
 from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -24,17 +27,22 @@ def engine_completion(path, prompt: str, max_tokens: int) -> str:
     return engine.tokenizer.decode(ids)
 
 
-def test_quantized_checkpoints_serve_through_the_api(tiny_checkpoint, tmp_path):
+def test_quantized_checkpoints_serve_through_the_api(tiny_checkpoint, tmp_path, admin_key, auth_headers):
     paths = {}
     for method in ("int8", "int4"):
         compress(tiny_checkpoint, tmp_path / method, CompressSpec(method))
         paths[f"tiny-{method}"] = tmp_path / method
     # engine isolation "process": each quantized model loads in its own engine process, as
     # `stratus serve` runs it
-    settings = Settings(models={name: str(p) for name, p in paths.items()})
-    with LiveServer(create_app(settings)) as server:
+    settings = Settings(
+        models={name: str(p) for name, p in paths.items()},
+        data_dir=str(issued.data_dir_of(tmp_path / "gateway-data")),
+    )
+    access = build_access(settings)  # access control on, as `stratus serve` runs
+    bootstrap(access.store, admin_key)
+    with LiveServer(create_app(settings, hooks=AuthHooks(access))) as server:
         server.wait_ready()
-        with httpx.Client(base_url=server.url, timeout=60) as http:
+        with httpx.Client(base_url=server.url, timeout=60, headers=auth_headers) as http:
             listed = {m["id"] for m in http.get("/v1/models").json()["data"]}
             assert listed == set(paths)
             for name, path in paths.items():
