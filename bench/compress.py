@@ -7,6 +7,7 @@ kernel in src/stratus/engine/quant.py.
     .venv/bin/python bench/compress.py --models 100m --threads 2
     .venv/bin/python bench/compress.py --quick              # small, for a smoke test
     .venv/bin/python bench/compress.py --models none --threads 1   # only the kernel table
+    .venv/bin/python bench/compress.py --interleave --skip-kernels  # variants alternated in one process
 
 Per model (demo: models/demo; 100m: the random ~100M-parameter Llama of bench/common.py):
 - fp32: the checkpoint as it is, run in float32;
@@ -227,6 +228,36 @@ def kernels(threads: int, rows_list=(1, 16, 64), rounds: int = 7) -> list[dict]:
     return results
 
 
+def interleaved(variants: dict, threads: int, tokens: int, rounds: int) -> dict:
+    """All variants in this process, alternated round by round (a busy spell of the machine
+    then hits every variant alike); best tokens/s per variant and batch size."""
+    sys.path.insert(0, str(REPO / "src"))
+    import torch
+
+    torch.set_num_threads(threads)
+    from stratus.compress.evaluate import decode_speed, file_bytes
+    from stratus.engine import EngineConfig, LLMEngine
+
+    engines = {}
+    for variant, (path, dtype) in variants.items():
+        config = EngineConfig(
+            dtype=dtype, kv_cache_memory_mb=256, max_model_len=1024, enable_prefix_caching=False
+        )
+        engines[variant] = (path, LLMEngine(path, config))
+    prompt = next(iter(engines.values()))[1].tokenizer.encode("It is a truth universally acknowledged, that")
+    rows = {
+        v: {"bytes": file_bytes(p), "load_s": float("nan"), "decode_tokens_per_s": {}}
+        for v, (p, _) in engines.items()
+    }
+    for _ in range(rounds):
+        for variant, (_, engine) in engines.items():
+            for batch in ("1", "16"):
+                speed = decode_speed(engine, int(batch), tokens, prompt)
+                best = rows[variant]["decode_tokens_per_s"]
+                best[batch] = round(max(best.get(batch, 0.0), speed), 1)
+    return rows
+
+
 def best_of(old: dict | None, new: dict) -> dict:
     if old is None:
         return new
@@ -257,6 +288,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="decode runs per batch size in one process")
     p.add_argument("--rounds", type=int, default=2, help="fresh processes per variant, round robin")
     p.add_argument("--skip-kernels", action="store_true")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="run all variants in this process, alternating (fairer on a busy machine; no load times)",
+    )
     p.add_argument("--quick", action="store_true", help="a small random model, fewer repeats")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
@@ -266,12 +302,23 @@ def main() -> None:
         return
     if args.quick:
         args.models, args.repeats, args.rounds, args.tokens = "quick", 1, 1, 16
-    result = {"machine": common.machine_info(), "threads": args.threads, "tokens": args.tokens, "models": {}}
+    result = {
+        "machine": common.machine_info(),
+        "threads": args.threads,
+        "tokens": args.tokens,
+        "interleave": args.interleave,
+        "models": {},
+    }
     print(f"machine: {result['machine']}", flush=True)
     for name in [m for m in args.models.split(",") if m and m != "none"]:
         src = model_dir(name)
         rows: dict[str, dict] = {}
         variants = make_variants(src, name)
+        if args.interleave:
+            rows = interleaved(variants, args.threads, args.tokens, args.rounds)
+            result["models"][name] = rows
+            print(table(name, rows), flush=True)
+            continue
         for _ in range(args.rounds):  # round robin, so a slow spell of the machine hits every variant
             for variant, (path, dtype) in variants.items():
                 r = run_worker(path, dtype, args.threads, args.tokens, args.repeats)
