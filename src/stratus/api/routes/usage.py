@@ -25,6 +25,7 @@ from starlette.responses import Response
 from stratus.api.deps import app_state, parse_body, principal
 from stratus.api.errors import APIError
 from stratus.api.metering import meter_of
+from stratus.api.routes.common import errors
 from stratus.api.streaming import JSONBody
 from stratus.security import rbac
 from stratus.security.identity import Principal
@@ -97,7 +98,7 @@ def to_csv(rows: list[dict], by: list[str]) -> str:
     return out.getvalue()
 
 
-@router.get("/admin/usage", summary="Usage totals by key, user, team, model and day")
+@router.get("/admin/usage", summary="Usage totals by key, user, team, model and day", responses=errors(400))
 async def get_usage(
     request: Request,
     by: str = "model",
@@ -150,7 +151,7 @@ def _applies_to(p: Principal, rule: dict) -> bool:
     )
 
 
-@router.get("/admin/limits", summary="The limit rules that the caller may see")
+@router.get("/admin/limits", summary="The limit rules that the caller may see", responses=errors(400))
 async def list_limits(request: Request, p: Principal = Depends(principal)) -> Response:
     meter = _meter(request)
 
@@ -164,7 +165,11 @@ async def list_limits(request: Request, p: Principal = Depends(principal)) -> Re
     return JSONBody({"object": "list", "data": rules}, headers=NO_STORE)
 
 
-@router.put("/admin/limits", summary="Set (or replace) the limits of one key, user, team or model")
+@router.put(
+    "/admin/limits",
+    summary="Set (or replace) the limits of one key, user, team or model",
+    responses=errors(400, 404),
+)
 async def put_limit(request: Request, p: Principal = Depends(principal)) -> Response:
     meter = _meter(request)
     body, data = await parse_body(request, _Any)
@@ -184,7 +189,11 @@ async def put_limit(request: Request, p: Principal = Depends(principal)) -> Resp
     return JSONBody(raw, headers=NO_STORE)
 
 
-@router.delete("/admin/limits", summary="Remove the limits of one key, user, team or model")
+@router.delete(
+    "/admin/limits",
+    summary="Remove the limits of one key, user, team or model",
+    responses=errors(400, 404),
+)
 async def delete_limit(
     request: Request, scope: str, subject: str, model: str | None = None, p: Principal = Depends(principal)
 ) -> Response:
