@@ -27,6 +27,7 @@ ENGINE_HELP = {
     "device": "auto (cuda when available, else cpu), cpu or cuda[:N].",
     "block_size": "Tokens per KV cache block.",
     "kv_cache_memory_mb": "Memory for the KV block pool, in MiB.",
+    "num_kv_blocks": "Exact number of KV blocks in the pool; overrides --kv-cache-memory-mb.",
     "max_num_seqs": "Most sequences in one batch.",
     "max_num_batched_tokens": "Token budget of one step (prefill chunks plus decodes).",
     "max_model_len": "Context window; default: the model's.",
