@@ -17,6 +17,8 @@ def prepare_prompt(
     """Validate `request` and return its prompt token ids; raises ValidationError, changes nothing."""
     params = request.params
     params.validate()
+    if not isinstance(request.first_index, int) or not 0 <= request.first_index < 1024:
+        raise ValidationError("first_index must be an integer in [0, 1024)", "first_index")
     if request.prompt_token_ids is not None:
         ids = request.prompt_token_ids
         if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size for t in ids):
@@ -33,6 +35,8 @@ def prepare_prompt(
             "tokens (prompt plus at least one generated token): shorten the prompt",
             "prompt",
         )
+    if request.resume_token_ids:
+        _check_resume(request, vocab_size, len(ids), max_model_len)
     if len(ids) + params.max_tokens > max_model_len:
         raise ValidationError(
             f"max_tokens={params.max_tokens} does not fit: the prompt is {len(ids)} tokens and the "
@@ -40,3 +44,13 @@ def prepare_prompt(
             "max_tokens",
         )
     return list(ids)
+
+
+def _check_resume(request: GenerateRequest, vocab_size: int, prompt_len: int, max_model_len: int) -> None:
+    resume = request.resume_token_ids
+    if request.params.n != 1:
+        raise ValidationError("a resumed generation has exactly one choice (n=1)", "n")
+    if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size for t in resume):
+        raise ValidationError(f"resume token ids must be integers in [0, {vocab_size})", "resume_token_ids")
+    if len(resume) >= request.params.max_tokens or prompt_len + len(resume) >= max_model_len:
+        raise ValidationError("nothing is left to generate after the resumed tokens", "resume_token_ids")

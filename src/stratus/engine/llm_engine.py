@@ -88,10 +88,10 @@ class LLMEngine:
             frozenset() if params.ignore_eos else self.eos_token_ids
         )
         seqs = []
-        for index in range(params.n):
+        for index in range(request.first_index, request.first_index + params.n):
             gen = None
             if params.seed is not None:
-                gen = torch.Generator(device=self.runner.device).manual_seed(params.seed + index)
+                gen = torch.Generator(device=self.runner.device)
             seq = Sequence(
                 request_id=request.request_id,
                 index=index,
@@ -101,11 +101,24 @@ class LLMEngine:
                 stop_token_ids=stop_ids,
                 detokenizer=IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens),
                 generator=gen,
+                seed=params.seed,
             )
+            if request.resume_token_ids:
+                self._resume(seq, request.resume_token_ids, request.resume_text)
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request.request_id] = seqs
         self.prompt_tokens_total += len(ids)
+
+    @staticmethod
+    def _resume(seq: Sequence, tokens: list[int], delivered: str) -> None:
+        """Continue where another replica stopped: its tokens become this sequence's output so
+        far, their text is rebuilt exactly as it was produced, and what was delivered is skipped."""
+        for token in tokens:
+            seq.token_ids.append(token)
+            seq.text += seq.detokenizer.push(token)
+        # Text the other replica held back (a possible stop string) is still owed to the caller.
+        seq.emitted_chars = len(delivered) if seq.text.startswith(delivered) else len(seq.text)
 
     def abort(self, request_id: str) -> list[Delta]:
         """Stop a request now and free its KV blocks; returns its closing deltas."""

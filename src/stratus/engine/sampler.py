@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from .sequence import Sequence
@@ -53,6 +55,15 @@ def filter_logits(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     return probs / probs.sum(dim=-1, keepdim=True)
 
 
+def position_seed(seq: Sequence) -> int:
+    """The seed of one draw, a function of (seed, choice, position) only: a generation resumed
+    on another replica from its delivered tokens continues exactly as it would have."""
+    digest = hashlib.blake2b(
+        f"{seq.seed}:{seq.index}:{seq.num_output_tokens}".encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "little") >> 1  # manual_seed takes a non-negative int64
+
+
 def sample(logits: torch.Tensor, seqs: list[Sequence], generator: torch.Generator) -> list[int]:
     """logits: [len(seqs), vocab] float32 (penalties already applied)."""
     tokens = logits.argmax(dim=-1)
@@ -66,7 +77,8 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], generator: torch.Generato
             tokens[rows[unseeded]] = picked
         for j, i in enumerate(sampling_rows):
             gen = seqs[i].generator
-            if gen is not None:  # a seeded row draws from its own stream: same seed, same output
+            if gen is not None:  # a seeded row: same seed, same output, on any replica
+                gen.manual_seed(position_seed(seqs[i]))
                 tokens[i] = torch.multinomial(probs[j], 1, generator=gen)[0]
     return tokens.tolist()
 

@@ -30,6 +30,7 @@ class Sequence:
     stop_token_ids: frozenset[int]
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None  # set when the request has a seed
+    seed: int | None = None  # the choice's seed; each position draws from hash(seed, index, position)
     seq_id: int = field(default_factory=lambda: next(_ids))
     status: Status = Status.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache

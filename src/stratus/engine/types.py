@@ -89,6 +89,13 @@ class GenerateRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     add_special_tokens: bool = True  # plain prompts get BOS; rendered chat templates do not
+    # Choices are numbered from here (their seeds too), so one choice of an n > 1 request can
+    # be resumed alone on another replica under its own index.
+    first_index: int = 0
+    # Resuming a generation another replica started: the tokens and text already delivered.
+    # They count as generated (max_tokens, penalties, seeded positions) and are not sent again.
+    resume_token_ids: list[int] = field(default_factory=list)
+    resume_text: str = ""
 
 
 @dataclass
