@@ -1,0 +1,343 @@
+"""Keep N Ray actor replicas of each model alive and registered with the gateway.
+
+    cluster = RayCluster(registry, {"demo": RayModelSpec("demo", Path("models/demo"), replicas=2)})
+    await cluster.start()                # places the actors, adds each to the registry
+    await cluster.scale("demo", 4)       # two more; scaling down drains, then kills
+    await cluster.shutdown()
+
+Ray restarts an actor that died (its node lost, its process killed) on any node that still
+has the resources it asks for; the replica object and its registration stay the same, and the
+ReplicaSet's breaker keeps traffic off it until its probes pass again. What this module adds is
+the number: `scale()` at run time (the admin endpoint `POST /admin/cluster/scale`) and, for a
+model with `max_replicas > min_replicas`, an autoscaler on the queue depth per replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from stratus.engine import EngineConfig
+
+log = logging.getLogger("stratus.cluster")
+
+MAX_REPLICAS = 256  # per model; a typo such as demo=1000 is refused rather than queued in Ray
+
+
+class ScaleError(ValueError):
+    """A scale request this cluster refuses (unknown model, count out of range); changes nothing."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.param = param
+        self.status = status
+
+
+class ReplicaRegistry(Protocol):
+    """The gateway's side (api/registry.py: ModelRegistry); each call may be sync or async."""
+
+    def add_replica(self, replica: Any) -> Any: ...
+    def drain_replica(self, model: str, replica_id: str) -> Any: ...
+    def remove_replica(self, model: str, replica_id: str) -> Any: ...
+
+
+@dataclass
+class Autoscale:
+    """Scale a model between min_replicas and max_replicas on its queue depth per replica
+    (running + waiting requests over its replicas): up when above `target`, so each replica
+    keeps about `target` requests, down when the count at `target` needs fewer replicas."""
+
+    target: float = 4.0  # requests per replica (running + waiting) the autoscaler aims for
+    interval: float = 5.0  # seconds between looks
+    cooldown: float = 30.0  # seconds after any change before the next one
+    scale_down_below: float = 0.5  # and only when depth per replica is under target * this
+
+
+@dataclass
+class RayModelSpec:
+    name: str
+    path: Path
+    replicas: int = 1
+    resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    min_replicas: int | None = None  # autoscaling when both are set and max > min
+    max_replicas: int | None = None
+
+    @property
+    def autoscaled(self) -> bool:
+        return (
+            self.min_replicas is not None
+            and self.max_replicas is not None
+            and self.max_replicas > self.min_replicas
+        )
+
+
+def desired_replicas(current: int, depth: float, spec: RayModelSpec, policy: Autoscale) -> int:
+    """The autoscaler's decision for one model. `depth` is running + waiting requests summed
+    over its replicas. Grows to ceil(depth / target) at once; shrinks one replica at a time and
+    only when the load per replica is well under the target (no flapping around it)."""
+    assert spec.min_replicas is not None and spec.max_replicas is not None
+    low, high = spec.min_replicas, spec.max_replicas
+    wanted = current
+    if current == 0 or depth / current > policy.target:
+        wanted = max(current, math.ceil(depth / policy.target))
+    elif depth / current < policy.target * policy.scale_down_below:
+        wanted = current - 1
+    return max(low, min(high, wanted))
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+ReplicaFactory = Callable[[RayModelSpec], Any]  # builds one (not yet started) RayReplica
+
+
+class RayCluster:
+    def __init__(
+        self,
+        registry: ReplicaRegistry,
+        specs: dict[str, RayModelSpec],
+        engine_config: EngineConfig | None = None,
+        *,
+        autoscale: Autoscale | None = None,
+        max_restarts: int = -1,
+        drain_timeout: float = 30.0,
+        factory: ReplicaFactory | None = None,
+    ):
+        self.registry = registry
+        self.specs = specs
+        self.engine_config = engine_config or EngineConfig()
+        self.policy = autoscale or Autoscale()
+        self.max_restarts = max_restarts
+        self.drain_timeout = drain_timeout
+        self._factory = factory or self._ray_replica
+        self.replicas: dict[str, list[Any]] = {name: [] for name in specs}
+        self._locks = {name: asyncio.Lock() for name in specs}
+        self._last_change: dict[str, float] = {}
+        self._autoscaler: asyncio.Task | None = None
+        self.events: list[dict[str, Any]] = []  # recent scaling decisions, newest last
+
+    def _ray_replica(self, spec: RayModelSpec) -> Any:
+        from stratus.cluster.ray_replica import RayReplica
+
+        return RayReplica(
+            spec.name, spec.path, self.engine_config, resources=spec.resources, max_restarts=self.max_restarts
+        )
+
+    async def start(self) -> None:
+        """Place every model's initial replicas (in parallel) and start the autoscaler."""
+        await asyncio.gather(
+            *(self.scale(name, spec.replicas, reason="start") for name, spec in self.specs.items())
+        )
+        if any(spec.autoscaled for spec in self.specs.values()):
+            self._autoscaler = asyncio.create_task(self._autoscale_loop(), name="stratus-ray-autoscaler")
+
+    def check(self, model: str, replicas: Any) -> int:
+        """Validate a scale request; raises ScaleError (404 for an unknown model)."""
+        spec = self.specs.get(model)
+        if spec is None:
+            listed = ", ".join(sorted(self.specs)) or "none"
+            raise ScaleError(
+                f"the model '{model}' has no Ray replicas here (Ray models: {listed})", "model", status=404
+            )
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_REPLICAS:
+            raise ScaleError(f"replicas must be an integer between 0 and {MAX_REPLICAS}", "replicas")
+        if spec.autoscaled:
+            assert spec.min_replicas is not None and spec.max_replicas is not None
+            if not spec.min_replicas <= replicas <= spec.max_replicas:
+                raise ScaleError(
+                    f"the model '{model}' is autoscaled between {spec.min_replicas} and "
+                    f"{spec.max_replicas} replicas; ask for a number in that range",
+                    "replicas",
+                )
+        return replicas
+
+    async def scale(self, model: str, replicas: int, reason: str = "admin") -> dict[str, Any]:
+        """Set the number of replicas of `model`; returns its status once it is reached. New
+        replicas start in parallel; removed ones drain first (newest, least busy go first)."""
+        replicas = self.check(model, replicas)
+        spec = self.specs[model]
+        errors: list[str] = []
+        async with self._locks[model]:
+            before = len(self.replicas[model])
+            if replicas > before:
+                results = await asyncio.gather(
+                    *(self._add(spec) for _ in range(replicas - before)), return_exceptions=True
+                )
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    log.error("model %s: %d replica(s) failed to start: %s", model, len(failed), failed[0])
+                    errors = [f"{type(e).__name__}: {e}"[:300] for e in failed]
+            elif replicas < before:
+                # the least busy go first, the newest among equals
+                newest_first = list(reversed(self.replicas[model]))
+                victims = sorted(newest_first, key=lambda r: getattr(r, "in_flight", 0))
+                await asyncio.gather(*(self._remove(model, r) for r in victims[: before - replicas]))
+            spec.replicas = replicas
+            after = len(self.replicas[model])
+            if after != before:
+                self._last_change[model] = time.monotonic()
+                self.events = [
+                    *self.events[-49:],
+                    {"model": model, "from": before, "to": after, "reason": reason},
+                ]
+                log.info("model %s: %d -> %d Ray replicas (%s)", model, before, after, reason)
+        return {**self.model_status(model), "requested": replicas, "errors": errors}
+
+    async def _add(self, spec: RayModelSpec) -> Any:
+        replica = self._factory(spec)
+        try:
+            await replica.start()
+            await _maybe_await(self.registry.add_replica(replica))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await replica.shutdown()
+            raise
+        self.replicas[spec.name].append(replica)
+        return replica
+
+    async def _remove(self, model: str, replica: Any) -> None:
+        """Drain (no new requests, running ones finish), then unregister and kill the actor."""
+        self.replicas[model].remove(replica)
+        with contextlib.suppress(Exception):
+            await _maybe_await(self.registry.drain_replica(model, replica.id))
+        deadline = time.monotonic() + self.drain_timeout
+        while getattr(replica, "in_flight", 0) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(Exception):
+            await _maybe_await(self.registry.remove_replica(model, replica.id))
+        await replica.shutdown()
+
+    async def depth(self, model: str) -> float:
+        """Running + waiting requests over the model's replicas, fresh from each actor (a
+        replica that cannot answer counts what the gateway has in flight on it)."""
+        total = 0.0
+        for replica in list(self.replicas[model]):
+            try:
+                stats = await replica.refresh()
+                total += max(stats.running + stats.waiting, getattr(replica, "in_flight", 0))
+            except Exception:
+                total += getattr(replica, "in_flight", 0)
+        return total
+
+    async def autoscale_once(self) -> None:
+        now = time.monotonic()
+        for name, spec in self.specs.items():
+            if not spec.autoscaled or self._locks[name].locked():
+                continue
+            if now - self._last_change.get(name, -math.inf) < self.policy.cooldown:
+                continue
+            current = len(self.replicas[name])
+            wanted = desired_replicas(current, await self.depth(name), spec, self.policy)
+            if wanted != current:
+                await self.scale(name, wanted, reason="autoscale")
+
+    async def _autoscale_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.interval)
+            try:
+                await self.autoscale_once()
+            except Exception:  # one bad look must not end autoscaling
+                log.exception("autoscaler")
+
+    def model_status(self, model: str) -> dict[str, Any]:
+        spec = self.specs[model]
+        return {
+            "model": model,
+            "replicas": len(self.replicas[model]),
+            "resources": spec.resources,
+            "min_replicas": spec.min_replicas,
+            "max_replicas": spec.max_replicas,
+            "autoscaled": spec.autoscaled,
+            "actors": [
+                {"id": r.id, "node_id": getattr(r, "node_id", None), "in_flight": getattr(r, "in_flight", 0)}
+                for r in self.replicas[model]
+            ],
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {"models": [self.model_status(name) for name in self.specs], "events": self.events[-10:]}
+
+    async def shutdown(self) -> None:
+        if self._autoscaler is not None:
+            self._autoscaler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._autoscaler
+        for model, replicas in self.replicas.items():
+            for replica in list(replicas):
+                with contextlib.suppress(Exception):
+                    await _maybe_await(self.registry.remove_replica(model, replica.id))
+                with contextlib.suppress(Exception):
+                    await replica.shutdown()
+            replicas.clear()
+
+
+def connect(address: str, namespace: str = "stratus") -> bool:
+    """Join Ray: "auto" (the cluster this machine belongs to), "ray://host:port" (Ray Client),
+    or "local" (start a Ray instance of our own). Returns True when this call started Ray."""
+    import os
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a gateway
+    import ray
+
+    if ray.is_initialized():  # tests and embedding connect before the app starts
+        return False
+    if address == "local":
+        ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+    return True
+
+
+def parse_counts(text: str, models: list[str], what: str) -> dict[str, int]:
+    """'demo=2,other=1' -> per-model counts; a bare '2' applies to every model."""
+    text = text.strip()
+    if text.isdigit():
+        return dict.fromkeys(models, int(text))
+    counts: dict[str, int] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"{what}: expected MODEL=N (or one N for every model), got {item!r}")
+        if name not in models:
+            raise ValueError(f"{what}: no model named {name!r} is served (models: {', '.join(models)})")
+        counts[name] = int(value)
+    return counts
+
+
+def parse_resources(text: str, models: list[str]) -> dict[str, dict[str, float]]:
+    """'demo={"CPU": 1, "node_type_a": 1}; other={"GPU": 1}' -> per-model Ray resources."""
+    import json
+
+    found: dict[str, dict[str, float]] = {}
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ValueError(f"replica_resources: expected MODEL={{...}}, got {item!r}")
+        if name not in models:
+            raise ValueError(
+                f"replica_resources: no model named {name!r} is served (models: {', '.join(models)})"
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ValueError(f"replica_resources: {name}: not a JSON object: {raw.strip()!r}") from None
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for k, v in value.items()
+        ):
+            raise ValueError(
+                f'replica_resources: {name}: expected {{"RESOURCE": amount >= 0, ...}}, got {raw.strip()!r}'
+            )
+        found[name] = {k: float(v) for k, v in value.items()}
+    return found
