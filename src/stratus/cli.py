@@ -226,6 +226,7 @@ def _default(name: str) -> Any:
 )
 @click.option("--alert-interval", type=float, default=None, help="Seconds per baseline sample. [default: 60]")
 @__import__("stratus.usage_cli", fromlist=["limit_options"]).limit_options  # limits, metering
+@__import__("stratus.ray_cli", fromlist=["ray_options"]).ray_options  # Ray replicas
 @_engine_options
 @click.option(
     "--config",
@@ -418,6 +419,7 @@ __import__("stratus.admin_cli", fromlist=["register"]).register(main)  # stratus
 __import__("stratus.usage_cli", fromlist=["register"]).register(main)  # stratus usage|limits
 main.add_command(__import__("stratus.audit_cli", fromlist=["audit"]).audit)  # stratus audit
 main.add_command(__import__("stratus.secrets_cli", fromlist=["secrets"]).secrets)  # stratus secrets
+__import__("stratus.ray_cli", fromlist=["register"]).register(main)  # stratus cluster scale
 
 if __name__ == "__main__":
     main()

@@ -81,6 +81,14 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)  # shared limit counters; default in process
     limits_fail_open: bool = False  # Redis down: per-process limits instead of 503
     model_prices: str | None = None  # "tiny=0.5/1.5,...": USD per million prompt/completion tokens
+    # Ray replicas (docs/CLUSTER.md): with ray_address every model is served by Ray actors
+    ray_address: str | None = None  # auto | ray://host:port | local (start Ray in this process)
+    replicas: str | None = None  # "demo=2,other=1", or "2" for every model; default 1
+    replica_resources: str | None = None  # 'demo={"CPU": 1, "node_type_a": 1}; other={"GPU": 1}'
+    min_replicas: str | None = None  # with max_replicas ("demo=1" or "1"): autoscale between them
+    max_replicas: str | None = None
+    autoscale_target: float = 4.0  # running + waiting requests per replica the autoscaler aims for
+    autoscale_cooldown: float = 30.0  # seconds after a change before the next one
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def model_paths(self) -> dict[str, Path]:
@@ -274,6 +282,8 @@ def _check(s: Settings) -> None:
             parse_prices(s.model_prices)
         except ValueError as exc:
             raise ConfigError(f"model_prices: {exc}") from None
+    if s.ray_address is not None or any((s.replicas, s.replica_resources, s.min_replicas, s.max_replicas)):
+        _check_ray(s)
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError("log_level must be one of critical, error, warning, info, debug, trace")
 
@@ -296,3 +306,19 @@ def _check_jwt(s: Settings) -> None:
         parse_role_map(s.jwt_role_map)
     except ValueError as exc:
         raise ConfigError(f"jwt_role_map: {exc}") from None
+
+
+def _check_ray(s: Settings) -> None:
+    from stratus.cluster.ray_cluster import build_specs
+
+    if not s.ray_address:
+        raise ConfigError("replicas, replica_resources, min_replicas and max_replicas need ray_address")
+    address = s.ray_address.strip()
+    if address not in ("auto", "local") and not re.match(r"^(ray://)?[\w.\-\[\]:]+:\d+$", address):
+        raise ConfigError(f"ray_address must be auto, local, ray://HOST:PORT or HOST:PORT, got {address!r}")
+    if s.autoscale_target <= 0 or s.autoscale_cooldown < 0:
+        raise ConfigError("autoscale_target must be > 0 and autoscale_cooldown >= 0")
+    try:
+        build_specs(s.model_paths(), s.replicas, s.replica_resources, s.min_replicas, s.max_replicas)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -341,3 +341,35 @@ def parse_resources(text: str, models: list[str]) -> dict[str, dict[str, float]]
             )
         found[name] = {k: float(v) for k, v in value.items()}
     return found
+
+
+def build_specs(
+    paths: dict[str, Path],
+    replicas: str | None = None,
+    resources: str | None = None,
+    min_replicas: str | None = None,
+    max_replicas: str | None = None,
+) -> dict[str, RayModelSpec]:
+    """Every served model as a Ray model, from the settings' strings; raises ValueError."""
+    models = list(paths)
+    counts = parse_counts(replicas, models, "replicas") if replicas else {}
+    shapes = parse_resources(resources, models) if resources else {}
+    lows = parse_counts(min_replicas, models, "min_replicas") if min_replicas else {}
+    highs = parse_counts(max_replicas, models, "max_replicas") if max_replicas else {}
+    specs: dict[str, RayModelSpec] = {}
+    for name, path in paths.items():
+        low, high = lows.get(name), highs.get(name)
+        if (low is None) != (high is None):
+            raise ValueError(f"model {name!r}: autoscaling needs both min_replicas and max_replicas")
+        if low is not None and high is not None and not 0 <= low <= high <= MAX_REPLICAS:
+            raise ValueError(f"model {name!r}: need 0 <= min_replicas <= max_replicas <= {MAX_REPLICAS}")
+        count = counts.get(name, low if low is not None else 1)
+        if low is not None and high is not None and not low <= count <= high:
+            raise ValueError(f"model {name!r}: replicas={count} is outside min_replicas..max_replicas")
+        if not 0 <= count <= MAX_REPLICAS:
+            raise ValueError(f"model {name!r}: replicas must be between 0 and {MAX_REPLICAS}")
+        spec = RayModelSpec(name, path, count, min_replicas=low, max_replicas=high)
+        if name in shapes:
+            spec.resources = shapes[name]
+        specs[name] = spec
+    return specs
