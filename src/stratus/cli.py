@@ -34,6 +34,7 @@ ENGINE_HELP = {
     "enable_prefix_caching": "Reuse KV blocks of shared prompt prefixes.",
     "num_threads": "PyTorch threads on CPU; default: PyTorch's choice.",
     "seed": "Seed for requests that do not set one.",
+    "max_tokens_per_second": "Cap the engine's output tokens per second, over all sequences (a replica of that capacity); default: no cap.",
 }
 
 
@@ -226,6 +227,7 @@ def _default(name: str) -> Any:
 )
 @click.option("--alert-interval", type=float, default=None, help="Seconds per baseline sample. [default: 60]")
 @__import__("stratus.usage_cli", fromlist=["limit_options"]).limit_options  # limits, metering
+@__import__("stratus.cluster_cli", fromlist=["cluster_options"]).cluster_options  # workers
 @__import__("stratus.ray_cli", fromlist=["ray_options"]).ray_options  # Ray replicas
 @_engine_options
 @click.option(
@@ -419,6 +421,7 @@ __import__("stratus.admin_cli", fromlist=["register"]).register(main)  # stratus
 __import__("stratus.usage_cli", fromlist=["register"]).register(main)  # stratus usage|limits
 main.add_command(__import__("stratus.audit_cli", fromlist=["audit"]).audit)  # stratus audit
 main.add_command(__import__("stratus.secrets_cli", fromlist=["secrets"]).secrets)  # stratus secrets
+__import__("stratus.cluster_cli", fromlist=["register"]).register(main, _engine_options)  # worker, upstreams
 __import__("stratus.ray_cli", fromlist=["register"]).register(main)  # stratus cluster scale
 
 if __name__ == "__main__":

@@ -89,6 +89,12 @@ class Settings:
     max_replicas: str | None = None
     autoscale_target: float = 4.0  # running + waiting requests per replica the autoscaler aims for
     autoscale_cooldown: float = 30.0  # seconds after a change before the next one
+    # cluster (docs/CLUSTER.md): the secret workers authenticate with turns on worker registration
+    cluster_secret: str | None = field(default=None, repr=False)  # env STRATUS_CLUSTER_SECRET
+    cluster_secret_file: str | None = None  # a file holding it (preferred: flags show in `ps`)
+    worker_ca: str | None = None  # CA that signs workers' HTTPS certificates; default: the system's
+    worker_client_cert: str | None = None  # client certificate for mutual TLS to workers
+    worker_client_key: str | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def model_paths(self) -> dict[str, Path]:
@@ -238,7 +244,10 @@ def load_settings(
                 merged[key] = value if source == "command line" else _models_from(value, where)
             else:
                 merged[key] = _coerce(value, hints[key], where)
-    engine = EngineConfig(**{k: merged.pop(k) for k in ENGINE_NAMES if k in merged})
+    try:  # EngineConfig checks its own fields
+        engine = EngineConfig(**{k: merged.pop(k) for k in ENGINE_NAMES if k in merged})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     settings = Settings(engine=engine, **merged)
     _check(settings)
     return settings

@@ -148,6 +148,16 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_threads: int | None = None  # torch intra-op threads on CPU
     seed: int = 0  # for unseeded sampling
+    # Pace the step loop so the whole engine generates at most this many output tokens per
+    # second, shared by every running sequence: a replica of exactly that capacity (benchmarks
+    # of routing over unequal replicas; sharing a machine politely). None: as fast as it can.
+    max_tokens_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        rate = self.max_tokens_per_second
+        number = isinstance(rate, (int, float)) and not isinstance(rate, bool)
+        if rate is not None and not (number and 0 < rate < float("inf")):
+            raise ValueError(f"max_tokens_per_second must be a positive number, got {rate!r}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

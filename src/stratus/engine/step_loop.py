@@ -25,19 +25,52 @@ Publish = Callable[[tuple], None]
 STATS_INTERVAL_S = 0.1
 
 
+class Pacer:
+    """Holds the loop to `rate` output tokens per second over all sequences.
+
+    A step that produced k tokens pushes the earliest start of the next step k/rate seconds
+    past its own start, so the rate is exact whenever a step computes faster than that, and
+    the step's own time counts towards the pause. Idle time earns no credit: the budget is
+    never exceeded by more than one step's tokens, however long the engine was idle.
+    """
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.ready_at = 0.0
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next step may start."""
+        return max(self.ready_at - now, 0.0)
+
+    def stepped(self, started: float, tokens: int) -> None:
+        if tokens:
+            self.ready_at = max(self.ready_at, started) + tokens / self.rate
+
+
 def run_step_loop(core: LLMEngine, next_command: NextCommand, publish: Publish) -> None:
     last_stats = 0.0
+    rate = core.config.max_tokens_per_second
+    pacer = Pacer(rate) if rate else None
     while True:
-        command = next_command(None if core.has_work() else 0.5)
+        wait = None if core.has_work() else 0.5
+        if pacer is not None and wait is None:
+            wait = pacer.delay(time.monotonic()) or None  # take commands while pacing
+        command = next_command(wait)
         while command is not None:
             if command[0] == "stop":
                 return
             _apply(core, command, publish)
             command = next_command(None)
+        if pacer is not None and core.has_work() and pacer.delay(time.monotonic()) > 0:
+            continue  # a command ended the wait early; wait out the rest
         deltas = []
         try:
             if core.has_work():
+                started = time.monotonic()
+                produced = core.generated_tokens_total
                 deltas = core.step()
+                if pacer is not None:
+                    pacer.stepped(started, core.generated_tokens_total - produced)
         except Exception as exc:  # a bug must not hang every caller: fail what is in flight
             log.exception("engine step failed; failing in-flight requests")
             for rid in list(core.requests):
