@@ -29,7 +29,17 @@ from stratus.api.openapi import build_openapi
 from stratus.api.pipeline import RequestHooks
 from stratus.api.registry import ModelRegistry
 from stratus.api.response_cache import ResponseCache
-from stratus.api.routes import admin, admin_audit, chat, completions, models, ops, tokenize, usage
+from stratus.api.routes import (
+    admin,
+    admin_audit,
+    chat,
+    completions,
+    internal,
+    models,
+    ops,
+    tokenize,
+    usage,
+)
 from stratus.api.security_headers import SecurityHeadersMiddleware
 from stratus.api.state import AppState
 from stratus.config import Settings
@@ -96,6 +106,10 @@ def create_app(
     auth.install(app)
     for module in (chat, completions, models, tokenize, ops, admin, usage, admin_audit):
         app.include_router(module.router)
+    from stratus.api.routes import cluster_admin  # POST /admin/cluster/scale (Ray replicas)
+
+    app.include_router(cluster_admin.router)
+    internal.mount(app, settings, registry)  # /internal/v1/workers when a cluster secret is set
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, state=state)  # sees every outcome
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: even a refusal gets the headers

@@ -1,0 +1,274 @@
+"""Workers joining and leaving a gateway: registration, heartbeats, deregistration.
+
+Worker side (`Heartbeat`, run by `stratus worker --gateway URL`):
+    POST {gateway}/internal/v1/workers/register    {id, model, url}        once its model is warm
+    POST {gateway}/internal/v1/workers/heartbeat   {id, model, state, stats} every `interval` s
+    POST {gateway}/internal/v1/workers/deregister  {id, model}              on SIGTERM, before draining
+A heartbeat answered 404 (the gateway restarted, or dropped the worker) makes it register again.
+
+Gateway side (`WorkerDirectory`, behind api/routes/internal.py): a registration builds a
+`WorkerReplica` (it fetches the worker's tokenizer and config, so a worker that cannot be reached
+back is refused) and adds it to the model's replica set; a worker that misses `missed`
+heartbeats in a row is removed; a deregistered one is drained (finishes, takes nothing new).
+All of it is authenticated with the cluster secret (cluster/secret.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from stratus.cluster.replica import ReplicaError
+from stratus.cluster.worker_replica import WorkerReplica
+from stratus.config import MODEL_NAME_RE
+
+log = logging.getLogger("stratus.cluster")
+
+PREFIX = "/internal/v1/workers"
+WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class RegistrationError(ValueError):
+    """A registration the gateway refuses; the message is safe to send back."""
+
+
+def check_worker_url(url: str) -> str:
+    """http(s)://host[:port][/path] with no credentials, query or fragment."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise RegistrationError("url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RegistrationError("url must be an http:// or https:// URL with a host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise RegistrationError("url must not hold credentials, a query or a fragment")
+    return url.rstrip("/")
+
+
+def _field(body: dict, name: str, pattern: re.Pattern) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not pattern.match(value):
+        raise RegistrationError(f"{name} must be a string matching {pattern.pattern}")
+    return value
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+@dataclass
+class _Known:
+    replica: WorkerReplica
+    last_seen: float
+    draining: bool = False
+
+
+class WorkerDirectory:
+    """The workers registered with this gateway, kept in the model registry's replica sets."""
+
+    def __init__(
+        self,
+        registry: Any,
+        secret: bytes,
+        *,
+        interval: float = 2.0,
+        missed: int = 3,
+        verify: ssl.SSLContext | bool = True,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.registry = registry
+        self.secret = secret
+        self.interval = interval
+        self.missed = missed
+        self.verify = verify
+        self.timeouts = (connect_timeout, read_timeout)
+        self.clock = clock
+        self.workers: dict[str, _Known] = {}
+        self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task | None = None
+
+    async def register(self, body: dict) -> dict:
+        worker_id = _field(body, "id", WORKER_ID_RE)
+        model = _field(body, "model", MODEL_NAME_RE)
+        url = check_worker_url(body.get("url") if isinstance(body.get("url"), str) else "")
+        replica = WorkerReplica(
+            worker_id,
+            model,
+            url,
+            self.secret,
+            connect_timeout=self.timeouts[0],
+            read_timeout=self.timeouts[1],
+            verify=self.verify,
+        )
+        try:
+            await replica.start()
+        except (ReplicaError, OSError, ValueError) as exc:
+            await replica.shutdown()
+            raise RegistrationError(f"the gateway cannot use the worker at {url}: {exc}") from None
+        async with self._lock:
+            old = self.workers.pop(worker_id, None)
+            if old is not None:  # a restarted worker: its old connection state is stale
+                await self._remove(old)
+            await _maybe_await(self.registry.add_replica(replica))
+            self.workers[worker_id] = _Known(replica, self.clock())
+        self._ensure_watcher()
+        log.info("worker %s registered for model %s at %s", worker_id, model, url)
+        return {"heartbeat_interval": self.interval}
+
+    def heartbeat(self, body: dict) -> bool:
+        """Refresh a known worker; False (404 to the worker) when it must register again."""
+        known = self.workers.get(body.get("id")) if isinstance(body.get("id"), str) else None
+        if known is None or known.replica.model != body.get("model"):
+            return False
+        known.last_seen = self.clock()
+        stats = body.get("stats")
+        if isinstance(stats, dict):
+            with contextlib.suppress(TypeError, ValueError):
+                known.replica.update_stats(stats)
+        return True
+
+    async def deregister(self, body: dict) -> bool:
+        """Drain the worker: it finishes what it runs and gets nothing new. `final`: it has
+        stopped, remove it now (else it goes once its heartbeats stop)."""
+        known = self.workers.get(body.get("id")) if isinstance(body.get("id"), str) else None
+        if known is None or known.replica.model != body.get("model"):
+            return False
+        if body.get("final") is True:
+            async with self._lock:
+                if self.workers.get(known.replica.id) is known:
+                    del self.workers[known.replica.id]
+                    await self._remove(known)
+            log.info("worker %s stopped and was removed", known.replica.id)
+            return True
+        known.draining = True
+        await _maybe_await(self.registry.drain_replica(known.replica.model, known.replica.id))
+        log.info("worker %s is draining", known.replica.id)
+        return True
+
+    async def expire(self) -> list[str]:
+        """Remove the workers whose heartbeats stopped; returns their ids."""
+        limit = self.missed * self.interval
+        now = self.clock()
+        gone = [wid for wid, k in self.workers.items() if now - k.last_seen > limit]
+        async with self._lock:
+            for worker_id in gone:
+                known = self.workers.pop(worker_id, None)
+                if known is not None:
+                    log.warning("worker %s missed %d heartbeats; removed", worker_id, self.missed)
+                    await self._remove(known)
+        return gone
+
+    async def _remove(self, known: _Known) -> None:
+        try:
+            await _maybe_await(self.registry.remove_replica(known.replica.model, known.replica.id))
+        except KeyError:
+            pass  # already gone
+        await known.replica.shutdown()
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch(), name="stratus-worker-heartbeats")
+
+    async def _watch(self) -> None:
+        while self.workers:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.expire()
+            except Exception:
+                log.exception("checking worker heartbeats failed")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+
+class Heartbeat:
+    """The worker's side: register once serving, heartbeat, re-register when forgotten."""
+
+    def __init__(
+        self,
+        gateway_url: str,
+        secret: bytes,
+        info: dict,
+        stats: Callable[[], dict],
+        *,
+        interval: float = 2.0,
+        verify: ssl.SSLContext | bool = True,
+        timeout: float = 10.0,
+    ):
+        self.info = info  # id, model, url
+        self.stats = stats
+        self.interval = interval
+        self.registered = False
+        self.draining = False
+        self._client = httpx.AsyncClient(
+            base_url=gateway_url.rstrip("/") + PREFIX,
+            headers={"Authorization": f"Bearer {secret.decode()}"},
+            timeout=timeout,
+            verify=verify,
+        )
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except httpx.HTTPError as exc:
+                log.warning("gateway unreachable (%s); retrying in %.0f s", type(exc).__name__, self.interval)
+            await asyncio.sleep(self.interval)
+
+    async def beat(self) -> None:
+        if not self.registered:
+            r = await self._client.post("/register", json=self.info)
+            if r.status_code != 200:
+                log.error("the gateway refused registration (%d): %s", r.status_code, _message(r))
+                return
+            self.registered = True
+            self.interval = float(r.json().get("heartbeat_interval", self.interval))
+            log.info("registered with the gateway as %s", self.info["id"])
+            return
+        state = "draining" if self.draining else "serving"
+        body = {"id": self.info["id"], "model": self.info["model"], "state": state, "stats": self.stats()}
+        r = await self._client.post("/heartbeat", json=body)
+        if r.status_code == 404:
+            self.registered = False  # the gateway forgot us (it restarted): register again now
+            if not self.draining:
+                await self.beat()
+        elif r.status_code != 200:
+            log.warning("heartbeat refused (%d): %s", r.status_code, _message(r))
+
+    async def deregister(self, final: bool = False) -> None:
+        """Ask to be drained; `final` once stopped (the gateway then removes it at once)."""
+        self.draining = True
+        if not self.registered:
+            return
+        body = {"id": self.info["id"], "model": self.info["model"], "final": final}
+        try:
+            await self._client.post("/deregister", json=body)
+        except httpx.HTTPError as exc:
+            log.warning("could not deregister (%s); the gateway will notice the missed heartbeats", exc)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]

@@ -1,0 +1,215 @@
+"""The internal HTTP API of `stratus worker`: one engine that gateways reach over HTTP.
+
+    POST /internal/v1/generate           a GenerateRequest (cluster/wire.py) -> NDJSON deltas
+    GET  /internal/v1/health             200 {id, model, state, max_model_len, stats}; 503 if not serving
+    GET  /internal/v1/checkpoint-files   {files: {name: text}, max_model_len}: what a gateway needs
+                                         to tokenize and validate without the weights
+
+Every call carries `Authorization: Bearer <cluster secret>`, compared in constant time; a
+missing or wrong one is a 401 and nothing runs. A bad request is a 400 before any line is sent.
+The stream is one JSON delta per line; a failure midway ends it with an `{"error": ...}` line
+and no finish_reason, which the gateway treats as a replica failure. Closing the connection
+aborts the request in the engine (its KV blocks are freed at once).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from stratus.cluster import wire
+from stratus.engine.types import ValidationError
+
+if TYPE_CHECKING:
+    from stratus.engine import Engine
+
+log = logging.getLogger("stratus.worker")
+
+PREFIX = "/internal/v1"
+CHECKPOINT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+)
+NDJSON = "application/x-ndjson"
+
+
+class APIError(Exception):
+    """A refusal in the OpenAI error envelope (this package does not import stratus.api)."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
+
+    def __init__(self, status: int, message: str, *, param=None, code=None, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        error = {
+            "message": self.message,
+            "type": self.TYPES.get(self.status, "server_error"),
+            "param": self.param,
+            "code": self.code,
+        }
+        body = orjson.dumps({"error": error})
+        return Response(body, self.status, headers=self.headers, media_type="application/json")
+
+
+async def _error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, APIError):
+        return exc.response()
+    if isinstance(exc, StarletteHTTPException):
+        return APIError(exc.status_code, str(exc.detail)).response()
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return APIError(500, "The worker had an internal error.").response()
+
+
+@dataclass
+class WorkerState:
+    worker_id: str
+    model: str
+    secret: bytes
+    engine: Engine | None = None  # None while loading
+    path: Path | None = None
+    state: str = "loading"  # loading | serving | draining | failed
+
+
+def check_secret(given: str | None, secret: bytes) -> bool:
+    """The bearer token against the cluster secret, in constant time."""
+    if not given:
+        return False
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode(), secret)
+
+
+def unauthorized() -> APIError:
+    return APIError(
+        401,
+        "This internal API needs the cluster secret as a bearer token.",
+        code="invalid_cluster_secret",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _worker(request: Request) -> WorkerState:
+    worker: WorkerState = request.app.state.worker
+    if not check_secret(request.headers.get("authorization"), worker.secret):
+        raise unauthorized()
+    return worker
+
+
+def _serving(worker: WorkerState) -> Engine:
+    if worker.engine is None or worker.state == "loading":
+        raise APIError(503, "The worker is still loading its model.", code="model_loading")
+    if worker.state == "failed" or not worker.engine.healthy:
+        raise APIError(503, "The worker's engine stopped.", code="model_failed")
+    return worker.engine
+
+
+router = APIRouter(prefix=PREFIX, tags=["internal"])
+
+
+@router.post("/generate")
+async def generate(request: Request, worker: WorkerState = Depends(_worker)) -> Response:
+    engine = _serving(worker)
+    if worker.state == "draining":
+        raise APIError(503, "The worker is draining; send the request elsewhere.", code="draining")
+    try:
+        gen_request = wire.request_from_dict(orjson.loads(await request.body()))
+        engine.prepare(gen_request)
+    except orjson.JSONDecodeError:
+        raise APIError(400, "The body is not valid JSON.") from None
+    except (ValidationError, TypeError) as exc:
+        raise APIError(400, str(exc), param=getattr(exc, "param", None)) from None
+    deltas = engine.generate(gen_request)
+    try:
+        first = await anext(deltas)  # a refusal from the engine is still a 400, not a broken stream
+    except ValidationError as exc:
+        await deltas.aclose()
+        raise APIError(400, str(exc), param=exc.param) from None
+    except Exception:
+        await deltas.aclose()
+        log.exception("generation %s failed before its first delta", gen_request.request_id)
+        raise APIError(503, "The worker's engine failed; retry elsewhere.", code="engine_failed") from None
+    return NDJSONResponse(_lines(first, deltas, gen_request.request_id))
+
+
+async def _lines(first, deltas: AsyncIterator, request_id: str) -> AsyncIterator[bytes]:
+    try:
+        yield orjson.dumps(wire.delta_to_dict(first)) + b"\n"
+        async for delta in deltas:
+            yield orjson.dumps(wire.delta_to_dict(delta)) + b"\n"
+    except Exception:
+        log.exception("generation %s failed midway", request_id)
+        error = {"message": "the worker's engine failed midway", "type": "server_error"}
+        yield orjson.dumps({"error": error}) + b"\n"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await deltas.aclose()  # aborts the request if it is still running
+
+
+class NDJSONResponse(StreamingResponse):
+    """A stream whose generator is always closed when the response ends, even on disconnect."""
+
+    def __init__(self, content: AsyncIterator[bytes]):
+        super().__init__(content, media_type=NDJSON, headers={"Cache-Control": "no-store"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+@router.get("/health")
+async def health(worker: WorkerState = Depends(_worker)) -> Response:
+    body = {"id": worker.worker_id, "model": worker.model, "state": worker.state}
+    status = 200
+    try:
+        engine = _serving(worker)
+    except APIError:
+        status = 503
+        if worker.state == "serving":
+            body["state"] = "failed"
+    else:
+        body["max_model_len"] = engine.max_model_len
+        body["stats"] = wire.stats_to_dict(engine.stats())
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+@router.get("/checkpoint-files")
+async def checkpoint_files(worker: WorkerState = Depends(_worker)) -> Response:
+    engine = _serving(worker)
+    assert worker.path is not None
+    files = {}
+    for name in CHECKPOINT_FILES:
+        file = worker.path / name
+        if file.is_file():
+            files[name] = file.read_text()
+    body = {"model": worker.model, "max_model_len": engine.max_model_len, "files": files}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def create_worker_app(worker: WorkerState, lifespan=None) -> FastAPI:
+    app = FastAPI(title="stratus worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker = worker
+    for kind in (APIError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, _error_response)
+    app.include_router(router)
+    return app

@@ -1,0 +1,159 @@
+"""`stratus worker`: one engine behind an authenticated internal HTTP API, joining a gateway.
+
+    export STRATUS_CLUSTER_SECRET=$(python -c "import secrets; print(secrets.token_urlsafe(32))")
+    stratus serve --no-local-models ...              # the gateway, with the same secret
+    stratus worker --model demo=models/demo --port 8101 --gateway http://127.0.0.1:8000
+
+`stratus upstreams add|list|remove` (OpenAI-compatible upstreams) live in cluster/upstream_cli.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+
+def cluster_options(func):
+    """The `stratus serve` flags of the gateway's side of a cluster (names match config.Settings)."""
+    options = [
+        click.option(
+            "--cluster-secret-file",
+            default=None,
+            help="File holding the secret workers authenticate with; turns on /internal/v1/workers. "
+            "[env: STRATUS_CLUSTER_SECRET holds the secret itself]",
+        ),
+        click.option("--worker-ca", default=None, help="CA (PEM) that signs workers' HTTPS certificates."),
+        click.option(
+            "--worker-client-cert", default=None, help="Client certificate (PEM) for mTLS to workers."
+        ),
+        click.option("--worker-client-key", default=None, help="Its private key (PEM)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+_WORKER_OPTIONS = [
+    click.option(
+        "--model", "model_spec", required=True, metavar="NAME=PATH", help="The checkpoint to serve."
+    ),
+    click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
+    click.option("--port", type=int, default=8100, show_default=True, help="Port (0: any free one)."),
+    click.option("--gateway", default=None, help="Register with this gateway (base URL), send heartbeats."),
+    click.option(
+        "--cluster-secret-file",
+        default=None,
+        help="File holding the cluster secret. [env: STRATUS_CLUSTER_SECRET holds the secret itself]",
+    ),
+    click.option("--worker-id", default=None, help="Stable id of this worker. [default: MODEL@HOST:PORT]"),
+    click.option("--advertise-url", default=None, help="URL the gateway reaches this worker at."),
+    click.option("--tls-cert", default=None, help="HTTPS certificate (PEM)."),
+    click.option("--tls-key", default=None, help="Its private key (PEM)."),
+    click.option(
+        "--tls-client-ca", default=None, help="Demand gateway client certificates from this CA (mTLS)."
+    ),
+    click.option("--gateway-ca", default=None, help="CA (PEM) that signs the gateway's certificate."),
+    click.option("--insecure-http", is_flag=True, help="Allow plain HTTP on a non-loopback address."),
+    click.option(
+        "--engine-isolation", type=click.Choice(["process", "thread"]), default="process", show_default=True
+    ),
+    click.option(
+        "--heartbeat-interval", type=float, default=2.0, show_default=True, help="Seconds between beats."
+    ),
+    click.option(
+        "--drain-timeout", type=float, default=30.0, show_default=True, help="Seconds to drain on SIGTERM."
+    ),
+    click.option(
+        "--log-level",
+        type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+        default="info",
+        show_default=True,
+    ),
+]
+
+
+def worker(model_spec: str, **flags: Any) -> None:
+    """Serve one model to gateways over an internal HTTP API (authenticated with the cluster secret).
+
+    \b
+    Example:
+      STRATUS_CLUSTER_SECRET=... stratus worker --model demo=models/demo --port 8101 \\
+          --gateway http://127.0.0.1:8000
+    """
+    from pathlib import Path
+
+    from stratus.cli import _bind, _is_loopback
+    from stratus.cluster.secret import ClusterSecretError, load_cluster_secret
+    from stratus.cluster.worker_main import WorkerOptions, build_worker
+    from stratus.cluster.worker_replica import client_tls
+    from stratus.config import ConfigError, parse_model_spec
+    from stratus.engine.config import EngineConfig
+
+    try:
+        name, path = parse_model_spec(model_spec)
+        secret = load_cluster_secret(flags.pop("cluster_secret_file"))
+    except (ConfigError, ClusterSecretError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if secret is None:
+        raise click.UsageError(
+            "a cluster secret is required: set STRATUS_CLUSTER_SECRET or --cluster-secret-file"
+        )
+    if not (Path(path) / "config.json").is_file():
+        raise click.ClickException(f"model '{name}': no checkpoint at {path} (config.json missing)")
+    host = flags.pop("host")
+    tls = bool(flags["tls_cert"] and flags["tls_key"])
+    if bool(flags["tls_cert"]) != bool(flags["tls_key"]):
+        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    if not tls and not _is_loopback(host) and not flags.pop("insecure_http"):
+        raise click.ClickException(
+            f"refusing plain HTTP on {host}: the cluster secret would cross the network in clear; give "
+            "--tls-cert and --tls-key, listen on 127.0.0.1, or pass --insecure-http on a trusted network"
+        )
+    if flags["tls_client_ca"] and not tls:
+        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    engine_fields = {k: flags.pop(k) for k in list(flags) if k in EngineConfig.__dataclass_fields__}
+    engine = EngineConfig(**{k: v for k, v in engine_fields.items() if v is not None})
+    gateway_ca = flags.pop("gateway_ca")
+    options = WorkerOptions(
+        model=name,
+        path=Path(path),
+        host=host,
+        port=flags.pop("port"),
+        secret=secret,
+        engine=engine,
+        worker_id=flags.pop("worker_id"),
+        advertise_url=flags.pop("advertise_url"),
+        gateway=flags.pop("gateway"),
+        gateway_verify=client_tls(gateway_ca),
+        tls_cert=flags.pop("tls_cert"),
+        tls_key=flags.pop("tls_key"),
+        tls_client_ca=flags.pop("tls_client_ca"),
+        isolation=flags.pop("engine_isolation"),
+        heartbeat_interval=flags.pop("heartbeat_interval"),
+        drain_timeout=flags.pop("drain_timeout"),
+        log_level=flags.pop("log_level"),
+    )
+    logging.basicConfig(
+        level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sock = _bind(host, options.port)
+    server = build_worker(options, sock)
+    click.echo(f"stratus worker {server.worker.worker_id} listening on {server.url}  (model {name})")
+    sys.stdout.flush()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a drained worker is a clean exit (see cli.run_server)
+        signal.signal(sig, lambda *_: None)
+    server.run(sockets=[sock])
+    click.echo("stratus worker: stopped", err=True)
+
+
+def register(main: click.Group, engine_options) -> None:
+    """Add `stratus worker` to `main`; `engine_options` is cli.py's one-flag-per-EngineConfig-field
+    decorator (passed in: importing cli.py from here would be circular)."""
+    command = engine_options(worker)
+    for option in reversed(_WORKER_OPTIONS):
+        command = option(command)
+    main.add_command(click.command(name="worker")(command))
