@@ -85,6 +85,8 @@ MATRIX = [
     ("DELETE", "/admin/limits", "/admin/limits?scope=team&subject=alpha", None, only(200, {"admin", "team_admin"})),
     ("GET", "/admin/audit", "/admin/audit", None, only(200, {"admin", "auditor"})),
     ("GET", "/admin/alerts", "/admin/alerts", None, only(200, {"admin", "auditor"})),
+    # issue 7 (cluster): 409 for admins, as this gateway runs no Ray replicas
+    ("POST", "/admin/cluster/scale", "/admin/cluster/scale", {"model": "m-a", "replicas": 1}, only(409, {"admin"})),
 ]  # fmt: skip
 
 

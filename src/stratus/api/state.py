@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from stratus.api.pipeline import RequestHooks
 from stratus.api.registry import ModelRegistry
@@ -20,3 +21,4 @@ class AppState:
     hooks: RequestHooks
     cache: ResponseCache | None = None
     access: AccessControl | None = None  # users, keys and grants; None with --no-auth
+    ray_cluster: Any = None  # cluster/ray_cluster.RayCluster with --ray-address

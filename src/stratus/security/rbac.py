@@ -54,6 +54,7 @@ KEYS_MANAGE = "keys.manage"  # the same for other people's keys (within the scop
 AUDIT_READ = "audit.read"  # the audit log (issue 6)
 USAGE_READ = "usage.read"  # usage and spend (issue 5)
 LIMITS_MANAGE = "limits.manage"  # rate limits, quotas and budgets (issue 5)
+CLUSTER_MANAGE = "cluster.manage"  # replicas: scale Ray replicas (issue 7; admin)
 
 EVERYWHERE = "*"
 
@@ -103,6 +104,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("POST", "/admin/keys/{key_id}/revoke"): KEYS_OWN,
     ("GET", "/admin/audit"): AUDIT_READ,
     ("GET", "/admin/alerts"): AUDIT_READ,
+    ("POST", "/admin/cluster/scale"): CLUSTER_MANAGE,
 }
 
 
