@@ -100,6 +100,7 @@ class WorkerDirectory:
         self.workers: dict[str, _Known] = {}
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     async def register(self, body: dict) -> dict:
         worker_id = _field(body, "id", WORKER_ID_RE)
@@ -154,8 +155,14 @@ class WorkerDirectory:
                     await self._remove(known)
             log.info("worker %s stopped and was removed", known.replica.id)
             return True
-        known.draining = True
-        await _maybe_await(self.registry.drain_replica(known.replica.model, known.replica.id))
+        if not known.draining:
+            known.draining = True
+            # The drain waits for the worker's streams to end; the worker need not wait for that.
+            task = asyncio.create_task(
+                _maybe_await(self.registry.drain_replica(known.replica.model, known.replica.id))
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         log.info("worker %s is draining", known.replica.id)
         return True
 

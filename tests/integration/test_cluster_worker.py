@@ -1,0 +1,153 @@
+"""`stratus worker` processes: the internal API's auth, WorkerReplica over real HTTP, kill -9.
+
+Each worker is a real `stratus worker` child process on a free loopback port (its engine in a
+thread, so kill -9 takes the whole replica down at once, as a lost machine would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import httpx
+import pytest
+
+from stratus.cluster.replica import ReplicaError
+from stratus.cluster.worker_replica import WorkerReplica
+from stratus.config import demo_model_path
+from stratus.engine.tokenizer import Tokenizer
+from stratus.engine.types import GenerateRequest, SamplingParams, ValidationError
+from tests import issued
+from tests.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.timeout(180)
+
+DEMO = demo_model_path()
+if not (DEMO / "config.json").is_file():
+    pytest.skip(f"no demo model at {DEMO}: run `make demo-model`", allow_module_level=True)
+
+THREAD = ("--engine-isolation", "thread")
+
+
+@pytest.fixture(scope="module")
+def secret() -> str:
+    return issued.record(secrets.token_urlsafe(32))
+
+
+@pytest.fixture(scope="module")
+def worker(secret):
+    with WorkerProcess("demo", str(DEMO), secret, *THREAD) as w:
+        w.wait_serving()
+        yield w
+
+
+def _generated(worker: WorkerProcess) -> int:
+    return worker.health().json()["stats"]["generated_tokens_total"]
+
+
+def test_internal_calls_without_the_cluster_secret_are_refused(worker, secret):
+    before = _generated(worker)
+    wrong = secrets.token_urlsafe(32)
+    body = {"prompt": "Once upon a time", "params": {"max_tokens": 4}}
+    for headers in ({}, {"Authorization": f"Bearer {wrong}"}, {"Authorization": f"Basic {secret}"}):
+        for method, path in [("POST", "/generate"), ("GET", "/health"), ("GET", "/checkpoint-files")]:
+            r = httpx.request(
+                method, f"{worker.url}/internal/v1{path}", headers=headers, json=body, timeout=10
+            )
+            assert r.status_code == 401, (method, path, r.text)
+            assert r.json()["error"]["code"] == "invalid_cluster_secret"
+            assert secret not in r.text
+    assert _generated(worker) == before  # nothing ran
+
+
+def test_worker_replica_generates_and_refuses_bad_requests(worker, secret):
+    async def run():
+        replica = WorkerReplica(worker.id, "demo", worker.url, secret.encode())
+        try:
+            await replica.start()
+            assert replica.max_model_len == 1024
+            assert replica.tokenizer.encode("hello world") == Tokenizer(DEMO).encode("hello world")
+            params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+            deltas = [
+                d async for d in replica.generate(GenerateRequest(prompt="Once upon a time", params=params))
+            ]
+            ids = [t for d in deltas for t in d.token_ids]
+            assert len(ids) == 8 and deltas[-1].finish_reason == "length"
+            assert "".join(d.text for d in deltas) == replica.tokenizer.decode(ids)
+            with pytest.raises(ValidationError) as refused:
+                bad = GenerateRequest(prompt="Once upon a time", params=SamplingParams(max_tokens=0))
+                async for _ in replica.generate(bad):
+                    pass
+            assert refused.value.param == "max_tokens"
+            await replica.probe()
+            assert replica.stats().generated_tokens_total >= 8
+        finally:
+            await replica.shutdown()
+
+    asyncio.run(run())
+
+
+def test_closing_the_stream_aborts_the_request_on_the_worker(worker, secret):
+    async def run():
+        replica = WorkerReplica(worker.id, "demo", worker.url, secret.encode())
+        try:
+            await replica.start()
+            params = SamplingParams(max_tokens=900, temperature=0, ignore_eos=True)
+            stream = replica.generate(GenerateRequest(prompt="Once upon a time", params=params))
+            async for delta in stream:
+                if delta.completion_tokens >= 3:
+                    break
+            await stream.aclose()
+            for _ in range(100):  # the worker sees the closed connection and aborts
+                await replica.probe()
+                if replica.stats().running == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert replica.stats().running == 0
+            assert replica.stats().kv_blocks_used == 0
+        finally:
+            await replica.shutdown()
+
+    asyncio.run(run())
+
+
+def test_a_worker_killed_mid_stream_is_a_replica_error_not_a_hang(secret):
+    with WorkerProcess("demo", str(DEMO), secret, *THREAD) as doomed:
+        doomed.wait_serving()
+
+        async def run():
+            replica = WorkerReplica(doomed.id, "demo", doomed.url, secret.encode(), read_timeout=10)
+            await replica.start()
+            params = SamplingParams(max_tokens=900, temperature=0, ignore_eos=True)
+            got = 0
+            started = time.monotonic()
+            with pytest.raises(ReplicaError):
+                async for delta in replica.generate(
+                    GenerateRequest(prompt="Once upon a time", params=params)
+                ):
+                    got += len(delta.token_ids)
+                    if got == 3:
+                        doomed.kill9()
+            assert got >= 3
+            assert time.monotonic() - started < 60  # far below 900 tokens: the stream broke, not ended
+            with pytest.raises(ReplicaError):
+                await replica.probe()
+            await replica.shutdown()
+
+        asyncio.run(run())
+
+
+def test_worker_refuses_plain_http_off_loopback(secret):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "stratus.cli", "worker", "--model", f"demo={DEMO}", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"STRATUS_CLUSTER_SECRET": secret, "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode != 0
+    assert "refusing plain HTTP" in out.stderr
