@@ -64,6 +64,8 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings()
     paths = dict(settings.model_paths()) if not engines or settings.models else {}
+    if settings.ray_address:
+        paths = {}  # every model is served by Ray actors, placed once the app starts
     registry = ModelRegistry(paths, engines, settings.engine, settings.engine_isolation)
     cache = None
     if settings.response_cache_size > 0:
@@ -80,16 +82,27 @@ def create_app(
         access=access,
     )
     hooks.bind(state)
+    if settings.ray_address:
+        from stratus.cluster.ray_cluster import RayCluster
+
+        state.ray_cluster = RayCluster.from_settings(settings, registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(registry.load_all(), name="stratus-load-models")
+        placing = None
+        if state.ray_cluster is not None:
+            placing = asyncio.create_task(state.ray_cluster.serve(), name="stratus-place-ray-replicas")
         try:
             yield
         finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            for task in (loading, placing):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if state.ray_cluster is not None:
+                await state.ray_cluster.close()
             await registry.shutdown()
             if state.access is not None:
                 state.access.store.close()

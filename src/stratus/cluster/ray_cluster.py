@@ -23,9 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stratus.engine import EngineConfig
+
+if TYPE_CHECKING:
+    from stratus.config import Settings
 
 log = logging.getLogger("stratus.cluster")
 
@@ -111,8 +114,11 @@ class RayCluster:
         max_restarts: int = -1,
         drain_timeout: float = 30.0,
         factory: ReplicaFactory | None = None,
+        address: str = "auto",
     ):
         self.registry = registry
+        self.address = address
+        self._started_ray = False
         self.specs = specs
         self.engine_config = engine_config or EngineConfig()
         self.policy = autoscale or Autoscale()
@@ -124,6 +130,36 @@ class RayCluster:
         self._last_change: dict[str, float] = {}
         self._autoscaler: asyncio.Task | None = None
         self.events: list[dict[str, Any]] = []  # recent scaling decisions, newest last
+
+    @classmethod
+    def from_settings(cls, settings: Settings, registry: ReplicaRegistry) -> RayCluster:
+        """Every model of `settings` served by Ray actors (`stratus serve --ray-address`)."""
+        assert settings.ray_address
+        specs = build_specs(
+            settings.model_paths(),
+            settings.replicas,
+            settings.replica_resources,
+            settings.min_replicas,
+            settings.max_replicas,
+        )
+        policy = Autoscale(target=settings.autoscale_target, cooldown=settings.autoscale_cooldown)
+        return cls(registry, specs, settings.engine, autoscale=policy, address=settings.ray_address)
+
+    async def serve(self) -> None:
+        """Connect to Ray and place the replicas (the gateway runs this as it starts)."""
+        try:
+            self._started_ray = await asyncio.to_thread(connect, self.address)
+            await self.start()
+        except Exception:  # /ready stays 503; the log says why
+            log.exception("placing Ray replicas failed (--ray-address %s)", self.address)
+
+    async def close(self) -> None:
+        await self.shutdown()
+        if self._started_ray:
+            import ray
+
+            await asyncio.to_thread(ray.shutdown)
+            self._started_ray = False
 
     def _ray_replica(self, spec: RayModelSpec) -> Any:
         from stratus.cluster.ray_replica import RayReplica
