@@ -8,9 +8,9 @@
 - `admin_key`: the API key of `api_server`'s first admin (access control is on there, as in
   `stratus serve`); `auth_headers` holds it as an Authorization header.
 
-Every secret a test issues goes through tests/issued.py: at the end of the session the SQLite
-files of every gateway and every captured log line are searched for each one (and a hit fails
-the run).
+Every secret a test issues or sends, and every prompt it sends, goes through tests/issued.py:
+at the end of the session every gateway's data directory and audit export, every captured log
+line and every `stratus serve` child's output are searched for each one (a hit fails the run).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def pytest_configure(config):
+    issued.watch_http()
     logging.getLogger().addHandler(issued.CAPTURE)
     logging.getLogger("stratus").setLevel(logging.DEBUG)
 

@@ -226,6 +226,11 @@ def _default(name: str) -> Any:
     "--alert-z", type=float, default=None, help="z-score over a key's baseline that alerts. [default: 4]"
 )
 @click.option("--alert-interval", type=float, default=None, help="Seconds per baseline sample. [default: 60]")
+@click.option(
+    "--alert-suspend/--no-alert-suspend",
+    default=None,
+    help="Suspend a key whose anomaly alert fires until an admin reinstates it. [default: off]",
+)
 @__import__("stratus.usage_cli", fromlist=["limit_options"]).limit_options  # limits, metering
 @__import__("stratus.cluster_cli", fromlist=["cluster_options"]).cluster_options  # workers
 @__import__("stratus.ray_cli", fromlist=["ray_options"]).ray_options  # Ray replicas
@@ -422,6 +427,7 @@ __import__("stratus.usage_cli", fromlist=["register"]).register(main)  # stratus
 main.add_command(__import__("stratus.audit_cli", fromlist=["audit"]).audit)  # stratus audit
 main.add_command(__import__("stratus.secrets_cli", fromlist=["secrets"]).secrets)  # stratus secrets
 __import__("stratus.cluster_cli", fromlist=["register"]).register(main, _engine_options)  # worker, upstreams
+__import__("stratus.review_cli", fromlist=["register"]).register(main)  # lockouts|alerts, keys reinstate
 __import__("stratus.ray_cli", fromlist=["register"]).register(main)  # stratus cluster scale
 
 if __name__ == "__main__":

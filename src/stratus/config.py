@@ -76,6 +76,7 @@ class Settings:
     lockout_seconds: float = 30.0  # the first lockout; each further one doubles (up to an hour)
     alert_z: float = 4.0  # z-score over a key's own baseline that raises an alert
     alert_interval: float = 60.0  # seconds per baseline sample
+    alert_suspend: bool = False  # suspend a key whose anomaly alert fires, until an admin reinstates it
     # limits and usage (security/limits.py)
     metering: bool | None = None  # limits + usage ledger; None: on with access control, off without
     redis_url: str | None = field(default=None, repr=False)  # shared limit counters; default in process

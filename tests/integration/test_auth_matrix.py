@@ -85,6 +85,16 @@ MATRIX = [
     ("DELETE", "/admin/limits", "/admin/limits?scope=team&subject=alpha", None, only(200, {"admin", "team_admin"})),
     ("GET", "/admin/audit", "/admin/audit", None, only(200, {"admin", "auditor"})),
     ("GET", "/admin/alerts", "/admin/alerts", None, only(200, {"admin", "auditor"})),
+    ("GET", "/admin/audit/content", "/admin/audit/content", None, only(200, {"admin", "auditor"})),
+    ("GET", "/admin/lockouts", "/admin/lockouts", None, only(200, {"admin", "auditor"})),
+    ("DELETE", "/admin/lockouts/{source}", "/admin/lockouts/addr:10.9.9.9", None, only(404, {"admin"})),
+    ("GET", "/admin/suspensions", "/admin/suspensions", None, only(200, {"admin", "auditor"})),
+    ("POST", "/admin/keys/{key_id}/reinstate", "{k_rot}/reinstate", None, only(409, {"admin"})),
+    ("GET", "/admin/content-logging", "/admin/content-logging", None, only(200, {"admin", "auditor"})),
+    ("PUT", "/admin/teams/{name}/content-logging", "/admin/teams/alpha/content-logging", {"enabled": False}, only(200, {"admin"})),
+    ("GET", "/admin/alerts/webhook", "/admin/alerts/webhook", None, only(200, {"admin", "auditor"})),
+    ("PUT", "/admin/alerts/webhook", "/admin/alerts/webhook", {"url": "http://127.0.0.1:9/hook", "secret": "s" * 16}, only(200, {"admin"})),
+    ("DELETE", "/admin/alerts/webhook", "/admin/alerts/webhook", None, only(200, {"admin"})),
     # issue 7 (cluster): 409 for admins, as this gateway runs no Ray replicas
     ("POST", "/admin/cluster/scale", "/admin/cluster/scale", {"model": "m-a", "replicas": 1}, only(409, {"admin"})),
 ]  # fmt: skip

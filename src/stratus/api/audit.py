@@ -5,11 +5,13 @@
 
 Fail closed is the default: the middleware writes the record before the response starts and
 answers 503 instead when the write fails. `--audit-fail-open` serves anyway and logs an
-error for every record lost.
+error for every record lost. For a team with content logging on, the request's redacted prompt
+and completion go into the same transaction, encrypted (security/content_log.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
 from stratus.security.audit import AuditEvent, AuditLog
 from stratus.security.audit_writer import AuditWriter
+from stratus.security.content_log import CONTENT_ROUTES, ContentLog, content_text
 
 log = logging.getLogger("stratus.audit")
 
@@ -74,20 +77,41 @@ def event_for(ctx: RequestContext) -> AuditEvent:
 
 
 class AuditRecorder:
-    def __init__(self, audit: AuditLog, fail_open: bool = False, writer: AuditWriter | None = None):
+    def __init__(
+        self,
+        audit: AuditLog,
+        fail_open: bool = False,
+        writer: AuditWriter | None = None,
+        content: ContentLog | None = None,
+    ):
         self.log = audit
         self.writer = writer or AuditWriter(audit)  # group commit: one fsync per batch of requests
         self.fail_open = fail_open
+        self.content = content  # teams with content logging on, and the logged text
         self.lost = 0  # records not written while failing open
 
     async def record(self, ctx: RequestContext) -> None:
         if not ctx.authenticating:
             return
-        await self.write(event_for(ctx))
+        await self.write(event_for(ctx), await self._content(ctx))
 
-    async def write(self, event: AuditEvent) -> None:
+    async def _content(self, ctx: RequestContext) -> str | None:
+        """The redacted text to log with this request's record, if its team logs content."""
+        content = self.content
+        if content is None or ctx.route not in CONTENT_ROUTES or ctx.principal is None:
+            return None
+        if content.teams.stale():
+            try:
+                await asyncio.to_thread(content.teams.refresh)
+            except Exception as exc:  # keep the last known set; the record itself still goes
+                log.error("content logging: cannot read which teams log content (%s)", type(exc).__name__)
+        if not content.enabled(ctx.principal.team):
+            return None
+        return content_text(ctx.body, ctx.completions)
+
+    async def write(self, event: AuditEvent, content: str | None = None) -> None:
         try:
-            await self.writer.write(event)
+            await self.writer.write(event, content)
         except Exception as exc:
             if not self.fail_open:
                 log.error("audit write failed (%s): refusing the request", type(exc).__name__)
@@ -110,9 +134,15 @@ def recorder_for(settings, store) -> AuditRecorder:
     from stratus.security.audit_verify import CHECKPOINT_FILE
 
     audit = AuditLog(store, load_audit_key(settings.data_dir))
+    content = ContentLog(store, settings.data_dir, ttl=settings.auth_cache_ttl)
     checkpoints = Path(settings.data_dir) / CHECKPOINT_FILE
-    writer = AuditWriter(audit, checkpoints=checkpoints, every=settings.audit_checkpoint_every)
-    recorder = AuditRecorder(audit, settings.audit_fail_open, writer)
+    writer = AuditWriter(
+        audit,
+        checkpoints=checkpoints,
+        every=settings.audit_checkpoint_every,
+        ring=lambda: content.ring,  # the master key, loaded only once content is logged
+    )
+    recorder = AuditRecorder(audit, settings.audit_fail_open, writer, content)
     if recorder.fail_open:
         log.warning("audit is FAIL-OPEN: requests are served even when their record cannot be written")
     return recorder

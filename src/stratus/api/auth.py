@@ -25,7 +25,7 @@ from starlette.responses import Response
 from stratus.api import guard
 from stratus.api.audit import AuditRecorder, recorder_for
 from stratus.api.errors import APIError
-from stratus.api.guard import guard_for
+from stratus.api.guard import Review, guard_for
 from stratus.api.pipeline import OPEN_ACCESS, RequestContext, RequestHooks
 from stratus.api.registry import model_not_found
 from stratus.security import errors as sec
@@ -35,6 +35,9 @@ from stratus.security.anomaly import Guard
 from stratus.security.bootstrap import ENV_VAR, bootstrap
 from stratus.security.identity import Principal
 from stratus.security.jwt import IssuerConfig, JWTVerifier, parse_role_map
+from stratus.security.secrets import SecretStore
+from stratus.security.suspension import Suspensions
+from stratus.security.webhook import AlertWebhook
 from stratus.store import Store, StoreUnavailable, database_url
 
 if TYPE_CHECKING:
@@ -84,17 +87,26 @@ class AuthHooks(RequestHooks):
         self._served: list[str] | dict = []
         self.audit: AuditRecorder | None = None
         self.anomaly: Guard | None = None
+        self.review = Review()  # after an alert: webhook, suspension (api/guard.py)
 
     def bind(self, state: AppState) -> None:
         self._served = state.registry.models  # a live view: names of the served models
-        self.audit = recorder_for(state.settings, self.access.store)  # step 8 (api/audit.py)
-        self.anomaly = guard_for(state.settings)  # step 2 (api/guard.py)
+        settings = state.settings
+        store = self.access.store
+        self.audit = audit = recorder_for(settings, store)  # step 8 (api/audit.py)
+        self.anomaly = guard_for(settings)  # step 2 (api/guard.py)
+        ttl = settings.auth_cache_ttl
+        self.review = Review(
+            suspensions=Suspensions(store, ttl=ttl),
+            webhook=AlertWebhook(lambda: SecretStore(store, audit.content.ring), ttl=ttl),
+            suspend=settings.alert_suspend,
+        )
 
     async def record(self, ctx: RequestContext) -> None:
         if self.audit is not None:
             await self.audit.record(ctx)
         if self.anomaly is not None:
-            await guard.observe(self.anomaly, self.audit, ctx)
+            await guard.observe(self.anomaly, self.audit, ctx, self.review)
 
     async def _principal(self, request: Request) -> Principal:
         token = bearer(request.headers.get("authorization"))
@@ -113,6 +125,11 @@ class AuthHooks(RequestHooks):
             guard.check(self.anomaly, ctx)  # a locked-out address or key prefix: 429
         principal = await self._principal(request)
         ctx.principal = principal  # known even if the route is refused (for the record step)
+        if self.review.suspensions is not None:
+            try:
+                await guard.check_suspended(self.review.suspensions, principal)  # 403 while suspended
+            except StoreUnavailable:
+                raise unavailable() from None
         route = request.scope.get("route")
         try:
             self.access.check_route(principal, request.method, getattr(route, "path", request.url.path))

@@ -130,6 +130,9 @@ async def parse_body(request: Request, model: type[M]) -> tuple[M, dict]:
         raise APIError(400, f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(data, dict):
         raise APIError(400, f"The request body must be a JSON object, not {type(data).__name__}.")
+    ctx = getattr(request.state, "ctx", None)
+    if ctx is not None:
+        ctx.body = data  # a reference, for content logging of the teams that turned it on
     try:
         return model.model_validate(data), data
     except PydanticValidationError as exc:

@@ -113,6 +113,7 @@ class Generation:
         ctx = self.gw.ctx
         if self.outcome != "ok":
             ctx.outcome = self.outcome
+        ctx.completions = [self.choices[i].text for i in sorted(self.choices)]  # content logging
         usage = self.usage()
         model = ctx.model or ""
         metrics = self.gw.state.metrics

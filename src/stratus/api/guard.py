@@ -1,7 +1,10 @@
-"""Step 2 at the gateway: refuse locked-out sources, and feed finished requests to the guard.
+"""Step 2 at the gateway: refuse locked-out sources and suspended keys, and feed finished requests
+to the guard.
 
     check(guard, ctx)                       # before identify: 429 while a source is locked
-    await observe(guard, recorder, ctx)     # after the record: lockouts and alerts, audited
+    await check_suspended(suspensions, principal)   # after identify: 403 for a suspended key
+    await observe(guard, recorder, ctx, review)     # after the record: lockouts and alerts,
+                                                    # audited, sent to the webhook, keys suspended
 
 Sources are the client address ("addr:10.0.0.7") and the public prefix of a presented key
 ("key:sk-stratus-3f9a0c1d2b4e"); security/anomaly.py holds the policy.
@@ -9,14 +12,19 @@ Sources are the client address ("addr:10.0.0.7") and the public prefix of a pres
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+from dataclasses import asdict, dataclass
 
 from stratus.api.audit import AuditRecorder, _host
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
 from stratus.security.anomaly import AlertPolicy, Event, Guard, LockoutPolicy, Observation
 from stratus.security.audit import AuditEvent, detail
+from stratus.security.identity import Principal
+from stratus.security.suspension import Suspensions
+from stratus.security.webhook import AlertWebhook
 
 log = logging.getLogger("stratus.audit")
 
@@ -51,6 +59,33 @@ def check(guard: Guard, ctx: RequestContext) -> None:
         )
 
 
+@dataclass
+class Review:
+    """What happens to a key after an alert: the webhook, and (if configured) suspension."""
+
+    suspensions: Suspensions | None = None
+    webhook: AlertWebhook | None = None
+    suspend: bool = False  # --alert-suspend
+
+
+def suspended_error(key_id: str) -> APIError:
+    return APIError(
+        403,
+        f"This API key ({key_id}) is suspended pending review after a security alert. An admin "
+        f"can reinstate it (POST /admin/keys/{key_id}/reinstate, or `stratus keys reinstate`).",
+        code="key_suspended",
+    )
+
+
+async def check_suspended(suspensions: Suspensions, principal: Principal) -> None:
+    if principal.key_id is None:
+        return
+    if suspensions.ids.stale():
+        await asyncio.to_thread(suspensions.ids.refresh)  # fails closed: a store error is a 503
+    if principal.key_id in suspensions.ids:
+        raise suspended_error(principal.key_id)
+
+
 def event_record(event: Event) -> AuditEvent:
     kind = event.kind
     return AuditEvent(
@@ -64,9 +99,12 @@ def event_record(event: Event) -> AuditEvent:
     )
 
 
-async def observe(guard: Guard, recorder: AuditRecorder | None, ctx: RequestContext) -> None:
+async def observe(
+    guard: Guard, recorder: AuditRecorder | None, ctx: RequestContext, review: Review | None = None
+) -> None:
     if not ctx.authenticating or ctx.outcome == "locked" or ctx.status is None:
         return
+    review = review or Review()
     p = ctx.principal
     usage = ctx.usage
     obs = Observation(
@@ -78,8 +116,39 @@ async def observe(guard: Guard, recorder: AuditRecorder | None, ctx: RequestCont
     )
     for event in guard.observe(obs):
         log.warning("security event: %s on %s %s", event.kind, event.source, event.detail)
-        if recorder is not None:
-            try:
-                await recorder.write(event_record(event))
-            except Exception:
-                log.error("could not audit the %s on %s", event.kind, event.source)
+        await _audit(recorder, event_record(event))
+        payload = {"event": asdict(event)}
+        key_id = p.key_id if p is not None else None
+        if review.suspend and review.suspensions is not None and event.kind != "lockout" and key_id:
+            payload["suspended_key"] = key_id
+            await _suspend(review.suspensions, recorder, event, key_id)
+        if review.webhook is not None:
+            review.webhook.notify(payload)  # in the background: the request does not wait
+
+
+async def _audit(recorder: AuditRecorder | None, event: AuditEvent) -> None:
+    if recorder is None:
+        return
+    try:
+        await recorder.write(event)
+    except Exception:
+        log.error("could not audit the %s on %s", event.action, event.resource)
+
+
+async def _suspend(suspensions: Suspensions, recorder: AuditRecorder | None, event: Event, key_id: str) -> None:
+    try:
+        new = await asyncio.to_thread(suspensions.suspend, key_id, event.kind, event.detail)
+    except Exception as exc:
+        log.error("could not suspend key %s after %s (%s)", key_id, event.kind, type(exc).__name__)
+        return
+    if new:
+        log.warning("key %s suspended pending review after %s", key_id, event.kind)
+        record = AuditEvent(
+            action="key.suspend",
+            outcome="alert",
+            at=event.at,
+            key_prefix=event.source[4:] if event.source.startswith("key:") else None,
+            resource=f"key:{key_id}",
+            detail=detail(reason=event.kind, **event.detail),
+        )
+        await _audit(recorder, record)

@@ -75,6 +75,8 @@ class RequestContext:
     user_agent: str | None = None
     credential_prefix: str | None = None  # public prefix of a presented API key (never the secret)
     authenticating: bool = False  # step 1 was reached: the request gets an audit record
+    body: dict | None = None  # the parsed JSON body; read only by content logging (off by default)
+    completions: list[str] | None = None  # generated texts, likewise only for content logging
 
     @classmethod
     def from_scope(cls, scope: dict) -> RequestContext:

@@ -9,7 +9,9 @@ before it), so changing, removing, adding or moving a record breaks the chain at
 serialises writers (SQLite's write lock, a PostgreSQL row lock) and marks how long the chain is.
 
 A record holds who, what, on which model, the outcome, token counts and where from: never a
-secret and never prompt or completion text (`detail` takes small structured facts only).
+secret and never prompt or completion text (`detail` takes small structured facts only). For a
+team with content logging on (security/content_log.py) the redacted text goes, encrypted, into
+`audit_content` in the same transaction, bound to the record's seq.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 import sqlalchemy as sa
 
+from stratus.security.secrets import Keyring, encrypt
 from stratus.store import Store
 from stratus.store.audit_tables import audit_events, audit_head
+from stratus.store.review_tables import audit_content
 
 GENESIS = "0" * 64
 
@@ -94,20 +98,30 @@ class AuditLog:
     def append(self, event: AuditEvent) -> AuditRecord:
         return self.append_many([event])[0]
 
-    def append_many(self, events: list[AuditEvent]) -> list[AuditRecord]:
-        """Append in one transaction (one fsync): all of them are stored, or none."""
+    def append_many(
+        self,
+        events: list[AuditEvent],
+        contents: list[str | None] | None = None,
+        ring: Keyring | None = None,
+    ) -> list[AuditRecord]:
+        """Append in one transaction (one fsync): all of them are stored, or none. `contents[i]`,
+        when given, is event i's redacted text, stored encrypted under `ring` beside it."""
         out = []
         with self._lock, self.store.begin() as conn:
             seq, prev_mac = self._lock_head(conn)
-            rows = []
-            for event in events:
+            rows, texts = [], []
+            for i, event in enumerate(events):
                 values = asdict(event)
                 seq += 1
                 mac = record_mac(self.key, values, seq, prev_mac)
                 rows.append({**values, "seq": seq, "prev_mac": prev_mac, "mac": mac})
                 out.append(AuditRecord(**values, seq=seq, prev_mac=prev_mac, mac=mac))
                 prev_mac = mac
+                if contents is not None and contents[i] is not None:
+                    texts.append(_content_row(ring, event, seq, contents[i]))
             conn.execute(audit_events.insert(), rows)
+            if texts:
+                conn.execute(audit_content.insert(), texts)
             conn.execute(
                 audit_head.update()
                 .where(audit_head.c.id == 1)
@@ -180,6 +194,21 @@ class AuditLog:
             query = query.where(c.id < before_id)
         with self.store.connect() as conn:
             return [AuditRecord(**row._asdict()) for row in conn.execute(query)]
+
+
+def _content_row(ring: Keyring | None, event: AuditEvent, seq: int, text: str) -> dict:
+    if ring is None:
+        raise ValueError("content to log but no master keyring to encrypt it with")
+    token = encrypt(ring, f"audit_content/{seq}", text)  # content_log.aad(seq)
+    return {
+        "seq": seq,
+        "request_id": event.request_id,
+        "at": event.at,
+        "team": event.team,
+        "principal": event.principal,
+        "ciphertext": token,
+        "key_id": ring.current,
+    }
 
 
 def _dialect_insert(dialect: str):

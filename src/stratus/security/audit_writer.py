@@ -2,6 +2,7 @@
 
     writer = AuditWriter(log)
     await writer.write(event)       # returns once the record is committed; raises if it was not
+    await writer.write(event, text) # with the request's redacted content (content logging)
 
 Requests that end together share a commit, so the fsync cost is paid once per batch rather than
 once per request: throughput grows with concurrency while every caller still learns whether its
@@ -17,9 +18,11 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 from stratus.security.audit import AuditEvent, AuditLog, AuditRecord
 from stratus.security.audit_verify import write_checkpoint
+from stratus.security.secrets import Keyring
 
 log = logging.getLogger("stratus.audit")
 
@@ -33,8 +36,10 @@ class AuditWriter:
         max_batch: int = MAX_BATCH,
         checkpoints: str | os.PathLike | None = None,
         every: int = 0,
+        ring: Callable[[], Keyring] | None = None,
     ):
         self.log = log
+        self.ring = ring  # the master keyring, asked for only when a batch holds content
         self.max_batch = max_batch
         self.checkpoints = checkpoints  # every `every` records, the head is appended here
         self.every = every
@@ -42,10 +47,10 @@ class AuditWriter:
         self._thread = threading.Thread(target=self._run, name="stratus-audit-writer", daemon=True)
         self._thread.start()
 
-    async def write(self, event: AuditEvent) -> AuditRecord:
+    async def write(self, event: AuditEvent, content: str | None = None) -> AuditRecord:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
-        self._queue.put((event, loop, future))
+        self._queue.put((event, content, loop, future))
         return await future
 
     def _run(self) -> None:
@@ -57,16 +62,21 @@ class AuditWriter:
                 except queue.Empty:
                     break
             try:
-                records = self.log.append_many([event for event, _, _ in batch])
+                contents = [content for _, content, _, _ in batch]
+                if any(c is not None for c in contents):
+                    ring = self.ring() if self.ring is not None else None
+                    records = self.log.append_many([e for e, _, _, _ in batch], contents, ring)
+                else:
+                    records = self.log.append_many([e for e, _, _, _ in batch])
             except Exception as exc:  # every caller of the batch learns it failed
-                for _, loop, future in batch:
+                for _, _, loop, future in batch:
                     loop.call_soon_threadsafe(_fail, future, exc)
                 continue
             if self.checkpoints and self.every > 0:
                 last = records[-1].seq
                 if last // self.every != (last - len(records)) // self.every:
                     self._checkpoint()  # before the callers resume: rare, and then deterministic
-            for (_, loop, future), record in zip(batch, records, strict=True):
+            for (_, _, loop, future), record in zip(batch, records, strict=True):
                 loop.call_soon_threadsafe(_done, future, record)
 
     def _checkpoint(self) -> None:

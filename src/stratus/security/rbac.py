@@ -55,6 +55,7 @@ AUDIT_READ = "audit.read"  # the audit log (issue 6)
 USAGE_READ = "usage.read"  # usage and spend (issue 5)
 LIMITS_MANAGE = "limits.manage"  # rate limits, quotas and budgets (issue 5)
 CLUSTER_MANAGE = "cluster.manage"  # replicas: scale Ray replicas (issue 7; admin)
+SECURITY_MANAGE = "security.manage"  # lift lockouts, reinstate keys, content logging, webhook (admin)
 
 EVERYWHERE = "*"
 
@@ -105,6 +106,16 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/admin/audit"): AUDIT_READ,
     ("GET", "/admin/alerts"): AUDIT_READ,
     ("POST", "/admin/cluster/scale"): CLUSTER_MANAGE,
+    ("GET", "/admin/audit/content"): AUDIT_READ,
+    ("GET", "/admin/lockouts"): AUDIT_READ,
+    ("DELETE", "/admin/lockouts/{source}"): SECURITY_MANAGE,
+    ("GET", "/admin/suspensions"): AUDIT_READ,
+    ("POST", "/admin/keys/{key_id}/reinstate"): SECURITY_MANAGE,
+    ("GET", "/admin/content-logging"): AUDIT_READ,
+    ("PUT", "/admin/teams/{name}/content-logging"): SECURITY_MANAGE,
+    ("GET", "/admin/alerts/webhook"): AUDIT_READ,
+    ("PUT", "/admin/alerts/webhook"): SECURITY_MANAGE,
+    ("DELETE", "/admin/alerts/webhook"): SECURITY_MANAGE,
 }
 
 

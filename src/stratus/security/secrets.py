@@ -4,7 +4,7 @@
     box = SecretStore(store, ring)
     box.put("upstream/openai", "sk-...")        # stored as v1:<key id>:<base64(nonce | ciphertext)>
     box.get("upstream/openai")
-    rotate(box, "data")                         # new key, every value re-encrypted, old key retired
+    rotate(box)                                 # new key, every value re-encrypted, old key retired
 
 The keyring holds one or more keys, "id:hex" separated by commas (env) or one per line (file);
 the last is current. Values name the key that encrypted them, so during a rotation readers keep
@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stratus.store import Store
+from stratus.store.review_tables import audit_content
 from stratus.store.secret_tables import stored_secrets
 
 ENV_VAR = "STRATUS_MASTER_KEY"
@@ -173,8 +174,35 @@ class SecretStore:
         return count
 
 
+def reencrypt_content(store: Store, ring: Keyring, batch: int = 500) -> int:
+    """Logged content (security/content_log.py) under the current key, a batch per transaction."""
+    count, last = 0, 0
+    c = audit_content.c
+    while True:
+        with store.begin() as conn:
+            rows = conn.execute(
+                sa.select(c.id, c.seq, c.ciphertext, c.key_id)
+                .where(c.id > last, c.key_id != ring.current)
+                .order_by(c.id)
+                .limit(batch)
+            ).all()
+            for row in rows:
+                name = f"audit_content/{row.seq}"  # content_log.aad
+                plain = decrypt(ring, name, row.ciphertext)
+                conn.execute(
+                    audit_content.update()
+                    .where(c.id == row.id)
+                    .values(ciphertext=encrypt(ring, name, plain), key_id=ring.current)
+                )
+        count += len(rows)
+        if len(rows) < batch:
+            return count
+        last = rows[-1].id
+
+
 def rotate(box: SecretStore) -> tuple[str, int]:
-    """Add a new key (file keyrings), re-encrypt every value under it, then retire the old keys.
+    """Add a new key (file keyrings), re-encrypt every value under it (stored secrets and logged
+    content), then retire the old keys.
 
     With STRATUS_MASTER_KEY the operator appends the new key to the variable first (the last
     entry is current), runs this, and then drops the old entries."""
@@ -183,7 +211,7 @@ def rotate(box: SecretStore) -> tuple[str, int]:
         text = ring.path.read_text().rstrip("\n") + "\n" + new_key_entry() + "\n"
         _write_private(ring.path, text)
         ring.reload()
-    count = box.reencrypt_all()
+    count = box.reencrypt_all() + reencrypt_content(box.store, ring)
     if ring.path is not None:
         current = ring.current
         _write_private(ring.path, f"{current}:{ring.keys[current].hex()}\n")

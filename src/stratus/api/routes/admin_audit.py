@@ -6,21 +6,39 @@
 
 Both need `audit.read` (security/rbac.py: the auditor and admin roles). Records come newest
 first; pass the smallest `id` of a page as `before_id` for the next one.
+
+Also here: logged content (/admin/audit/content, audit.read) and the switches that only admins
+hold (`security.manage`): content logging per team, lifting lockouts, reinstating suspended keys,
+the alert webhook. Every call is a request to /admin/*, so each leaves its own audit record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets as random
+import time
 from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
-from stratus.api.deps import app_state, principal
+from stratus.api.deps import app_state, parse_body, principal
 from stratus.api.errors import APIError
 from stratus.api.streaming import JSONBody
+from stratus.security.identity import Principal
+from stratus.security.webhook import shown
+
+log = logging.getLogger("stratus.audit")
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _body(model: type[BaseModel]) -> dict:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _hooks(request: Request):
@@ -65,3 +83,137 @@ async def alerts(request: Request) -> JSONBody:
     events = [asdict(e) for e in reversed(guard.events)] if guard is not None else []
     lockouts = guard.lockouts() if guard is not None else []
     return JSONBody({"lockouts": lockouts, "alerts": events}, headers=NO_STORE)
+
+
+# -- logged content -------------------------------------------------------------------------------
+
+
+@router.get(
+    "/audit/content",
+    summary="Logged prompts and completions (redacted), decrypted; teams with content logging only",
+    dependencies=[Depends(principal)],
+)
+async def audit_content(
+    request: Request,
+    request_id: str | None = Query(None, max_length=64),
+    seq: int | None = Query(None, ge=1, description="The audit record's seq"),
+    limit: int = Query(100, ge=1, le=1000),
+) -> JSONBody:
+    content = _hooks(request).audit.content
+    data = await asyncio.to_thread(content.read, request_id=request_id, seq=seq, limit=limit)
+    return JSONBody({"data": data}, headers=NO_STORE)
+
+
+@router.get("/content-logging", summary="Teams whose content is logged", dependencies=[Depends(principal)])
+async def content_logging_teams(request: Request) -> JSONBody:
+    content = _hooks(request).audit.content
+    return JSONBody({"data": await asyncio.to_thread(content.list_enabled)}, headers=NO_STORE)
+
+
+class ContentLoggingSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+
+
+@router.put(
+    "/teams/{name}/content-logging",
+    summary="Turn content logging on or off for a team (admins; audited)",
+    openapi_extra=_body(ContentLoggingSet),
+)
+async def set_content_logging(name: str, request: Request, me: Principal = Depends(principal)) -> JSONBody:
+    body, _ = await parse_body(request, ContentLoggingSet)
+    content = _hooks(request).audit.content
+    result = await asyncio.to_thread(content.set_enabled, name, body.enabled, me.user, time.time())
+    log.warning("content logging %s for team %s by %s", "ON" if body.enabled else "off", name, me.user)
+    return JSONBody(result, headers=NO_STORE)
+
+
+# -- lockouts and suspensions ---------------------------------------------------------------------
+
+
+@router.get("/lockouts", summary="Sources locked out after failed logins", dependencies=[Depends(principal)])
+async def lockouts(request: Request) -> JSONBody:
+    guard = _hooks(request).anomaly
+    return JSONBody({"data": guard.lockouts() if guard is not None else []}, headers=NO_STORE)
+
+
+@router.delete(
+    "/lockouts/{source}",
+    summary="Lift a lockout (source: addr:ADDRESS or key:PREFIX; admins; audited)",
+    dependencies=[Depends(principal)],
+)
+async def unlock(source: str, request: Request) -> JSONBody:
+    guard = _hooks(request).anomaly
+    if guard is None or not any(lock["source"] == source for lock in guard.lockouts()):
+        raise APIError(
+            404,
+            f"No lockout in force for '{source[:80]}' (GET /admin/lockouts lists them).",
+            code="not_found",
+        )
+    guard.unlock(source)
+    log.warning("lockout of %s lifted", source)
+    return JSONBody({"source": source, "unlocked": True}, headers=NO_STORE)
+
+
+@router.get("/suspensions", summary="Keys suspended after an alert", dependencies=[Depends(principal)])
+async def suspensions(request: Request) -> JSONBody:
+    found = _hooks(request).review.suspensions
+    return JSONBody({"data": await asyncio.to_thread(found.list)}, headers=NO_STORE)
+
+
+@router.post(
+    "/keys/{key_id}/reinstate",
+    summary="Reinstate a key suspended after an alert (admins; audited)",
+    dependencies=[Depends(principal)],
+)
+async def reinstate(key_id: str, request: Request) -> JSONBody:
+    found = _hooks(request).review.suspensions
+    if not await asyncio.to_thread(found.reinstate, key_id):
+        raise APIError(409, f"Key '{key_id}' is not suspended.", code="conflict")
+    log.warning("key %s reinstated", key_id)
+    return JSONBody({"key_id": key_id, "reinstated": True}, headers=NO_STORE)
+
+
+# -- the alert webhook ----------------------------------------------------------------------------
+
+
+class WebhookSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2048)
+    secret: str | None = Field(None, min_length=16, max_length=256)
+
+
+@router.get(
+    "/alerts/webhook", summary="Whether an alert webhook is set, and where", dependencies=[Depends(principal)]
+)
+async def get_webhook(request: Request) -> JSONBody:
+    hook = _hooks(request).review.webhook
+    config = await asyncio.to_thread(hook.config)
+    shown_url = shown(config["url"]) if config else None
+    return JSONBody({"configured": config is not None, "url": shown_url}, headers=NO_STORE)
+
+
+@router.put(
+    "/alerts/webhook",
+    summary="Set the alert webhook; without a secret one is made and returned once (admins; audited)",
+    openapi_extra=_body(WebhookSet),
+    dependencies=[Depends(principal)],
+)
+async def set_webhook(request: Request) -> JSONBody:
+    body, _ = await parse_body(request, WebhookSet)
+    hook = _hooks(request).review.webhook
+    secret = body.secret or random.token_urlsafe(32)
+    await asyncio.to_thread(hook.configure, body.url, secret)
+    out = {"configured": True, "url": shown(body.url)}
+    if body.secret is None:
+        out["secret"] = secret  # shown once: the receiver verifies signatures with it
+    return JSONBody(out, headers=NO_STORE)
+
+
+@router.delete(
+    "/alerts/webhook", summary="Remove the alert webhook (admins; audited)", dependencies=[Depends(principal)]
+)
+async def delete_webhook(request: Request) -> JSONBody:
+    hook = _hooks(request).review.webhook
+    removed = await asyncio.to_thread(hook.clear)
+    return JSONBody({"configured": False, "removed": removed}, headers=NO_STORE)

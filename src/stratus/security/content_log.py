@@ -1,0 +1,140 @@
+"""Content logging per team (off by default): the prompt and completion text of audited requests,
+redacted (security/redact.py) before it is stored and AES-GCM encrypted under the master key.
+
+    log = ContentLog(store, data_dir="data", ttl=2.0)
+    log.set_enabled("ml", True, by="admin")          # an admin's change (audited as a request)
+    text = content_text(body, completions)            # redacted JSON, or None (nothing to log)
+    log.read(request_id="...")                        # decrypted, for admins and auditors
+
+The text is written in the audit record's own transaction (security/audit.py) and bound to the
+record's place in the chain: its ciphertext's associated data is `audit_content/<seq>`, so a
+ciphertext moved to another record does not open. `stratus secrets rotate` re-encrypts it with
+the other secrets. Only a key bound to a team (`principal.team`) can be logged: content logging
+belongs to the team a request is charged to.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from stratus.security.errors import NotFound
+from stratus.security.redact import redact
+from stratus.security.secrets import Keyring, decrypt, load_keyring
+from stratus.security.ttl_set import TTLSet
+from stratus.store import Store
+from stratus.store.directory import get_team
+from stratus.store.review_tables import audit_content, content_logging
+from stratus.store.tables import teams
+
+CONTENT_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def aad(seq: int) -> str:
+    """The associated data that binds a ciphertext to its audit record."""
+    return f"audit_content/{seq}"
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        return "\n".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def content_text(body: dict | None, completions: list[str] | None) -> str | None:
+    """The request's prompt and the generated text, redacted, as JSON (None: nothing to log)."""
+    if not isinstance(body, dict):
+        return None
+    out: dict[str, Any] = {}
+    if isinstance(body.get("messages"), list):
+        out["messages"] = [
+            {"role": str(m.get("role", ""))[:32], "content": redact(_message_text(m.get("content")))}
+            for m in body["messages"]
+            if isinstance(m, dict)
+        ]
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        out["prompt"] = redact(prompt)
+    elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        out["prompt"] = [redact(p) for p in prompt]
+    if not out:
+        return None
+    out["completions"] = [redact(c) for c in completions or []]
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+
+class ContentLog:
+    def __init__(self, store: Store, data_dir: str, ttl: float = 2.0, ring: Keyring | None = None):
+        self.store = store
+        self.data_dir = data_dir
+        self._ring = ring
+        self.teams = TTLSet(self._enabled_teams, ttl)
+
+    @property
+    def ring(self) -> Keyring:
+        """The master keyring, loaded when content is first written or read (made if missing)."""
+        if self._ring is None:
+            self._ring = load_keyring(self.data_dir)
+        return self._ring
+
+    def _enabled_teams(self) -> set[str]:
+        query = sa.select(teams.c.name).join(content_logging, content_logging.c.team_id == teams.c.id)
+        with self.store.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def enabled(self, team: str | None) -> bool:
+        return team is not None and team in self.teams
+
+    def set_enabled(self, team: str, enabled: bool, by: str | None, now: float) -> dict:
+        with self.store.begin() as conn:
+            found = get_team(conn, team)
+            if found is None:
+                raise NotFound(f"No team named '{team}'.", field="name")
+            conn.execute(content_logging.delete().where(content_logging.c.team_id == found.id))
+            if enabled:
+                conn.execute(content_logging.insert().values(team_id=found.id, enabled_at=now, enabled_by=by))
+        (self.teams.add if enabled else self.teams.discard)(team)
+        return {"team": team, "content_logging": enabled}
+
+    def list_enabled(self) -> list[dict]:
+        c = content_logging.c
+        query = (
+            sa.select(teams.c.name, c.enabled_at, c.enabled_by)
+            .join(content_logging, c.team_id == teams.c.id)
+            .order_by(teams.c.name)
+        )
+        with self.store.connect() as conn:
+            return [
+                {"team": r.name, "enabled_at": r.enabled_at, "enabled_by": r.enabled_by}
+                for r in conn.execute(query)
+            ]
+
+    def read(
+        self, *, request_id: str | None = None, seq: int | None = None, limit: int = 100
+    ) -> list[dict]:
+        """Logged content, newest first, decrypted (the caller has checked audit.read)."""
+        c = audit_content.c
+        query = sa.select(audit_content).order_by(c.id.desc()).limit(limit)
+        if request_id is not None:
+            query = query.where(c.request_id == request_id)
+        if seq is not None:
+            query = query.where(c.seq == seq)
+        with self.store.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            {
+                "seq": r.seq,
+                "request_id": r.request_id,
+                "at": r.at,
+                "team": r.team,
+                "principal": r.principal,
+                "content": json.loads(decrypt(self.ring, aad(r.seq), r.ciphertext)),
+            }
+            for r in rows
+        ]

@@ -1,0 +1,44 @@
+"""A set read from the database and kept for a few seconds, so a per-request check costs no query.
+
+    teams = TTLSet(load=lambda: {...}, ttl=2.0)
+    if teams.stale(): await asyncio.to_thread(teams.refresh)
+    "ml" in teams
+
+A change made by this process updates the set at once (`add`, `discard`); one made by another
+gateway is seen within `ttl` seconds, the same bound as a key revocation (auth_cache_ttl).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class TTLSet:
+    def __init__(self, load: Callable[[], set[str]], ttl: float = 2.0):
+        self._load = load
+        self.ttl = ttl
+        self._items: frozenset[str] = frozenset()
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def stale(self) -> bool:
+        return time.monotonic() - self._loaded_at >= self.ttl
+
+    def refresh(self) -> None:
+        items = frozenset(self._load())
+        with self._lock:
+            self._items = items
+            self._loaded_at = time.monotonic()
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def add(self, item: str) -> None:
+        with self._lock:
+            self._items = self._items | {item}
+
+    def discard(self, item: str) -> None:
+        with self._lock:
+            self._items = self._items - {item}
