@@ -28,7 +28,7 @@ from stratus.security.access import AccessControl
 from stratus.security.identity import Principal
 
 if TYPE_CHECKING:
-    from stratus.engine import Engine
+    from stratus.cluster.replica_set import ReplicaSet
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -66,7 +66,7 @@ class Gateway:
             self.ctx.model = model
         await self.state.hooks.authorize(self.ctx, model)
 
-    async def route(self, model: str, generating: bool = True) -> Engine:
+    async def route(self, model: str, generating: bool = True) -> ReplicaSet:
         """Steps 3 and 5: may the caller use `model`, and which engine serves it. A request that
         will generate is refused with 503 while the engine's queue is over its bound."""
         await self.authorize(model)

@@ -23,10 +23,12 @@ from stratus.api.deps import Gateway
 from stratus.api.errors import APIError, unavailable
 from stratus.api.pipeline import Usage
 from stratus.api.prompts import engine_error
+from stratus.cluster.merge import merge_streams
+from stratus.cluster.replica import ReplicaError
 from stratus.engine.types import Delta, GenerateRequest, TokenLogprob, ValidationError
 
 if TYPE_CHECKING:
-    from stratus.engine import Engine
+    from stratus.cluster.replica_set import ReplicaSet
 
 log = logging.getLogger("stratus.api")
 T = TypeVar("T")
@@ -52,7 +54,7 @@ class Choice:
 class Generation:
     """The engine work behind one API request."""
 
-    def __init__(self, gw: Gateway, engine: Engine, requests: list[GenerateRequest]):
+    def __init__(self, gw: Gateway, engine: ReplicaSet, requests: list[GenerateRequest]):
         self.gw = gw
         self.engine = engine
         self.requests = requests
@@ -67,7 +69,7 @@ class Generation:
 
     async def deltas(self) -> AsyncIterator[tuple[int, Delta]]:
         """(choice index, delta) pairs as the engine produces them; updates the choices."""
-        async with aclosing(_merge([self.engine.generate(r) for r in self.requests])) as merged:
+        async with aclosing(merge_streams([self.engine.generate(r, self.gw.ctx.failovers.append) for r in self.requests])) as merged:
             async for which, delta in merged:
                 index = which * self.n + delta.index
                 self.prompt_tokens[which] = delta.prompt_tokens
@@ -132,44 +134,6 @@ class Generation:
             await self.gw.account(usage)
 
 
-async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
-    """Interleave several delta streams as items arrive; closing this closes them all."""
-    if len(streams) == 1:
-        async with aclosing(streams[0]) as only:
-            async for delta in only:
-                yield 0, delta
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def pump(which: int, stream: AsyncIterator[Delta]) -> None:
-        try:
-            async with aclosing(stream) as s:
-                async for delta in s:
-                    queue.put_nowait((which, delta))
-        except Exception as exc:
-            queue.put_nowait((which, exc))
-        finally:
-            queue.put_nowait((which, done))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            which, item = await queue.get()
-            if item is done:
-                remaining -= 1
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                yield which, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-
 async def until_disconnected(request: Request, awaitable: Awaitable[T]) -> T:
     """Await `awaitable` unless the client disconnects first; then cancel it (aborting the
     generation) and raise ClientDisconnected. Engine validation errors become 400s."""
@@ -198,6 +162,10 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 def check_engine_failure(exc: Exception, request_id: str) -> APIError:
-    """Any other failure from the engine: logged in full here, generic to the client."""
+    """Any other failure from the engine: logged in full here, generic to the client, except
+    that no replica could serve it, which the client may retry."""
+    if isinstance(exc, ReplicaError):
+        log.warning("request %s: %s", request_id, exc)
+        return unavailable(f"{exc} (request id {request_id}).", 2, "no_replica_available")
     log.error("generation failed for request %s", request_id, exc_info=exc)
     return APIError(500, f"The model failed while generating (request id {request_id}); retry.")

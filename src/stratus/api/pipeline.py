@@ -77,6 +77,7 @@ class RequestContext:
     authenticating: bool = False  # step 1 was reached: the request gets an audit record
     body: dict | None = None  # the parsed JSON body; read only by content logging (off by default)
     completions: list[str] | None = None  # generated texts, likewise only for content logging
+    failovers: list[dict] = field(default_factory=list)  # replica retries/migrations, for the audit
 
     @classmethod
     def from_scope(cls, scope: dict) -> RequestContext:

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from stratus.api.errors import APIError, unavailable
+from stratus.cluster.local import LocalReplica
+from stratus.cluster.replica_set import ReplicaSet
 
 if TYPE_CHECKING:
+    from stratus.cluster.replica import Replica
     from stratus.engine import Engine, EngineConfig, EngineStats
 
 log = logging.getLogger("stratus.api")
@@ -27,17 +30,27 @@ State = Literal["loading", "ready", "failed"]
 
 @dataclass
 class ServedModel:
+    """A model name and the replicas that serve it: an engine of this process's (`path` set,
+    loaded at start), and/or replicas that join later (workers, Ray actors)."""
+
     name: str
     path: Path | None
-    engine: Engine | None = None
+    replicas: ReplicaSet
     state: State = "loading"
     error: str | None = None
-    owned: bool = True  # shut the engine down with the app
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def max_model_len(self) -> int | None:
-        return self.engine.max_model_len if self.engine is not None else None
+        return self.replicas.max_model_len if self.replicas.entries else None
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine of this process's replica, if it has one (tests, benchmarks)."""
+        for replica in self.replicas.replicas:
+            if isinstance(replica, LocalReplica):
+                return replica.engine
+        return None
 
 
 def model_not_found(name: str, available: list[str]) -> APIError:
@@ -58,35 +71,41 @@ class ModelRegistry:
         engines: dict[str, Engine] | None = None,
         engine_config: EngineConfig | None = None,
         isolation: str = "process",
+        routing: dict[str, str] | None = None,
     ):
         self.engine_config = engine_config
         self.isolation = isolation
+        self.routing = routing or {}  # model -> router policy; default capacity-aware
         self.models: dict[str, ServedModel] = {}
+        self._ready_engines = engines or {}  # handed in ready-made: started here, owned by the caller
         for name, path in (paths or {}).items():
-            self.models[name] = ServedModel(name, Path(path))
-        for name, engine in (engines or {}).items():
-            self.models[name] = ServedModel(name, None, engine=engine, owned=False)
+            self.models[name] = ServedModel(name, Path(path), self._replica_set(name))
+        for name in self._ready_engines:
+            self.models[name] = ServedModel(name, None, self._replica_set(name))
+
+    def _replica_set(self, name: str) -> ReplicaSet:
+        return ReplicaSet(name, self.routing.get(name, "capacity"))
 
     @property
     def names(self) -> list[str]:
         return list(self.models)
 
     def check_health(self) -> None:
-        """A ready model whose engine died (its process exited) becomes failed."""
-        for m in self.models.values():
-            if m.state == "ready" and m.engine is not None and not getattr(m.engine, "healthy", True):
-                m.state, m.error = "failed", "the engine stopped (see the server log)"
+        """Kept for callers; a model's availability is now read live from its replicas."""
+
+    def available(self, model: ServedModel) -> bool:
+        return model.state == "ready" and model.replicas.healthy
 
     @property
     def ready(self) -> bool:
-        self.check_health()
-        return all(m.state == "ready" for m in self.models.values())
+        return bool(self.models) and all(self.available(m) for m in self.models.values())
 
     @property
     def status(self) -> State:
-        self.check_health()
         states = {m.state for m in self.models.values()}
-        if "failed" in states:
+        if "failed" in states or any(
+            m.state == "ready" and not m.replicas.healthy for m in self.models.values()
+        ):
             return "failed"
         return "ready" if states <= {"ready"} else "loading"
 
@@ -98,26 +117,54 @@ class ModelRegistry:
 
     async def _load(self, model: ServedModel) -> None:
         started = time.perf_counter()
+        engine = self._ready_engines.get(model.name)
         try:
-            if model.engine is None:
+            if engine is None:
                 from stratus.engine import Engine
 
                 log.info("loading model %s from %s", model.name, model.path)
-                model.engine = await asyncio.to_thread(
+                engine = await asyncio.to_thread(
                     Engine.from_pretrained, model.path, self.engine_config, self.isolation
                 )
-            await model.engine.start()  # includes warm-up
+            replica = LocalReplica(model.name, engine, owned=model.name not in self._ready_engines)
+            await replica.start()  # includes warm-up
         except Exception as exc:  # reported by /ready; the server keeps answering
             model.state, model.error = "failed", f"{type(exc).__name__}: {exc}"
             log.error("model %s failed to load: %s", model.name, model.error)
             return
+        model.replicas.add(replica)
         model.state = "ready"
         log.info(
             "model %s ready (context window %d tokens, %.1f s)",
             model.name,
-            model.engine.max_model_len,
+            replica.max_model_len,
             time.perf_counter() - started,
         )
+
+    # -- replicas that join and leave at run time (workers, Ray actors) -------------------------
+
+    def add_replica(self, replica: Replica, capacity: float | None = None) -> ServedModel:
+        """Serve `replica` (already started) under its model name, creating the model if new."""
+        model = self.models.get(replica.model)
+        if model is None:
+            model = self.models[replica.model] = ServedModel(
+                replica.model, None, self._replica_set(replica.model), state="ready"
+            )
+        model.replicas.add(replica, capacity)
+        if model.state == "loading" and model.path is None:
+            model.state = "ready"
+        return model
+
+    def remove_replica(self, model: str, replica_id: str) -> Replica | None:
+        served = self.models.get(model)
+        return served.replicas.remove(replica_id) if served else None
+
+    async def drain_replica(self, model: str, replica_id: str, timeout: float = 300.0) -> Replica | None:
+        served = self.models.get(model)
+        return await served.replicas.drain(replica_id, timeout) if served else None
+
+    def replica_sets(self) -> dict[str, ReplicaSet]:
+        return {name: m.replicas for name, m in self.models.items()}
 
     def get(self, name: str, visible: Callable[[str], bool] | None = None) -> ServedModel:
         """The model called `name`, or 404. `visible`: which models the caller may know of; a
@@ -127,33 +174,39 @@ class ModelRegistry:
             raise model_not_found(name, [n for n in self.models if visible is None or visible(n)])
         return model
 
-    def engine(self, name: str, retry_after: int = 2, visible: Callable[[str], bool] | None = None) -> Engine:
-        """The engine for `name`, or 404 (unknown) / 503 (still loading, failed)."""
+    def engine(
+        self, name: str, retry_after: int = 2, visible: Callable[[str], bool] | None = None
+    ) -> ReplicaSet:
+        """The replicas of `name`, seen as one engine; or 404 (unknown) / 503 (loading, failed,
+        or no replica available right now)."""
         model = self.get(name, visible)
-        self.check_health()
         if model.state == "loading":
             raise unavailable(
                 f"The model '{name}' is still loading; retry shortly.", retry_after, "model_loading"
             )
         if model.state == "failed":
             raise unavailable(
-                f"The model '{name}' is unavailable: it failed to load or its engine stopped.",
+                f"The model '{name}' is unavailable: it failed to load (see the server log).",
                 30,
                 "model_failed",
             )
-        assert model.engine is not None
-        return model.engine
+        if not model.replicas.healthy:
+            raise unavailable(
+                f"No replica of the model '{name}' is available right now; retry shortly.",
+                retry_after,
+                "no_replica_available",
+            )
+        return model.replicas
 
     def stats(self) -> dict[str, EngineStats | None]:
         return {
-            m.name: m.engine.stats() if m.state == "ready" and m.engine is not None else None
+            m.name: m.replicas.stats() if m.state == "ready" and m.replicas.entries else None
             for m in self.models.values()
         }
 
     async def shutdown(self) -> None:
         for model in self.models.values():
-            if model.owned and model.engine is not None:
-                try:
-                    await model.engine.shutdown()
-                except Exception:
-                    log.exception("shutting down model %s failed", model.name)
+            try:
+                await model.replicas.shutdown()
+            except Exception:
+                log.exception("shutting down model %s failed", model.name)

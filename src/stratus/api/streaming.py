@@ -20,7 +20,7 @@ from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from stratus.api.errors import APIError, internal_error
+from stratus.api.errors import APIError
 from stratus.api.generation import (
     ClientDisconnected,
     Generation,
@@ -135,8 +135,7 @@ async def _events(
         raise
     except Exception as exc:
         outcome = "error"
-        log.error("stream failed for request %s", gen.gw.ctx.request_id, exc_info=exc)
-        yield event(internal_error(gen.gw.ctx.request_id).body())
+        yield event(check_engine_failure(exc, gen.gw.ctx.request_id).body())
         yield DONE
     finally:
         with anyio.CancelScope(shield=True):

@@ -1,0 +1,48 @@
+"""A replica on this machine: an `Engine` whose step loop runs in a worker process (or thread)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from stratus.cluster.replica import ReplicaError
+from stratus.engine import EngineError
+
+if TYPE_CHECKING:
+    from stratus.engine import Delta, Engine, EngineStats, GenerateRequest
+
+
+class LocalReplica:
+    kind = "local"
+
+    def __init__(self, model: str, engine: Engine, replica_id: str | None = None, owned: bool = True):
+        self.id = replica_id or f"{model}/local"
+        self.model = model
+        self.engine = engine
+        self.owned = owned  # shut the engine down with the replica
+        self.tokenizer = engine.tokenizer
+        self.model_config = engine.model_config
+        self.max_model_len = engine.max_model_len
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        if not self.engine.healthy:
+            raise ReplicaError(f"replica {self.id}: the engine is not running")
+        try:
+            async for delta in self.engine.generate(request):
+                yield delta
+        except EngineError as exc:
+            raise ReplicaError(f"replica {self.id}: {exc}") from exc
+
+    async def probe(self) -> None:
+        if not self.engine.healthy:
+            raise ReplicaError(f"replica {self.id}: the engine stopped")
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def shutdown(self) -> None:
+        if self.owned:
+            await self.engine.shutdown()

@@ -1,0 +1,341 @@
+"""All replicas of one model, seen by the gateway as one engine.
+
+`generate()` picks a replica with the Router, and when the replica fails (`ReplicaError`):
+- before any token was delivered, the request is sent again to another replica;
+- mid-stream, each unfinished choice is resumed on another replica from its prompt plus the
+  tokens and text already delivered (the engine's `resume_token_ids`), so the caller sees one
+  uninterrupted stream: no token lost or repeated, and a seeded stream continues identically.
+Both are bounded by `max_failovers`. One CircuitBreaker per replica is fed by request failures
+and by an active probe loop; only replicas whose breaker is closed and that are not draining
+receive requests, and a probe that passes brings a replica back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from stratus.cluster.breaker import CircuitBreaker
+from stratus.cluster.merge import merge_streams
+from stratus.cluster.replica import Replica, ReplicaError
+from stratus.cluster.router import NoReplicaAvailable, Router
+from stratus.engine.inputs import prepare_prompt
+from stratus.engine.types import Delta, EngineStats, GenerateRequest
+
+log = logging.getLogger("stratus.cluster")
+
+PROMPT_WORK = 0.1  # a prompt token costs about a tenth of a generated one (batched prefill)
+AFFINITY_TOKENS = 64  # requests sharing this many leading tokens prefer the same replica
+OnEvent = Callable[[dict], None]
+
+
+@dataclass
+class ReplicaEntry:
+    replica: Replica
+    breaker: CircuitBreaker
+    draining: bool = False
+    inflight: int = 0
+    served: int = 0
+    failed: int = 0
+
+    @property
+    def available(self) -> bool:
+        return not self.draining and self.breaker.state == "closed"
+
+
+@dataclass
+class _Choice:
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finished: bool = False
+
+
+class ReplicaSet:
+    def __init__(
+        self,
+        model: str,
+        policy: str = "capacity",
+        *,
+        max_failovers: int = 3,
+        probe_interval: float = 2.0,
+        probe_timeout: float = 5.0,
+        breaker: Callable[[], CircuitBreaker] = CircuitBreaker,
+    ):
+        self.model = model
+        self.router = Router(policy)
+        self.max_failovers = max_failovers
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self._new_breaker = breaker
+        self.entries: dict[str, ReplicaEntry] = {}
+        self._prober: asyncio.Task | None = None
+        self.retries = 0  # requests re-sent before their first token
+        self.migrations = 0  # streams resumed on another replica
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def add(self, replica: Replica, capacity: float | None = None) -> None:
+        """Add a started replica; it receives requests at once."""
+        if replica.id in self.entries:
+            raise ValueError(f"replica {replica.id!r} is already serving {self.model}")
+        self.entries[replica.id] = ReplicaEntry(replica, self._new_breaker())
+        self.router.add(replica.id, capacity)
+        self._ensure_prober()
+        log.info("model %s: replica %s (%s) joined", self.model, replica.id, replica.kind)
+
+    def remove(self, replica_id: str) -> Replica | None:
+        """Stop routing to a replica at once (in-flight requests fail over when it goes)."""
+        entry = self.entries.pop(replica_id, None)
+        self.router.remove(replica_id)
+        if entry is not None:
+            log.info("model %s: replica %s left", self.model, replica_id)
+        return entry.replica if entry else None
+
+    async def drain(self, replica_id: str, timeout: float = 300.0) -> Replica | None:
+        """Send nothing new to a replica, wait for its requests to finish, then remove it."""
+        entry = self.entries.get(replica_id)
+        if entry is None:
+            return None
+        entry.draining = True
+        deadline = time.monotonic() + timeout
+        while entry.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.remove(replica_id)
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return [e.replica for e in self.entries.values()]
+
+    # -- what the gateway reads as it would from an engine -------------------------------------
+
+    def _any(self) -> Replica:
+        for entry in self.entries.values():
+            return entry.replica
+        raise ReplicaError(f"no replica of model {self.model} is registered")
+
+    @property
+    def tokenizer(self):
+        return self._any().tokenizer
+
+    @property
+    def model_config(self):
+        return self._any().model_config
+
+    @property
+    def max_model_len(self) -> int:
+        return min(e.replica.max_model_len for e in self.entries.values()) if self.entries else 0
+
+    @property
+    def healthy(self) -> bool:
+        return any(e.available for e in self.entries.values())
+
+    def prepare(self, request: GenerateRequest) -> list[int]:
+        """Validate and tokenize without running anything; raises ValidationError."""
+        return prepare_prompt(request, self.tokenizer, self.model_config.vocab_size, self.max_model_len)
+
+    def stats(self) -> EngineStats:
+        """The sum over replicas (hit rate over all their lookups)."""
+        total = EngineStats.empty()
+        for entry in self.entries.values():
+            s = entry.replica.stats()
+            for f in dataclasses.fields(EngineStats):
+                if f.name != "prefix_hit_rate":
+                    setattr(total, f.name, getattr(total, f.name) + getattr(s, f.name))
+        queries = total.prefix_cache_queries
+        total.prefix_hit_rate = total.prefix_cache_hits / queries if queries else 0.0
+        return total
+
+    def snapshot(self) -> list[dict]:
+        """Per replica, for /admin/cluster."""
+        routing = self.router.snapshot()
+        out = []
+        for rid, e in self.entries.items():
+            s = e.replica.stats()
+            out.append(
+                {
+                    "id": rid,
+                    "kind": e.replica.kind,
+                    "state": "draining" if e.draining else ("up" if e.available else "down"),
+                    "breaker": e.breaker.snapshot(),
+                    "inflight": e.inflight,
+                    "served": e.served,
+                    "failed": e.failed,
+                    "running": s.running,
+                    "waiting": s.waiting,
+                    "tokens_per_second": s.tokens_per_second,
+                    **{k: v for k, v in routing.get(rid, {}).items() if k not in ("id",)},
+                }
+            )
+        return out
+
+    # -- generation with failover --------------------------------------------------------------
+
+    async def generate(
+        self, request: GenerateRequest, on_event: OnEvent | None = None
+    ) -> AsyncIterator[Delta]:
+        """Deltas of every choice, from whichever replicas it takes. Raises ValidationError for
+        a bad request, ReplicaError when no replica can serve (or continue) it. `on_event`
+        hears of each retry and migration (for the audit record)."""
+        prompt_ids = self.prepare(request)
+        params = request.params
+        choices = {request.first_index + i: _Choice() for i in range(params.n)}
+        affinity = _affinity_key(prompt_ids)
+        tried: set[str] = set()
+        failovers = 0
+        while True:
+            pending = [i for i, c in choices.items() if not c.finished]
+            subrequests = self._subrequests(request, prompt_ids, choices, pending, failovers)
+            work = sum(params.max_tokens - len(choices[i].tokens) for i in pending)
+            work += PROMPT_WORK * len(prompt_ids) * len(subrequests)
+            replica_id = self._pick(work, affinity, tried, any(c.tokens for c in choices.values()))
+            entry = self.entries[replica_id]
+            started, produced, ok = time.monotonic(), 0, False
+            self.router.begin(replica_id, work)
+            entry.inflight += 1
+            try:
+                streams = [entry.replica.generate(r) for r in subrequests]
+                async with aclosing(merge_streams(streams)) as merged:
+                    async for _, delta in merged:
+                        choice = choices[delta.index]
+                        choice.tokens += delta.token_ids
+                        choice.text += delta.text
+                        choice.finished = delta.finish_reason is not None
+                        produced += len(delta.token_ids)
+                        self.router.progress(replica_id, len(delta.token_ids))
+                        yield delta
+                if any(not c.finished for c in choices.values()):
+                    raise ReplicaError(f"replica {replica_id} ended the stream before every choice finished")
+                ok = True
+                entry.served += 1
+                entry.breaker.record_success()
+                return
+            except ReplicaError as exc:
+                entry.failed += 1
+                tried.add(replica_id)
+                failovers += 1
+                self._replica_failed(entry, exc)
+                kind = "migrate" if any(c.tokens for c in choices.values()) else "retry"
+                if kind == "migrate":
+                    self.migrations += 1
+                else:
+                    self.retries += 1
+                delivered = sum(len(c.tokens) for c in choices.values())
+                log.warning(
+                    "model %s: replica %s failed (%s); %s after %d delivered tokens",
+                    self.model,
+                    replica_id,
+                    exc,
+                    kind,
+                    delivered,
+                )
+                if on_event is not None:
+                    on_event({"event": kind, "from": replica_id, "delivered_tokens": delivered})
+                if failovers > self.max_failovers:
+                    raise ReplicaError(
+                        f"the model {self.model} failed on {failovers} replicas in a row; retry later"
+                    ) from exc
+            finally:
+                entry.inflight -= 1
+                self.router.end(replica_id, work, produced, time.monotonic() - started, ok)
+
+    def _pick(self, work: float, affinity: str, tried: set[str], midstream: bool) -> str:
+        exclude = tried | {rid for rid, e in self.entries.items() if not e.available}
+        try:
+            return self.router.pick(work, affinity, exclude)
+        except NoReplicaAvailable:
+            what = "continue this stream" if midstream else "serve this request"
+            raise ReplicaError(
+                f"no replica of the model {self.model} is available to {what}; retry shortly"
+            ) from None
+
+    @staticmethod
+    def _subrequests(
+        request: GenerateRequest,
+        prompt_ids: list[int],
+        choices: dict[int, _Choice],
+        pending: list[int],
+        attempt: int,
+    ) -> list[GenerateRequest]:
+        """The first attempt, or a retry before anything was delivered: the request as it came.
+        After a mid-stream failure: one resume request per unfinished choice."""
+        base = dataclasses.replace(request, prompt=None, prompt_token_ids=prompt_ids)
+        if not any(c.tokens or c.text or c.finished for c in choices.values()):
+            return [dataclasses.replace(base, request_id=_attempt_id(request.request_id, attempt))]
+        return [
+            dataclasses.replace(
+                base,
+                params=dataclasses.replace(request.params, n=1),
+                request_id=_attempt_id(request.request_id, attempt, i),
+                first_index=i,
+                resume_token_ids=list(choices[i].tokens),
+                resume_text=choices[i].text,
+            )
+            for i in pending
+        ]
+
+    def _replica_failed(self, entry: ReplicaEntry, exc: Exception) -> None:
+        entry.breaker.record_failure()
+        # Find out now whether the replica is gone, rather than after more requests fail.
+        asyncio.get_running_loop().create_task(self._probe(entry))
+
+    # -- health --------------------------------------------------------------------------------
+
+    def _ensure_prober(self) -> None:
+        if self._prober is None or self._prober.done():
+            with contextlib.suppress(RuntimeError):  # no running loop: started by start()
+                self._prober = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def start(self) -> None:
+        self._ensure_prober()
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe(e) for e in list(self.entries.values())))
+            await asyncio.sleep(self.probe_interval)
+
+    async def _probe(self, entry: ReplicaEntry) -> None:
+        if entry.breaker.state == "open":
+            return  # cooling down; probed again once half-open
+        try:
+            await asyncio.wait_for(entry.replica.probe(), self.probe_timeout)
+        except (ReplicaError, TimeoutError, OSError) as exc:
+            was = entry.breaker.state
+            while entry.breaker.state != "open":  # a failed probe takes it out of rotation now
+                entry.breaker.record_failure()
+            if was != "open":
+                log.warning("model %s: replica %s is down: %s", self.model, entry.replica.id, exc)
+        except Exception:
+            log.exception("probing replica %s failed", entry.replica.id)
+        else:
+            if entry.breaker.state == "half_open":
+                log.info("model %s: replica %s is back", self.model, entry.replica.id)
+            entry.breaker.record_success()
+
+    async def shutdown(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        for entry in list(self.entries.values()):
+            try:
+                await entry.replica.shutdown()
+            except Exception:
+                log.exception("shutting down replica %s failed", entry.replica.id)
+
+
+def _affinity_key(prompt_ids: list[int]) -> str:
+    head = prompt_ids[:AFFINITY_TOKENS]
+    return hashlib.blake2b(repr(head).encode(), digest_size=8).hexdigest()
+
+
+def _attempt_id(request_id: str, attempt: int, choice: int | None = None) -> str:
+    if attempt == 0 and choice is None:
+        return request_id
+    return f"{request_id}.{attempt}" + ("" if choice is None else f".{choice}")
