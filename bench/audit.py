@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/audit.py [--records 2000] [--requests 600] [--pg postgresql://postgres@127.0.0.1:5432/test]
 
+0. The floor: appending ~300 bytes to a plain file and fdatasync'ing it, in the same directory
+   (what any durable, fail-closed record must wait for at least once per response).
 1. AuditLog.append in a loop (one transaction per record, as the gateway writes them): SQLite
    in WAL mode with synchronous=FULL (every commit reaches the disk), and PostgreSQL (default
    synchronous_commit=on) in a scratch database that is dropped afterwards.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import secrets
 import socket
@@ -67,6 +70,26 @@ def appends(store: Store, n: int) -> dict:
     return {
         "records": n,
         "records_per_s": round(n / total, 1),
+        "p50_ms": round(statistics.median(times) * 1000, 3),
+        "p99_ms": round(sorted(times)[int(n * 0.99) - 1] * 1000, 3),
+    }
+
+
+def fdatasyncs(directory: str, n: int) -> dict:
+    """Append one record-sized line and fdatasync, n times: the disk's own durable-write latency."""
+    line = b"x" * 300 + b"\n"
+    fd = os.open(Path(directory) / "fsync-probe", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            os.write(fd, line)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+    return {
+        "writes": n,
         "p50_ms": round(statistics.median(times) * 1000, 3),
         "p99_ms": round(sorted(times)[int(n * 0.99) - 1] * 1000, 3),
     }
@@ -174,7 +197,9 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
+        result["fdatasync_alone"] = fdatasyncs(tmp, args.records)
         store = Store.open(database_url(tmp))
         result["sqlite_wal_sync_full"] = appends(store, args.records)
         store.close()
