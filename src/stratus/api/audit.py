@@ -107,6 +107,10 @@ class AuditRecorder:
                 log.error("content logging: cannot read which teams log content (%s)", type(exc).__name__)
         if not content.enabled(ctx.principal.team):
             return None
+        # The master key is loaded here, not in the writer thread: if it cannot be, only this
+        # request is refused (fail closed), not every request that shares its commit.
+        if not content.ring_loaded:
+            await asyncio.to_thread(lambda: content.ring)
         return content_text(ctx.body, ctx.completions)
 
     async def write(self, event: AuditEvent, content: str | None = None) -> None:

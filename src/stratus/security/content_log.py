@@ -83,6 +83,10 @@ class ContentLog:
             self._ring = load_keyring(self.data_dir)
         return self._ring
 
+    @property
+    def ring_loaded(self) -> bool:
+        return self._ring is not None
+
     def _enabled_teams(self) -> set[str]:
         query = sa.select(teams.c.name).join(content_logging, content_logging.c.team_id == teams.c.id)
         with self.store.connect() as conn:
