@@ -169,10 +169,22 @@ class RayCluster:
         )
 
     async def start(self) -> None:
-        """Place every model's initial replicas (in parallel) and start the autoscaler."""
-        await asyncio.gather(
-            *(self.scale(name, spec.replicas, reason="start") for name, spec in self.specs.items())
+        """Place every model's initial replicas (in parallel), register them all at once (so
+        /ready turns 200 only when every model has its replicas), start the autoscaler."""
+        specs = [spec for spec in self.specs.values() if spec.replicas > 0]
+        started = await asyncio.gather(
+            *(self._start_replica(spec) for spec in specs for _ in range(spec.replicas)),
+            return_exceptions=True,
         )
+        failed = [r for r in started if isinstance(r, BaseException)]
+        for replica in started:
+            if not isinstance(replica, BaseException):
+                await self._register(replica)
+        for spec in specs:
+            self._last_change[spec.name] = time.monotonic()
+            log.info("model %s: %d Ray replicas (start)", spec.name, len(self.replicas[spec.name]))
+        if failed:
+            log.error("%d Ray replica(s) failed to start: %s", len(failed), failed[0])
         if any(spec.autoscaled for spec in self.specs.values()):
             self._autoscaler = asyncio.create_task(self._autoscale_loop(), name="stratus-ray-autoscaler")
 
@@ -229,15 +241,26 @@ class RayCluster:
         return {**self.model_status(model), "requested": replicas, "errors": errors}
 
     async def _add(self, spec: RayModelSpec) -> Any:
+        return await self._register(await self._start_replica(spec))
+
+    async def _start_replica(self, spec: RayModelSpec) -> Any:
         replica = self._factory(spec)
         try:
             await replica.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await replica.shutdown()
+            raise
+        return replica
+
+    async def _register(self, replica: Any) -> Any:
+        try:
             await _maybe_await(self.registry.add_replica(replica))
         except BaseException:
             with contextlib.suppress(Exception):
                 await replica.shutdown()
             raise
-        self.replicas[spec.name].append(replica)
+        self.replicas[replica.model].append(replica)
         return replica
 
     async def _remove(self, model: str, replica: Any) -> None:
