@@ -140,6 +140,7 @@ def worker(model_spec: str, **flags: Any) -> None:
     logging.basicConfig(
         level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per heartbeat
     sock = _bind(host, options.port)
     server = build_worker(options, sock)
     click.echo(f"stratus worker {server.worker.worker_id} listening on {server.url}  (model {name})")

@@ -36,7 +36,7 @@ from stratus.config import MODEL_NAME_RE
 log = logging.getLogger("stratus.cluster")
 
 PREFIX = "/internal/v1/workers"
-WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 
 
 class RegistrationError(ValueError):

@@ -1,0 +1,136 @@
+"""Two `stratus worker` processes behind a gateway: registration, kill -9 mid-stream, drain.
+
+The gateway runs in this process (a real uvicorn on loopback, access control on) with no model
+of its own: the workers register over HTTP with the cluster secret and become the replicas of
+model "demo". A greedy stream through the official openai client survives a kill -9 of the
+worker serving it with exactly the text an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from stratus.config import Settings, demo_model_path
+from tests import issued
+from tests.live_server import LiveServer
+from tests.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.timeout(240)
+
+DEMO = demo_model_path()
+if not (DEMO / "config.json").is_file():
+    pytest.skip(f"no demo model at {DEMO}: run `make demo-model`", allow_module_level=True)
+
+PROMPT = "Tell me a story about a brave little fox who"
+
+
+def _wait(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, admin_key):
+    from stratus.api import create_app
+    from stratus.api.auth import AuthHooks, build_access
+    from stratus.security.bootstrap import bootstrap
+
+    secret = issued.record(secrets.token_urlsafe(32))
+    settings = Settings(
+        cluster_secret=secret, data_dir=str(issued.data_dir_of(tmp_path_factory.mktemp("cluster-gw")))
+    )
+    access = build_access(settings)
+    bootstrap(access.store, admin_key)
+    app = create_app(settings, hooks=AuthHooks(access))
+    registry = app.state.stratus.registry
+    registry.models.clear()  # no local model: every replica of "demo" is a worker
+    gateway = LiveServer(app).start()
+    args = ("--engine-isolation", "thread", "--gateway", gateway.url, "--heartbeat-interval", "0.5")
+    workers = []
+    try:
+        workers = [WorkerProcess("demo", str(DEMO), secret, *args) for _ in range(2)]
+        for w in workers:
+            w.wait_serving()
+        _wait(
+            lambda: "demo" in registry.models and len(registry.models["demo"].replicas.entries) == 2,
+            "registration",
+        )
+        yield gateway, registry, workers, secret
+    finally:
+        for w in workers:
+            w.stop()
+        gateway.stop()
+
+
+def test_registration_needs_the_cluster_secret(cluster):
+    gateway, registry, workers, secret = cluster
+    body = {"id": "intruder", "model": "demo", "url": "http://127.0.0.1:9"}
+    for headers in ({}, {"Authorization": f"Bearer {secrets.token_urlsafe(32)}"}):
+        for path in ("register", "heartbeat", "deregister"):
+            r = httpx.post(
+                f"{gateway.url}/internal/v1/workers/{path}", json=body, headers=headers, timeout=10
+            )
+            assert r.status_code == 401, r.text
+            assert r.json()["error"]["code"] == "invalid_cluster_secret"
+    assert set(registry.models["demo"].replicas.entries) == {w.id for w in workers}
+    # With the secret, a worker URL with credentials, or one that does not answer, is refused.
+    auth = {"Authorization": f"Bearer {secret}"}
+    for url in ("http://user:pw@127.0.0.1:9", "file:///etc/passwd", "http://127.0.0.1:9"):
+        r = httpx.post(
+            f"{gateway.url}/internal/v1/workers/register", json={**body, "url": url}, headers=auth, timeout=30
+        )
+        assert r.status_code == 400, r.text
+    assert set(registry.models["demo"].replicas.entries) == {w.id for w in workers}
+
+
+def test_kill_9_mid_stream_migrates_with_the_exact_greedy_text(cluster, admin_key):
+    gateway, registry, workers, _ = cluster
+    client = OpenAI(base_url=gateway.url + "/v1", api_key=admin_key, max_retries=0, timeout=120)
+    request = {
+        "model": "demo",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 400,
+        "temperature": 0,
+        "extra_body": {"ignore_eos": True},
+    }
+    expected = client.chat.completions.create(**request).choices[0].message.content
+    assert expected
+
+    replicas = registry.models["demo"].replicas
+    migrations = replicas.migrations
+    parts: list[str] = []
+    killed = None
+    stream = client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+    usage = None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if not chunk.choices:
+            continue
+        parts.append(chunk.choices[0].delta.content or "")
+        if killed is None and sum(1 for p in parts if p) == 5:
+            busy = [w for w in workers if replicas.entries[w.id].inflight > 0]
+            assert len(busy) == 1  # the one serving this stream
+            killed = busy[0]
+            killed.kill9()
+    assert killed is not None
+    assert "".join(parts) == expected  # no token lost or repeated
+    assert replicas.migrations == migrations + 1
+    assert usage is not None and usage.completion_tokens == 400
+    # The dead worker stops heartbeating and is removed; the other one keeps serving.
+    _wait(lambda: killed.id not in replicas.entries, "the killed worker removed", 30)
+    survivor = next(w for w in workers if w is not killed)
+    assert client.chat.completions.create(**request).choices[0].message.content == expected
+    # SIGTERM: the survivor deregisters (drained), exits 0, and is removed.
+    survivor.terminate()
+    assert survivor.proc.wait(60) == 0
+    _wait(lambda: survivor.id not in replicas.entries, "the stopped worker removed", 30)
