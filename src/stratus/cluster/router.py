@@ -30,6 +30,14 @@ import numpy as np
 
 POLICIES = ("capacity", "p2c", "round_robin")
 DEFAULT_CAPACITY = 100.0  # tokens/s for the first replica added without a prior
+# A prompt token costs a batched engine far less than an output token (prefill runs many in
+# one pass); work is counted in output-token equivalents.
+PROMPT_TOKEN_WEIGHT = 0.1
+
+
+def request_work(prompt_tokens: int, max_tokens: int, n: int = 1) -> float:
+    """Expected work of a request, in output tokens: `n` choices share one prompt."""
+    return n * max_tokens + PROMPT_TOKEN_WEIGHT * prompt_tokens
 
 
 class NoReplicaAvailable(Exception):
@@ -134,20 +142,24 @@ class Router:
         excluded = {self._index[r] for r in exclude if r in self._index} if exclude else set()
         if len(excluded) == n:
             raise NoReplicaAvailable(f"all {n} replicas are excluded (unhealthy or draining)")
-        eta = (self._work[:n] + work) / self._cap[:n]
-        if excluded:
-            eta[list(excluded)] = np.inf
         if self.policy == "capacity":
-            chosen = self._argmin(eta)
+            chosen = self._least_completion_time(n, work, excluded)
         elif self.policy == "p2c":
             chosen = self._two_choices(n, excluded)
         else:
             chosen = self._round_robin(n, excluded)
         if affinity_key is not None:
-            chosen = self._apply_affinity(affinity_key, chosen, eta)
+            chosen = self._apply_affinity(affinity_key, chosen, work, excluded)
         return self._ids[chosen]
 
-    def _argmin(self, eta: np.ndarray) -> int:
+    def _eta(self, i: int, work: float) -> float:
+        """Expected seconds until replica i would finish `work` on top of what it holds."""
+        return float((self._work[i] + work) / self._cap[i])
+
+    def _least_completion_time(self, n: int, work: float, excluded: set[int]) -> int:
+        eta = (self._work[:n] + work) / self._cap[:n]
+        if excluded:
+            eta[list(excluded)] = np.inf
         best = int(eta.argmin())
         ties = np.flatnonzero(eta == eta[best])
         if len(ties) > 1:  # equal expected times: the seeded, fixed order decides
@@ -172,10 +184,15 @@ class Router:
                 return i
         raise NoReplicaAvailable("all replicas are excluded")  # unreachable: pick() checked
 
-    def _apply_affinity(self, key: str, chosen: int, eta: np.ndarray) -> int:
+    def _apply_affinity(self, key: str, chosen: int, work: float, excluded: set[int]) -> int:
         held = self._affinity.get(key)
         i = self._index.get(held) if held is not None else None
-        if i is not None and i != chosen and eta[i] - eta[chosen] <= self.affinity_slack:
+        if (
+            i is not None
+            and i != chosen
+            and i not in excluded
+            and self._eta(i, work) - self._eta(chosen, work) <= self.affinity_slack
+        ):
             chosen = i
         self._affinity[key] = self._ids[chosen]
         self._affinity.move_to_end(key)
