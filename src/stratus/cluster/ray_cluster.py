@@ -280,11 +280,13 @@ class RayCluster:
         replica that cannot answer counts what the gateway has in flight on it)."""
         total = 0.0
         for replica in list(self.replicas[model]):
+            in_flight = getattr(replica, "in_flight", 0)
+            refresh = getattr(replica, "refresh", None)  # RayReplica: ask the actor now
             try:
-                stats = await replica.refresh()
-                total += max(stats.running + stats.waiting, getattr(replica, "in_flight", 0))
+                stats = await refresh() if refresh is not None else replica.stats()
+                total += max(stats.running + stats.waiting, in_flight)
             except Exception:
-                total += getattr(replica, "in_flight", 0)
+                total += in_flight
         return total
 
     async def autoscale_once(self) -> None:
