@@ -244,3 +244,37 @@ def test_scale_through_the_admin_endpoint(ray_gateway, ray_nodes, auth_headers):
             json={"model": "pinned", "prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0},
         )
         assert r.status_code == 200 and r.json()["choices"][0]["text"]
+
+
+def test_actor_errors_and_early_close(ray_gateway):
+    """A request the engine refuses comes back as ValidationError (the caller's fault, never
+    retried); closing a stream early aborts it on the actor instead of generating on."""
+    from stratus.cluster.replica import ReplicaError
+    from stratus.engine import GenerateRequest, SamplingParams, ValidationError
+
+    replica = _cluster(ray_gateway).replicas["pinned"][0]
+
+    async def run() -> tuple[int, int]:
+        too_long = GenerateRequest(prompt_token_ids=[1, 2, 3], params=SamplingParams(max_tokens=5000))
+        with pytest.raises(ValidationError) as info:
+            async for _ in replica.generate(too_long):
+                pass
+        assert info.value.param == "max_tokens"
+        assert not isinstance(info.value, ReplicaError)
+
+        before = (await replica.refresh()).generated_tokens_total
+        params = SamplingParams(max_tokens=1000, temperature=0, ignore_eos=True)
+        stream = replica.generate(GenerateRequest(prompt_token_ids=[1, 2, 3], params=params))
+        for _ in range(3):
+            await anext(stream)
+        await stream.aclose()
+        for _ in range(200):  # bounded: the engine drops the request once the cancel arrives
+            stats = await replica.refresh()
+            if stats.running == 0 and stats.waiting == 0:
+                break
+            await asyncio.sleep(0.05)
+        return stats.running + stats.waiting, stats.generated_tokens_total - before
+
+    left, generated = asyncio.run(run())
+    assert left == 0
+    assert generated < 900, f"the closed stream went on generating ({generated} tokens)"
