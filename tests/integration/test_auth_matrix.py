@@ -97,6 +97,10 @@ MATRIX = [
     ("DELETE", "/admin/alerts/webhook", "/admin/alerts/webhook", None, only(200, {"admin"})),
     # issue 7 (cluster): 409 for admins, as this gateway runs no Ray replicas
     ("POST", "/admin/cluster/scale", "/admin/cluster/scale", {"model": "m-a", "replicas": 1}, only(409, {"admin"})),
+    ("GET", "/admin/upstreams", "/admin/upstreams", None, only(200, {"admin"})),
+    ("POST", "/admin/upstreams", "/admin/upstreams", {"name": "u-{who}", "model": "m-up", "base_url": "http://127.0.0.1:9/v1", "upstream_model": "x"}, only(201, {"admin"})),
+    ("DELETE", "/admin/upstreams/{name}", "/admin/upstreams/nope", None, only(404, {"admin"})),
+    ("GET", "/admin/cluster", "/admin/cluster", None, only(200, {"admin", "auditor", "viewer"})),
 ]  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""POST /admin/cluster/scale: change the number of Ray replicas of a model at run time.
+"""GET /admin/cluster: every model's replicas, their health, load and learned capacity.
+POST /admin/cluster/scale: change the number of Ray replicas of a model at run time.
 
     curl -H "Authorization: Bearer $STRATUS_API_KEY" http://127.0.0.1:8000/admin/cluster/scale \\
          -d '{"model": "demo", "replicas": 4}'
@@ -95,3 +96,27 @@ async def scale(request: Request, me: Principal = Depends(principal)) -> JSONBod
         )
     result = await cluster.scale(body.model, body.replicas)
     return JSONBody(result, headers=NO_STORE)
+
+
+@router.get(
+    "/cluster",
+    summary="Models, their replicas, health, load and learned capacity",
+    responses={200: {"description": "Per model: routing policy, failover counts and each replica"}},
+)
+async def cluster_status(request: Request, me: Principal = Depends(principal)) -> JSONBody:
+    registry = app_state(request).registry
+    models = []
+    for name, served in registry.models.items():
+        replicas = served.replicas
+        models.append(
+            {
+                "model": name,
+                "state": served.state,
+                "available": registry.available(served),
+                "policy": replicas.router.policy,
+                "retries": replicas.retries,
+                "migrations": replicas.migrations,
+                "replicas": replicas.snapshot(),
+            }
+        )
+    return JSONBody({"models": models}, headers=NO_STORE)
