@@ -17,7 +17,7 @@ from pathlib import Path
 
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
-from stratus.security.audit import AuditEvent, AuditLog
+from stratus.security.audit import AuditEvent, AuditLog, detail
 from stratus.security.audit_writer import AuditWriter
 from stratus.security.content_log import CONTENT_ROUTES, ContentLog, content_text
 
@@ -73,6 +73,8 @@ def event_for(ctx: RequestContext) -> AuditEvent:
         completion_tokens=usage.completion_tokens if usage else None,
         client=_host(ctx.client),
         user_agent=ctx.user_agent,
+        # A request that moved between replicas says so: [{"event": "migrate", "from": ..., ...}]
+        detail=detail(failovers=ctx.failovers[:8]) if ctx.failovers else None,
     )
 
 
