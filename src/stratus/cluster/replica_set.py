@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from stratus.cluster.breaker import CircuitBreaker
 from stratus.cluster.merge import merge_streams
 from stratus.cluster.replica import Replica, ReplicaError
-from stratus.cluster.router import NoReplicaAvailable, Router
+from stratus.cluster.router import NoReplicaAvailable, Router, request_work
 from stratus.engine.inputs import prepare_prompt
 from stratus.engine.types import Delta, EngineStats, GenerateRequest
 
 log = logging.getLogger("stratus.cluster")
 
-PROMPT_WORK = 0.1  # a prompt token costs about a tenth of a generated one (batched prefill)
 AFFINITY_TOKENS = 64  # requests sharing this many leading tokens prefer the same replica
 OnEvent = Callable[[dict], None]
 
@@ -192,8 +191,8 @@ class ReplicaSet:
         while True:
             pending = [i for i, c in choices.items() if not c.finished]
             subrequests = self._subrequests(request, prompt_ids, choices, pending, failovers)
-            work = sum(params.max_tokens - len(choices[i].tokens) for i in pending)
-            work += PROMPT_WORK * len(prompt_ids) * len(subrequests)
+            left = sum(params.max_tokens - len(choices[i].tokens) for i in pending)
+            work = request_work(len(prompt_ids) * len(subrequests), left)
             replica_id = self._pick(work, affinity, tried, any(c.tokens for c in choices.values()))
             entry = self.entries[replica_id]
             started, produced, ok = time.monotonic(), 0, False
