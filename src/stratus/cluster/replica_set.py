@@ -189,7 +189,15 @@ class ReplicaSet:
         tried: set[str] = set()
         failovers = 0
         while True:
+            for i, choice in choices.items():  # delivered its last token, but not the finish
+                if not choice.finished and _used_up(
+                    choice, params.max_tokens, len(prompt_ids), self.max_model_len
+                ):
+                    choice.finished = True
+                    yield _length_finish(request.request_id, i, len(prompt_ids), len(choice.tokens))
             pending = [i for i, c in choices.items() if not c.finished]
+            if not pending:
+                return
             subrequests = self._subrequests(request, prompt_ids, choices, pending, failovers)
             left = sum(params.max_tokens - len(choices[i].tokens) for i in pending)
             work = request_work(len(prompt_ids) * len(subrequests), left)
@@ -338,3 +346,20 @@ def _attempt_id(request_id: str, attempt: int, choice: int | None = None) -> str
     if attempt == 0 and choice is None:
         return request_id
     return f"{request_id}.{attempt}" + ("" if choice is None else f".{choice}")
+
+
+def _used_up(choice: _Choice, max_tokens: int, prompt_len: int, max_model_len: int) -> bool:
+    n = len(choice.tokens)
+    return n >= max_tokens or (n > 0 and prompt_len + n >= max_model_len)
+
+
+def _length_finish(request_id: str, index: int, prompt_tokens: int, completion_tokens: int) -> Delta:
+    return Delta(
+        request_id=request_id,
+        index=index,
+        text="",
+        token_ids=[],
+        finish_reason="length",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )

@@ -173,3 +173,35 @@ def test_a_draining_replica_finishes_its_work_and_gets_nothing_new():
                 await r.shutdown()
 
     asyncio.run(main())
+
+
+class LosesTheFinish(LocalReplica):
+    """A replica whose connection breaks right after its last token, before the finish arrives
+    (what a worker killed at that instant looks like from the gateway)."""
+
+    async def generate(self, request):
+        async for delta in super().generate(request):
+            if delta.finish_reason is not None:
+                delta.finish_reason = None
+                yield delta
+                raise ReplicaError(f"replica {self.id}: connection lost")
+            yield delta
+
+
+def test_a_choice_whose_finish_was_lost_is_finished_without_resuming(reference_engine):
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+
+    async def main():
+        expected = await reference(reference_engine, params)
+        rs = ReplicaSet("demo", probe_interval=60)
+        flaky = LosesTheFinish("demo", engine(), "demo/flaky")
+        await flaky.start()
+        rs.add(flaky)
+        try:
+            got = await collect(rs.generate(GenerateRequest(prompt=PROMPT, params=params)))
+        finally:
+            await rs.shutdown()
+        assert got == {0: (expected[0][0], expected[0][1], "length")}
+        assert rs.migrations == 1  # counted, though nothing was left to resume
+
+    asyncio.run(main())
