@@ -69,7 +69,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def one_decision(limiter) -> float:
     t = time.perf_counter()
-    plan = plan_request(RULES, PRINCIPAL, MODEL, 100, 200, PRICES, prefix="bench:lim:")
+    plan = plan_request(RULES, PRINCIPAL, MODEL, 100, 200, PRICES, prefix="{bench:lim}:")
     decision = await limiter.acquire(plan.items)
     assert decision.allowed
     await limiter.adjust(plan.reconcile(150, 100))
@@ -206,7 +206,7 @@ def main() -> None:
             try:
                 return await decisions(limiter, max(1000, args.decisions // 5))
             finally:
-                keys = [k async for k in limiter.client.scan_iter(match="bench:lim:*")]
+                keys = [k async for k in limiter.client.scan_iter(match="{bench:lim}:*")]
                 if keys:
                     await limiter.client.delete(*keys)
                 await limiter.close()

@@ -83,7 +83,9 @@ _cacert = click.option("--cacert", envvar="STRATUS_CA_CERT", default=None, help=
 
 
 @click.command()
-@click.option("--by", default="model", show_default=True, help="Group by any of key,user,team,model,day.")
+@click.option(
+    "--by", default="model", show_default=True, help="Group by any of key,user,team,model,day,status."
+)
 @click.option("--since", default=None, help="Start: ISO date/time or Unix seconds. [default: 30 days ago]")
 @click.option("--until", default=None, help="End (exclusive). [default: now]")
 @click.option(
@@ -103,7 +105,7 @@ def usage(by: str, since: str | None, until: str | None, fmt: str, url: str, cac
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
         return
-    columns = [*data["by"], "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
+    columns = [*data["by"], "requests", "refused", "prompt_tokens", "completion_tokens", "cost_usd"]
     rows = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in data["data"]]
     widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
     for line in [columns, *rows]:

@@ -80,6 +80,6 @@ def test_stratus_usage_and_limits_commands(base_url, admin_key):
 
     csv_out = runner.invoke(main, ["usage", "--by", "model", "--format", "csv"], env=env)
     assert csv_out.exit_code == 0, csv_out.output
-    assert csv_out.output.splitlines()[0].startswith("model,requests,prompt_tokens")
+    assert csv_out.output.splitlines()[0].startswith("model,requests,refused,prompt_tokens")
     table = runner.invoke(main, ["usage", "--by", "user,day"], env=env)
     assert table.exit_code == 0 and table.output.split()[:3] == ["user", "day", "requests"]

@@ -113,9 +113,11 @@ def test_200_concurrent_requests_against_a_budget_admit_exactly_n(server):
     assert refused.json()["error"]["code"] == "insufficient_quota"
     assert "tokens per day for user 'crowd'" in refused.json()["error"]["message"]
     delivered = sum(r.json()["usage"]["total_tokens"] for r in responses if r.status_code == 200)
-    recorded = rows(server, "crowd")
-    assert len(recorded) == n
+    recorded = rows(server, "crowd")  # one row per request, refused ones too, with no tokens
+    assert sorted(r["status"] for r in recorded) == ["ok"] * n + ["refused_429"] * (200 - n)
+    assert {r["request_id"] for r in recorded} == {r.headers["x-request-id"] for r in responses}
     assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in recorded) == delivered == n * per_request
+    assert all(r["cost_micro_usd"] == 0 for r in recorded if r["status"] != "ok")
 
 
 def counter_value(server, user, kind):
@@ -231,7 +233,38 @@ def test_bad_limits_are_400_and_usage_is_aggregated(server):
         assert len(mine) == 1 and mine[0]["requests"] == 1 and mine[0]["completion_tokens"] == MAX
         csv_text = c.get("/admin/usage", params={"by": "team", "format": "csv"}).text
         assert (
-            csv_text.splitlines()[0] == "team,requests,prompt_tokens,completion_tokens,total_tokens,cost_usd"
+            csv_text.splitlines()[0]
+            == "team,requests,refused,prompt_tokens,completion_tokens,total_tokens,cost_usd"
         )
-        assert any(line.startswith("ml,1,") for line in csv_text.splitlines())
+        assert any(line.startswith("ml,1,0,") for line in csv_text.splitlines())
         assert c.get("/admin/usage", params={"by": "planet"}).status_code == 400
+
+
+def test_requests_refused_after_identification_get_a_ledger_row(server):
+    """One row per request: refusals (a limit, bad input, an unknown model) with status and no
+    tokens, counted as refused in the JSON and CSV totals; an admitted failure is not one."""
+    set_rule(server, scope="user", subject="refusee", rpm=1)
+    h = {"x-user": "refusee", "x-team": "refusers"}
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        assert c.post("/v1/completions", json=body(), headers=h).status_code == 200
+        assert c.post("/v1/completions", json=body(), headers=h).status_code == 429
+        assert c.post("/v1/completions", json=body(max_tokens=-3), headers=h).status_code == 400
+        chat = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
+        assert c.post("/v1/chat/completions", json=chat, headers=h).status_code == 404
+        assert c.get("/v1/models", headers=h).status_code == 200  # not a generation: no row
+        by_status = c.get("/admin/usage", params={"by": "user,status"}).json()["data"]
+        csv_lines = c.get("/admin/usage", params={"by": "team", "format": "csv"}).text.splitlines()
+    recorded = rows(server, "refusee")
+    assert [r["status"] for r in recorded] == ["ok", "refused_429", "refused_400", "refused_404"]
+    assert recorded[3]["model"] == "no-such-model" and recorded[1]["model"] == TINY_MODEL
+    assert all(r["prompt_tokens"] == r["completion_tokens"] == r["cost_micro_usd"] == 0 for r in recorded[1:])
+    mine = {d["status"]: d for d in by_status if d["user"] == "refusee"}
+    assert {s: (d["requests"], d["refused"]) for s, d in mine.items()} == {
+        "ok": (1, 0),
+        "refused_429": (1, 1),
+        "refused_400": (1, 1),
+        "refused_404": (1, 1),
+    }
+    assert mine["refused_429"]["total_tokens"] == 0
+    ok_tokens = recorded[0]["prompt_tokens"] + recorded[0]["completion_tokens"]
+    assert f"refusers,4,3,{recorded[0]['prompt_tokens']},{MAX},{ok_tokens}," in "\n".join(csv_lines)

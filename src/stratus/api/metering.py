@@ -5,7 +5,8 @@
 `MeteredHooks` delegates identify, guard, authorize and record to the hooks it wraps, and adds
 step 4 (admit: security/meter.py reserves the worst case atomically; a refusal is a 429 with
 Retry-After and the x-ratelimit-* headers) and step 7 (account: the reservation becomes the
-delivered count and a ledger row). A reservation that no generation settled (a response-cache
+delivered count and a ledger row). A generation request refused after identification (a 429, a
+400 for bad input, a 503) gets a ledger row too, with status refused_<HTTP status> and no tokens. A reservation that no generation settled (a response-cache
 hit, an error before the engine started) is settled with what ctx.usage says at the record step.
 
 Metering is on with access control, off with --no-auth unless `metering` is set true.
@@ -51,6 +52,20 @@ def limiter_down(why: str) -> APIError:
     )
 
 
+# the routes that generate (and pass step 4): each request to them gets one ledger row
+GENERATION_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+
+def refused_generation(ctx: RequestContext) -> bool:
+    """An identified caller's generation request that ended before admission (429, 400, 503...):
+    a ledger row with zero tokens. Unidentified requests (401) are the audit trail's alone."""
+    return ctx.principal is not None and ctx.route in GENERATION_ROUTES and (ctx.status or 0) >= 400
+
+
+def refusal_status(ctx: RequestContext) -> str:
+    return "client_disconnect" if ctx.outcome == "client_disconnect" else f"refused_{ctx.status}"
+
+
 class MeteredHooks(RequestHooks):
     def __init__(self, inner: RequestHooks, meter: Meter):
         self.inner = inner
@@ -92,17 +107,29 @@ class MeteredHooks(RequestHooks):
         await self.inner.account(ctx, usage)
 
     async def record(self, ctx: RequestContext) -> None:
+        # record runs exactly once per request, last: the ticket is dropped here, not when settled,
+        # so an admitted request that failed is never mistaken for a refused one
+        ticket = self._tickets.pop(id(ctx), None)
         try:
-            if id(ctx) in self._tickets:
-                await self._settle(ctx, ctx.usage or Usage())
+            if ticket is not None:
+                await self._settle(ctx, ctx.usage or Usage(), ticket)
+            elif refused_generation(ctx):
+                await self.meter.refused(
+                    ctx.principal or ANONYMOUS,
+                    ctx.model or "",
+                    request_id=ctx.request_id,
+                    status=refusal_status(ctx),
+                    started_at=ctx.started_at,
+                    latency_s=time.perf_counter() - ctx.started,
+                )
         finally:
             await self.inner.record(ctx)
 
-    async def _settle(self, ctx: RequestContext, usage: Usage) -> None:
-        ticket = self._tickets.pop(id(ctx), None)
+    async def _settle(self, ctx: RequestContext, usage: Usage, ticket: Ticket | None = None) -> None:
+        ticket = ticket or self._tickets.get(id(ctx))
         if ticket is None:
             return
-        await self.meter.settle(
+        await self.meter.settle(  # a no-op for a ticket already settled
             ticket,
             request_id=ctx.request_id,
             prompt_tokens=usage.prompt_tokens,

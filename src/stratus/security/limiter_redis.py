@@ -7,12 +7,21 @@ Redis runs a script atomically, so several gateway processes sharing one Redis n
 than a limit between them: the script reads every counter, and adds to all of them only if none
 would pass its limit. Reconciling adds a (possibly negative) delta, never below zero, and only to
 counters that still exist (a window that ended is left alone).
+
+Redis Cluster: the URL may name any node of a cluster; the first call asks the node
+(`INFO cluster`) and switches to a cluster client, which sends each script to the node owning
+its keys. A script may only touch keys of one hash slot, so every counter name starts with the
+same hash tag (limits.COUNTER_PREFIX, "{stratus:lim}:"): all counters live on one shard, the
+price of checking counters of several rules (key, team, model) in one atomic step.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from stratus.security.limits import Decision, Item, LimiterUnavailable
 
@@ -47,14 +56,58 @@ end
 return 1
 """
 
+_FAILURES = (RedisError, RedisClusterException, OSError)
+
 
 class RedisLimiter:
-    def __init__(self, url: str, timeout: float = 2.0):
-        self.client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=False
+    def __init__(self, url: str, timeout: float = 2.0, cluster: bool | None = None):
+        """`cluster`: None asks the server on first use; True/False skips the question."""
+        self.url = url
+        self.timeout = timeout
+        self.cluster = cluster
+        self.client: aioredis.Redis | RedisCluster = self._standalone()
+        self._ready = cluster is False
+        self._lock = asyncio.Lock()
+        if cluster is False:
+            self._register()
+
+    def _standalone(self) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
+            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout, decode_responses=False
         )
+
+    def _register(self) -> None:
         self._acquire = self.client.register_script(ACQUIRE)
         self._adjust = self.client.register_script(ADJUST)
+
+    async def _connect(self) -> None:
+        """On first use: a cluster client if the server is a cluster node. Retried after a failure."""
+        async with self._lock:
+            if self._ready:
+                return
+            if self.cluster is None:
+                info = await self.client.info("cluster")
+                self.cluster = bool(info.get("cluster_enabled"))
+            if self.cluster:
+                await self.client.aclose()
+                self.client = RedisCluster.from_url(
+                    self.url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    decode_responses=False,
+                )
+                await self.client.initialize()
+            self._register()
+            self._ready = True
+
+    async def _call(self, script: str, keys: list[str], args: list[int]):
+        try:
+            if not self._ready:
+                await self._connect()
+            run = self._acquire if script == "acquire" else self._adjust
+            return await run(keys=keys, args=args)
+        except _FAILURES as exc:
+            raise LimiterUnavailable(f"Redis unreachable: {type(exc).__name__}") from exc
 
     async def acquire(self, items: list[Item]) -> Decision:
         if not items:
@@ -62,24 +115,19 @@ class RedisLimiter:
         args: list[int] = []
         for it in items:
             args += [it.amount, it.limit, it.ttl]
-        try:
-            reply = await self._acquire(keys=[it.key for it in items], args=args)
-        except (RedisError, OSError) as exc:
-            raise LimiterUnavailable(f"Redis unreachable: {type(exc).__name__}") from exc
+        reply = await self._call("acquire", [it.key for it in items], args)
         allowed, index, *values = (int(v) for v in reply)
         if allowed:
             return Decision(True, values)
         return Decision(False, values, refused=index - 1, current=values[index - 1])
 
     async def adjust(self, changes: list[tuple[str, int]]) -> None:
-        if not changes:
-            return
-        try:
-            await self._adjust(keys=[k for k, _ in changes], args=[d for _, d in changes])
-        except (RedisError, OSError) as exc:
-            raise LimiterUnavailable(f"Redis unreachable: {type(exc).__name__}") from exc
+        if changes:
+            await self._call("adjust", [k for k, _ in changes], [d for _, d in changes])
 
     async def peek(self, key: str) -> int:
+        if not self._ready:
+            await self._connect()
         return int(await self.client.get(key) or 0)
 
     async def close(self) -> None:

@@ -33,6 +33,9 @@ LIMIT_FIELDS = ("rpm", "tpm", "concurrent", "tokens_per_day", "tokens_per_month"
 # a gauge without an end (concurrent requests) expires this long after its last use, so the
 # slots held by a gateway killed mid-request come back
 GAUGE_TTL_S = 3600
+# Every counter name starts with this hash tag: one request's counters (of several rules) are
+# checked by one Redis script, and on Redis Cluster a script may only touch keys of one slot.
+COUNTER_PREFIX = "{stratus:lim}:"
 
 
 class LimitInvalid(ValueError):
@@ -229,7 +232,7 @@ def plan_request(
     max_tokens: int,
     prices: Prices,
     now: float | None = None,
-    prefix: str = "stratus:lim:",
+    prefix: str = COUNTER_PREFIX,
 ) -> Plan:
     """The counters of every rule that applies, charged with the worst case of this request."""
     now = time.time() if now is None else now

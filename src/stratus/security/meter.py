@@ -25,6 +25,7 @@ from stratus.security.identity import Principal
 from stratus.security.ledger_writer import LedgerWriter
 from stratus.security.limiter_memory import MemoryLimiter
 from stratus.security.limits import (
+    COUNTER_PREFIX,
     QUOTA_KINDS,
     LimiterUnavailable,
     LimitRule,
@@ -76,7 +77,7 @@ class Meter:
         prices: Prices | None = None,
         fail_open: bool = False,
         rules_ttl: float = 2.0,
-        prefix: str = "stratus:lim:",
+        prefix: str = COUNTER_PREFIX,
     ):
         self.store = store
         self.limiter = limiter
@@ -173,6 +174,34 @@ class Meter:
                 completion_tokens=completion_tokens,
                 cost_micro_usd=cost,
                 status=status,
+                latency_ms=latency_s * 1000.0,
+            )
+        )
+
+    async def refused(
+        self,
+        principal: Principal,
+        model: str,
+        *,
+        request_id: str,
+        status: str,
+        started_at: float,
+        latency_s: float,
+    ) -> None:
+        """The ledger row of a request refused before admission: nothing reserved, nothing charged."""
+        await self.write(
+            ledger.UsageRow(
+                request_id=request_id,
+                time=started_at,
+                day=time.strftime("%Y-%m-%d", time.gmtime(started_at)),
+                key_id=principal.key_id,
+                user=principal.user,
+                team=principal.team,
+                model=model[:128],
+                prompt_tokens=0,
+                completion_tokens=0,
+                cost_micro_usd=0,
+                status=status[:24],
                 latency_ms=latency_s * 1000.0,
             )
         )

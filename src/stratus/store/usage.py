@@ -5,9 +5,11 @@
     with store.connect() as conn:
         usage.aggregate(conn, since, until, by=("team", "day"))
 
-usage_ledger   one row per admitted request: when, who (key, user, team), model,
-               prompt and completion tokens actually delivered, cost in micro-dollars, outcome
-               (ok | error | client_disconnect | aborted) and latency
+usage_ledger   one row per generation request: when, who (key, user, team), model,
+               prompt and completion tokens actually delivered, cost in micro-dollars, status
+               and latency. Status of an admitted request: ok | error | client_disconnect |
+               aborted; of one refused after authentication: refused_<HTTP status>
+               (refused_429 a limit, refused_400 bad input, refused_503 ...), with zero tokens
 rate_limits    the limit rules (security/limits.py: LimitRule), one per scope/subject/model
 """
 
@@ -59,8 +61,16 @@ rate_limits = sa.Table(
 )
 
 LIMIT_COLUMNS = ("rpm", "tpm", "concurrent", "tokens_per_day", "tokens_per_month", "budget_usd_per_month")
-GROUPS = ("key", "user", "team", "model", "day")
-_GROUP_COLUMNS = {"key": "key_id", "user": "user", "team": "team", "model": "model", "day": "day"}
+GROUPS = ("key", "user", "team", "model", "day", "status")
+_GROUP_COLUMNS = {
+    "key": "key_id",
+    "user": "user",
+    "team": "team",
+    "model": "model",
+    "day": "day",
+    "status": "status",
+}
+REFUSED = "refused_"  # status prefix of a request refused before generation
 
 
 @dataclass
@@ -92,13 +102,17 @@ def aggregate(
     teams: Iterable[str] | None = None,
 ) -> list[dict]:
     """Totals per group over [since, until). `users`/`teams` restrict the rows (None: all);
-    when both are given a row matches either."""
+    when both are given a row matches either. `requests` counts every row, `refused` those
+    refused before generation (their tokens and cost are zero)."""
     by = list(by)
     cols = [usage_ledger.c[_GROUP_COLUMNS[g]].label(g) for g in by]
     c = usage_ledger.c
     query = sa.select(
         *cols,
         sa.func.count().label("requests"),
+        sa.func.coalesce(
+            sa.func.sum(sa.case((c.status.startswith(REFUSED, autoescape=True), 1), else_=0)), 0
+        ).label("refused"),
         sa.func.coalesce(sa.func.sum(c.prompt_tokens), 0).label("prompt_tokens"),
         sa.func.coalesce(sa.func.sum(c.completion_tokens), 0).label("completion_tokens"),
         sa.func.coalesce(sa.func.sum(c.cost_micro_usd), 0).label("cost_micro_usd"),
@@ -115,7 +129,7 @@ def aggregate(
     out = []
     for r in conn.execute(query).mappings():
         row = dict(r)
-        for name in ("requests", "prompt_tokens", "completion_tokens", "cost_micro_usd"):
+        for name in ("requests", "refused", "prompt_tokens", "completion_tokens", "cost_micro_usd"):
             row[name] = int(row[name])
         row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
         row["cost_usd"] = row.pop("cost_micro_usd") / 1e6

@@ -90,7 +90,7 @@ def visibility(p: Principal) -> tuple[list[str] | None, list[str] | None]:
 
 
 def to_csv(rows: list[dict], by: list[str]) -> str:
-    columns = [*by, "requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"]
+    columns = [*by, "requests", "refused", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
