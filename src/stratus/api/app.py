@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 import stratus
-from stratus.api import auth, metering
+from stratus.api import auth, metering, upstream_proxy
 from stratus.api.errors import install_error_handlers
 from stratus.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from stratus.api.openapi import build_openapi
@@ -38,6 +38,7 @@ from stratus.api.routes import (
     models,
     ops,
     tokenize,
+    upstreams,
     usage,
 )
 from stratus.api.security_headers import SecurityHeadersMiddleware
@@ -123,6 +124,11 @@ def create_app(
 
     app.include_router(cluster_admin.router)
     internal.mount(app, settings, registry)  # /internal/v1/workers when a cluster secret is set
+    if access is not None:  # OpenAI-compatible upstreams: registered by admins, keys encrypted
+        app.state.upstreams = upstream_proxy.Upstreams(
+            access.store, upstream_proxy.secret_store(access.store, settings.data_dir)
+        )
+        app.include_router(upstreams.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, state=state)  # sees every outcome
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: even a refusal gets the headers

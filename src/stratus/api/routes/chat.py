@@ -19,6 +19,7 @@ from stratus.api.routes.common import (
 from stratus.api.schemas import ChatCompletionRequest
 from stratus.api.schemas_out import ChatCompletion, ChatCompletionChunk
 from stratus.api.streaming import complete, stream
+from stratus.api.upstream_proxy import maybe_proxy
 from stratus.engine.types import GenerateRequest
 
 router = APIRouter(tags=["openai"])
@@ -39,6 +40,8 @@ ROUTE = "/v1/chat/completions"
 )
 async def chat_completions(request: Request, gw: Gateway = Depends(gateway)) -> Response:
     body, raw = await parse_body(request, ChatCompletionRequest)
+    if (proxied := await maybe_proxy(request, gw, "/chat/completions", body, raw)) is not None:
+        return proxied  # a model served by OpenAI-compatible upstreams
     engine = await gw.route(body.model)
     prompt_ids = chat_prompt_ids(engine, body.messages)
     requested, max_param = body.requested_max_tokens()

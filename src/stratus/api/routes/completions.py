@@ -26,6 +26,7 @@ from stratus.api.routes.common import (
 from stratus.api.schemas import CompletionRequest
 from stratus.api.schemas_out import Completion
 from stratus.api.streaming import complete, stream
+from stratus.api.upstream_proxy import maybe_proxy
 from stratus.engine.types import GenerateRequest, SamplingParams
 
 router = APIRouter(tags=["openai"])
@@ -44,6 +45,8 @@ ROUTE = "/v1/completions"
 )
 async def completions(request: Request, gw: Gateway = Depends(gateway)) -> Response:
     body, raw = await parse_body(request, CompletionRequest)
+    if (proxied := await maybe_proxy(request, gw, "/completions", body, raw)) is not None:
+        return proxied  # a model served by OpenAI-compatible upstreams
     engine = await gw.route(body.model)
     prompts = completion_prompt_ids(engine, body)
     max_tokens = min(

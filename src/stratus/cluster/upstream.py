@@ -1,0 +1,156 @@
+"""OpenAI-compatible upstreams (vLLM, TGI, llama.cpp server, Ollama, another stratus) as replicas.
+
+    pool = UpstreamPool()
+    pool.set([Upstream("vllm-a", "llama", "http://10.0.0.7:8000/v1", "meta-llama/Llama-3.1-8B", key)])
+    opened = await pool.open("llama", "/chat/completions", body)   # retried elsewhere before byte one
+    ... opened.response (a streaming httpx.Response) ... ; await opened.close(tokens, ok=True)
+
+An upstream speaks text, not token ids, so it is proxied at the HTTP level rather than wrapped as a
+`Replica`; several upstreams of one model are still routed with the same `Router`. Only an admin
+registers one (its base URL is checked here: http or https, no credentials in it); the URL a
+request goes to always comes from that registration, never from the client. A connection error,
+a timeout, a 5xx, a 429, or a refusal of the gateway's own key (401/403/404) before the first
+byte moves the request to another upstream of the model; a 400 is the client's and is returned.
+A text stream cannot be resumed elsewhere: a failure mid-stream ends it (api/upstream_proxy.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+from stratus.cluster.router import NoReplicaAvailable, Router
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RETRY_STATUSES = {401, 403, 404, 408, 409, 429}  # the gateway's problem with that upstream, or busy
+MAX_ATTEMPTS = 3
+
+
+def check_base_url(url: str) -> str:
+    """An admin-given base URL: http(s), a host, no credentials, query or fragment. Raises ValueError."""
+    if not isinstance(url, str) or len(url) > 2048:
+        raise ValueError("base_url must be a URL of at most 2048 characters")
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError("base_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "base_url must be an http:// or https:// URL with a host, e.g. http://10.0.0.7:8000/v1"
+        )
+    if parts.username or parts.password:
+        raise ValueError(
+            "base_url must not hold credentials; pass the key as api_key (it is stored encrypted)"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError("base_url must not have a query or a fragment")
+    return url.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    model: str  # the name clients use here
+    base_url: str  # e.g. http://10.0.0.7:8000/v1; requests go to base_url + /chat/completions
+    upstream_model: str  # the name the upstream knows the model by
+    api_key: str = field(default="", repr=False)
+
+
+class UpstreamFailed(Exception):
+    """No upstream of the model could take the request; the message is safe for clients."""
+
+
+@dataclass
+class Opened:
+    """An upstream's answer whose status and headers have arrived (the body may still stream)."""
+
+    upstream: Upstream
+    response: httpx.Response
+    router: Router
+    work: float
+    started: float = field(default_factory=time.monotonic)
+    _closed: bool = False
+
+    async def close(self, tokens: int, ok: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.response.aclose()
+        self.router.end(self.upstream.name, self.work, tokens, time.monotonic() - self.started, ok)
+
+
+class UpstreamPool:
+    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 120.0, policy: str = "p2c"):
+        self.policy = policy
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            follow_redirects=False,  # a redirect could point anywhere; the admin's URL is the URL
+        )
+        self.upstreams: dict[str, Upstream] = {}
+        self._routers: dict[str, Router] = {}  # model -> router over its upstreams
+
+    def set(self, upstreams: list[Upstream]) -> None:
+        """Replace the registered upstreams (routers keep what they learned of those that stay)."""
+        self.upstreams = {u.name: u for u in upstreams}
+        by_model: dict[str, list[str]] = {}
+        for u in upstreams:
+            by_model.setdefault(u.model, []).append(u.name)
+        for model in list(self._routers):
+            if model not in by_model:
+                del self._routers[model]
+        for model, names in by_model.items():
+            router = self._routers.get(model)
+            if router is None:
+                router = self._routers[model] = Router(self.policy)
+            for name in [n for n in router.snapshot() if n not in names]:
+                router.remove(name)
+            for name in names:
+                if name not in router:
+                    router.add(name)
+
+    def models(self) -> set[str]:
+        return set(self._routers)
+
+    async def open(self, model: str, path: str, body: dict, work: float = 1.0) -> Opened:
+        """Send `body` (its `model` rewritten) to one upstream of `model`; move on before the
+        first byte when one fails. Returns the first answer that is a 2xx or a client error."""
+        router = self._routers.get(model)
+        if router is None:
+            raise UpstreamFailed(f"no upstream serves the model '{model}'")
+        tried: set[str] = set()
+        why = "none reachable"
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                name = router.pick(work, exclude=tried)
+            except NoReplicaAvailable:
+                break
+            tried.add(name)
+            upstream = self.upstreams[name]
+            payload = {**body, "model": upstream.upstream_model}
+            headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+            request = self._client.build_request(
+                "POST", upstream.base_url + path, json=payload, headers=headers
+            )
+            router.begin(name, work)
+            started = time.monotonic()
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                why = f"{type(exc).__name__}"
+                router.end(name, work, 0, time.monotonic() - started, False)
+                continue
+            if response.status_code >= 500 or response.status_code in RETRY_STATUSES:
+                why = f"HTTP {response.status_code}"
+                await response.aclose()
+                router.end(name, work, 0, time.monotonic() - started, False)
+                continue
+            return Opened(upstream, response, router, work, started)
+        raise UpstreamFailed(f"no upstream of the model '{model}' could take the request ({why})")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
