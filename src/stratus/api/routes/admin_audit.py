@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from stratus.api.deps import app_state, parse_body, principal
-from stratus.api.errors import APIError
+from stratus.api.errors import APIError, ErrorResponse
 from stratus.api.streaming import JSONBody
 from stratus.security.identity import Principal
 from stratus.security.webhook import shown
@@ -33,6 +33,17 @@ log = logging.getLogger("stratus.audit")
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 NO_STORE = {"Cache-Control": "no-store"}
+
+
+_ERRORS = {
+    400: "Invalid value (the message names the field)",
+    404: "No such team, key or lockout",
+    409: "The key is not suspended",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict]:
+    return {code: {"model": ErrorResponse, "description": _ERRORS[code]} for code in codes}
 
 
 def _body(model: type[BaseModel]) -> dict:
@@ -91,6 +102,7 @@ async def alerts(request: Request) -> JSONBody:
 @router.get(
     "/audit/content",
     summary="Logged prompts and completions (redacted), decrypted; teams with content logging only",
+    responses=_errors(400),
     dependencies=[Depends(principal)],
 )
 async def audit_content(
@@ -118,6 +130,7 @@ class ContentLoggingSet(BaseModel):
 @router.put(
     "/teams/{name}/content-logging",
     summary="Turn content logging on or off for a team (admins; audited)",
+    responses=_errors(400, 404),
     openapi_extra=_body(ContentLoggingSet),
 )
 async def set_content_logging(name: str, request: Request, me: Principal = Depends(principal)) -> JSONBody:
@@ -140,6 +153,7 @@ async def lockouts(request: Request) -> JSONBody:
 @router.delete(
     "/lockouts/{source}",
     summary="Lift a lockout (source: addr:ADDRESS or key:PREFIX; admins; audited)",
+    responses=_errors(404),
     dependencies=[Depends(principal)],
 )
 async def unlock(source: str, request: Request) -> JSONBody:
@@ -164,6 +178,7 @@ async def suspensions(request: Request) -> JSONBody:
 @router.post(
     "/keys/{key_id}/reinstate",
     summary="Reinstate a key suspended after an alert (admins; audited)",
+    responses=_errors(404, 409),
     dependencies=[Depends(principal)],
 )
 async def reinstate(key_id: str, request: Request) -> JSONBody:
@@ -196,6 +211,7 @@ async def get_webhook(request: Request) -> JSONBody:
 @router.put(
     "/alerts/webhook",
     summary="Set the alert webhook; without a secret one is made and returned once (admins; audited)",
+    responses=_errors(400),
     openapi_extra=_body(WebhookSet),
     dependencies=[Depends(principal)],
 )
