@@ -84,8 +84,9 @@ class Router:
         size = 8
         self._work = np.zeros(size)  # W_i, expected tokens outstanding
         self._cap = np.ones(size)  # C_i, tokens/s
+        self._inv = np.ones(size)  # 1 / C_i: pick() multiplies
         self._reqs = np.zeros(size)  # outstanding requests
-        self._tie = np.zeros(size)  # seeded tie-breaker, fixed per replica
+        self._scratch = np.zeros(size)  # pick()'s expected times, without allocating
         self._meter: list[_Meter] = []
 
     # -- membership ----------------------------------------------------------------------------
@@ -105,26 +106,36 @@ class Router:
         self._ids.append(replica_id)
         self._index[replica_id] = n
         self._work[n] = 0.0
-        self._cap[n] = capacity
+        self._set_capacity(n, capacity)
         self._reqs[n] = 0.0
-        self._tie[n] = self._rng.random()
         self._meter.append(_Meter(self._clock()))
+        # Slots are a seeded random order: argmin takes the first of equal expected times, so
+        # ties go by the seed, at no cost per pick.
+        self._swap(n, self._rng.randrange(n + 1))
 
     def remove(self, replica_id: str) -> None:
         """Forget a replica (its late progress/end calls are ignored); unknown ids are ignored."""
-        i = self._index.pop(replica_id, None)
+        i = self._index.get(replica_id)
         if i is None:
             return
-        last = len(self._ids) - 1
-        if i != last:  # move the last replica into the hole so the arrays stay dense
-            moved = self._ids[last]
-            self._ids[i] = moved
-            self._index[moved] = i
-            for arr in (self._work, self._cap, self._reqs, self._tie):
-                arr[i] = arr[last]
-            self._meter[i] = self._meter[last]
+        self._swap(i, len(self._ids) - 1)  # into the last slot, so the arrays stay dense
+        del self._index[replica_id]
         self._ids.pop()
         self._meter.pop()
+
+    def _swap(self, i: int, j: int) -> None:
+        if i == j:
+            return
+        ids = self._ids
+        ids[i], ids[j] = ids[j], ids[i]
+        self._index[ids[i]], self._index[ids[j]] = i, j
+        for arr in (self._work, self._cap, self._inv, self._reqs):
+            arr[i], arr[j] = arr[j], arr[i]
+        self._meter[i], self._meter[j] = self._meter[j], self._meter[i]
+
+    def _set_capacity(self, i: int, capacity: float) -> None:
+        self._cap[i] = capacity
+        self._inv[i] = 1.0 / capacity
 
     def __contains__(self, replica_id: object) -> bool:
         return replica_id in self._index
@@ -157,14 +168,12 @@ class Router:
         return float((self._work[i] + work) / self._cap[i])
 
     def _least_completion_time(self, n: int, work: float, excluded: set[int]) -> int:
-        eta = (self._work[:n] + work) / self._cap[:n]
+        eta = self._scratch[:n]
+        np.add(self._work[:n], work, out=eta)
+        np.multiply(eta, self._inv[:n], out=eta)
         if excluded:
             eta[list(excluded)] = np.inf
-        best = int(eta.argmin())
-        ties = np.flatnonzero(eta == eta[best])
-        if len(ties) > 1:  # equal expected times: the seeded, fixed order decides
-            best = int(ties[self._tie[ties].argmin()])
-        return best
+        return int(eta.argmin())
 
     def _two_choices(self, n: int, excluded: set[int]) -> int:
         if n - len(excluded) == 1:
@@ -253,7 +262,7 @@ class Router:
         sample = meter.tokens / meter.busy
         saturated = meter.load / meter.busy >= self._saturation
         if saturated or sample > self._cap[i]:
-            self._cap[i] += self._alpha * (sample - self._cap[i])
+            self._set_capacity(i, self._cap[i] + self._alpha * (sample - self._cap[i]))
         meter.reset()
 
     # -- reading -------------------------------------------------------------------------------
@@ -276,9 +285,9 @@ class Router:
 
     def _grow(self) -> None:
         size = 2 * len(self._work)
-        for name in ("_work", "_cap", "_reqs", "_tie"):
+        for name in ("_work", "_cap", "_inv", "_reqs", "_scratch"):
             old = getattr(self, name)
-            new = np.ones(size) if name == "_cap" else np.zeros(size)
+            new = np.ones(size) if name in ("_cap", "_inv") else np.zeros(size)
             new[: len(old)] = old
             setattr(self, name, new)
 
