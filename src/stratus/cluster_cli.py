@@ -4,7 +4,7 @@
     stratus serve --no-local-models ...              # the gateway, with the same secret
     stratus worker --model demo=models/demo --port 8101 --gateway http://127.0.0.1:8000
 
-`stratus upstreams add|list|remove` (OpenAI-compatible upstreams) live in cluster/upstream_cli.py.
+`stratus upstreams add|list|remove` (OpenAI-compatible upstreams) live in upstreams_cli.py.
 """
 
 from __future__ import annotations
@@ -158,3 +158,6 @@ def register(main: click.Group, engine_options) -> None:
     for option in reversed(_WORKER_OPTIONS):
         command = option(command)
     main.add_command(click.command(name="worker")(command))
+    from stratus.upstreams_cli import upstreams
+
+    main.add_command(upstreams)

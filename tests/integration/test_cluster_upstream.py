@@ -1,0 +1,197 @@
+"""An OpenAI-compatible upstream behind the gateway: a second `stratus serve` process on loopback.
+
+The upstream serves the tiny checkpoint as "tiny" with an admin key of its own; the gateway (in
+this process, access control on) has no model of its own and gets the upstream registered by an
+admin as model "remote". The official openai client then uses "remote" through the gateway.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from openai import OpenAI
+
+from stratus.cli import main
+from stratus.config import Settings
+from stratus.security.keys import generate
+from tests import issued
+from tests.live_server import LiveServer, ServeProcess
+
+pytestmark = pytest.mark.timeout(240)
+
+CHAT = {
+    "messages": [{"role": "user", "content": "Say something about foxes"}],
+    "max_tokens": 12,
+    "temperature": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def upstream(tiny_checkpoint, tmp_path_factory):
+    key = issued.record(generate().secret)
+    data = issued.data_dir_of(tmp_path_factory.mktemp("upstream-data"))
+    server = ServeProcess(
+        "--model", f"tiny={tiny_checkpoint}", "--data-dir", str(data), env={"STRATUS_ADMIN_KEY": key}
+    )
+    try:
+        server.wait_ready()
+        yield server, key
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, admin_key):
+    from stratus.api import create_app
+    from stratus.api.auth import AuthHooks, build_access
+    from stratus.security.bootstrap import bootstrap
+
+    data = issued.data_dir_of(tmp_path_factory.mktemp("upstream-gw"))
+    settings = Settings(data_dir=str(data))
+    access = build_access(settings)
+    bootstrap(access.store, admin_key)
+    app = create_app(settings, hooks=AuthHooks(access))
+    app.state.stratus.registry.models.clear()  # no local model: "remote" lives upstream only
+    server = LiveServer(app).start()
+    try:
+        yield server, data
+    finally:
+        server.stop()
+
+
+def test_upstream_behind_the_gateway(upstream, gateway, admin_key):
+    up, up_key = upstream
+    gw, data = gateway
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c:
+        # Bad registrations are refused and leave nothing behind.
+        for bad in (
+            "http://admin:pw@127.0.0.1:1/v1",
+            "file:///etc/passwd",
+            "ftp://127.0.0.1/v1",
+            "127.0.0.1:80",
+        ):
+            body = {
+                "name": "bad",
+                "model": "remote",
+                "base_url": bad,
+                "upstream_model": "tiny",
+                "api_key": up_key,
+            }
+            r = c.post("/admin/upstreams", json=body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "base_url", r.text
+        assert c.get("/admin/upstreams").json()["data"] == []
+        body = {
+            "name": "local-stratus",
+            "model": "remote",
+            "base_url": up.url + "/v1",
+            "upstream_model": "tiny",
+        }
+        r = c.post("/admin/upstreams", json={**body, "api_key": up_key})
+        assert r.status_code == 201, r.text
+        assert up_key not in r.text
+        listed = c.get("/admin/upstreams").json()["data"]
+        assert [u["name"] for u in listed] == ["local-stratus"] and up_key not in str(listed)
+        assert c.post("/admin/upstreams", json={**body, "api_key": up_key}).status_code == 409
+
+    direct = OpenAI(base_url=up.url + "/v1", api_key=up_key, max_retries=0)
+    expected = direct.chat.completions.create(model="tiny", **CHAT)
+    client = OpenAI(base_url=gw.url + "/v1", api_key=admin_key, max_retries=0, timeout=60)
+    got = client.chat.completions.create(model="remote", **CHAT)
+    assert got.model == "remote"
+    assert got.choices[0].message.content == expected.choices[0].message.content
+    assert got.usage.completion_tokens == expected.usage.completion_tokens
+
+    # Streaming passes through; the usage chunk comes only when asked for.
+    chunks = list(client.chat.completions.create(model="remote", stream=True, **CHAT))
+    assert (
+        "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        == got.choices[0].message.content
+    )
+    assert all(ch.usage is None for ch in chunks)
+    chunks = list(
+        client.chat.completions.create(
+            model="remote", stream=True, stream_options={"include_usage": True}, **CHAT
+        )
+    )
+    assert chunks[-1].usage.completion_tokens == got.usage.completion_tokens
+
+    # Completions too.
+    text = client.completions.create(model="remote", prompt="The quick brown", max_tokens=5, temperature=0)
+    assert (
+        text.choices[0].text
+        == direct.completions.create(model="tiny", prompt="The quick brown", max_tokens=5, temperature=0)
+        .choices[0]
+        .text
+    )
+
+    # A URL supplied by the client is never used: the request still goes to the registered upstream.
+    sneaky = {
+        "base_url": "http://127.0.0.1:1/v1",
+        "url": "http://127.0.0.1:1",
+        "api_base": "http://127.0.0.1:1",
+    }
+    again = client.chat.completions.create(model="remote", extra_body=sneaky, **CHAT)
+    assert again.choices[0].message.content == expected.choices[0].message.content
+
+    # The gateway charged the upstream's reported usage to the caller.
+    with httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c:
+        usage = c.get("/admin/usage").json()
+    assert "remote" in str(usage)
+
+    # The key is in the store only encrypted.
+    for file in data.rglob("*"):
+        if file.is_file():
+            assert up_key.encode() not in file.read_bytes(), file
+
+    # Removed: the model is gone, and so is its stored key.
+    with httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c:
+        assert c.delete("/admin/upstreams/local-stratus").status_code == 200
+        assert c.delete("/admin/upstreams/local-stratus").status_code == 404
+    r = httpx.post(
+        gw.url + "/v1/chat/completions", json={"model": "remote", **CHAT}, headers=admin, timeout=30
+    )
+    assert r.status_code == 404
+
+
+def test_an_unreachable_upstream_is_a_503_and_the_stream_is_never_started(gateway, admin_key):
+    gw, _ = gateway
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c:
+        body = {
+            "name": "dead",
+            "model": "dead-model",
+            "base_url": "http://127.0.0.1:9/v1",
+            "upstream_model": "x",
+        }
+        assert c.post("/admin/upstreams", json=body).status_code == 201
+        try:
+            for stream in (False, True):
+                r = c.post("/v1/chat/completions", json={"model": "dead-model", "stream": stream, **CHAT})
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "upstream_unavailable"
+        finally:
+            c.delete("/admin/upstreams/dead")
+
+
+def test_upstreams_cli(tmp_path):
+    data = str(issued.data_dir_of(tmp_path))
+    key = issued.record("upstream-key-" + generate().secret)
+    runner = CliRunner()
+    args = ["upstreams", "add", "vllm-a", "--model", "llama", "--base-url", "http://10.0.0.7:8000/v1"]
+    args += ["--upstream-model", "meta-llama/Llama-3.1-8B", "--data-dir", data]
+    r = runner.invoke(main, args, input=key)
+    assert r.exit_code == 0, r.output
+    assert key not in r.output
+    r = runner.invoke(main, ["upstreams", "list", "--data-dir", data])
+    assert "vllm-a" in r.output and key not in r.output
+    r = runner.invoke(main, ["secrets", "rotate", "--data-dir", data])
+    assert r.exit_code == 0 and "1 re-encrypted" in r.output, r.output  # secrets rotate covers it
+    bad = runner.invoke(main, [*args[:6], "http://u:p@10.0.0.7/v1", *args[7:]], input=key)
+    assert bad.exit_code != 0 and "credentials" in bad.output
+    for file in tmp_path.rglob("*"):
+        if file.is_file():
+            assert key.encode() not in file.read_bytes()
+    assert runner.invoke(main, ["upstreams", "remove", "vllm-a", "--data-dir", data]).exit_code == 0
+    assert "vllm-a" not in runner.invoke(main, ["upstreams", "list", "--data-dir", data]).output
