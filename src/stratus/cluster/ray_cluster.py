@@ -130,6 +130,7 @@ class RayCluster:
         self._last_change: dict[str, float] = {}
         self._autoscaler: asyncio.Task | None = None
         self.events: list[dict[str, Any]] = []  # recent scaling decisions, newest last
+        self.started = False  # the initial replicas are placed; scale requests are taken
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: ReplicaRegistry) -> RayCluster:
@@ -185,11 +186,13 @@ class RayCluster:
             log.info("model %s: %d Ray replicas (start)", spec.name, len(self.replicas[spec.name]))
         if failed:
             log.error("%d Ray replica(s) failed to start: %s", len(failed), failed[0])
+        self.started = True
         if any(spec.autoscaled for spec in self.specs.values()):
             self._autoscaler = asyncio.create_task(self._autoscale_loop(), name="stratus-ray-autoscaler")
 
     def check(self, model: str, replicas: Any) -> int:
-        """Validate a scale request; raises ScaleError (404 for an unknown model)."""
+        """Validate a scale request; raises ScaleError (404 for an unknown model, 409 before
+        the initial replicas are placed)."""
         spec = self.specs.get(model)
         if spec is None:
             listed = ", ".join(sorted(self.specs)) or "none"
@@ -198,6 +201,12 @@ class RayCluster:
             )
         if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_REPLICAS:
             raise ScaleError(f"replicas must be an integer between 0 and {MAX_REPLICAS}", "replicas")
+        if not self.started:
+            raise ScaleError(
+                "the Ray replicas are still being placed, or Ray could not be reached (see the "
+                "server log); retry shortly",
+                status=409,
+            )
         if spec.autoscaled:
             assert spec.min_replicas is not None and spec.max_replicas is not None
             if not spec.min_replicas <= replicas <= spec.max_replicas:
@@ -353,8 +362,15 @@ def connect(address: str, namespace: str = "stratus") -> bool:
         return False
     if address == "local":
         ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
-    else:
+        return True
+    try:
         ray.init(address=address, namespace=namespace, log_to_driver=False)
+    except Exception as exc:
+        hint = ""
+        if address != "auto" and not os.environ.get("RAY_AUTH_MODE"):
+            # Ray sends its token (~/.ray/auth_token) to an explicit address only when told to
+            hint = " If the cluster uses token authentication, set RAY_AUTH_MODE=token."
+        raise ConnectionError(f"cannot connect to Ray at {address}: {exc}.{hint}") from exc
     return True
 
 

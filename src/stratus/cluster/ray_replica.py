@@ -144,6 +144,8 @@ class RayReplica:
 
     async def start(self) -> None:
         if self._handle is None:
+            if not ray.is_initialized():  # ray.remote would start a Ray of its own: never silently
+                raise ReplicaError(f"replica {self.id}: this process is not connected to Ray")
             actor_class = ray.remote(EngineActor)
             self._handle = actor_class.options(
                 name=self.id, **actor_options(self.resources, self.max_restarts)

@@ -145,6 +145,9 @@ def test_scale_up_and_down_keeps_the_registry_in_step():
 
 async def _scale_up_and_down() -> None:
     cluster, registry = local_cluster(spec(1), Autoscale())
+    with pytest.raises(ScaleError) as early:  # before the initial replicas are placed
+        await cluster.scale("demo", 2)
+    assert early.value.status == 409 and "demo" not in registry.models
     await cluster.start()
     try:
         replicas = registry.models["demo"].replicas
