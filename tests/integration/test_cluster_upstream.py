@@ -8,6 +8,7 @@ admin as model "remote". The official openai client then uses "remote" through t
 from __future__ import annotations
 
 import httpx
+import orjson
 import pytest
 from click.testing import CliRunner
 from openai import OpenAI
@@ -38,6 +39,8 @@ def upstream(tiny_checkpoint, tmp_path_factory):
         server.wait_ready()
         yield server, key
     finally:
+        server.terminate()  # SIGTERM stops its engine process too; a bare kill -9 would orphan it
+        server.wait(60)
         server.kill()
 
 
@@ -195,3 +198,83 @@ def test_upstreams_cli(tmp_path):
             assert key.encode() not in file.read_bytes()
     assert runner.invoke(main, ["upstreams", "remove", "vllm-a", "--data-dir", data]).exit_code == 0
     assert "vllm-a" not in runner.invoke(main, ["upstreams", "list", "--data-dir", data]).output
+
+
+def test_a_dead_upstream_is_skipped_before_the_first_byte(upstream, gateway, admin_key):
+    up, up_key = upstream
+    gw, _ = gateway
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    live = {
+        "name": "alive",
+        "model": "twin",
+        "base_url": up.url + "/v1",
+        "upstream_model": "tiny",
+        "api_key": up_key,
+    }
+    dead = {"name": "gone", "model": "twin", "base_url": "http://127.0.0.1:9/v1", "upstream_model": "tiny"}
+    with httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c:
+        assert c.post("/admin/upstreams", json=live).status_code == 201
+        assert c.post("/admin/upstreams", json=dead).status_code == 201
+        try:
+            for _ in range(6):  # whichever the router picks first, every request is answered
+                r = c.post("/v1/chat/completions", json={"model": "twin", **CHAT})
+                assert r.status_code == 200, r.text
+        finally:
+            c.delete("/admin/upstreams/alive")
+            c.delete("/admin/upstreams/gone")
+
+
+def test_an_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(gateway, admin_key, tmp_path):
+    from stratus.config import demo_model_path
+
+    demo = demo_model_path()
+    if not (demo / "config.json").is_file():
+        pytest.skip("no demo model: run `make demo-model`")
+    gw, _ = gateway
+    key = issued.record(generate().secret)
+    data = issued.data_dir_of(tmp_path)
+    # One process (engine in a thread), so kill -9 takes all of it down, as a lost machine would.
+    fragile = ServeProcess(
+        "--model",
+        f"demo={demo}",
+        "--data-dir",
+        str(data),
+        "--engine-isolation",
+        "thread",
+        env={"STRATUS_ADMIN_KEY": key},
+    )
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    try:
+        fragile.wait_ready()
+        body = {
+            "name": "fragile",
+            "model": "fragile",
+            "base_url": fragile.url + "/v1",
+            "upstream_model": "demo",
+        }
+        with httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c:
+            assert c.post("/admin/upstreams", json={**body, "api_key": key}).status_code == 201
+            request = {
+                "model": "fragile",
+                "stream": True,
+                "max_tokens": 900,
+                "temperature": 0,
+                "ignore_eos": True,
+            }
+            request["messages"] = CHAT["messages"]
+            events = []
+            with c.stream("POST", "/v1/chat/completions", json=request) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[6:])
+                        if len(events) == 3:
+                            fragile.proc.kill()  # kill -9 mid-stream
+            assert events[-1] == "[DONE]"
+            error = orjson.loads(events[-2])["error"]
+            assert error["code"] == "upstream_failed_midstream"
+            assert "cannot be resumed" in error["message"]
+            assert len(events) < 900  # it really was cut short
+            c.delete("/admin/upstreams/fragile")
+    finally:
+        fragile.kill()
