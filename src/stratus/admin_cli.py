@@ -7,6 +7,9 @@
     stratus keys create ci --user alice --team ml --expires-in 30d    # secret on the last line
     stratus keys rotate key_0123456789abcdef --grace 1h
     stratus keys revoke key_0123456789abcdef
+    stratus keys create ci --user alice --rpm 60 --tpm 10000 --budget-usd 20    # with limits
+    stratus keys limits key_0123456789abcdef --model demo --concurrency 2
+    stratus teams limits ml --tokens-per-day 2000000                          # or --clear
 
 The key is read from STRATUS_API_KEY only (a flag would show it in `ps`); the server from --url
 or STRATUS_URL. A secret the server returns is printed on the last line of stdout, alone, so
@@ -25,6 +28,8 @@ from urllib.parse import quote
 
 import click
 import httpx
+
+from stratus.limit_flags import checked_rule, describe, given, limit_flags
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -107,7 +112,7 @@ def _key_lines(k: dict) -> list[str]:
         f"roles:    {', '.join(k['roles']) if k['roles'] else '(all of the owner)'}",
         f"models:   {', '.join(k['models']) if k['models'] else '(all of the owner)'}",
         f"status:   {k['status']}  expires: {_when(k['expires_at'])}  last used: {_when(k['last_used_at'])}",
-    ]
+    ] + ([f"limits:   {describe(k['limits'])}"] if k.get("limits") else [])
 
 
 def _user_lines(u: dict) -> list[str]:
@@ -122,7 +127,8 @@ def _user_lines(u: dict) -> list[str]:
 
 def _team_lines(t: dict) -> list[str]:
     members = ", ".join(f"{m['user']} ({m['role']})" for m in t["members"]) or "-"
-    return [f"{t['name']}", f"  members: {members}", f"  models: {', '.join(t['models']) or '-'}"]
+    lines = [f"{t['name']}", f"  members: {members}", f"  models: {', '.join(t['models']) or '-'}"]
+    return lines + ([f"  limits: {describe(t['limits'])}"] if t.get("limits") else [])
 
 
 def _secret_last(data: dict, as_json: bool) -> None:
@@ -149,9 +155,13 @@ def keys() -> None:
 @click.option("--role", "roles", multiple=True, help="Narrow the owner's roles (repeatable).")
 @click.option("--model", "models", multiple=True, help="Narrow the owner's models (repeatable).")
 @click.option("--expires-in", default=None, help="Lifetime, e.g. 30d, 12h. [default: never expires]")
+@limit_flags
 @_connection
-def keys_create(name, user, team, roles, models, expires_in, url, cacert, as_json) -> None:
-    """Create a key. Its secret is printed once, on the last line of stdout."""
+def keys_create(name, user, team, roles, models, expires_in, url, cacert, as_json, **limits) -> None:
+    """Create a key. Its secret is printed once, on the last line of stdout.
+
+    Limit flags (--rpm, --tpm, ...) set the key's limits on every model (`stratus keys limits`
+    sets them per model); bad values are refused before the key is created."""
     body: dict[str, Any] = {"name": name, "user": user, "team": team}
     if roles:
         body["roles"] = list(roles)
@@ -159,7 +169,23 @@ def keys_create(name, user, team, roles, models, expires_in, url, cacert, as_jso
         body["models"] = list(models)
     if expires_in:
         body["expires_in"] = parse_duration(expires_in)
-    _secret_last(Client(url, cacert).call("POST", "/admin/keys", body), as_json)
+    if given(limits):
+        checked_rule("key", "key_new", None, limits)  # refuse bad limits before creating the key
+    client = Client(url, cacert)
+    made = client.call("POST", "/admin/keys", body)
+    if given(limits):
+        key_id = made["key"]["id"]
+        try:
+            rule = client.call("PUT", "/admin/limits", checked_rule("key", key_id, None, limits))
+        except click.ClickException as exc:  # no key without the limits asked for
+            try:
+                client.call("POST", f"/admin/keys/{quote(key_id, safe='')}/revoke")
+                then = f"key {key_id} was revoked again"
+            except click.ClickException as failed:
+                then = f"key {key_id} was created without them and could not be revoked: {failed.message}"
+            raise click.ClickException(f"{exc.message} ({then})") from None
+        made["key"]["limits"] = rule
+    _secret_last(made, as_json)
 
 
 @keys.command("list")
@@ -211,6 +237,17 @@ def keys_revoke(key_id, url, cacert, as_json) -> None:
     """Revoke a key: refused at once here, by every gateway within the cache TTL."""
     data = Client(url, cacert).call("POST", f"/admin/keys/{quote(key_id, safe='')}/revoke")
     _show(data, as_json, _key_lines)
+
+
+@keys.command("limits")
+@click.argument("key_id")
+@click.option("--model", default=None, help="Only requests for this model. [default: every model]")
+@limit_flags
+@click.option("--clear", is_flag=True, help="Remove the key's limits (on --model).")
+@_connection
+def keys_limits(key_id, model, clear, url, cacert, as_json, **limits) -> None:
+    """Show a key's limits, set them (replacing those on the same --model), or --clear them."""
+    _limits_command("key", key_id, model, clear, limits, Client(url, cacert), as_json)
 
 
 @keys.command("generate")
@@ -325,10 +362,22 @@ def teams() -> None:
 
 @teams.command("create")
 @click.argument("name")
+@limit_flags
 @_connection
-def teams_create(name, url, cacert, as_json) -> None:
-    """Create a team."""
-    _show(Client(url, cacert).call("POST", "/admin/teams", {"name": name}), as_json, _team_lines)
+def teams_create(name, url, cacert, as_json, **limits) -> None:
+    """Create a team; limit flags (--rpm, --tpm, ...) set its limits on every model."""
+    if given(limits):
+        checked_rule("team", name, None, limits)  # refuse bad limits before creating the team
+    client = Client(url, cacert)
+    team = client.call("POST", "/admin/teams", {"name": name})
+    if given(limits):
+        try:
+            team["limits"] = client.call("PUT", "/admin/limits", checked_rule("team", name, None, limits))
+        except click.ClickException as exc:
+            raise click.ClickException(
+                f"team {name} was created, but its limits were not set: {exc.message}"
+            ) from None
+    _show(team, as_json, _team_lines)
 
 
 @teams.command("list")
@@ -386,6 +435,37 @@ def teams_ungrant(team, model, url, cacert, as_json) -> None:
     """Withdraw a model from a team."""
     path = f"/admin/teams/{quote(team, safe='')}/models/{quote(model, safe='/')}"
     _show(Client(url, cacert).call("DELETE", path), as_json, _team_lines)
+
+
+@teams.command("limits")
+@click.argument("team")
+@click.option("--model", default=None, help="Only requests for this model. [default: every model]")
+@limit_flags
+@click.option("--clear", is_flag=True, help="Remove the team's limits (on --model).")
+@_connection
+def teams_limits(team, model, clear, url, cacert, as_json, **limits) -> None:
+    """Show a team's limits, set them (replacing those on the same --model), or --clear them."""
+    _limits_command("team", team, model, clear, limits, Client(url, cacert), as_json)
+
+
+# -- limits of keys and teams (the rules behind /admin/limits, security/limits.py) -----------------
+
+
+def _limits_command(scope, subject, model, clear, limits, client: Client, as_json: bool) -> None:
+    if clear and given(limits):
+        raise click.UsageError("give either --clear or limit values, not both")
+    if clear:
+        params = {"scope": scope, "subject": subject, **({"model": model} if model else {})}
+        client.call("DELETE", "/admin/limits", params=params)
+        click.echo(f"cleared: {scope} {subject} on " + (f"model {model}" if model else "every model"))
+    elif given(limits):
+        rule = client.call("PUT", "/admin/limits", checked_rule(scope, subject, model, limits))
+        _show(rule, as_json, lambda r: [describe(r)])
+    else:
+        rules = client.call("GET", "/admin/limits")["data"]
+        mine = [r for r in rules if r["scope"] == scope and r["subject"] == subject]
+        mine = [r for r in mine if model is None or r.get("model") == model]
+        _show(mine, as_json, lambda rows: [describe(r) for r in rows] or [f"no limits for {scope} {subject}"])
 
 
 def register(main: click.Group) -> None:

@@ -21,6 +21,7 @@ import click
 import httpx
 
 from stratus.admin_cli import DEFAULT_URL
+from stratus.limit_flags import given, limit_flags
 
 
 def limit_options(func):
@@ -121,29 +122,12 @@ def limits() -> None:
 @click.argument("scope", type=click.Choice(["key", "user", "team", "model"]))
 @click.argument("subject")
 @click.option("--model", default=None, help="Only requests for this model.")
-@click.option("--rpm", type=int, default=None, help="Requests per minute.")
-@click.option("--tpm", type=int, default=None, help="Tokens (prompt + completion) per minute.")
-@click.option("--concurrent", type=int, default=None, help="Requests in flight at once.")
-@click.option("--tokens-per-day", type=int, default=None)
-@click.option("--tokens-per-month", type=int, default=None)
-@click.option("--budget-usd", "budget", type=float, default=None, help="Spend per calendar month (UTC).")
+@limit_flags
 @_url
 @_cacert
-def set_limit(
-    scope, subject, model, rpm, tpm, concurrent, tokens_per_day, tokens_per_month, budget, url, cacert
-):
+def set_limit(scope, subject, model, url, cacert, **limits):
     """Set (replacing) the limits of SCOPE SUBJECT, e.g. `stratus limits set team ml --rpm 60`."""
-    body = {
-        "scope": scope,
-        "subject": subject,
-        "model": model,
-        "rpm": rpm,
-        "tpm": tpm,
-        "concurrent": concurrent,
-        "tokens_per_day": tokens_per_day,
-        "tokens_per_month": tokens_per_month,
-        "budget_usd_per_month": budget,
-    }
+    body = {"scope": scope, "subject": subject, "model": model, **given(limits)}
     r = _request(url, cacert, "PUT", "/admin/limits", json={k: v for k, v in body.items() if v is not None})
     click.echo(json.dumps(r.json()))
 

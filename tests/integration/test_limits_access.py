@@ -83,3 +83,103 @@ def test_stratus_usage_and_limits_commands(base_url, admin_key):
     assert csv_out.output.splitlines()[0].startswith("model,requests,refused,prompt_tokens")
     table = runner.invoke(main, ["usage", "--by", "user,day"], env=env)
     assert table.exit_code == 0 and table.output.split()[:3] == ["user", "day", "requests"]
+
+
+def test_keys_and_teams_commands_set_limits(http, base_url, admin_key):
+    """`stratus keys|teams` limit options: set on create or later, per model, shown, cleared,
+    enforced; bad values refused before anything is created; a key whose limits the caller may
+    not set is revoked again."""
+    from click.testing import CliRunner
+
+    from stratus.cli import main
+
+    s = uuid.uuid4().hex[:6]
+    team, bad_team, owner, lead = f"lt-{s}", f"lt-bad-{s}", f"lo-{s}", f"ll-{s}"
+    runner = CliRunner()
+
+    def run(*args, key=admin_key):
+        return runner.invoke(main, list(args), env={"STRATUS_API_KEY": key, "STRATUS_URL": base_url})
+
+    def rules(scope, subject):
+        return [
+            r
+            for r in _ok(http.get("/admin/limits"))["data"]
+            if (r["scope"], r["subject"]) == (scope, subject)
+        ]
+
+    made = run("teams", "create", team, "--tpm", "100000", "--daily-tokens", "900000", "--budget-usd", "7.5")
+    assert made.exit_code == 0, made.output
+    assert rules("team", team) == [
+        {"scope": "team", "subject": team, "model": None, "tpm": 100000, "tokens_per_day": 900000,
+         "budget_usd_per_month": 7.5}
+    ]  # fmt: skip
+    _ok(http.put(f"/admin/teams/{team}/models/{TINY_MODEL}"))
+    _ok(http.post("/admin/users", json={"name": owner, "team": team}))
+
+    made = run("keys", "create", "limited", "--user", owner, "--team", team, "--rpm", "60", "--tpm", "10000",
+               "--concurrency", "4", "--daily-tokens", "50000", "--monthly-tokens", "900000",
+               "--budget-usd", "2.5")  # fmt: skip
+    assert made.exit_code == 0, made.output
+    secret = made.output.splitlines()[-1]
+    key_id = next(line.split()[1] for line in made.output.splitlines() if line.startswith("id:"))
+    assert "limits:   key " in made.output
+    assert rules("key", key_id) == [
+        {"scope": "key", "subject": key_id, "model": None, "rpm": 60, "tpm": 10000, "concurrent": 4,
+         "tokens_per_day": 50000, "tokens_per_month": 900000, "budget_usd_per_month": 2.5}
+    ]  # fmt: skip
+
+    # per model, then enforced on that key: the second request in the minute is a 429
+    assert run("keys", "limits", key_id, "--model", TINY_MODEL, "--rpm", "1").exit_code == 0
+    shown = run("keys", "limits", key_id)
+    assert shown.exit_code == 0 and f"on model {TINY_MODEL}: rpm=1" in shown.output
+    assert "on every model: rpm=60, tpm=10000" in shown.output
+    with httpx.Client(base_url=base_url, timeout=60, headers={"Authorization": f"Bearer {secret}"}) as c:
+        body = {"model": TINY_MODEL, "prompt": "hello", "max_tokens": 2}
+        assert c.post("/v1/completions", json=body).status_code == 200
+        second = c.post("/v1/completions", json=body)
+    assert second.status_code == 429
+    assert (
+        f"requests per minute for key '{key_id}' on model '{TINY_MODEL}' is 1"
+        in second.json()["error"]["message"]
+    )
+    assert run("keys", "limits", key_id, "--model", TINY_MODEL, "--clear").exit_code == 0
+    assert [r.get("model") for r in rules("key", key_id)] == [None]
+    assert run("teams", "limits", team, "--model", TINY_MODEL, "--concurrent", "3").exit_code == 0
+    assert {r.get("model"): r.get("concurrent") for r in rules("team", team)} == {None: None, TINY_MODEL: 3}
+    assert run("teams", "limits", team, "--clear").exit_code == 0
+    assert [r.get("model") for r in rules("team", team)] == [TINY_MODEL]
+
+    # bad values: refused naming the flag, nothing created or changed
+    keys_before = _ok(http.get("/admin/keys", params={"user": owner}))["data"]
+    for flags, flag in ((["--rpm", "-5"], "--rpm"), (["--tpm", str(10**13)], "--tpm"),
+                        (["--budget-usd", "nan"], "--budget-usd"), (["--concurrency", "-1"], "--concurrent")):  # fmt: skip
+        refused = run("keys", "create", "bad", "--user", owner, *flags)
+        assert refused.exit_code == 2 and flag in refused.output, refused.output
+    assert _ok(http.get("/admin/keys", params={"user": owner}))["data"] == keys_before
+    refused = run("teams", "create", bad_team, "--daily-tokens", "-1")
+    assert refused.exit_code == 2 and "--tokens-per-day" in refused.output
+    assert http.get(f"/admin/teams/{bad_team}").status_code == 404
+    refused = run("teams", "limits", team, "--rpm", "-1")
+    assert refused.exit_code == 2 and [r.get("model") for r in rules("team", team)] == [TINY_MODEL]
+    assert run("keys", "limits", key_id, "--rpm", "5", "--clear").exit_code == 2
+
+    # a team admin may create keys but not set key limits (admins only): the new key is revoked
+    _ok(http.post("/admin/users", json={"name": lead, "team": team, "team_role": "team_admin"}))
+    lead_key = _ok(http.post("/admin/keys", json={"name": "k", "user": lead, "team": team}))["secret"]
+    refused = run(
+        "keys",
+        "create",
+        "lead-limited",
+        "--user",
+        lead,
+        "--team",
+        team,
+        "--rpm",
+        "5",
+        key=issued.record(lead_key),
+    )
+    assert refused.exit_code == 1 and "403" in refused.output and "revoked again" in refused.output
+    made_by_lead = [
+        k for k in _ok(http.get("/admin/keys", params={"user": lead}))["data"] if k["name"] == "lead-limited"
+    ]
+    assert [k["status"] for k in made_by_lead] == ["revoked"]
