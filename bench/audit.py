@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/audit.py [--records 2000] [--requests 600] [--pg postgresql://postgres@127.0.0.1:5432/test]
 
-0. The floor: appending ~300 bytes to a plain file and fdatasync'ing it, in the same directory
-   (what any durable, fail-closed record must wait for at least once per response).
+0. The floor: writing ~300 bytes to a plain file and fdatasync'ing it, in the same directory
+   (what any durable, fail-closed record must wait for at least once per response): appended
+   (the file grows, so the filesystem journals its size too) and overwritten in place (as
+   SQLite reuses its WAL after a checkpoint).
 1. AuditLog.append in a loop (one transaction per record, as the gateway writes them): SQLite
    in WAL mode with synchronous=FULL (every commit reaches the disk), and PostgreSQL (default
    synchronous_commit=on) in a scratch database that is dropped afterwards.
 2. A real gateway (uvicorn on a loopback port, access control on) answering GET /v1/models to
    one sequential client: per-request latency with the audit record written, and with the
-   record step turned off, on the same server, interleaved in rounds.
+   record step turned off, on the same server, interleaved in rounds. Then the same with the
+   data directory on /dev/shm (tmpfs: fsync is free), which leaves the CPU cost of auditing.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from stratus.security.bootstrap import bootstrap
 from stratus.security.keys import generate
 from stratus.store import Store, database_url
 
+TMPFS = "/dev/shm"
+
 
 def event(i: int) -> AuditEvent:
     return AuditEvent(
@@ -61,29 +66,37 @@ def appends(store: Store, n: int) -> dict:
     log = AuditLog(store, secrets.token_bytes(32))
     log.append(event(-1))  # warm: creates the head row
     times = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(n):
         t = time.perf_counter()
         log.append(event(i))
         times.append(time.perf_counter() - t)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "records": n,
         "records_per_s": round(n / total, 1),
         "p50_ms": round(statistics.median(times) * 1000, 3),
         "p99_ms": round(sorted(times)[int(n * 0.99) - 1] * 1000, 3),
+        "cpu_ms_per_record": round(cpu / n * 1000, 3),
     }
 
 
-def fdatasyncs(directory: str, n: int) -> dict:
-    """Append one record-sized line and fdatasync, n times: the disk's own durable-write latency."""
+def fdatasyncs(directory: str, n: int, append: bool) -> dict:
+    """Write one record-sized line and fdatasync, n times: the disk's own durable-write latency."""
     line = b"x" * 300 + b"\n"
-    fd = os.open(Path(directory) / "fsync-probe", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    path = Path(directory) / f"fsync-probe-{'append' if append else 'overwrite'}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0), 0o600)
+    if not append:  # the blocks exist and are on disk before the timed writes
+        os.write(fd, line * n)
+        os.fsync(fd)
     times = []
     try:
-        for _ in range(n):
+        for i in range(n):
             t = time.perf_counter()
-            os.write(fd, line)
+            if append:
+                os.write(fd, line)
+            else:
+                os.pwrite(fd, line, i * len(line))
             os.fdatasync(fd)
             times.append(time.perf_counter() - t)
     finally:
@@ -130,8 +143,8 @@ def concurrent(base_url, key: str, clients: int, each: int) -> list[float]:
     return times
 
 
-def gateway(requests: int, rounds: int = 6) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
+def gateway(requests: int, rounds: int = 6, where: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory(dir=where) as tmp:
         settings = Settings(data_dir=tmp, models={"none": str(Path(tmp) / "no-model")}, lockout_failures=0)
         access = build_access(settings)
         key = generate().secret
@@ -147,6 +160,7 @@ def gateway(requests: int, rounds: int = 6) -> dict:
         recorder = app.state.stratus.hooks.audit
         samples: dict[str, list[float]] = {"on": [], "off": []}
         walls: dict[str, float] = {}
+        cpu = {"on": 0.0, "off": 0.0}  # CPU seconds of this process (client, server, writer)
         try:
             with httpx.Client(
                 base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
@@ -161,11 +175,13 @@ def gateway(requests: int, rounds: int = 6) -> dict:
                 for _ in range(rounds):
                     for mode in ("on", "off"):
                         hooks.audit = recorder if mode == "on" else None
+                        c0 = time.process_time()
                         for _ in range(requests // rounds):
                             t = time.perf_counter()
                             r = c.get("/v1/models")
                             samples[mode].append(time.perf_counter() - t)
                             assert r.status_code == 200, r.text
+                        cpu[mode] += time.process_time() - c0
                 for mode in ("on", "off"):  # 16 clients at once: group commit shares the fsyncs
                     hooks.audit = recorder if mode == "on" else None
                     t0 = time.perf_counter()
@@ -183,7 +199,12 @@ def gateway(requests: int, rounds: int = 6) -> dict:
                 "p50_ms": round(statistics.median(times) * 1000, 3),
                 "requests_per_s": round(len(times) / wall, 1),
             }
+        for mode in ("on", "off"):
+            out[mode]["cpu_ms_per_request"] = round(cpu[mode] / len(samples[mode]) * 1000, 3)
         out["audit_cost_p50_ms"] = round(out["on"]["p50_ms"] - out["off"]["p50_ms"], 3)
+        out["audit_cpu_ms_per_request"] = round(
+            out["on"]["cpu_ms_per_request"] - out["off"]["cpu_ms_per_request"], 3
+        )
         return out
 
 
@@ -199,10 +220,16 @@ def main() -> None:
     }
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
-        result["fdatasync_alone"] = fdatasyncs(tmp, args.records)
+        result["fdatasync_append"] = fdatasyncs(tmp, args.records, append=True)
+        result["fdatasync_overwrite"] = fdatasyncs(tmp, args.records, append=False)
         store = Store.open(database_url(tmp))
         result["sqlite_wal_sync_full"] = appends(store, args.records)
         store.close()
+    if Path(TMPFS).is_dir():  # the same appends where fsync is free: what the CPU costs
+        with tempfile.TemporaryDirectory(dir=TMPFS) as tmp:
+            store = Store.open(database_url(tmp))
+            result["sqlite_on_tmpfs"] = appends(store, args.records)
+            store.close()
     if args.pg:
         try:
             with pg_scratch(args.pg) as url:
@@ -212,6 +239,11 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - report, do not fail the other numbers
             result["postgresql"] = f"skipped: {type(exc).__name__}: {exc}"
     result["gateway_get_models"] = gateway(args.requests)
+    if Path(TMPFS).is_dir():  # the same on memory, where fsync costs nothing: the CPU part alone
+        result["gateway_get_models_tmpfs"] = gateway(args.requests, where=TMPFS)
+        disk = result["gateway_get_models"]["audit_cost_p50_ms"]
+        memory = result["gateway_get_models_tmpfs"]["audit_cost_p50_ms"]
+        result["audit_cost_disk_over_tmpfs"] = round(disk / memory, 2) if memory > 0 else None
     print(json.dumps(result, indent=2))
 
 

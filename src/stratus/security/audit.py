@@ -83,6 +83,23 @@ def head_sig(key: bytes, seq: int, mac: str) -> str:
     return hmac.new(key, f"head|{seq}|{mac}".encode(), hashlib.sha256).hexdigest()
 
 
+# Built once: constructing a statement per append cost more CPU than the rest of an append
+# (SQLAlchemy coerces every clause anew); these are reused with bound parameters.
+_LOCK_HEAD = (  # a no-op update that takes the write lock and returns the head it locked
+    audit_head.update()
+    .where(audit_head.c.id == 1)
+    .values(seq=audit_head.c.seq)
+    .returning(audit_head.c.seq, audit_head.c.mac)
+)
+_INSERT_EVENTS = audit_events.insert()
+_INSERT_CONTENT = audit_content.insert()
+_MOVE_HEAD = (
+    audit_head.update()
+    .where(audit_head.c.id == 1)
+    .values(seq=sa.bindparam("new_seq"), mac=sa.bindparam("new_mac"), sig=sa.bindparam("new_sig"))
+)
+
+
 def detail(**facts) -> str:
     return json.dumps(facts, sort_keys=True, separators=(",", ":"))
 
@@ -111,7 +128,7 @@ class AuditLog:
             seq, prev_mac = self._lock_head(conn)
             rows, texts = [], []
             for i, event in enumerate(events):
-                values = asdict(event)
+                values = {name: getattr(event, name) for name in EVENT_FIELDS}  # all scalars: no deepcopy
                 seq += 1
                 mac = record_mac(self.key, values, seq, prev_mac)
                 rows.append({**values, "seq": seq, "prev_mac": prev_mac, "mac": mac})
@@ -119,26 +136,24 @@ class AuditLog:
                 prev_mac = mac
                 if contents is not None and contents[i] is not None:
                     texts.append(_content_row(ring, event, seq, contents[i]))
-            conn.execute(audit_events.insert(), rows)
+            conn.execute(_INSERT_EVENTS, rows)
             if texts:
-                conn.execute(audit_content.insert(), texts)
+                conn.execute(_INSERT_CONTENT, texts)
             conn.execute(
-                audit_head.update()
-                .where(audit_head.c.id == 1)
-                .values(seq=seq, mac=prev_mac, sig=head_sig(self.key, seq, prev_mac))
+                _MOVE_HEAD,
+                {"new_seq": seq, "new_mac": prev_mac, "new_sig": head_sig(self.key, seq, prev_mac)},
             )
         return out
 
     def _lock_head(self, conn: sa.Connection) -> tuple[int, str]:
-        # A no-op update takes the write lock before the head is read (SQLite: the database
-        # lock; PostgreSQL: the row lock), so two processes never extend the chain from one head.
-        lock = audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq)
-        if not conn.execute(lock).rowcount:  # the first record ever: create the head, once
+        # A no-op update takes the write lock as it reads the head (SQLite: the database lock;
+        # PostgreSQL: the row lock), so two processes never extend the chain from one head.
+        row = conn.execute(_LOCK_HEAD).first()
+        if row is None:  # the first record ever: create the head, once
             genesis = {"id": 1, "seq": 0, "mac": GENESIS, "sig": head_sig(self.key, 0, GENESIS)}
             insert = _dialect_insert(conn.dialect.name)
             conn.execute(insert(audit_head).values(**genesis).on_conflict_do_nothing())
-            conn.execute(lock)
-        row = conn.execute(sa.select(audit_head.c.seq, audit_head.c.mac)).one()
+            row = conn.execute(_LOCK_HEAD).one()
         return row.seq, row.mac
 
     def head(self) -> tuple[int, str, str] | None:
