@@ -95,6 +95,7 @@ def test_registration_needs_the_cluster_secret(cluster):
 def test_kill_9_mid_stream_migrates_with_the_exact_greedy_text(cluster, admin_key):
     gateway, registry, workers, _ = cluster
     client = OpenAI(base_url=gateway.url + "/v1", api_key=admin_key, max_retries=0, timeout=120)
+    admin = {"Authorization": f"Bearer {admin_key}"}
     request = {
         "model": "demo",
         "messages": [{"role": "user", "content": PROMPT}],
@@ -126,6 +127,15 @@ def test_kill_9_mid_stream_migrates_with_the_exact_greedy_text(cluster, admin_ke
     assert "".join(parts) == expected  # no token lost or repeated
     assert replicas.migrations == migrations + 1
     assert usage is not None and usage.completion_tokens == 400
+
+    # The audit record of that request says it moved, from which worker, after how many tokens.
+    def migrated() -> list[dict]:
+        r = httpx.get(gateway.url + "/admin/audit", params={"model": "demo"}, headers=admin, timeout=30)
+        return [rec for rec in r.json()["data"] if "migrate" in str(rec.get("detail"))]
+
+    _wait(lambda: migrated(), "the audit record of the migrated stream", 30)
+    record = migrated()[0]
+    assert killed.id in str(record["detail"]) and record["outcome"] == "ok"
     # The dead worker stops heartbeating and is removed; the other one keeps serving.
     _wait(lambda: killed.id not in replicas.entries, "the killed worker removed", 30)
     survivor = next(w for w in workers if w is not killed)
