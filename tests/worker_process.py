@@ -23,7 +23,9 @@ from tests import issued
 
 
 class WorkerProcess:
-    def __init__(self, model: str, path: str, secret: str, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self, model: str, path: str, secret: str, *args: str, env: dict[str, str] | None = None, verify=True
+    ):
         cmd = [
             sys.executable,
             "-m",
@@ -37,6 +39,7 @@ class WorkerProcess:
         ]
         self.secret = secret
         self.auth = {"Authorization": f"Bearer {secret}"}
+        self.verify = verify  # how health() checks an https worker (an ssl context for mTLS)
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -58,7 +61,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in list(self.lines):
-                m = re.search(r"stratus worker (\S+) listening on (http://127\.0\.0\.1:\d+)", line)
+                m = re.search(r"stratus worker (\S+) listening on (https?://127\.0\.0\.1:\d+)", line)
                 if m:
                     return m.group(2), m.group(1)
             if self.proc.poll() is not None:
@@ -71,7 +74,7 @@ class WorkerProcess:
         return "\n".join(self.lines)
 
     def health(self) -> httpx.Response:
-        return httpx.get(self.url + "/internal/v1/health", headers=self.auth, timeout=5)
+        return httpx.get(self.url + "/internal/v1/health", headers=self.auth, timeout=5, verify=self.verify)
 
     def wait_serving(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

@@ -151,3 +151,47 @@ def test_worker_refuses_plain_http_off_loopback(secret):
     )
     assert out.returncode != 0
     assert "refusing plain HTTP" in out.stderr
+
+
+def test_mutual_tls_between_gateway_and_worker(secret, tmp_path):
+    from stratus.cluster.worker_replica import client_tls
+    from stratus.security.tls import issue
+
+    ca = issue("stratus test CA", [], is_ca=True)
+    files = {"ca.pem": ca[0]}
+    files["worker.pem"], files["worker.key"] = issue("worker", ["127.0.0.1"], ca=ca)
+    files["gateway.pem"], files["gateway.key"] = issue("gateway", [], ca=ca, client=True)
+    files["stranger.pem"], files["stranger.key"] = issue("stranger", [])  # not signed by the CA
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    p = {name: str(tmp_path / name) for name in files}
+    mtls = client_tls(p["ca.pem"], p["gateway.pem"], p["gateway.key"])
+    tls_args = ("--tls-cert", p["worker.pem"], "--tls-key", p["worker.key"], "--tls-client-ca", p["ca.pem"])
+    with WorkerProcess("demo", str(DEMO), secret, *THREAD, *tls_args, verify=mtls) as w:
+        assert w.url.startswith("https://")
+        w.wait_serving()
+
+        async def run():
+            good = WorkerReplica(w.id, "demo", w.url, secret.encode(), verify=mtls)
+            await good.start()
+            params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+            deltas = [
+                d async for d in good.generate(GenerateRequest(prompt="Once upon a time", params=params))
+            ]
+            assert deltas[-1].finish_reason == "length"
+            await good.shutdown()
+            # Without a client certificate, or with one the CA did not sign, the handshake fails.
+            for verify in (
+                client_tls(p["ca.pem"]),
+                client_tls(p["ca.pem"], p["stranger.pem"], p["stranger.key"]),
+            ):
+                bad = WorkerReplica(w.id, "demo", w.url, secret.encode(), verify=verify)
+                with pytest.raises(ReplicaError):
+                    await bad.start()
+                await bad.shutdown()
+            plain = WorkerReplica(w.id, "demo", w.url.replace("https://", "http://"), secret.encode())
+            with pytest.raises(ReplicaError):
+                await plain.start()
+            await plain.shutdown()
+
+        asyncio.run(run())
