@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -163,10 +164,18 @@ def test_streamed_aborted_and_failed_requests_are_charged_what_was_delivered(ser
         # a failure after two tokens: charged the two tokens, not the worst case
         failed = c.post("/v1/completions", json={**body(max_tokens=50), "model": BROKEN}, headers=h)
         assert failed.status_code == 500
+        # a stream that fails after two tokens: charged exactly the tokens the client received
+        # (counted by their logprobs: a chunk may carry no text, or two tokens' text)
+        broken = {**body(stream=True, max_tokens=50, logprobs=0), "model": BROKEN}
+        with c.stream("POST", "/v1/completions", json=broken, headers=h) as r:
+            events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        received = sum(len(e["choices"][0]["logprobs"]["tokens"]) for e in events if e.get("choices"))
+        assert received == 2 and "error" in events[-1]
     set_rule(server, scope="user", subject="streamer", tpm=10**6, tokens_per_day=10**6, concurrent=5)
     recorded = rows(server, "streamer")
-    assert len(recorded) == 3 and recorded[2]["status"] == "error"
+    assert len(recorded) == 4 and recorded[2]["status"] == recorded[3]["status"] == "error"
     assert recorded[2]["completion_tokens"] == 2
+    assert recorded[3]["completion_tokens"] == received
     total = sum(r["prompt_tokens"] + r["completion_tokens"] for r in recorded)
     assert counter_value(server, "streamer", "tokens_per_day") == total
     assert counter_value(server, "streamer", "concurrent") == 0
@@ -211,6 +220,18 @@ def test_429_headers_and_body_through_the_openai_client(server, monkeypatch):
         retrying.completions.create(**sdk_body)
     assert len(slept) == 2
     assert all(abs(s - int(retry_after)) <= 1 for s in slept)
+
+    # a spent monthly quota says x-should-retry: false, and the client does not retry at all
+    set_rule(
+        server, scope="user", subject="sdk-quota", tokens_per_month=1
+    )  # resets > 60 s away (but in a month's last minute)
+    slept.clear()
+    quota_client = retrying.with_options(default_headers={"x-user": "sdk-quota"})
+    with pytest.raises(openai.RateLimitError) as err:
+        quota_client.completions.create(**sdk_body)
+    assert err.value.code == "insufficient_quota" and slept == []
+    assert err.value.response.headers["x-should-retry"] == "false"
+    assert "send fewer tokens" in err.value.message  # this request alone exceeds the quota
 
 
 def test_bad_limits_are_400_and_usage_is_aggregated(server):

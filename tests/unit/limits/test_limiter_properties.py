@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stratus.security.limiter_memory import MemoryLimiter
 from stratus.security.limits import Item, LimitRule
-from tests.redis_server import delete_prefix, redis_url_or_skip, unique_prefix
+from tests.redis_server import RedisServers, delete_prefix, started_redis, unique_prefix
 
+pytestmark = pytest.mark.timeout(180)
 RULE = LimitRule("team", "t", rpm=1)
 KEYS = ["a", "b", "c"]
 LIMITS = {"a": 10, "b": 25, "c": 3}
@@ -64,16 +66,28 @@ def test_memory_limiter_stays_within_bounds(sequence):
     asyncio.run(run(MemoryLimiter(), "", sequence))
 
 
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def redis_url(request, tmp_path_factory):
+    """A Redis the tests start (one server, or a three-node cluster); without the binary, the
+    shared one for the single-server case."""
+    workdir = tmp_path_factory.mktemp(request.param)
+    if request.param == "redis":
+        with started_redis(workdir) as url:
+            yield url
+    else:
+        with RedisServers(workdir, count=3, cluster=True) as servers:
+            yield servers.url
+
+
 @given(ops)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_redis_limiter_stays_within_bounds(sequence):
-    url = redis_url_or_skip()
+def test_redis_limiter_stays_within_bounds(redis_url, sequence):
     from stratus.security.limiter_redis import RedisLimiter
 
-    prefix = unique_prefix()
+    prefix = "{" + unique_prefix() + "}:"  # one hash slot, as the gateway's counters are
 
     async def go():
-        limiter = RedisLimiter(url)
+        limiter = RedisLimiter(redis_url)
         try:
             await run(limiter, prefix, sequence)
         finally:
@@ -82,7 +96,7 @@ def test_redis_limiter_stays_within_bounds(sequence):
     try:
         asyncio.run(go())
     finally:
-        delete_prefix(url, prefix)
+        delete_prefix(redis_url, prefix)
 
 
 def test_concurrent_acquires_never_overspend():
