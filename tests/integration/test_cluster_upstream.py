@@ -98,6 +98,9 @@ def test_upstream_behind_the_gateway(upstream, gateway, admin_key):
         assert [u["name"] for u in listed] == ["local-stratus"] and up_key not in str(listed)
         assert c.post("/admin/upstreams", json={**body, "api_key": up_key}).status_code == 409
 
+    client = OpenAI(base_url=gw.url + "/v1", api_key=admin_key, max_retries=0, timeout=60)
+    assert "remote" in [m.id for m in client.models.list()]
+    assert client.models.retrieve("remote").owned_by == "upstream"
     direct = OpenAI(base_url=up.url + "/v1", api_key=up_key, max_retries=0)
     expected = direct.chat.completions.create(model="tiny", **CHAT)
     client = OpenAI(base_url=gw.url + "/v1", api_key=admin_key, max_retries=0, timeout=60)

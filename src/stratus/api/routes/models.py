@@ -34,7 +34,12 @@ async def list_models(gw: Gateway = Depends(gateway)) -> JSONBody:
     await gw.authorize()
     visible = gw.visible
     models = [m for m in gw.state.registry.models.values() if visible is None or visible(m.name)]
-    return JSONBody({"object": "list", "data": [_card(m) for m in models]})
+    cards = [_card(m) for m in models]
+    served = {m.name for m in models}
+    for name in sorted(upstream_models(gw) - served):  # served by OpenAI-compatible upstreams
+        if visible is None or visible(name):
+            cards.append(_upstream_card(name))
+    return JSONBody({"object": "list", "data": cards})
 
 
 @router.get(
@@ -45,4 +50,24 @@ async def list_models(gw: Gateway = Depends(gateway)) -> JSONBody:
 )
 async def get_model(model_id: str, gw: Gateway = Depends(gateway)) -> JSONBody:
     await gw.authorize(model_id)
+    upstream = model_id not in gw.state.registry.models and model_id in upstream_models(gw)
+    if upstream and (gw.visible is None or gw.visible(model_id)):
+        return JSONBody(_upstream_card(model_id))
     return JSONBody(_card(gw.state.registry.get(model_id, gw.visible)))
+
+
+def upstream_models(gw: Gateway) -> set[str]:
+    upstreams = getattr(gw.request.app.state, "upstreams", None)
+    return upstreams.refresh().models() if upstreams is not None else set()
+
+
+def _upstream_card(name: str) -> dict:
+    # No creation time or context window is known for a model another server holds.
+    return {
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "upstream",
+        "max_model_len": None,
+        "ready": True,
+    }
