@@ -236,13 +236,18 @@ def test_429_headers_and_body_through_the_openai_client(server, monkeypatch):
 
 def test_bad_limits_are_400_and_usage_is_aggregated(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
+        before = {"scope": "user", "subject": "x", "model": None, "rpm": 7}
+        assert c.put("/admin/limits", json=before).status_code == 200
         for bad in (
             {"scope": "user", "subject": "x", "rpm": -1},
             {"scope": "user", "subject": "x", "tpm": 10**15},
+            {"scope": "user", "subject": "x", "rpm": 5, "budget_usd_per_month": 1e12},
         ):
             r = c.put("/admin/limits", json=bad)
-            assert r.status_code == 400 and r.json()["error"]["param"] in ("rpm", "tpm")
-        assert "limit" in r.json()["error"]["message"] or "integer" in r.json()["error"]["message"]
+            assert r.status_code == 400
+            assert r.json()["error"]["param"] in ("rpm", "tpm", "budget_usd_per_month")
+            assert r.json()["error"]["param"] in r.json()["error"]["message"]
+        assert [rule for rule in c.get("/admin/limits").json()["data"] if rule["subject"] == "x"] == [before]
         ok = c.put("/admin/limits", json={"scope": "team", "subject": "ml", "rpm": 100})
         assert ok.status_code == 200
         assert any(rule["subject"] == "ml" for rule in c.get("/admin/limits").json()["data"])
