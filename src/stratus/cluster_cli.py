@@ -26,6 +26,12 @@ def cluster_options(func):
             help="File holding the secret workers authenticate with; turns on /internal/v1/workers. "
             "[env: STRATUS_CLUSTER_SECRET holds the secret itself]",
         ),
+        click.option(
+            "--local-models/--no-local-models",
+            default=None,
+            help="Load --model checkpoints (or the demo) in this process; --no-local-models serves only "
+            "what joins later: workers and upstreams. [default: on]",
+        ),
         click.option("--worker-ca", default=None, help="CA (PEM) that signs workers' HTTPS certificates."),
         click.option(
             "--worker-client-cert", default=None, help="Client certificate (PEM) for mTLS to workers."

@@ -96,6 +96,7 @@ class Settings:
     worker_ca: str | None = None  # CA that signs workers' HTTPS certificates; default: the system's
     worker_client_cert: str | None = None  # client certificate for mutual TLS to workers
     worker_client_key: str | None = None
+    local_models: bool = True  # False: no engine in this process; models come from workers, upstreams
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def model_paths(self) -> dict[str, Path]:

@@ -45,14 +45,15 @@ def cluster(tmp_path_factory, admin_key):
     from stratus.security.bootstrap import bootstrap
 
     secret = issued.record(secrets.token_urlsafe(32))
-    settings = Settings(
-        cluster_secret=secret, data_dir=str(issued.data_dir_of(tmp_path_factory.mktemp("cluster-gw")))
+    settings = Settings(  # no model of its own: every replica of "demo" is a worker
+        cluster_secret=secret,
+        local_models=False,
+        data_dir=str(issued.data_dir_of(tmp_path_factory.mktemp("cluster-gw"))),
     )
     access = build_access(settings)
     bootstrap(access.store, admin_key)
     app = create_app(settings, hooks=AuthHooks(access))
     registry = app.state.stratus.registry
-    registry.models.clear()  # no local model: every replica of "demo" is a worker
     gateway = LiveServer(app).start()
     args = ("--engine-isolation", "thread", "--gateway", gateway.url, "--heartbeat-interval", "0.5")
     workers = []

@@ -51,11 +51,10 @@ def gateway(tmp_path_factory, admin_key):
     from stratus.security.bootstrap import bootstrap
 
     data = issued.data_dir_of(tmp_path_factory.mktemp("upstream-gw"))
-    settings = Settings(data_dir=str(data))
+    settings = Settings(data_dir=str(data), local_models=False)  # "remote" lives upstream only
     access = build_access(settings)
     bootstrap(access.store, admin_key)
     app = create_app(settings, hooks=AuthHooks(access))
-    app.state.stratus.registry.models.clear()  # no local model: "remote" lives upstream only
     server = LiveServer(app).start()
     try:
         yield server, data

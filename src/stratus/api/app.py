@@ -67,6 +67,8 @@ def create_app(
     paths = dict(settings.model_paths()) if not engines or settings.models else {}
     if settings.ray_address:
         paths = {}  # every model is served by Ray actors, placed once the app starts
+    if not settings.local_models:
+        paths = {}  # --no-local-models: every replica joins later (stratus worker)
     registry = ModelRegistry(paths, engines, settings.engine, settings.engine_isolation)
     cache = None
     if settings.response_cache_size > 0:
