@@ -27,23 +27,39 @@ class PrefillSpan:
 
 
 @dataclass
+class DecodeGroup:
+    """Decode rows [start, start + count) whose contexts are read together, padded to `length`.
+
+    Decodes are grouped by context length (see decode_groups.py) so that a short context is not
+    padded to the longest one in the batch: padding is read, multiplied and masked like real keys.
+    """
+
+    start: int
+    count: int
+    length: int  # keys read per row: the longest context in the group
+    blocks: torch.Tensor  # [count, ceil(length / block_size)] block tables
+    mask: torch.Tensor | None  # [count, 1, length] additive (0 or -inf); None when all keys count
+
+
+@dataclass
 class AttentionBatch:
     """Where each token's K/V goes and what each query may attend to."""
 
     slot_mapping: torch.Tensor  # [T] KV slot written by each token
     block_size: int
     num_decodes: int  # rows [0, num_decodes) are single-token decodes
-    decode_blocks: torch.Tensor | None  # [num_decodes, W] block tables, padded with block 0
-    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, W * block_size] True where a key may be read
+    decode_groups: list[DecodeGroup]
     prefills: list[PrefillSpan]
 
 
 def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
-    """[*blocks.shape[:-1], W * block_size, heads, dim] from a flat [slots, heads, dim] pool.
-    Copying whole blocks is several times faster than gathering token slots one by one."""
-    paged = cache.view(-1, block_size, *cache.shape[1:])
-    out = paged.index_select(0, blocks.reshape(-1))
-    return out.view(*blocks.shape[:-1], blocks.shape[-1] * block_size, *cache.shape[1:])
+    """Copy whole blocks out of a pool laid out [heads, slots, dim]: `blocks` [..., W] gives
+    [heads, ..., W * block_size, dim]. Whole blocks copy several times faster than token slots
+    one by one, and this layout leaves each head's keys contiguous for the matmuls after it."""
+    heads, _, dim = cache.shape
+    paged = cache.view(heads, -1, block_size * dim)
+    out = paged.index_select(1, blocks.reshape(-1))
+    return out.view(heads, *blocks.shape[:-1], blocks.shape[-1] * block_size, dim)
 
 
 class RMSNorm(nn.Module):
@@ -53,6 +69,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one call instead of six; identical in float32
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # Half precision: normalize in float32, round, then scale, exactly as transformers does.
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -81,7 +100,7 @@ def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for every position, indexed per token (positions differ per sequence)."""
+    """cos/sin tables for every position, looked up once per forward pass for all layers."""
 
     def __init__(self, config: ModelConfig, max_positions: int):
         super().__init__()
@@ -92,13 +111,16 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # x: [T, heads, head_dim]
-        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: [T, 1, head_dim], broadcast over heads."""
+        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+
+
+def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate x [T, heads, head_dim] in place (q and k heads together, in one pass)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    torch.addcmul(x * cos, rotated, sin, out=x)
 
 
 class Attention(nn.Module):
@@ -106,6 +128,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
+        self.group = config.num_heads // config.num_kv_heads  # query heads per KV head
         self.head_dim = config.head_dim
         self.sliding_window = config.sliding_window
         q_size = config.num_heads * config.head_dim
@@ -119,44 +142,46 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
-        rope: RotaryEmbedding,
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        rope: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: torch.Tensor,
         batch: AttentionBatch,
     ) -> torch.Tensor:
+        """kv_cache: [2 * kv_heads, slots, head_dim], K heads then V heads."""
         tokens = x.shape[0]
-        qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = rope(q.view(tokens, self.num_heads, self.head_dim), positions)
-        k = rope(k.view(tokens, self.num_kv_heads, self.head_dim), positions)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        k_cache, v_cache = kv_cache
-        k_cache.index_copy_(0, batch.slot_mapping, k)
-        v_cache.index_copy_(0, batch.slot_mapping, v)
+        qkv = self.qkv_proj(x).view(tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        apply_rope_(qkv[:, : self.num_heads + self.num_kv_heads], *rope)
+        q = qkv[:, : self.num_heads]
+        # K and V of the new tokens reach the pool in one copy.
+        kv_cache.index_copy_(1, batch.slot_mapping, qkv[:, self.num_heads :].transpose(0, 1))
 
-        out = torch.empty_like(q)
-        if batch.num_decodes:
-            out[: batch.num_decodes] = self._decode(q[: batch.num_decodes], k_cache, v_cache, batch)
+        out = torch.empty(tokens, self.num_heads, self.head_dim, dtype=x.dtype, device=x.device)
+        for group in batch.decode_groups:
+            self._decode(q, kv_cache, group, batch.block_size, out)
         for span in batch.prefills:
             rows = slice(span.start, span.start + span.length)
-            out[rows] = self._prefill(q[rows], k_cache, v_cache, span, batch.block_size)
+            out[rows] = self._prefill(q[rows], kv_cache, span, batch.block_size)
         return self.o_proj(out.view(tokens, self.q_size))
 
-    def _decode(self, q, k_cache, v_cache, batch: AttentionBatch) -> torch.Tensor:
-        # q: [B, H, D]; keys gathered from the pool: [B, L, KVH, D]
-        keys = gather_blocks(k_cache, batch.decode_blocks, batch.block_size).transpose(1, 2)
-        values = gather_blocks(v_cache, batch.decode_blocks, batch.block_size).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q.unsqueeze(2), keys, values, attn_mask=batch.decode_mask, scale=self.scale, enable_gqa=True
-        )
-        return out.squeeze(2)
+    def _decode(self, q, kv_cache, group: DecodeGroup, block_size: int, out: torch.Tensor) -> None:
+        """One query per row against its own context: two batched matmuls per KV head, the
+        `group` query heads that share a KV head multiplying its keys together."""
+        n, kvh = group.count, self.num_kv_heads
+        rows = slice(group.start, group.start + n)
+        kv = gather_blocks(kv_cache, group.blocks, block_size)[:, :, : group.length]  # [2KVH, n, L, D]
+        keys, values = kv[:kvh], kv[kvh:]
+        query = (q[rows] * self.scale).view(n, kvh, self.group, self.head_dim).transpose(0, 1)
+        scores = torch.matmul(query, keys.transpose(-1, -2))  # [KVH, n, group, L]
+        if group.mask is not None:
+            scores += group.mask
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+        result = torch.matmul(probs, values)  # [KVH, n, group, D]
+        out[rows].view(n, kvh, self.group, self.head_dim).copy_(result.transpose(0, 1))
 
-    def _prefill(self, q, k_cache, v_cache, span: PrefillSpan, block_size: int) -> torch.Tensor:
+    def _prefill(self, q, kv_cache, span: PrefillSpan, block_size: int) -> torch.Tensor:
         context = span.first_position + span.length
-        keys = gather_blocks(k_cache, span.context_blocks, block_size)[:context]
-        values = gather_blocks(v_cache, span.context_blocks, block_size)[:context]
-        keys = keys.transpose(0, 1).unsqueeze(0)  # [1, KVH, ctx, D]
-        values = values.transpose(0, 1).unsqueeze(0)
+        kv = gather_blocks(kv_cache, span.context_blocks, block_size)[:, :context]  # [2KVH, ctx, D]
+        keys = kv[: self.num_kv_heads].unsqueeze(0)  # [1, KVH, ctx, D]
+        values = kv[self.num_kv_heads :].unsqueeze(0)
         query = q.transpose(0, 1).unsqueeze(0)  # [1, H, len, D]
         mask = None
         causal = span.first_position == 0 and self.sliding_window is None
@@ -187,7 +212,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))
 
 
 class DecoderLayer(nn.Module):
@@ -198,9 +223,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, positions, rope, kv_cache, batch):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, kv_cache, batch)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, rope, kv_cache, batch):
+        # In place: x is this forward pass's own residual stream (inference only).
+        x += self.self_attn(self.input_layernorm(x), rope, kv_cache, batch)
+        x += self.mlp(self.post_attention_layernorm(x))
+        return x
 
 
 class LlamaModel(nn.Module):
@@ -219,13 +246,14 @@ class LlamaModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        kv_caches: list[torch.Tensor],
         batch: AttentionBatch,
     ) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm."""
         x = self.embed_tokens(input_ids)
+        rope = self.rope(positions, x.dtype)  # shared by every layer
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, positions, self.rope, kv_cache, batch)
+            x = layer(x, rope, kv_cache, batch)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

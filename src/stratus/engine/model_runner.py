@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .config import EngineConfig, ModelConfig
+from .decode_groups import make_decode_groups, overhead_tokens
 from .model import AttentionBatch, LlamaModel, PrefillSpan
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
@@ -33,14 +34,15 @@ class ModelRunner:
         load_weights(model, path, self.dtype)
         self.model = model.eval()
         self.num_blocks = self._pool_blocks(model_config, config)
-        kv_shape = (self.num_blocks * self.block_size, model_config.num_kv_heads, model_config.head_dim)
+        # Per layer, K heads then V heads: [2 * kv_heads, slots, head_dim]. Head-major, so a
+        # gathered context is contiguous per head (see model.gather_blocks), and K and V of a
+        # step are written, and read back, in one copy each.
+        kv_shape = (2 * model_config.num_kv_heads, self.num_blocks * self.block_size, model_config.head_dim)
         self.kv_caches = [
-            (
-                torch.zeros(kv_shape, dtype=self.dtype, device=self.device),
-                torch.zeros(kv_shape, dtype=self.dtype, device=self.device),
-            )
+            torch.zeros(kv_shape, dtype=self.dtype, device=self.device)
             for _ in range(model_config.num_layers)
         ]
+        self.group_overhead = overhead_tokens(model_config.num_kv_heads, model_config.head_dim, self.dtype)
 
     def _pool_blocks(self, model_config: ModelConfig, config: EngineConfig) -> int:
         if config.num_kv_blocks:
@@ -65,7 +67,10 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Compute the batch; returns the sequences that reached their last token and their logits."""
-        decodes = [(s, n) for s, n in batch.items if n == 1]
+        # Decodes first, longest context first, so that decode groups are runs of rows.
+        decodes = sorted(
+            ((s, n) for s, n in batch.items if n == 1), key=lambda item: -item[0].num_computed_tokens
+        )
         prefills = [(s, n) for s, n in batch.items if n > 1]
         input_ids: list[int] = []
         positions: list[int] = []
@@ -74,7 +79,6 @@ class ModelRunner:
             input_ids.extend(seq.token_ids[start : start + n])
             positions.extend(range(start, start + n))
         pos_t = torch.tensor(positions, dtype=torch.long)
-        lengths = [s.num_computed_tokens + n for s, n in decodes + prefills]
         # Slot of every new token: its block's first slot plus its offset in the block.
         block_of = torch.tensor(
             [
@@ -86,37 +90,40 @@ class ModelRunner:
         )
         slot_mapping = (block_of * self.block_size + pos_t % self.block_size).to(self.device)
 
-        decode_blocks = decode_mask = None
+        groups = []
         if decodes:
-            longest = max(lengths[: len(decodes)])
-            decode_blocks = self.block_tables([s for s, _ in decodes], longest)
-            ctx = torch.tensor(lengths[: len(decodes)], device=self.device).unsqueeze(1)
-            key_pos = torch.arange(decode_blocks.shape[1] * self.block_size, device=self.device).unsqueeze(0)
-            valid = key_pos < ctx
-            window = self.model.config.sliding_window
-            if window is not None:
-                valid &= (ctx - 1) - key_pos < window
-            decode_mask = valid[:, None, None, :]
+            groups = make_decode_groups(
+                [s.num_computed_tokens + 1 for s, _ in decodes],
+                [s.block_table for s, _ in decodes],
+                self.block_size,
+                self.model.config.sliding_window,
+                self.group_overhead,
+                self.dtype,
+                self.device,
+            )
         spans = []
         row = len(decodes)
         for seq, n in prefills:
             total = seq.num_computed_tokens + n
             spans.append(PrefillSpan(row, n, seq.num_computed_tokens, self.block_tables([seq], total)[0]))
             row += n
-        attn = AttentionBatch(slot_mapping, self.block_size, len(decodes), decode_blocks, decode_mask, spans)
+        attn = AttentionBatch(slot_mapping, self.block_size, len(decodes), groups, spans)
         hidden = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=self.device),
             pos_t.to(self.device),
             self.kv_caches,
             attn,
         )
-        # Only a sequence whose last token was computed this step samples a next token.
-        last_rows, finishing = [], []
-        row = 0
+        # Only a sequence whose last token was computed this step samples a next token; results
+        # keep the scheduler's order, whatever order the rows ran in.
+        last_row, row = {}, 0
         for seq, n in decodes + prefills:
             row += n
+            last_row[seq.seq_id] = row - 1
+        last_rows, finishing = [], []
+        for seq, n in batch.items:
             if seq.num_computed_tokens + n == seq.num_tokens:
-                last_rows.append(row - 1)
+                last_rows.append(last_row[seq.seq_id])
                 finishing.append(seq)
         logits = self.model.logits(hidden[torch.tensor(last_rows, device=self.device)]) if last_rows else None
         return finishing, logits
@@ -139,7 +146,7 @@ class ModelRunner:
             ids,
             positions,
             self.kv_caches,
-            AttentionBatch(slot_mapping, self.block_size, 0, None, None, spans),
+            AttentionBatch(slot_mapping, self.block_size, 0, [], spans),
         )
         logits = self.model.logits(hidden)
         return list(logits.split([s.num_tokens for s in seqs]))

@@ -1,0 +1,75 @@
+"""Group a step's decodes by context length, so that a short context is not padded to the longest.
+
+Decode attention reads each row's keys padded to the longest context of its group (one batched
+matmul per group). One group for the whole batch wastes the padding: with ragged lengths that was
+~1.7x the keys actually needed. One group per row wastes the fixed cost of each group (a gather,
+two matmuls, a softmax: a few dozen microseconds per layer). `plan_groups` picks the split with the
+least total cost, counting that fixed cost as `overhead_tokens` keys.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import DecodeGroup
+
+# The fixed cost of one more group, in bytes of keys and values it could have read instead
+# (a rough figure: tens of microseconds per group and layer, against ~10 GB/s through the
+# gather, matmuls and softmax; bench/decode_attention.py measures both on a machine).
+GROUP_OVERHEAD_BYTES = 384 * 1024
+
+
+def overhead_tokens(num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+    """GROUP_OVERHEAD_BYTES in tokens of this model's K and V (per layer)."""
+    per_token = 2 * num_kv_heads * head_dim * torch.finfo(dtype).bits // 8
+    return max(1, GROUP_OVERHEAD_BYTES // per_token)
+
+
+def plan_groups(lengths: list[int], overhead: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges over `lengths` (sorted longest first) that minimise the sum over
+    groups of `overhead + rows * longest length` (exact, by dynamic programming; n <= a few
+    hundred rows, so the O(n^2) loop costs well under a millisecond at 64)."""
+    n = len(lengths)
+    best = [0] + [0] * n
+    cut = [0] * (n + 1)
+    for stop in range(1, n + 1):
+        # The group [start, stop) costs overhead + (stop - start) * lengths[start].
+        cost, start = min((best[i] + (stop - i) * lengths[i], i) for i in range(stop))
+        best[stop], cut[stop] = cost + overhead, start
+    ranges = []
+    stop = n
+    while stop:
+        ranges.append((cut[stop], stop))
+        stop = cut[stop]
+    return ranges[::-1]
+
+
+def make_decode_groups(
+    lengths: list[int],
+    block_tables: list[list[int]],
+    block_size: int,
+    sliding_window: int | None,
+    overhead: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> list[DecodeGroup]:
+    """Groups for decode rows 0..n-1, whose context lengths are `lengths` (sorted longest first)
+    and whose blocks are `block_tables`; masks are built here, once per step for all layers."""
+    groups = []
+    for start, stop in plan_groups(lengths, overhead):
+        longest = lengths[start]
+        width = -(-longest // block_size)
+        tables = [t[:width] + [0] * (width - min(width, len(t))) for t in block_tables[start:stop]]
+        blocks = torch.tensor(tables, dtype=torch.long, device=device)
+        mask = None
+        ragged = lengths[stop - 1] != longest
+        if ragged or (sliding_window is not None and longest > sliding_window):
+            ctx = torch.tensor(lengths[start:stop], device=device).unsqueeze(1)
+            key_pos = torch.arange(longest, device=device).unsqueeze(0)
+            valid = key_pos < ctx
+            if sliding_window is not None:
+                valid &= (ctx - 1) - key_pos < sliding_window
+            mask = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, float("-inf"))
+            mask = mask.unsqueeze(1)  # [rows, 1, keys]: broadcast over the query heads
+        groups.append(DecodeGroup(start, stop - start, longest, blocks, mask))
+    return groups
