@@ -22,15 +22,21 @@ class TTLSet:
         self._items: frozenset[str] = frozenset()
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # one reload at a time; the others use the current set
 
     def stale(self) -> bool:
         return time.monotonic() - self._loaded_at >= self.ttl
 
     def refresh(self) -> None:
-        items = frozenset(self._load())
-        with self._lock:
-            self._items = items
-            self._loaded_at = time.monotonic()
+        if not self._loading.acquire(blocking=False):
+            return  # another request is reloading it right now
+        try:
+            items = frozenset(self._load())
+            with self._lock:
+                self._items = items
+                self._loaded_at = time.monotonic()
+        finally:
+            self._loading.release()
 
     def __contains__(self, item: object) -> bool:
         return item in self._items

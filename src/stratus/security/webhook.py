@@ -100,19 +100,20 @@ class AlertWebhook:
 
     # -- delivery -----------------------------------------------------------------------------------
 
-    def notify(self, payload: dict) -> asyncio.Task | None:
-        """Deliver in the background; None when no webhook is configured (or it cannot be read)."""
-        try:
-            config = self.config()
-        except Exception as exc:
-            log.error("alert webhook: cannot read its configuration (%s)", type(exc).__name__)
-            return None
-        if config is None:
-            return None
-        task = asyncio.get_running_loop().create_task(self._deliver(config, payload))
+    def notify(self, payload: dict) -> asyncio.Task:
+        """Deliver in the background (reading the configuration too, off the event loop)."""
+        task = asyncio.get_running_loop().create_task(self._notify(payload))
         self._tasks.add(task)  # a reference, so the task is not collected mid-flight
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def _notify(self, payload: dict) -> bool:
+        try:
+            config = await asyncio.to_thread(self.config)
+        except Exception as exc:
+            log.error("alert webhook: cannot read its configuration (%s)", type(exc).__name__)
+            return False
+        return False if config is None else await self._deliver(config, payload)
 
     async def _deliver(self, config: dict, payload: dict) -> bool:
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
@@ -139,7 +140,11 @@ class AlertWebhook:
                     await asyncio.sleep(pause)
                     pause *= 2
         self.failed += 1
-        log.error("alert webhook %s: gave up after %d attempts; the alert is in the audit trail", where, self.attempts)
+        log.error(
+            "alert webhook %s: gave up after %d attempts; the alert is in the audit trail",
+            where,
+            self.attempts,
+        )
         return False
 
     async def drain(self) -> None:
