@@ -5,13 +5,15 @@ and the usage ledger cost a gateway request.
     .venv/bin/python bench/limits.py                       # Redis at STRATUS_TEST_REDIS_URL or :6379
     .venv/bin/python bench/limits.py --quick               # fewer iterations
     .venv/bin/python bench/limits.py --redis-url none      # skip the Redis part
+    .venv/bin/python bench/limits.py --no-cluster          # skip the Redis Cluster part
 
 In one run:
 
 (a) decisions/s: `plan_request` + one atomic acquire + one reconcile, with three rules that
     apply (a key's rpm/tpm, a team's daily tokens and monthly budget, a model's concurrency:
     7 counters), one at a time (latency p50/p99) and 64 in flight (throughput); in process
-    (MemoryLimiter) and through Redis (RedisLimiter: one Lua script call each way).
+    (MemoryLimiter), through Redis (RedisLimiter: one Lua script call each way), and through a
+    three-node Redis Cluster on loopback that the benchmark starts (all counters in one slot).
 (b) the hooks alone: MeteredHooks.admit (the limit cost) and .account (reconcile + the ledger
     row, an fsync'd SQLite insert) per request, p50/p99, against the default SQLite store.
 (c) the gateway: the same small completion (token-id prompt, max_tokens 1) through one live
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -119,6 +122,7 @@ async def hook_costs(n: int, data_dir: str) -> dict:
         await hooks.account(ctx, Usage(prompt_tokens=100, completion_tokens=150))
         admit.append(t2 - t)
         account.append(time.perf_counter() - t2)
+        await hooks.record(ctx)  # step 8, as the gateway calls it: forgets the reservation
     return {
         "admit_p50_ms": round(pct(admit, 0.5) * 1e3, 3),
         "admit_p99_ms": round(pct(admit, 0.99) * 1e3, 3),
@@ -182,6 +186,19 @@ async def rate(url: str, body: dict, n: int, concurrency: int) -> float:
         return round(n / (time.perf_counter() - t), 1)
 
 
+async def via_redis(url: str, n: int) -> dict:
+    from stratus.security.limiter_redis import RedisLimiter
+
+    limiter = RedisLimiter(url)  # a cluster node's URL gives a cluster client
+    try:
+        return await decisions(limiter, n) | {"cluster": limiter.cluster}
+    finally:
+        keys = [k async for k in limiter.client.scan_iter(match="{bench:lim}:*")]
+        if keys:
+            await limiter.client.delete(*keys)
+        await limiter.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -191,6 +208,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--no-cluster",
+        dest="cluster",
+        action="store_false",
+        help="Skip the Redis Cluster part (a 3-node cluster started from the redis-server binary).",
+    )
     args = ap.parse_args()
     if args.quick:
         args.decisions, args.requests = 2000, 60
@@ -199,20 +222,14 @@ def main() -> None:
     result["memory"] = asyncio.run(decisions(MemoryLimiter(), args.decisions))
     print("in process:", result["memory"], flush=True)
     if args.redis_url != "none":
-        from stratus.security.limiter_redis import RedisLimiter
-
-        async def via_redis():
-            limiter = RedisLimiter(args.redis_url)
-            try:
-                return await decisions(limiter, max(1000, args.decisions // 5))
-            finally:
-                keys = [k async for k in limiter.client.scan_iter(match="{bench:lim}:*")]
-                if keys:
-                    await limiter.client.delete(*keys)
-                await limiter.close()
-
-        result["redis"] = asyncio.run(via_redis())
+        result["redis"] = asyncio.run(via_redis(args.redis_url, max(1000, args.decisions // 5)))
         print("redis:", result["redis"], flush=True)
+    if args.cluster and shutil.which("redis-server") and shutil.which("redis-cli"):
+        from tests.redis_server import RedisServers
+
+        with tempfile.TemporaryDirectory() as tmp, RedisServers(Path(tmp), 3, cluster=True) as servers:
+            result["redis_cluster"] = asyncio.run(via_redis(servers.url, max(1000, args.decisions // 5)))
+        print("redis cluster (3 nodes):", result["redis_cluster"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         result["hooks"] = asyncio.run(hook_costs(max(200, args.requests), tmp + "/hooks"))
         print("hooks:", result["hooks"], flush=True)
