@@ -295,6 +295,13 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"model_prices: {exc}") from None
     if s.ray_address is not None or any((s.replicas, s.replica_resources, s.min_replicas, s.max_replicas)):
         _check_ray(s)
+    if s.cluster_secret or s.cluster_secret_file:
+        from stratus.cluster.secret import ENV_VAR, ClusterSecretError, load_cluster_secret
+
+        try:
+            load_cluster_secret(s.cluster_secret_file, {ENV_VAR: s.cluster_secret} if s.cluster_secret else {})
+        except ClusterSecretError as exc:
+            raise ConfigError(str(exc)) from None
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError("log_level must be one of critical, error, warning, info, debug, trace")
 

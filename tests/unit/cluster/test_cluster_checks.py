@@ -1,0 +1,81 @@
+"""The cluster secret, worker URLs and upstream base URLs: what is accepted and what is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from stratus.cluster.registration import RegistrationError, check_worker_url
+from stratus.cluster.secret import ClusterSecretError, load_cluster_secret
+from stratus.cluster.upstream import check_base_url
+from stratus.cluster.worker_server import check_secret
+from stratus.config import ConfigError, load_settings
+
+pytestmark = pytest.mark.timeout(30)
+
+GOOD = "k" * 40
+
+
+def test_secret_from_file_or_environment(tmp_path):
+    file = tmp_path / "secret"
+    file.write_text(GOOD + "\n")
+    assert load_cluster_secret(file, env={}) == GOOD.encode()
+    assert load_cluster_secret(None, env={"STRATUS_CLUSTER_SECRET": GOOD}) == GOOD.encode()
+    assert load_cluster_secret(None, env={}) is None
+
+
+@pytest.mark.parametrize("bad", ["short", "k" * 20 + " " + "k" * 20, "k" * 31, "k" * 39 + "\x00"])
+def test_weak_or_malformed_secrets_are_refused(bad):
+    with pytest.raises(ClusterSecretError):
+        load_cluster_secret(None, env={"STRATUS_CLUSTER_SECRET": bad})
+    with pytest.raises(ConfigError):
+        load_settings({}, env={"STRATUS_CLUSTER_SECRET": bad}, config_file=None)
+
+
+def test_a_missing_secret_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ClusterSecretError, match="cluster secret file"):
+        load_cluster_secret(tmp_path / "nope", env={})
+
+
+def test_bearer_check():
+    secret = GOOD.encode()
+    assert check_secret(f"Bearer {GOOD}", secret)
+    assert check_secret(f"bearer {GOOD}", secret)
+    for given in (None, "", GOOD, f"Basic {GOOD}", f"Bearer {GOOD}x", "Bearer "):
+        assert not check_secret(given, secret)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.5:8100", "https://worker-1.internal:8443/", "http://[::1]:8100"]
+)
+def test_worker_urls_accepted(url):
+    assert check_worker_url(url) == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "file:///etc/passwd",
+        "ftp://h/",
+        "http://u:p@h:1",
+        "http://h:1/?x=1",
+        "http://h:1/#f",
+        "http://h:99999",
+    ],
+)
+def test_worker_urls_refused(url):
+    with pytest.raises(RegistrationError):
+        check_worker_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["gopher://h/", "http://key@h/v1", "http://h/v1?api_key=x", "h:8000/v1", "http:///v1", "http://h:0x1/v1"],
+)
+def test_upstream_base_urls_refused(url):
+    with pytest.raises(ValueError):
+        check_base_url(url)
+
+
+def test_upstream_base_url_normalised():
+    assert check_base_url(" http://10.0.0.7:8000/v1/ ") == "http://10.0.0.7:8000/v1"
