@@ -34,7 +34,9 @@ SMALL = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "best_of": 2}
 # Generated URLs would become the shared server's alert webhook, and its alerts would then be
 # POSTed to whatever host was generated: traffic off this machine. tests/integration/
 # test_audit_review.py covers the operation against a loopback receiver.
-NOT_FUZZED = {("PUT", "/admin/alerts/webhook")}
+# Likewise a generated upstream base URL (tests/integration/test_cluster_upstream.py covers it
+# against a loopback stratus); it would also add models to the shared server's /v1/models.
+NOT_FUZZED = {("PUT", "/admin/alerts/webhook"), ("POST", "/admin/upstreams")}
 
 
 def narrow_requests(doc: dict) -> dict:
