@@ -76,11 +76,14 @@ def api_server(tiny_checkpoint, tmp_path_factory, admin_key):
     from stratus.config import Settings
     from stratus.security.bootstrap import bootstrap
 
+    data_dir = issued.data_dir_of(tmp_path_factory.mktemp("gateway-data"))
     settings = Settings(
         models={TINY_MODEL: str(tiny_checkpoint)},
         max_body_bytes=256 * 1024,
         engine_isolation="process",
-        data_dir=str(issued.data_dir_of(tmp_path_factory.mktemp("gateway-data"))),
+        data_dir=str(data_dir),
+        access_log=True,  # in the data directory: searched for secrets and prompts at the end
+        access_log_file=str(data_dir / "access.jsonl"),
     )
     access = build_access(settings)
     bootstrap(access.store, admin_key)
