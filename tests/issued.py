@@ -112,6 +112,17 @@ def data_dir_of(path: Path) -> Path:
     return Path(path)
 
 
+GATEWAY_DIRS: list[Path] = []  # every live server's --data-dir (tests/live_server.py registers them)
+GATEWAY_FILES = ("stratus.db*", "access*.jsonl", "audit-checkpoints.jsonl")
+
+
+def gateway_dir(path: str | Path) -> None:
+    """A live server's data directory: its database and logs are searched at the end. Only those
+    files, as a test may keep other files (checkpoints, prompt lists) in the same folder."""
+    if Path(path).is_absolute():
+        GATEWAY_DIRS.append(Path(path))
+
+
 def record_output(text: str) -> None:
     """A child's output; the lines after 'shown this once' (the first admin's key) are left out."""
     lines = text.splitlines()
@@ -170,6 +181,10 @@ def leaks() -> list[str]:
         for f in sorted(d.rglob("*")) if d.exists() else []:
             if f.is_file():
                 corpora.append((str(f), f.read_bytes()))
+        corpora.append((f"audit export of {d}", audit_export(d)))
+    for d in dict.fromkeys(p for p in GATEWAY_DIRS if p not in DATA_DIRS):
+        for pattern in GATEWAY_FILES:
+            corpora += [(str(f), f.read_bytes()) for f in sorted(d.glob(pattern)) if f.is_file()]
         corpora.append((f"audit export of {d}", audit_export(d)))
     found = []
     for secret in set(SECRETS):

@@ -29,6 +29,9 @@ from tests import issued
 class LiveServer:
     def __init__(self, app, host: str = "127.0.0.1", drain_timeout: float = 5.0):
         self.app = app
+        state = getattr(getattr(app, "state", None), "stratus", None)
+        if state is not None:  # its database and logs are searched for secrets at the end
+            issued.gateway_dir(state.settings.data_dir)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind((host, 0))
         self.port = self.sock.getsockname()[1]
@@ -90,6 +93,8 @@ class ServeProcess:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
         cmd = [sys.executable, "-m", "stratus.cli", "serve", "--port", "0", *args]
+        if "--data-dir" in args[:-1]:  # searched for secrets and prompts at the end, as above
+            issued.gateway_dir(args[args.index("--data-dir") + 1])
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
