@@ -16,7 +16,10 @@ Per model (demo: models/demo; 100m: the random ~100M-parameter Llama of bench/co
 - int4+head: int4 with `--quantize-head` (the output head in int4 too).
 Each variant runs in a fresh process: load time (LLMEngine construction), then decode tokens/s
 at batch 1 and batch 16 (64 new tokens each, greedy, best of --repeats runs; only decode steps
-are timed), best over --rounds processes run round robin over the variants. Quality (perplexity, top-1 agreement) is what `stratus compress` reports; see
+are timed) and prefill tokens/s (one 512-token prompt), best over --rounds processes run round
+robin over the variants. With --interleave all variants load into one process (load time: a
+second, warm load) and alternate, round by round, so a busy spell of a shared machine hits
+every variant alike: use it for the ratios. Quality (perplexity, top-1 agreement) is what `stratus compress` reports; see
 docs/BENCHMARKS.md for both.
 
 The kernel table times one linear layer of each shape of the 100m model at 1 and 16 rows:
@@ -40,6 +43,7 @@ import common  # noqa: E402
 REPO = common.REPO
 DEMO = REPO / "models" / "demo"
 WORK = common.RESULTS_DIR / "compress"
+PREFILL_TOKENS = 512  # one prompt, one step at the engine's default token budget
 
 
 def model_dir(name: str) -> Path:
@@ -140,11 +144,24 @@ def worker(path: Path, dtype: str, threads: int, tokens: int, repeats: int) -> d
     speed = {}
     for batch in (1, 16):
         speed[str(batch)] = max(decode_speed(engine, batch, tokens, prompt) for _ in range(repeats))
+    prefill = max(prefill_speed(engine, prompt) for _ in range(repeats))
     return {
         "bytes": file_bytes(path),
         "load_s": round(load_s, 3),
         "decode_tokens_per_s": {k: round(v, 1) for k, v in speed.items()},
+        "prefill_tokens_per_s": round(prefill, 1),
     }
+
+
+def prefill_speed(engine, prompt: list[int], length: int = PREFILL_TOKENS) -> float:
+    """Prompt tokens/s of one `length`-token prompt (one engine step of up to 512 tokens)."""
+    from stratus.compress.generation import generate
+
+    ids = (prompt * (length // len(prompt) + 1))[:length]
+    generate(engine, [ids[:16]], 1)  # warm-up
+    start = time.perf_counter()
+    generate(engine, [ids], 1)
+    return length / (time.perf_counter() - start)
 
 
 # -- kernels -------------------------------------------------------------------------------------
@@ -238,15 +255,23 @@ def interleaved(variants: dict, threads: int, tokens: int, rounds: int) -> dict:
     from stratus.compress.evaluate import decode_speed, file_bytes
     from stratus.engine import EngineConfig, LLMEngine
 
-    engines = {}
+    engines, load_s = {}, {}
     for variant, (path, dtype) in variants.items():
         config = EngineConfig(
             dtype=dtype, kv_cache_memory_mb=256, max_model_len=1024, enable_prefix_caching=False
         )
+        LLMEngine(path, config)  # the first load of a checkpoint also pays for the page cache
+        start = time.perf_counter()
         engines[variant] = (path, LLMEngine(path, config))
+        load_s[variant] = round(time.perf_counter() - start, 3)
     prompt = next(iter(engines.values()))[1].tokenizer.encode("It is a truth universally acknowledged, that")
     rows = {
-        v: {"bytes": file_bytes(p), "load_s": float("nan"), "decode_tokens_per_s": {}}
+        v: {
+            "bytes": file_bytes(p),
+            "load_s": load_s[v],
+            "decode_tokens_per_s": {},
+            "prefill_tokens_per_s": 0.0,
+        }
         for v, (p, _) in engines.items()
     }
     for _ in range(rounds):
@@ -255,6 +280,8 @@ def interleaved(variants: dict, threads: int, tokens: int, rounds: int) -> dict:
                 speed = decode_speed(engine, int(batch), tokens, prompt)
                 best = rows[variant]["decode_tokens_per_s"]
                 best[batch] = round(max(best.get(batch, 0.0), speed), 1)
+            prefill = round(prefill_speed(engine, prompt), 1)
+            rows[variant]["prefill_tokens_per_s"] = max(rows[variant]["prefill_tokens_per_s"], prefill)
     return rows
 
 
@@ -262,20 +289,26 @@ def best_of(old: dict | None, new: dict) -> dict:
     if old is None:
         return new
     speeds = {k: max(v, old["decode_tokens_per_s"][k]) for k, v in new["decode_tokens_per_s"].items()}
-    return {"bytes": new["bytes"], "load_s": min(old["load_s"], new["load_s"]), "decode_tokens_per_s": speeds}
+    return {
+        "bytes": new["bytes"],
+        "load_s": min(old["load_s"], new["load_s"]),
+        "decode_tokens_per_s": speeds,
+        "prefill_tokens_per_s": max(old["prefill_tokens_per_s"], new["prefill_tokens_per_s"]),
+    }
 
 
 def table(name: str, rows: dict) -> str:
     base = rows["fp32"]["decode_tokens_per_s"]
     lines = [
         f"\n{name}",
-        f"{'variant':9s} {'MiB':>8s} {'load s':>7s} {'tok/s b1':>9s} {'x fp32':>7s} {'tok/s b16':>10s} {'x fp32':>7s}",
+        f"{'variant':9s} {'MiB':>8s} {'load s':>7s} {'tok/s b1':>9s} {'x fp32':>7s} {'tok/s b16':>10s} "
+        f"{'x fp32':>7s} {'prefill/s':>10s} {'x fp32':>7s}",
     ]
     for variant, r in rows.items():
-        d = r["decode_tokens_per_s"]
+        d, p = r["decode_tokens_per_s"], r["prefill_tokens_per_s"]
         lines.append(
             f"{variant:9s} {r['bytes'] / 2**20:8.1f} {r['load_s']:7.2f} {d['1']:9.1f} {d['1'] / base['1']:7.2f} "
-            f"{d['16']:10.1f} {d['16'] / base['16']:7.2f}"
+            f"{d['16']:10.1f} {d['16'] / base['16']:7.2f} {p:10.1f} {p / rows['fp32']['prefill_tokens_per_s']:7.2f}"
         )
     return "\n".join(lines)
 

@@ -20,17 +20,19 @@ from tqdm import tqdm
 
 from stratus.engine.config import ModelConfig
 
+from . import calibration
 from .calibration import LayerInputs, sample_rows
 from .quantize import _groups, fake_quantize_int4
 
 SCALE_GRID = 20
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
+CLIP_ROWS = 256
 
 
 def search_scale(x: torch.Tensor, weights: list[torch.Tensor], group_size: int, expand=None) -> torch.Tensor:
     """Best per-input-channel scale for `weights` (sharing input x); `expand` maps a reduced
     scale to the full input width (grouped-query attention ties o_proj channels together)."""
-    xs = sample_rows(x)
+    xs = sample_rows(x, rows=calibration.SAMPLE_ROWS)
     w = torch.cat(weights, dim=0)
     ref = xs @ w.T
     mean = x.abs().mean(dim=0)
@@ -64,7 +66,7 @@ class GroupedHeads:
 
 def search_clip(x: torch.Tensor, weight: torch.Tensor, group_size: int) -> torch.Tensor:
     """[out, groups] clip ratio per group minimising that group's share of the output error."""
-    xs = sample_rows(x, rows=256)
+    xs = sample_rows(x, rows=CLIP_ROWS)
     xg = _groups(xs, group_size)  # [tokens, groups, G]
     wg = _groups(weight, group_size)  # [out, groups, G]
     ref = torch.einsum("tgk,ngk->tng", xg, wg)

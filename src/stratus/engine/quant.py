@@ -13,17 +13,16 @@ The format on disk (config.json carries `"quantization": {"method": "int8" | "in
 quantization) only ever meet zero activations. Every tensor is indexed by output row first, so
 q/k/v (and gate/up) fuse by concatenating rows, exactly as the full-precision weights do.
 
-The matmul, chosen by measurement on this project's AVX2 CPU (docs/BENCHMARKS.md, "Compression"):
-torch's packed kernels `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` read the
-compressed weight directly and are vectorized for bfloat16 activations (their float32 and
-float16 paths are scalar and 5-15x slower than a plain float32 matmul). So on the CPU every
-batch of up to PACKED_MAX_ROWS rows (decode, and prefill chunks up to the engine's default
-512-token step budget) goes through those kernels with the activations rounded to bfloat16.
-Dequantizing the weight and running the float32 matmul only pays off for larger batches
-(measured crossover between ~64 and ~512 rows for int8 depending on threads, beyond 512 for
-int4), so larger batches (offline scoring), and any device other than the CPU, dequantize the
-weight tile by tile and use the dense matmul. For prefill the packed kernels are ~1.5-2.5x
-slower than a float32 matmul: quantization buys decode speed, not prompt speed, on this CPU.
+The matmul, chosen by measurement (docs/BENCHMARKS.md, "Compression"): torch's packed kernels
+`_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` read the compressed weight directly and
+are vectorized for bfloat16 activations (fed float32 they take a scalar path, 5-25x slower than
+a plain float32 matmul). So on the CPU a small batch (decode) goes through those kernels with the
+activations rounded to bfloat16. A large batch (prefill) is cheaper the other way round: the
+weight is dequantized one tile of rows at a time and multiplied by the dense matmul, which then
+reuses each weight across all the rows. Where the CPU multiplies bfloat16 natively (AVX512-BF16
+or AMX, as oneDNN uses them) that dense matmul runs in bfloat16, and pays from DENSE_MIN_ROWS
+rows on; elsewhere (AVX2) it runs in float32, and only pays beyond PACKED_MAX_ROWS rows. Any
+device other than the CPU always dequantizes and multiplies in full precision.
 The kernels take their scales (and int4 zeros) in bfloat16 too, and return bfloat16. So that a
 sequence computes the same thing whichever path its batch takes, a layer that uses the kernels
 rounds its scales to bfloat16 for both paths, and the dense path rounds its inputs and outputs
@@ -40,8 +39,12 @@ from .config import CheckpointError
 
 METHODS = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
-PACKED_MAX_ROWS = 512  # above this many rows, dequantize + dense matmul is no slower (measured)
+PACKED_MAX_ROWS = 512  # float32 dense matmul: above this many rows dequantizing is no slower
+DENSE_MIN_ROWS = {"int8": 32, "int4": 128}  # bfloat16 dense matmul: from here on it is faster
 ROW_BLOCK = 32  # the CPU int4 kernel wants out_features in multiples of 16; 32 fixes its layout
+# torch 2.13's AVX512 `_weight_int8pack_mm` reads the input dimension in blocks of 16 with no
+# tail: any other width gave garbage or a segfault here (measured), so the layer pads it.
+INT8_K_MULTIPLE = 16
 TILE_ELEMENTS = 1 << 20  # weights dequantized at a time on the dense path (4 MiB as float32)
 
 
@@ -82,13 +85,22 @@ def dequantize_int4(
     q = unpack_int4(qweight).to(dtype)
     out, padded = q.shape
     groups = scales.shape[1]
-    q = q.view(out, groups, padded // groups)
-    w = (q - 8) * scales.to(dtype).unsqueeze(-1) + zeros.to(dtype).unsqueeze(-1)
-    return w.view(out, padded)
+    scales = scales.to(dtype).unsqueeze(-1)
+    # (q - 8) * scale + zero as q * scale + (zero - 8 * scale), in place: two passes over the
+    # weights instead of three, and the in-place broadcasts were 1.3-16x faster than the
+    # out-of-place ones measured (addcmul, or `*` then `+`).
+    q = q.view(out, groups, padded // groups).mul_(scales)
+    return q.add_(zeros.to(dtype).unsqueeze(-1) - 8 * scales).view(out, padded)
 
 
 def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return qweight.to(dtype) * scales.to(dtype).unsqueeze(-1)
+
+
+def bf16_matmul_is_native() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (oneDNN then uses AVX512-BF16 or AMX)."""
+    cpu = torch.cpu
+    return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
 
 
 class QuantLinear(nn.Module):
@@ -102,11 +114,23 @@ class QuantLinear(nn.Module):
         self.out_features = out_features
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
         self.packed = False  # set by `prepare` when the CPU kernel will be used
+        self.dense_dtype: torch.dtype | None = None  # bfloat16 where the CPU multiplies it natively
+        self.dense_min_rows = 0  # batches of fewer rows use the packed kernel
+
+    def _choose_paths(self, device: torch.device) -> None:
+        """Called by `prepare`: which matmul each batch size gets on this device (module doc)."""
+        self.packed = device.type == "cpu"
+        if not self.packed:
+            self.dense_dtype, self.dense_min_rows = None, 0
+        elif bf16_matmul_is_native():
+            self.dense_dtype, self.dense_min_rows = torch.bfloat16, DENSE_MIN_ROWS[self.method]
+        else:
+            self.dense_dtype, self.dense_min_rows = None, PACKED_MAX_ROWS + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        if self.packed and x.shape[0] <= PACKED_MAX_ROWS:
+        if x.shape[0] < self.dense_min_rows:
             y = self._packed_matmul(x)
         else:
             y = self._dense_matmul(x)
@@ -116,21 +140,28 @@ class QuantLinear(nn.Module):
 
     def _dense_matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:  # see the module docstring: round as the packed kernels do
-            y = self._dequantized_matmul(x.to(torch.bfloat16).to(x.dtype))
+            y = self._dequantized_matmul(x.to(torch.bfloat16).to(self.dense_dtype or x.dtype))
             return y.to(torch.bfloat16).to(x.dtype)
         return self._dequantized_matmul(x)
 
     def _dequantized_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """Dequantize a tile of output rows at a time, so the float copy stays small."""
         rows = max(1, TILE_ELEMENTS // max(1, self.stored_in_features))
-        if rows >= self.out_features:
-            return F.linear(self._pad_input(x), self.dequantize_rows(0, self.out_features, x.dtype))
         xp = self._pad_input(x)
+        if rows >= self.out_features:
+            return self._tile_matmul(xp, 0, self.out_features)
         parts = [
-            F.linear(xp, self.dequantize_rows(r, min(r + rows, self.out_features), x.dtype))
+            self._tile_matmul(xp, r, min(r + rows, self.out_features))
             for r in range(0, self.out_features, rows)
         ]
         return torch.cat(parts, dim=-1)
+
+    def _tile_matmul(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """x @ W[start:stop].T in x's dtype. A bfloat16 x gets the weight dequantized in float32
+        and rounded once, not rounded at every step of the dequantization."""
+        if x.dtype == torch.bfloat16:
+            return F.linear(x, self.dequantize_rows(start, stop, torch.float32).to(x.dtype))
+        return F.linear(x, self.dequantize_rows(start, stop, x.dtype))
 
     @property
     def stored_in_features(self) -> int:
@@ -169,17 +200,34 @@ class Int8Linear(QuantLinear):
 
     def prepare(self) -> None:
         """Call after loading: sets up the CPU kernel's operands."""
-        self.packed = self.qweight.device.type == "cpu"
+        self._choose_paths(self.qweight.device)
         if self.packed:
             self._kernel_scales = self.scales.to(torch.bfloat16)
             self.scales.copy_(self._kernel_scales)  # both paths use the kernel's scales
+            extra = -self.in_features % INT8_K_MULTIPLE
+            if extra:  # zero weight columns, met by the zero padding of the input
+                self.qweight = F.pad(self.qweight, (0, extra))
+
+    @property
+    def stored_in_features(self) -> int:
+        return self.qweight.shape[1]
 
     def _packed_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.qweight, self._kernel_scales)
+        y = torch._weight_int8pack_mm(
+            self._pad_input(x).to(torch.bfloat16), self.qweight, self._kernel_scales
+        )
         return y.to(x.dtype)
 
     def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
-        return dequantize_int8(self.qweight[start:stop], self.scales[start:stop], dtype)
+        return dequantize_int8(self.qweight[start:stop], self.scales[start:stop], dtype)[
+            :, : self.in_features
+        ]
+
+    def _tile_matmul(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        # x @ (q * s).T == (x @ q.T) * s: int8 values are exact even in bfloat16, so the
+        # weight is never rounded, and the scale is one multiply per output
+        y = F.linear(x, self.qweight[start:stop].to(x.dtype))
+        return y * self.scales[start:stop].to(x.dtype)
 
 
 class Int4Linear(QuantLinear):
@@ -205,7 +253,7 @@ class Int4Linear(QuantLinear):
 
     def prepare(self) -> None:
         """Call after loading: repack for the CPU kernel (rows padded to a multiple of 32)."""
-        self.packed = self.qweight.device.type == "cpu"
+        self._choose_paths(self.qweight.device)
         if not self.packed:
             return
         rows = -(-self.out_features // ROW_BLOCK) * ROW_BLOCK
