@@ -226,23 +226,23 @@ def test_a_dead_upstream_is_skipped_before_the_first_byte(upstream, gateway, adm
             c.delete("/admin/upstreams/gone")
 
 
-def test_an_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(gateway, admin_key, tmp_path):
-    from stratus.config import demo_model_path
-
-    demo = demo_model_path()
-    if not (demo / "config.json").is_file():
-        pytest.skip("no demo model: run `make demo-model`")
+def test_an_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
+    gateway, admin_key, tmp_path, tiny_checkpoint
+):
     gw, _ = gateway
     key = issued.record(generate().secret)
     data = issued.data_dir_of(tmp_path)
-    # One process (engine in a thread), so kill -9 takes all of it down, as a lost machine would.
+    # One process (engine in a thread), so kill -9 takes all of it down, as a lost machine would;
+    # 40 tokens/s, so the stream is surely still running when it dies.
     fragile = ServeProcess(
         "--model",
-        f"demo={demo}",
+        f"tiny={tiny_checkpoint}",
         "--data-dir",
         str(data),
         "--engine-isolation",
         "thread",
+        "--max-tokens-per-second",
+        "40",
         env={"STRATUS_ADMIN_KEY": key},
     )
     admin = {"Authorization": f"Bearer {admin_key}"}
@@ -252,14 +252,14 @@ def test_an_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(gatewa
             "name": "fragile",
             "model": "fragile",
             "base_url": fragile.url + "/v1",
-            "upstream_model": "demo",
+            "upstream_model": "tiny",
         }
         with httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c:
             assert c.post("/admin/upstreams", json={**body, "api_key": key}).status_code == 201
             request = {
                 "model": "fragile",
                 "stream": True,
-                "max_tokens": 900,
+                "max_tokens": 400,
                 "temperature": 0,
                 "ignore_eos": True,
             }
@@ -276,7 +276,7 @@ def test_an_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(gatewa
             error = orjson.loads(events[-2])["error"]
             assert error["code"] == "upstream_failed_midstream"
             assert "cannot be resumed" in error["message"]
-            assert len(events) < 900  # it really was cut short
+            assert len(events) < 400  # it really was cut short
             c.delete("/admin/upstreams/fragile")
     finally:
         fragile.kill()
