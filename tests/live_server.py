@@ -138,6 +138,7 @@ class ServeProcess:
     def wait(self, timeout: float = 60.0) -> int:
         code = self.proc.wait(timeout)
         self._reader.join(5)
+        self._record_output()
         return code
 
     def kill(self) -> None:
@@ -145,4 +146,9 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._reader.join(5)
-        issued.record_output(self.output)  # searched for secrets at the end of the session
+        self._record_output()
+
+    def _record_output(self) -> None:
+        if not getattr(self, "_recorded", False):  # searched for secrets at the end of the session
+            self._recorded = True
+            issued.record_output(self.output)
