@@ -55,15 +55,23 @@ def percentile(values: list[float], q: float) -> float:
 # -- (a) real engines ---------------------------------------------------------------------------
 
 
-async def run_policy(policy: str, engines: dict, rates: dict, workload, seed: int) -> dict:
+async def run_policy(
+    policy: str, engines: dict, rates: dict, workload, arrivals: list[float], seed: int
+) -> dict:
+    """`policy` is a Router policy; "capacity-learned" is capacity-aware without priors (every
+    replica starts at the default and the router learns the rest)."""
     from stratus.engine import GenerateRequest, SamplingParams
 
-    router = Router(policy, seed=seed)
+    learned = policy.endswith("-learned")
+    router = Router(policy.removesuffix("-learned"), seed=seed)
     for rid, rate in rates.items():
-        router.add(rid, rate)
+        router.add(rid, None if learned else rate)
     t0 = time.perf_counter()
 
-    async def one(i: int) -> tuple[str, float, int]:
+    async def one(i: int) -> tuple[str, float, float, int]:
+        if arrivals[i] > 0:
+            await asyncio.sleep(arrivals[i] - (time.perf_counter() - t0))
+        arrived = time.perf_counter()
         prompt, max_tokens = workload.prompts[i], workload.max_tokens[i]
         work = request_work(len(prompt), max_tokens)
         rid = router.pick(work)
@@ -76,23 +84,25 @@ async def run_policy(policy: str, engines: dict, rates: dict, workload, seed: in
             router.progress(rid, len(delta.token_ids))
         done = time.perf_counter()
         router.end(rid, work, tokens, done - start, ok=True)
-        return rid, done - t0, tokens
+        return rid, done - t0, done - arrived, tokens
 
     results = await asyncio.gather(*(one(i) for i in range(len(workload.prompts))))
-    latencies = [lat for _, lat, _ in results]
-    tokens = sum(t for _, _, t in results)
-    makespan = max(latencies)
+    latencies = [lat for _, _, lat, _ in results]
+    tokens = sum(t for *_, t in results)
+    makespan = max(end for _, end, _, _ in results)
     per_replica = {}
+    learned_caps = router.snapshot()
     for rid, rate in rates.items():
-        mine = [(lat, t) for r, lat, t in results if r == rid]
+        mine = [(end, t) for r, end, _, t in results if r == rid]
         got = sum(t for _, t in mine)
-        last = max((lat for lat, _ in mine), default=0.0)
+        last = max((end for end, _ in mine), default=0.0)
         per_replica[rid] = {
             "rate": rate,
             "requests": len(mine),
             "token_share": round(got / tokens, 4),
             "finished_at_s": round(last, 2),
             "achieved_tokens_per_s": round(got / last, 1) if last else 0.0,
+            "router_capacity_at_end": learned_caps[rid]["capacity"],
         }
     return {
         "policy": policy,
@@ -121,17 +131,30 @@ async def real_part(args) -> dict:
     workload = common.make_workload(args.requests, 4096, (16, 256), (8, 56), max_len, seed=args.seed)
     total_capacity = sum(rates.values())
     bound = workload.output_tokens / total_capacity
+    if args.arrivals == "poisson":  # open loop at --load of the total capacity
+        rng = random.Random(args.seed + 1)
+        rate = args.load * total_capacity / statistics.fmean(workload.max_tokens)
+        arrivals, t = [], 0.0
+        for _ in workload.max_tokens:
+            t += rng.expovariate(rate)
+            arrivals.append(t)
+        how = f"Poisson arrivals at {args.load:.0%} of capacity (last at {t:.1f} s)"
+        bound = max(bound, t)
+    else:
+        arrivals = [0.0] * len(workload.max_tokens)
+        how = "all at once"
     print(
         f"\n(a) real: {len(rates)} demo-model engines throttled to "
         f"{'/'.join(f'{r:g}' for r in rates.values())} tokens/s; {args.requests} requests "
-        f"({workload.output_tokens} output tokens, {workload.prompt_tokens} prompt tokens), all at "
-        f"once; ideal makespan = {workload.output_tokens} / {total_capacity:g} = {bound:.1f} s"
+        f"({workload.output_tokens} output tokens, {workload.prompt_tokens} prompt tokens), {how}; "
+        f"ideal makespan {bound:.1f} s (total output / total capacity = "
+        f"{workload.output_tokens / total_capacity:.1f} s)"
     )
     runs = []
     try:
         for policy in args.policies:
             load = [round(x, 2) for x in common.load_average()]
-            result = await run_policy(policy, engines, rates, workload, args.seed)
+            result = await run_policy(policy, engines, rates, workload, arrivals, args.seed)
             result["load_average_before"] = load
             result["makespan_over_bound"] = round(result["makespan_s"] / bound, 3)
             runs.append(result)
@@ -140,7 +163,7 @@ async def real_part(args) -> dict:
                 for v in result["replicas"].values()
             )
             print(
-                f"  {policy:<12} makespan {result['makespan_s']:6.1f} s ({result['makespan_over_bound']:.2f}x "
+                f"  {policy:<16} makespan {result['makespan_s']:6.1f} s ({result['makespan_over_bound']:.2f}x "
                 f"bound)  {result['throughput_tokens_per_s']:6.1f} tok/s  p50 {result['p50_latency_s']:6.1f} s  "
                 f"p95 {result['p95_latency_s']:6.1f} s  load {load[0]}  shares {shares}"
             )
@@ -149,7 +172,7 @@ async def real_part(args) -> dict:
     out = {
         "rates": rates,
         "requests": args.requests,
-        "arrivals": "all at once (closed batch)",
+        "arrivals": how,
         "output_tokens": workload.output_tokens,
         "prompt_tokens": workload.prompt_tokens,
         "bound_s": round(bound, 2),
@@ -201,10 +224,11 @@ def sim_setup(replicas: int, requests: int, seed: int, levels: list[float]):
 def sim_batch(policy: str, caps: list[float], works: list[float], seed: int) -> dict:
     """All requests at t=0: only picks and begins; each replica then drains at its speed."""
     clock = SimClock()
-    router = Router(policy, seed=seed, clock=clock, learn=False)
+    learned = policy.endswith("-learned")  # equal priors; capacities learned as it runs
+    router = Router(policy.removesuffix("-learned"), seed=seed, clock=clock, learn=learned)
     ids = [f"n{i}" for i in range(len(caps))]
     for rid, cap in zip(ids, caps):
-        router.add(rid, cap)
+        router.add(rid, None if learned else cap)
     index = {rid: i for i, rid in enumerate(ids)}
     assigned = [0.0] * len(caps)
     cost = 0.0
@@ -230,10 +254,11 @@ def sim_batch(policy: str, caps: list[float], works: list[float], seed: int) -> 
 def sim_open(policy: str, caps: list[float], works: list[float], seed: int, load: float) -> dict:
     """Poisson arrivals at `load` x total capacity; FIFO replicas; completions call end()."""
     clock = SimClock()
-    router = Router(policy, seed=seed, clock=clock, learn=False)
+    learned = policy.endswith("-learned")  # equal priors; capacities learned as it runs
+    router = Router(policy.removesuffix("-learned"), seed=seed, clock=clock, learn=learned)
     ids = [f"n{i}" for i in range(len(caps))]
     for rid, cap in zip(ids, caps):
-        router.add(rid, cap)
+        router.add(rid, None if learned else cap)
     index = {rid: i for i, rid in enumerate(ids)}
     rng = random.Random(seed + 1)
     rate = load * sum(caps) / statistics.fmean(works)
@@ -321,6 +346,13 @@ def main() -> int:
         default="process",
         help="(a) each engine's step loop in a process of its own (as serve runs it) or a thread",
     )
+    p.add_argument(
+        "--arrivals",
+        choices=("batch", "poisson"),
+        default="batch",
+        help="(a) all requests at once, or open-loop Poisson arrivals at --load of total capacity",
+    )
+    p.add_argument("--load", type=float, default=0.8, help="(a) open-loop load, fraction of capacity")
     p.add_argument("--sim-replicas", type=int, default=10_000)
     p.add_argument("--sim-requests", type=int, default=1_000_000)
     p.add_argument("--sim-load", type=float, default=0.9, help="(b) open-loop load, fraction of capacity")
