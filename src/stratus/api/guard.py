@@ -135,7 +135,9 @@ async def _audit(recorder: AuditRecorder | None, event: AuditEvent) -> None:
         log.error("could not audit the %s on %s", event.action, event.resource)
 
 
-async def _suspend(suspensions: Suspensions, recorder: AuditRecorder | None, event: Event, key_id: str) -> None:
+async def _suspend(
+    suspensions: Suspensions, recorder: AuditRecorder | None, event: Event, key_id: str
+) -> None:
     try:
         new = await asyncio.to_thread(suspensions.suspend, key_id, event.kind, event.detail)
     except Exception as exc:

@@ -41,9 +41,7 @@ def _message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: keep the text ones
-        return "\n".join(
-            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
+        return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
 
 
@@ -119,9 +117,7 @@ class ContentLog:
                 for r in conn.execute(query)
             ]
 
-    def read(
-        self, *, request_id: str | None = None, seq: int | None = None, limit: int = 100
-    ) -> list[dict]:
+    def read(self, *, request_id: str | None = None, seq: int | None = None, limit: int = 100) -> list[dict]:
         """Logged content, newest first, decrypted (the caller has checked audit.read)."""
         c = audit_content.c
         query = sa.select(audit_content).order_by(c.id.desc()).limit(limit)
