@@ -55,7 +55,9 @@ def cluster(tmp_path_factory, admin_key):
     app = create_app(settings, hooks=AuthHooks(access))
     registry = app.state.stratus.registry
     gateway = LiveServer(app).start()
+    # At most 150 tokens/s each, so a 400-token stream is surely still running when its worker dies.
     args = ("--engine-isolation", "thread", "--gateway", gateway.url, "--heartbeat-interval", "0.5")
+    args += ("--max-tokens-per-second", "150")
     workers = []
     try:
         workers = [WorkerProcess("demo", str(DEMO), secret, *args) for _ in range(2)]
