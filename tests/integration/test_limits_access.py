@@ -28,8 +28,10 @@ def test_usage_visibility_and_limit_rights_follow_roles(http, base_url):
     _ok(http.post("/admin/users", json={"name": member, "team": team}))
     _ok(http.post("/admin/users", json={"name": other}))
     _ok(http.put(f"/admin/users/{other}/models/{TINY_MODEL}"))
+    auditor = f"auditor-{s}"
+    _ok(http.post("/admin/users", json={"name": auditor, "role": "auditor"}))
     secrets = {}
-    for user, key_team in ((lead, team), (member, team), (other, None)):
+    for user, key_team in ((lead, team), (member, team), (other, None), (auditor, None)):
         made = _ok(http.post("/admin/keys", json={"name": "k", "user": user, "team": key_team}))
         secrets[user] = issued.record(made["secret"])
 
@@ -58,6 +60,9 @@ def test_usage_visibility_and_limit_rights_follow_roles(http, base_url):
         assert c.delete("/admin/limits", params={"scope": "team", "subject": team}).status_code == 200
     with client(other) as c:
         assert users_seen(c) == {other}
+    with client(auditor) as c:  # auditors see every row, and may not set limits
+        assert {lead, member, other} <= users_seen(c)
+        assert c.put("/admin/limits", json={"scope": "team", "subject": team, "rpm": 5}).status_code == 403
     assert {lead, member, other} <= users_seen(http)
 
 

@@ -31,13 +31,22 @@ def gateway(tiny_engine, data_dir, fail_open: bool) -> LiveServer:
 BODY = {"model": TINY_MODEL, "prompt": "hi", "max_tokens": 2}
 
 
+def rows_of(server: LiveServer) -> list[dict]:
+    with meter_of(server.app.state.stratus.hooks).store.connect() as conn:
+        return [dict(r) for r in conn.execute(ledger.usage_ledger.select()).mappings()]
+
+
 def test_redis_down_fails_closed_with_503(tiny_engine, tmp_path):
     with gateway(tiny_engine, tmp_path, fail_open=False) as server:
         server.wait_ready()
         r = httpx.post(server.url + "/v1/completions", json=BODY, timeout=60)
+        recorded = rows_of(server)
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "limiter_unavailable"
     assert "Redis" in r.json()["error"]["message"] and r.headers["retry-after"]
+    assert [(row["status"], row["prompt_tokens"], row["completion_tokens"]) for row in recorded] == [
+        ("refused_503", 0, 0)
+    ]  # the refused request's ledger row, with nothing charged
 
 
 def test_redis_down_fails_open_to_per_process_limits(tiny_engine, tmp_path):

@@ -264,6 +264,23 @@ def test_bad_limits_are_400_and_usage_is_aggregated(server):
         )
         assert any(line.startswith("ml,1,0,") for line in csv_text.splitlines())
         assert c.get("/admin/usage", params={"by": "planet"}).status_code == 400
+        # a time range: ISO dates or Unix seconds, [since, until)
+        assert (
+            c.get("/admin/usage", params={"since": "2099-01-01", "until": "2100-01-01"}).json()["data"] == []
+        )
+        now = time.time()
+        recent = c.get("/admin/usage", params={"by": "user", "since": now - 600, "until": now + 60}).json()
+        assert any(d["user"] == "agg" for d in recent["data"])
+        assert (
+            c.get("/admin/usage", params={"by": "user", "since": 0, "until": now - 86400 * 365}).json()[
+                "data"
+            ]
+            == []
+        )
+        bad_range = c.get("/admin/usage", params={"since": "2026-02-01", "until": "2026-01-01"})
+        assert bad_range.status_code == 400 and bad_range.json()["error"]["param"] == "until"
+        bad_time = c.get("/admin/usage", params={"since": "yesterday"})
+        assert bad_time.status_code == 400 and bad_time.json()["error"]["param"] == "since"
 
 
 def test_requests_refused_after_identification_get_a_ledger_row(server):
