@@ -7,6 +7,8 @@ admin as model "remote". The official openai client then uses "remote" through t
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import orjson
 import pytest
@@ -140,10 +142,22 @@ def test_upstream_behind_the_gateway(upstream, gateway, admin_key):
     again = client.chat.completions.create(model="remote", extra_body=sneaky, **CHAT)
     assert again.choices[0].message.content == expected.choices[0].message.content
 
-    # The gateway charged the upstream's reported usage to the caller.
-    with httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c:
-        usage = c.get("/admin/usage").json()
-    assert "remote" in str(usage)
+    # The gateway charged exactly the usage the upstream reported (four chats and a completion).
+    want = {
+        "requests": 5,
+        "prompt_tokens": 4 * got.usage.prompt_tokens + text.usage.prompt_tokens,
+        "completion_tokens": 4 * got.usage.completion_tokens + text.usage.completion_tokens,
+    }
+
+    def charged() -> dict:
+        r = httpx.get(gw.url + "/admin/usage", params={"by": "model"}, headers=admin, timeout=30)
+        row = next((row for row in r.json()["data"] if row["model"] == "remote"), {})
+        return {k: row.get(k) for k in want}
+
+    deadline = time.monotonic() + 30
+    while charged() != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert charged() == want
 
     # The key is in the store only encrypted.
     for file in data.rglob("*"):
