@@ -20,7 +20,7 @@ from tests import issued
 from tests.live_server import LiveServer
 from tests.worker_process import WorkerProcess
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 DEMO = demo_model_path()
 if not (DEMO / "config.json").is_file():

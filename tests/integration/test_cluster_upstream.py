@@ -21,7 +21,7 @@ from stratus.security.keys import generate
 from tests import issued
 from tests.live_server import LiveServer, ServeProcess
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 CHAT = {
     "messages": [{"role": "user", "content": "Say something about foxes"}],

@@ -21,7 +21,7 @@ from stratus.engine.types import GenerateRequest, SamplingParams, ValidationErro
 from tests import issued
 from tests.worker_process import WorkerProcess
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 DEMO = demo_model_path()
 if not (DEMO / "config.json").is_file():
