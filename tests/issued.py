@@ -11,7 +11,7 @@ test turns it on, and then the text is redacted and encrypted: still never in pl
 
 `watch_http` wraps httpx's send (which the openai client uses too), so every request a test sends
 to a loopback server is seen: its bearer credential and its prompts are recorded, and so is any
-key secret a response returns. Requests pass through unchanged.
+secret an /admin response returns (keys, the webhook's). Requests pass through unchanged.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _seen_request(request: httpx.Request) -> None:
 
 
 def _seen_response(response: httpx.Response) -> None:
-    if not response.request.url.path.startswith("/admin/keys") or not response.is_success:
+    if not response.request.url.path.startswith("/admin/") or not response.is_success:
         return
     try:
         secret = orjson.loads(response.content).get("secret")
