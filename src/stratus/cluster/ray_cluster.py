@@ -19,6 +19,9 @@ import contextlib
 import inspect
 import logging
 import math
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,9 +118,11 @@ class RayCluster:
         drain_timeout: float = 30.0,
         factory: ReplicaFactory | None = None,
         address: str = "auto",
+        connect_timeout: float = 60.0,
     ):
         self.registry = registry
         self.address = address
+        self.connect_timeout = connect_timeout
         self._started_ray = False
         self.specs = specs
         self.engine_config = engine_config or EngineConfig()
@@ -149,7 +154,7 @@ class RayCluster:
     async def serve(self) -> None:
         """Connect to Ray and place the replicas (the gateway runs this as it starts)."""
         try:
-            self._started_ray = await asyncio.to_thread(connect, self.address)
+            self._started_ray = await connect_within(self.address, self.connect_timeout)
             await self.start()
         except Exception:  # /ready stays 503; the log says why
             log.exception("placing Ray replicas failed (--ray-address %s)", self.address)
@@ -351,11 +356,16 @@ class RayCluster:
 
 
 def connect(address: str, namespace: str = "stratus") -> bool:
-    """Join Ray: "auto" (the cluster this machine belongs to), "ray://host:port" (Ray Client),
-    or "local" (start a Ray instance of our own). Returns True when this call started Ray."""
-    import os
-
+    """Join Ray: "auto" (the cluster this machine belongs to), "HOST:PORT" (a head's GCS),
+    "ray://host:port" (Ray Client) or "local" (start a Ray instance of our own). Returns True
+    when this call started Ray."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a gateway
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    if host in ("localhost", "127.0.0.1", "::1") and "ray" not in sys.modules:
+        # A head on loopback: Ray would swap the address for this machine's external one and
+        # wait for good for a GCS that is not there; this (read when ray is imported) keeps
+        # every address loopback.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():  # tests and embedding connect before the app starts
@@ -372,6 +382,40 @@ def connect(address: str, namespace: str = "stratus") -> bool:
             hint = " If the cluster uses token authentication, set RAY_AUTH_MODE=token."
         raise ConnectionError(f"cannot connect to Ray at {address}: {exc}.{hint}") from exc
     return True
+
+
+async def connect_within(address: str, timeout: float) -> bool:
+    """`connect` in a daemon thread, bounded: an unreachable head must neither hang the
+    gateway's start nor keep its process alive at exit (ray.init may block for good)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bool] = loop.create_future()
+
+    def settle(result: bool | None, error: BaseException | None) -> None:
+        if done.done():  # gave up waiting already
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(bool(result))
+
+    def run() -> None:
+        try:
+            result = connect(address)
+        except BaseException as exc:
+            outcome: tuple[bool | None, BaseException | None] = (None, exc)
+        else:
+            outcome = (result, None)
+        with contextlib.suppress(RuntimeError):  # the gateway's loop may be gone by now
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="stratus-ray-connect", daemon=True).start()
+    try:
+        return await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        raise ConnectionError(
+            f"cannot connect to Ray at {address} within {timeout:.0f} s: is the head running and "
+            "reachable from here (its GCS port, 6379 by default)?"
+        ) from None
 
 
 def parse_counts(text: str, models: list[str], what: str) -> dict[str, int]:

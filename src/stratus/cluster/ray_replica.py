@@ -34,6 +34,8 @@ from stratus.engine.tokenizer import Tokenizer
 
 log = logging.getLogger("stratus.cluster")
 
+PLACEMENT_WARNING = 30.0  # seconds a new actor may take to be placed and load before a warning
+
 # Ray options a replica's resource spec may set; every other key is a custom resource.
 _RAY_NAMED = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
 
@@ -141,6 +143,7 @@ class RayReplica:
         self._stats = EngineStats.empty()
         self._stats_at = 0.0
         self._handle: Any = None
+        self._serving = False  # answered a probe once
 
     async def start(self) -> None:
         if self._handle is None:
@@ -150,7 +153,21 @@ class RayReplica:
             self._handle = actor_class.options(
                 name=self.id, **actor_options(self.resources, self.max_restarts)
             ).remote(str(self.path), self.config)
-        await self._call("probe", timeout=self.start_timeout)
+        patience = min(PLACEMENT_WARNING, self.start_timeout)
+        try:
+            await self._call("probe", timeout=patience)
+        except ReplicaError:
+            if self.start_timeout <= patience:
+                raise
+            # Most often no node offers the resources asked for: say so, then keep waiting.
+            log.warning(
+                "replica %s is not serving after %.0f s: is there a node with %s free? (`ray status`)",
+                self.id,
+                patience,
+                self.resources,
+            )
+            await self._call("probe", timeout=self.start_timeout - patience)
+        self._serving = True
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         if self._handle is None:
@@ -195,8 +212,9 @@ class RayReplica:
         """Stop the engine and end the actor for good (no restart)."""
         if self._handle is None:
             return
-        with contextlib.suppress(ReplicaError):
-            await self._call("shutdown", timeout=self.probe_timeout)
+        if self._serving:  # an actor never placed or loaded has nothing to stop gracefully
+            with contextlib.suppress(ReplicaError):
+                await self._call("shutdown", timeout=min(self.probe_timeout, 5.0))
         with contextlib.suppress(Exception):
             ray.kill(self._handle, no_restart=True)
         self._handle = None
