@@ -308,6 +308,8 @@ def banner(settings: Settings, host: str, port: int) -> str:
     base = f"{scheme}://{shown}:{port}"
     model = next(iter(settings.model_paths()))
     models = ", ".join(f"{n} ({p})" for n, p in settings.model_paths().items())
+    if not settings.local_models:
+        models = "none loaded here (--no-local-models): workers and upstreams that join serve them"
     auth_header = ' -H "Authorization: Bearer $STRATUS_API_KEY"' if settings.auth else ""
     api_key = "os.environ['STRATUS_API_KEY']" if settings.auth else "'none'"
     access = "API key or OIDC token required" if settings.auth else "OFF (--no-auth), loopback only"
