@@ -113,7 +113,8 @@ class AuditRecorder:
         # request is refused (fail closed), not every request that shares its commit.
         if not content.ring_loaded:
             await asyncio.to_thread(lambda: content.ring)
-        return content_text(ctx.body, ctx.completions)
+        # Off the event loop: redacting a prompt near the body limit takes a fraction of a second.
+        return await asyncio.to_thread(content_text, ctx.body, ctx.completions)
 
     async def write(self, event: AuditEvent, content: str | None = None) -> None:
         try:

@@ -76,3 +76,25 @@ def test_content_text_of_chat_and_completions_requests():
     assert json.loads(content_text({"prompt": ["x@y.io", "plain"]}, None))["prompt"] == ["[email]", "plain"]
     assert content_text({"prompt": [1, 2, 3]}, ["t"]) is None  # token ids: no text to log
     assert content_text(None, None) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 300_000,
+        "a." * 150_000,
+        "1 " * 150_000,
+        "a@" * 150_000,
+        "x@" + "b." * 100_000,
+        "hello world " * 25_000,
+    ],
+)
+def test_long_inputs_take_linear_time(text):
+    """A prompt near the body limit must not stall the record step (the test's timeout is the
+    bound: an e-mail pattern that retried every start position took minutes on these)."""
+    assert len(redact(text + " ok@example.com")) > 0
+
+
+def test_email_local_part_boundaries():
+    assert redact("x" * 70 + "@example.com") == "x" * 6 + "[email]"  # the last 64 go, at least
+    assert redact("(bob@example.com)") == "([email])"
