@@ -2,22 +2,25 @@
 """Routing over replicas of unequal capacity: round robin, power of two choices and
 capacity-aware routing (stratus.cluster.router.Router), compared in one run.
 
-    .venv/bin/python bench/scheduling.py                 # both parts (about 6 minutes)
+    .venv/bin/python bench/scheduling.py                 # both parts (about 10 minutes)
     .venv/bin/python bench/scheduling.py --real-only     # (a) only
     .venv/bin/python bench/scheduling.py --sim-only      # (b) only
     .venv/bin/python bench/scheduling.py --quick         # a smoke run of both, small
 
-(a) Real: five engines on the demo model (models/demo) in this process, throttled with
-    EngineConfig.max_tokens_per_second to 20/30/40/50/60 output tokens/s, so their capacities
-    stand as 2:3:4:5:6. A batch of N (240) requests with mixed prompt lengths (16-256 tokens)
-    and max_tokens (8-56), ignore_eos so the work is known, all submitted at once (closed
-    batch, not open-loop arrivals), routed by each policy in turn through the same Router the
-    gateway uses (priors = the throttle rates). Per policy: makespan, throughput, p50/p95
-    latency (submit to last token) next to the ideal lower bound = total output tokens /
-    total capacity; the ratios capacity-aware makespan / bound and round-robin p95 /
-    capacity-aware p95; each replica's share of the tokens and the rate it actually achieved.
+(a) Real: five engines on the demo model (models/demo), each step loop in a process of its own,
+    throttled with EngineConfig.max_tokens_per_second to 10/15/20/25/30 output tokens/s, so
+    their capacities stand as 2:3:4:5:6 (low enough that a busy 2-core machine still delivers
+    them when a replica's batch runs down to a few sequences; 20..60 fell 10-25% short at load
+    10-15). A batch of N (200) requests with mixed prompt lengths (16-256 tokens) and
+    max_tokens (8-56), ignore_eos so the work is known, all submitted at once (closed batch;
+    --arrivals poisson for open-loop arrivals), routed by each policy in turn through the same
+    Router the gateway uses (priors = the throttle rates; "capacity-learned": no priors).
+    Per policy: makespan, throughput, p50/p95 latency (arrival to last token) next to the
+    ideal lower bound = total output tokens / total capacity; the ratios capacity-aware
+    makespan / bound and round-robin p95 / capacity-aware p95; each replica's share of the
+    tokens, the rate it actually achieved, and the router's capacity for it at the end.
 (b) Simulation: the same Router class on a simulated clock (no sleeps), 10,000 replicas with
-    capacities drawn from 20/30/40/50/60 tokens/s and 1,000,000 requests, event-driven FIFO
+    capacities drawn from the same levels (--rates) and 1,000,000 requests, event-driven FIFO
     replicas, in two modes: a batch (all at t=0; makespan vs bound, max/mean of the replicas'
     finishing times) and open-loop Poisson arrivals at 90% of total capacity (latency
     percentiles, and the p95 latency over the p95 of the requests' own service times). Reports
@@ -337,8 +340,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
     p.add_argument("--real-only", action="store_true")
     p.add_argument("--sim-only", action="store_true")
-    p.add_argument("--requests", type=int, default=240, help="(a) requests per policy")
-    p.add_argument("--rates", default="20,30,40,50,60", help="(a) throttles; (b) capacity levels (tok/s)")
+    p.add_argument("--requests", type=int, default=200, help="(a) requests per policy")
+    p.add_argument("--rates", default="10,15,20,25,30", help="(a) throttles; (b) capacity levels (tok/s)")
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument(
         "--isolation",
@@ -363,7 +366,6 @@ def main() -> int:
     args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     if args.quick:
         args.requests = min(args.requests, 30)
-        args.rates = [r * 4 for r in args.rates] if not args.sim_only else args.rates
         args.sim_replicas = min(args.sim_replicas, 500)
         args.sim_requests = min(args.sim_requests, 20_000)
 
