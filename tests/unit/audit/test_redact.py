@@ -87,6 +87,9 @@ def test_content_text_of_chat_and_completions_requests():
         "a@" * 150_000,
         "x@" + "b." * 100_000,
         "hello world " * 25_000,
+        "eyJ" * 100_000,
+        "eyJaaaaaaaaa." * 20_000,
+        "sk-" * 100_000,
     ],
 )
 def test_long_inputs_take_linear_time(text):
