@@ -90,3 +90,17 @@ def test_audit_api_is_for_auditors_and_admins_with_filters(server):
         assert older["data"][0]["id"] < page["data"][-1]["id"]
         assert c.get("/admin/audit", params={"since": 4102444800}).json()["data"] == []
         assert c.get("/admin/alerts").status_code == 200
+
+
+def test_an_alert_does_not_suspend_unless_configured(server):
+    key = make_key(server, "wanda", "member")
+    for i in range(11):  # one key from 11 addresses in one interval: a many_addresses alert
+        with client(server, f"127.0.2.{i + 1}", key) as c:
+            assert c.get("/v1/models").status_code == 200
+    with client(server, "127.0.0.1", key) as c:
+        assert c.get("/v1/models").status_code == 200  # --alert-suspend is off by default
+    with client(server, "127.0.0.1", server.admin) as c:
+        alerts = c.get("/admin/alerts").json()["alerts"]
+        assert any(a["kind"] == "many_addresses" for a in alerts)
+        assert c.get("/admin/suspensions").json()["data"] == []
+        assert c.get("/admin/audit", params={"action": "key.suspend"}).json()["data"] == []
