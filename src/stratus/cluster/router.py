@@ -78,6 +78,7 @@ class Router:
         self._affinity: OrderedDict[str, str] = OrderedDict()
         self._affinity_size = affinity_size
         self._rr = 0
+        self._added: list[str] = []  # add order: round robin's turn order
         # Index i <-> replica id; arrays hold the numbers pick() reads, lists the rest.
         self._ids: list[str] = []
         self._index: dict[str, int] = {}
@@ -109,6 +110,7 @@ class Router:
         self._set_capacity(n, capacity)
         self._reqs[n] = 0.0
         self._meter.append(_Meter(self._clock()))
+        self._added.append(replica_id)
         # Slots are a seeded random order: argmin takes the first of equal expected times, so
         # ties go by the seed, at no cost per pick.
         self._swap(n, self._rng.randrange(n + 1))
@@ -120,6 +122,7 @@ class Router:
             return
         self._swap(i, len(self._ids) - 1)  # into the last slot, so the arrays stay dense
         del self._index[replica_id]
+        self._added.remove(replica_id)
         self._ids.pop()
         self._meter.pop()
 
@@ -187,8 +190,9 @@ class Router:
 
     def _round_robin(self, n: int, excluded: set[int]) -> int:
         for _ in range(n):
-            i = self._rr % n
-            self._rr = i + 1
+            turn = self._rr % n
+            self._rr = turn + 1
+            i = self._index[self._added[turn]]
             if i not in excluded:
                 return i
         raise NoReplicaAvailable("all replicas are excluded")  # unreachable: pick() checked
