@@ -103,3 +103,25 @@ def test_two_limiters_on_different_nodes_share_one_budget(cluster):
     admitted, used = asyncio.run(go())
     assert admitted == N
     assert used["tokens_per_day"] == N * 30 and used["concurrent"] == 0
+
+
+def test_a_server_that_refuses_info_is_taken_for_a_plain_server(tmp_path):
+    """The cluster question is INFO; an ACL user without it still gets a working limiter."""
+    import redis
+
+    with RedisServers(tmp_path) as server:
+        admin = redis.Redis.from_url(server.url)
+        admin.acl_setuser("limited", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-info"])
+        admin.close()
+        url = server.url.replace("redis://", "redis://limited:pw@")
+        plan = plan_request(rules("t4"), principal("t4"), "t4", 10, 20, {})
+
+        async def go():
+            limiter = RedisLimiter(url)
+            try:
+                decision = await limiter.acquire(plan.items)
+                return limiter.cluster, decision.allowed
+            finally:
+                await limiter.close()
+
+        assert asyncio.run(go()) == (False, True)

@@ -21,7 +21,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from stratus.security.limits import Decision, Item, LimiterUnavailable
 
@@ -86,8 +86,11 @@ class RedisLimiter:
             if self._ready:
                 return
             if self.cluster is None:
-                info = await self.client.info("cluster")
-                self.cluster = bool(info.get("cluster_enabled"))
+                try:
+                    info = await self.client.info("cluster")
+                    self.cluster = bool(info.get("cluster_enabled"))
+                except ResponseError:  # INFO refused (an ACL without it): a plain server
+                    self.cluster = False
             if self.cluster:
                 await self.client.aclose()
                 self.client = RedisCluster.from_url(
