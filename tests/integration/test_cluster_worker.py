@@ -7,8 +7,11 @@ thread, so kill -9 takes the whole replica down at once, as a lost machine would
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -195,3 +198,30 @@ def test_mutual_tls_between_gateway_and_worker(secret, tmp_path):
             await plain.shutdown()
 
         asyncio.run(run())
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # fields[1] is the parent pid
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_engine_process_of_a_killed_worker_exits_too(secret):
+    with WorkerProcess("demo", str(DEMO), secret) as w:  # default: the engine in a process of its own
+        w.wait_serving()
+        children = _children(w.proc.pid)
+        assert children, "no engine process"
+        w.kill9()
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = [c for c in children if Path(f"/proc/{c}").exists()]
+        for c in alive:  # do not leave it behind even when the test fails
+            os.kill(c, signal.SIGKILL)
+        assert not alive, "the engine process outlived its worker"

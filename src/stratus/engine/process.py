@@ -21,8 +21,11 @@ def _child_main(path: str, config: EngineConfig, commands, results) -> None:
         results.put(("load_failed", f"{type(exc).__name__}: {exc}"))
         return
     results.put(("ready", core.runner.num_blocks))
+    parent = os.getppid()
 
     def next_command(timeout):
+        if os.getppid() != parent:  # the parent was killed (kill -9): nobody reads our results
+            return ("stop",)
         try:
             return commands.get(timeout=timeout) if timeout else commands.get_nowait()
         except queue.Empty:
