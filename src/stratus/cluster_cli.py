@@ -49,7 +49,12 @@ _WORKER_OPTIONS = [
     ),
     click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
     click.option("--port", type=int, default=8100, show_default=True, help="Port (0: any free one)."),
-    click.option("--gateway", default=None, help="Register with this gateway (base URL), send heartbeats."),
+    click.option(
+        "--gateway",
+        "gateways",
+        multiple=True,
+        help="Register with this gateway (its base URL) and send it heartbeats; repeat for several.",
+    ),
     click.option(
         "--cluster-secret-file",
         default=None,
@@ -133,7 +138,7 @@ def worker(model_spec: str, **flags: Any) -> None:
         engine=engine,
         worker_id=flags.pop("worker_id"),
         advertise_url=flags.pop("advertise_url"),
-        gateway=flags.pop("gateway"),
+        gateways=tuple(flags.pop("gateways")),
         gateway_verify=client_tls(gateway_ca),
         tls_cert=flags.pop("tls_cert"),
         tls_key=flags.pop("tls_key"),

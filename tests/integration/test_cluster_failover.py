@@ -15,6 +15,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from stratus.api.pipeline import OPEN_ACCESS
 from stratus.config import Settings, demo_model_path
 from tests import issued
 from tests.live_server import LiveServer
@@ -55,9 +56,12 @@ def cluster(tmp_path_factory, admin_key):
     app = create_app(settings, hooks=AuthHooks(access))
     registry = app.state.stratus.registry
     gateway = LiveServer(app).start()
+    # A second gateway (open, loopback only) that the same workers also register with.
+    open_settings = Settings(cluster_secret=secret, local_models=False, auth=False)
+    second = LiveServer(create_app(open_settings, hooks=OPEN_ACCESS)).start()
     # At most 150 tokens/s each, so a 400-token stream is surely still running when its worker dies.
     args = ("--engine-isolation", "thread", "--gateway", gateway.url, "--heartbeat-interval", "0.5")
-    args += ("--max-tokens-per-second", "150")
+    args += ("--gateway", second.url, "--max-tokens-per-second", "150")
     workers = []
     try:
         workers = [WorkerProcess("demo", str(DEMO), secret, *args) for _ in range(2)]
@@ -67,15 +71,25 @@ def cluster(tmp_path_factory, admin_key):
             lambda: "demo" in registry.models and len(registry.models["demo"].replicas.entries) == 2,
             "registration",
         )
-        yield gateway, registry, workers, secret
+        yield gateway, registry, workers, secret, second
     finally:
         for w in workers:
             w.stop()
         gateway.stop()
+        second.stop()
+
+
+def test_workers_serve_every_gateway_they_register_with(cluster):
+    *_, workers, _, second = cluster
+    registry = second.app.state.stratus.registry
+    _wait(lambda: "demo" in registry.models and len(registry.models["demo"].replicas.entries) == 2, "both")
+    body = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4}
+    r = httpx.post(second.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
 
 
 def test_registration_needs_the_cluster_secret(cluster):
-    gateway, registry, workers, secret = cluster
+    gateway, registry, workers, secret, _ = cluster
     body = {"id": "intruder", "model": "demo", "url": "http://127.0.0.1:9"}
     for headers in ({}, {"Authorization": f"Bearer {secrets.token_urlsafe(32)}"}):
         for path in ("register", "heartbeat", "deregister"):
@@ -96,7 +110,7 @@ def test_registration_needs_the_cluster_secret(cluster):
 
 
 def test_kill_9_mid_stream_migrates_with_the_exact_greedy_text(cluster, admin_key):
-    gateway, registry, workers, _ = cluster
+    gateway, registry, workers, *_ = cluster
     client = OpenAI(base_url=gateway.url + "/v1", api_key=admin_key, max_retries=0, timeout=120)
     admin = {"Authorization": f"Bearer {admin_key}"}
     request = {

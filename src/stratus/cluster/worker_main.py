@@ -39,7 +39,7 @@ class WorkerOptions:
     engine: EngineConfig
     worker_id: str | None = None
     advertise_url: str | None = None
-    gateway: str | None = None
+    gateways: tuple[str, ...] = ()  # register with each (several gateways may share workers)
     gateway_verify: ssl.SSLContext | bool = True
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -53,15 +53,15 @@ class WorkerOptions:
 class WorkerServer(uvicorn.Server):
     """uvicorn, plus: the first SIGTERM/SIGINT deregisters before the drain begins."""
 
-    heartbeat: Heartbeat | None = None
+    heartbeats: list[Heartbeat] = []
     worker: WorkerState | None = None
 
     def handle_exit(self, sig, frame) -> None:
         if self.worker is not None and self.worker.state == "serving":
             self.worker.state = "draining"
-            if self.heartbeat is not None:
-                loop = asyncio.get_event_loop()
-                loop.call_soon_threadsafe(lambda: loop.create_task(self.heartbeat.deregister()))
+            loop = asyncio.get_event_loop()
+            for heartbeat in self.heartbeats:
+                loop.call_soon_threadsafe(lambda h=heartbeat: loop.create_task(h.deregister()))
         super().handle_exit(sig, frame)
 
 
@@ -72,28 +72,29 @@ def build_worker(options: WorkerOptions, sock: socket.socket) -> WorkerServer:
     url = options.advertise_url or f"{scheme}://{shown}:{port}"
     worker_id = options.worker_id or f"{options.model}@{shown}:{port}"
     worker = WorkerState(worker_id, options.model, options.secret, path=options.path)
-    heartbeat = None
-    if options.gateway:
-        info = {"id": worker_id, "model": options.model, "url": url}
-        heartbeat = Heartbeat(
-            options.gateway,
+    info = {"id": worker_id, "model": options.model, "url": url}
+    heartbeats = [
+        Heartbeat(
+            gateway,
             options.secret,
             info,
             lambda: wire.stats_to_dict(worker.engine.stats()) if worker.engine else {},
             interval=options.heartbeat_interval,
             verify=options.gateway_verify,
         )
+        for gateway in options.gateways
+    ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_load_and_register(options, worker, heartbeat), name="stratus-worker")
+        task = asyncio.create_task(_load_and_register(options, worker, heartbeats), name="stratus-worker")
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            if heartbeat is not None:
+            for heartbeat in heartbeats:
                 await heartbeat.deregister(final=True)
                 await heartbeat.close()
             if worker.engine is not None:
@@ -108,13 +109,13 @@ def build_worker(options: WorkerOptions, sock: socket.socket) -> WorkerServer:
         **uvicorn_options(options.tls_cert, options.tls_key, options.tls_client_ca),
     )
     server = WorkerServer(config)
-    server.worker, server.heartbeat = worker, heartbeat
+    server.worker, server.heartbeats = worker, heartbeats
     server.url = url  # type: ignore[attr-defined]
     return server
 
 
 async def _load_and_register(
-    options: WorkerOptions, worker: WorkerState, heartbeat: Heartbeat | None
+    options: WorkerOptions, worker: WorkerState, heartbeats: list[Heartbeat]
 ) -> None:
     from stratus.engine import Engine
 
@@ -131,5 +132,4 @@ async def _load_and_register(
         return
     worker.state = "serving"
     log.info("worker %s ready (context window %d tokens)", worker.worker_id, engine.max_model_len)
-    if heartbeat is not None:
-        await heartbeat.run()
+    await asyncio.gather(*(h.run() for h in heartbeats))
