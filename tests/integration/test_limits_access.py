@@ -3,6 +3,7 @@ who may set which limits. Users see their own usage, team admins their team's, a
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -87,7 +88,10 @@ def test_stratus_usage_and_limits_commands(base_url, admin_key):
     assert csv_out.exit_code == 0, csv_out.output
     assert csv_out.output.splitlines()[0].startswith("model,requests,refused,prompt_tokens")
     table = runner.invoke(main, ["usage", "--by", "user,day"], env=env)
-    assert table.exit_code == 0 and table.output.split()[:3] == ["user", "day", "requests"]
+    assert table.exit_code == 0 and table.output.split()[:4] == ["user", "day", "requests", "refused"]
+    by_status = runner.invoke(main, ["usage", "--by", "status", "--format", "json"], env=env)
+    assert by_status.exit_code == 0, by_status.output
+    assert "ok" in {row["status"] for row in json.loads(by_status.output)["data"]}
 
 
 def test_keys_and_teams_commands_set_limits(http, base_url, admin_key):
