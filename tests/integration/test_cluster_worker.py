@@ -225,3 +225,29 @@ def test_the_engine_process_of_a_killed_worker_exits_too(secret):
         for c in alive:  # do not leave it behind even when the test fails
             os.kill(c, signal.SIGKILL)
         assert not alive, "the engine process outlived its worker"
+
+
+def test_a_stalled_worker_is_a_replica_error_after_the_read_timeout(worker, secret):
+    async def run():
+        replica = WorkerReplica(worker.id, "demo", worker.url, secret.encode(), read_timeout=2)
+        await replica.start()
+        params = SamplingParams(max_tokens=900, temperature=0, ignore_eos=True)
+        got = 0
+        try:
+            with pytest.raises(ReplicaError, match="timed out"):
+                async for delta in replica.generate(
+                    GenerateRequest(prompt="Once upon a time", params=params)
+                ):
+                    got += len(delta.token_ids)
+                    if got >= 3 and worker.proc.poll() is None:
+                        worker.proc.send_signal(signal.SIGSTOP)  # hung, not dead: nothing more arrives
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
+            await replica.shutdown()
+
+    asyncio.run(run())
+    worker.wait_serving(60)  # it carries on, and the abandoned request was aborted
+    deadline = time.monotonic() + 30
+    while worker.health().json()["stats"]["running"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker.health().json()["stats"]["running"] == 0
