@@ -127,7 +127,10 @@ def worker(model_spec: str, **flags: Any) -> None:
     if flags["tls_client_ca"] and not tls:
         raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
     engine_fields = {k: flags.pop(k) for k in list(flags) if k in EngineConfig.__dataclass_fields__}
-    engine = EngineConfig(**{k: v for k, v in engine_fields.items() if v is not None})
+    try:  # EngineConfig checks its own fields
+        engine = EngineConfig(**{k: v for k, v in engine_fields.items() if v is not None})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     gateway_ca = flags.pop("gateway_ca")
     options = WorkerOptions(
         model=name,

@@ -62,3 +62,16 @@ def test_the_setting_is_validated():
     assert settings.engine.max_tokens_per_second == 20.0
     with pytest.raises(ConfigError, match="max_tokens_per_second"):
         load_settings({"max_tokens_per_second": -1.0}, env={})
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_bad_rate_on_the_command_line_is_a_usage_error(command, tmp_path):
+    from click.testing import CliRunner
+
+    from stratus.cli import main
+
+    env = {"STRATUS_CLUSTER_SECRET": "s" * 40, "STRATUS_DATA_DIR": str(tmp_path)}
+    args = [command, "--model", "demo=models/demo", "--max-tokens-per-second", "-1"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert "max_tokens_per_second must be a positive number" in result.output
