@@ -161,7 +161,8 @@ def test_streamed_aborted_and_failed_requests_are_charged_what_was_delivered(ser
         assert aborted["status"] == "client_disconnect"
         assert 1 <= aborted["completion_tokens"] < 400
 
-        # a failure after two tokens: charged the two tokens, not the worst case
+        # a non-streamed failure after two tokens: the client got only the error, so no
+        # completion tokens are charged (nor the worst case)
         failed = c.post("/v1/completions", json={**body(max_tokens=50), "model": BROKEN}, headers=h)
         assert failed.status_code == 500
         # a stream that fails after two tokens: charged exactly the tokens the client received
@@ -174,7 +175,7 @@ def test_streamed_aborted_and_failed_requests_are_charged_what_was_delivered(ser
     set_rule(server, scope="user", subject="streamer", tpm=10**6, tokens_per_day=10**6, concurrent=5)
     recorded = rows(server, "streamer")
     assert len(recorded) == 4 and recorded[2]["status"] == recorded[3]["status"] == "error"
-    assert recorded[2]["completion_tokens"] == 2
+    assert recorded[2]["completion_tokens"] == 0
     assert recorded[3]["completion_tokens"] == received
     total = sum(r["prompt_tokens"] + r["completion_tokens"] for r in recorded)
     assert counter_value(server, "streamer", "tokens_per_day") == total

@@ -65,6 +65,7 @@ class Generation:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.outcome = "ok"
+        self.withheld = False  # a complete response that failed: the client got no tokens
         self._finished = False
 
     async def deltas(self) -> AsyncIterator[tuple[int, Delta]]:
@@ -98,9 +99,10 @@ class Generation:
         return [self.choices[i] for i in sorted(self.choices)]
 
     def usage(self) -> Usage:
+        """What the client received: completion tokens only if they reached it."""
         return Usage(
             prompt_tokens=sum(self.prompt_tokens),
-            completion_tokens=sum(c.tokens for c in self.choices.values()),
+            completion_tokens=0 if self.withheld else sum(c.tokens for c in self.choices.values()),
             cached_tokens=sum(self.cached_tokens),
         )
 

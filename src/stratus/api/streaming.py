@@ -73,12 +73,15 @@ async def complete(request: Request, gen: Generation, fmt: Formatter) -> tuple[d
     try:
         choices = await until_disconnected(request, gen.collect())
     except ClientDisconnected:
+        gen.withheld = True
         await gen.finish("client_disconnect")
         return None, Response(status_code=499)
     except APIError:
+        gen.withheld = True
         await gen.finish("aborted" if gen.outcome == "aborted" else "error")
         raise
     except Exception as exc:
+        gen.withheld = True
         await gen.finish("error")
         raise check_engine_failure(exc, gen.gw.ctx.request_id) from None
     await gen.finish()
