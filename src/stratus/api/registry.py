@@ -132,7 +132,7 @@ class ModelRegistry:
             model.state, model.error = "failed", f"{type(exc).__name__}: {exc}"
             log.error("model %s failed to load: %s", model.name, model.error)
             return
-        model.replicas.add(replica)
+        model.replicas.add(replica, engine.config.max_tokens_per_second)  # a throttle is its capacity
         model.state = "ready"
         log.info(
             "model %s ready (context window %d tokens, %.1f s)",
