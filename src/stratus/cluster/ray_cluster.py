@@ -119,10 +119,12 @@ class RayCluster:
         factory: ReplicaFactory | None = None,
         address: str = "auto",
         connect_timeout: float = 60.0,
+        isolation: str = "process",
     ):
         self.registry = registry
         self.address = address
         self.connect_timeout = connect_timeout
+        self.isolation = isolation  # each actor's engine: step loop in a child process, or a thread
         self._started_ray = False
         self.specs = specs
         self.engine_config = engine_config or EngineConfig()
@@ -149,7 +151,14 @@ class RayCluster:
             settings.max_replicas,
         )
         policy = Autoscale(target=settings.autoscale_target, cooldown=settings.autoscale_cooldown)
-        return cls(registry, specs, settings.engine, autoscale=policy, address=settings.ray_address)
+        return cls(
+            registry,
+            specs,
+            settings.engine,
+            autoscale=policy,
+            address=settings.ray_address,
+            isolation=settings.engine_isolation,
+        )
 
     async def serve(self) -> None:
         """Connect to Ray and place the replicas (the gateway runs this as it starts)."""
@@ -171,7 +180,12 @@ class RayCluster:
         from stratus.cluster.ray_replica import RayReplica
 
         return RayReplica(
-            spec.name, spec.path, self.engine_config, resources=spec.resources, max_restarts=self.max_restarts
+            spec.name,
+            spec.path,
+            self.engine_config,
+            resources=spec.resources,
+            max_restarts=self.max_restarts,
+            isolation=self.isolation,
         )
 
     async def start(self) -> None:

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""What a Ray actor costs a replica: the same engine behind a Ray actor (RayReplica) and as
+`stratus serve` runs it by default (LocalReplica, step loop in a process of its own), side by
+side in one run.
+
+    .venv/bin/python bench/ray_replica.py                 # demo model, 3 rounds
+    .venv/bin/python bench/ray_replica.py --rounds 1 --tokens 64 --streams 8   # quicker
+
+Both replicas use the same EngineConfig (--threads torch threads each) and exist together;
+the workloads alternate between them (local, ray, local, ray, ...) so machine noise hits both
+alike. Per round and replica:
+- single: one greedy stream of --tokens tokens (ignore_eos): time to first token, tokens/s;
+- batch: --streams such streams at once: total tokens/s;
+- ray/local ratio of each. Also the time from RayReplica() to serving (actor start + load).
+A local Ray (no dashboard) is started for the run. Results print as a table and go to
+bench/results/ray-replica-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from stratus.cluster.local import LocalReplica  # noqa: E402
+from stratus.engine import Engine, EngineConfig, GenerateRequest, SamplingParams  # noqa: E402
+
+DEMO = common.REPO / "models" / "demo"
+
+
+async def one_stream(replica, tokens: int, i: int) -> tuple[float, int, float]:
+    params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
+    request = GenerateRequest(prompt=f"Chapter {i}. It was a fine morning and", params=params)
+    start = time.perf_counter()
+    first, produced = None, 0
+    async for delta in replica.generate(request):
+        if first is None:
+            first = time.perf_counter() - start
+        produced += len(delta.token_ids)
+    return first or 0.0, produced, time.perf_counter() - start
+
+
+async def single(replica, tokens: int) -> dict:
+    ttft, produced, seconds = await one_stream(replica, tokens, 0)
+    return {"ttft_ms": ttft * 1000, "tokens_per_s": produced / seconds}
+
+
+async def batch(replica, tokens: int, streams: int) -> dict:
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one_stream(replica, tokens, i) for i in range(streams)))
+    seconds = time.perf_counter() - start
+    return {"tokens_per_s": sum(r[1] for r in results) / seconds}
+
+
+async def main(args: argparse.Namespace) -> dict:
+    import ray
+
+    from stratus.cluster.ray_replica import RayReplica
+
+    config = EngineConfig(num_threads=args.threads, kv_cache_memory_mb=64)
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    local = LocalReplica("demo", Engine(DEMO, config, isolation="process"))
+    await local.start()
+    started = time.perf_counter()
+    remote = RayReplica("demo", DEMO, config, resources={"CPU": 1})
+    await remote.start()
+    start_seconds = time.perf_counter() - started
+    rows: dict[str, list[dict]] = {"local": [], "ray": []}
+    try:
+        for _ in range(args.rounds):
+            for name, replica in (("local", local), ("ray", remote)):
+                rows[name].append(
+                    {
+                        "single": await single(replica, args.tokens),
+                        "batch": await batch(replica, args.tokens, args.streams),
+                    }
+                )
+    finally:
+        await remote.shutdown()
+        await local.shutdown()
+        ray.shutdown()
+
+    def median(name: str, part: str, key: str) -> float:
+        return statistics.median(r[part][key] for r in rows[name])
+
+    summary = {
+        name: {
+            "single_ttft_ms": median(name, "single", "ttft_ms"),
+            "single_tokens_per_s": median(name, "single", "tokens_per_s"),
+            "batch_tokens_per_s": median(name, "batch", "tokens_per_s"),
+        }
+        for name in rows
+    }
+    ratios = {key: summary["ray"][key] / summary["local"][key] for key in summary["local"]}
+    return {
+        "machine": common.machine_info(),
+        "args": vars(args),
+        "ray_actor_start_seconds": start_seconds,
+        "rounds": rows,
+        "median": summary,
+        "ray_over_local": ratios,
+    }
+
+
+def report(result: dict) -> None:
+    m = result["machine"]
+    print(f"{m['cpu']}, {m['cores']} cores, {m['date']}, commit {m['git_commit']}, load {m['load_average']}")
+    a = result["args"]
+    print(
+        f"demo model, {a['tokens']} tokens per stream, batch of {a['streams']}, {a['rounds']} rounds (medians)"
+    )
+    print(f"Ray actor start (placement + load + warm-up): {result['ray_actor_start_seconds']:.1f} s")
+    print(f"{'':24}{'local':>12}{'ray':>12}{'ray/local':>12}")
+    labels = {
+        "single_ttft_ms": "single: first token ms",
+        "single_tokens_per_s": "single: tokens/s",
+        "batch_tokens_per_s": "batch: tokens/s",
+    }
+    for key, label in labels.items():
+        local, ray_ = result["median"]["local"][key], result["median"]["ray"][key]
+        print(f"{label:24}{local:12.1f}{ray_:12.1f}{result['ray_over_local'][key]:12.2f}")
+    # the end load too: the run's own share of it is two engines at most
+    print(f"load average at the end: {[round(x, 2) for x in os.getloadavg()]}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per engine")
+    args = parser.parse_args()
+    result = asyncio.run(main(args))
+    report(result)
+    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = Path(common.RESULTS_DIR) / f"ray-replica-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"results: {out}")
