@@ -6,12 +6,13 @@ side in one run.
     .venv/bin/python bench/ray_replica.py                 # demo model, 3 rounds
     .venv/bin/python bench/ray_replica.py --rounds 1 --tokens 64 --streams 8   # quicker
 
-Both replicas use the same EngineConfig (--threads torch threads each) and exist together;
+All replicas use the same EngineConfig (--threads torch threads each) and exist together;
 the workloads alternate between them (local, ray, local, ray, ...) so machine noise hits both
 alike. Per round and replica:
 - single: one greedy stream of --tokens tokens (ignore_eos): time to first token, tokens/s;
 - batch: --streams such streams at once: total tokens/s;
-- ray/local ratio of each. Also the time from RayReplica() to serving (actor start + load).
+- ray/local ratio of each (--thread-actor adds an actor whose engine runs in a thread of
+  the actor process instead of a child process). Also the time from RayReplica() to serving (actor start + load).
 A local Ray (no dashboard) is started for the run. Results print as a table and go to
 bench/results/ray-replica-<time>.json.
 """
@@ -37,6 +38,7 @@ from stratus.cluster.local import LocalReplica  # noqa: E402
 from stratus.engine import Engine, EngineConfig, GenerateRequest, SamplingParams  # noqa: E402
 
 DEMO = common.REPO / "models" / "demo"
+DELTAS: dict[str, int] = {}  # per replica id, to compare with RayReplica.handoffs
 
 
 async def one_stream(replica, tokens: int, i: int) -> tuple[float, int, float]:
@@ -48,6 +50,7 @@ async def one_stream(replica, tokens: int, i: int) -> tuple[float, int, float]:
         if first is None:
             first = time.perf_counter() - start
         produced += len(delta.token_ids)
+        DELTAS[replica.id] = DELTAS.get(replica.id, 0) + 1
     return first or 0.0, produced, time.perf_counter() - start
 
 
@@ -73,22 +76,31 @@ async def main(args: argparse.Namespace) -> dict:
     local = LocalReplica("demo", Engine(DEMO, config, isolation="process"))
     await local.start()
     started = time.perf_counter()
-    remote = RayReplica("demo", DEMO, config, resources={"CPU": 1})
+    remote = RayReplica("demo", DEMO, config, resources={"CPU": 1}, isolation="process")
     await remote.start()
     start_seconds = time.perf_counter() - started
-    rows: dict[str, list[dict]] = {"local": [], "ray": []}
+    replicas = {"local": local, "ray": remote}
+    if args.thread_actor:  # the engine's step loop in a thread of the actor process instead
+        replicas["ray-thread"] = RayReplica("demo", DEMO, config, resources={"CPU": 1}, isolation="thread")
+        await replicas["ray-thread"].start()
+    rows: dict[str, list[dict]] = {name: [] for name in replicas}
     try:
         for _ in range(args.rounds):
-            for name, replica in (("local", local), ("ray", remote)):
+            for name, replica in replicas.items():
                 rows[name].append(
                     {
                         "single": await single(replica, args.tokens),
                         "batch": await batch(replica, args.tokens, args.streams),
                     }
                 )
+        handoffs = {
+            name: DELTAS.get(r.id, 0) / r.handoffs
+            for name, r in replicas.items()
+            if getattr(r, "handoffs", 0)
+        }
     finally:
-        await remote.shutdown()
-        await local.shutdown()
+        for replica in replicas.values():
+            await replica.shutdown()
         ray.shutdown()
 
     def median(name: str, part: str, key: str) -> float:
@@ -102,7 +114,11 @@ async def main(args: argparse.Namespace) -> dict:
         }
         for name in rows
     }
-    ratios = {key: summary["ray"][key] / summary["local"][key] for key in summary["local"]}
+    ratios = {
+        name: {key: summary[name][key] / summary["local"][key] for key in summary["local"]}
+        for name in summary
+        if name != "local"
+    }
     return {
         "machine": common.machine_info(),
         "args": vars(args),
@@ -110,6 +126,7 @@ async def main(args: argparse.Namespace) -> dict:
         "rounds": rows,
         "median": summary,
         "ray_over_local": ratios,
+        "deltas_per_ray_object": handoffs,
     }
 
 
@@ -121,15 +138,20 @@ def report(result: dict) -> None:
         f"demo model, {a['tokens']} tokens per stream, batch of {a['streams']}, {a['rounds']} rounds (medians)"
     )
     print(f"Ray actor start (placement + load + warm-up): {result['ray_actor_start_seconds']:.1f} s")
-    print(f"{'':24}{'local':>12}{'ray':>12}{'ray/local':>12}")
+    names = list(result["median"])
+    others = [n for n in names if n != "local"]
+    print(f"{'':24}" + "".join(f"{n:>12}" for n in names) + "".join(f"{n + '/local':>18}" for n in others))
     labels = {
         "single_ttft_ms": "single: first token ms",
         "single_tokens_per_s": "single: tokens/s",
         "batch_tokens_per_s": "batch: tokens/s",
     }
     for key, label in labels.items():
-        local, ray_ = result["median"]["local"][key], result["median"]["ray"][key]
-        print(f"{label:24}{local:12.1f}{ray_:12.1f}{result['ray_over_local'][key]:12.2f}")
+        values = "".join(f"{result['median'][n][key]:12.1f}" for n in names)
+        ratios = "".join(f"{result['ray_over_local'][n][key]:18.2f}" for n in others)
+        print(f"{label:24}{values}{ratios}")
+    per = ", ".join(f"{n} {v:.1f}" for n, v in result["deltas_per_ray_object"].items())
+    print(f"deltas per Ray object: {per}")
     # the end load too: the run's own share of it is two engines at most
     print(f"load average at the end: {[round(x, 2) for x in os.getloadavg()]}")
 
@@ -140,6 +162,9 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per engine")
+    parser.add_argument(
+        "--thread-actor", action="store_true", help="also an actor whose engine runs in a thread of it"
+    )
     args = parser.parse_args()
     result = asyncio.run(main(args))
     report(result)

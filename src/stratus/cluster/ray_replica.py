@@ -178,6 +178,7 @@ class RayReplica:
         self.max_model_len = context_window(self.model_config, self.config)
         self.node_id: str | None = None  # where the actor was last seen
         self.in_flight = 0  # generate() calls open on this replica
+        self.handoffs = 0  # Ray objects received (each a batch of deltas), for bench/
         self._stats = EngineStats.empty()
         self._stats_at = 0.0
         self._handle: Any = None
@@ -225,6 +226,7 @@ class RayReplica:
                     raise ReplicaError(f"replica {self.id} ended a stream before it finished") from None
                 except (RayError, TimeoutError) as exc:
                     raise self._failure(exc) from None
+                self.handoffs += 1
                 for delta in deltas:
                     if delta.finish_reason is not None:
                         remaining -= 1
