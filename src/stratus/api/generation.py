@@ -54,10 +54,13 @@ class Choice:
 class Generation:
     """The engine work behind one API request."""
 
-    def __init__(self, gw: Gateway, engine: ReplicaSet, requests: list[GenerateRequest]):
+    def __init__(
+        self, gw: Gateway, engine: ReplicaSet, requests: list[GenerateRequest], affinity: str | None = None
+    ):
         self.gw = gw
         self.engine = engine
         self.requests = requests
+        self.affinity = affinity  # the request's `user`: its requests prefer one replica
         self.n = requests[0].params.n
         self.choices = {i: Choice(i) for i in range(len(requests) * self.n)}
         self.prompt_tokens = [0] * len(requests)
@@ -70,7 +73,9 @@ class Generation:
 
     async def deltas(self) -> AsyncIterator[tuple[int, Delta]]:
         """(choice index, delta) pairs as the engine produces them; updates the choices."""
-        async with aclosing(merge_streams([self.engine.generate(r, self.gw.ctx.failovers.append) for r in self.requests])) as merged:
+        on_event = self.gw.ctx.failovers.append
+        streams = [self.engine.generate(r, on_event, self.affinity) for r in self.requests]
+        async with aclosing(merge_streams(streams)) as merged:
             async for which, delta in merged:
                 index = which * self.n + delta.index
                 self.prompt_tokens[which] = delta.prompt_tokens

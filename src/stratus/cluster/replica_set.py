@@ -5,9 +5,11 @@
 - mid-stream, each unfinished choice is resumed on another replica from its prompt plus the
   tokens and text already delivered (the engine's `resume_token_ids`), so the caller sees one
   uninterrupted stream: no token lost or repeated, and a seeded stream continues identically.
-Both are bounded by `max_failovers`. One CircuitBreaker per replica is fed by request failures
-and by an active probe loop; only replicas whose breaker is closed and that are not draining
-receive requests, and a probe that passes brings a replica back.
+Both are bounded by `max_failovers`. Two signals keep traffic off a bad replica: a
+CircuitBreaker fed by request outcomes (opened by consecutive failures, closed again by a
+successful trial request once half-open), and an active probe loop that marks a replica
+unreachable when its health check fails and reachable when it passes. Draining replicas
+finish their requests and receive nothing new.
 """
 
 from __future__ import annotations
@@ -40,13 +42,20 @@ class ReplicaEntry:
     replica: Replica
     breaker: CircuitBreaker
     draining: bool = False
+    unreachable: bool = False  # its last probe failed: only a passing probe brings it back
     inflight: int = 0
     served: int = 0
     failed: int = 0
 
     @property
     def available(self) -> bool:
-        return not self.draining and self.breaker.state == "closed"
+        """Up, or due a trial: may be counted on to take requests."""
+        return not self.draining and not self.unreachable and self.breaker.state != "open"
+
+    def routable(self) -> bool:
+        """May the next request go here? A half-open breaker grants one request as its trial:
+        a replica that answers probes but fails requests comes back only by serving one."""
+        return not self.draining and not self.unreachable and self.breaker.allow()
 
 
 @dataclass
@@ -75,6 +84,7 @@ class ReplicaSet:
         self._new_breaker = breaker
         self.entries: dict[str, ReplicaEntry] = {}
         self._prober: asyncio.Task | None = None
+        self._probes: set[asyncio.Task] = set()  # probes a failure started
         self.retries = 0  # requests re-sent before their first token
         self.migrations = 0  # streams resumed on another replica
 
@@ -106,6 +116,8 @@ class ReplicaSet:
         deadline = time.monotonic() + timeout
         while entry.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self.entries.get(replica_id) is not entry:  # it left (and maybe rejoined) meanwhile
+            return None
         return self.remove(replica_id)
 
     @property
@@ -162,6 +174,7 @@ class ReplicaSet:
                     "id": rid,
                     "kind": e.replica.kind,
                     "state": "draining" if e.draining else ("up" if e.available else "down"),
+                    "reachable": not e.unreachable,
                     "breaker": e.breaker.snapshot(),
                     "inflight": e.inflight,
                     "served": e.served,
@@ -177,15 +190,17 @@ class ReplicaSet:
     # -- generation with failover --------------------------------------------------------------
 
     async def generate(
-        self, request: GenerateRequest, on_event: OnEvent | None = None
+        self, request: GenerateRequest, on_event: OnEvent | None = None, affinity: str | None = None
     ) -> AsyncIterator[Delta]:
         """Deltas of every choice, from whichever replicas it takes. Raises ValidationError for
         a bad request, ReplicaError when no replica can serve (or continue) it. `on_event`
-        hears of each retry and migration (for the audit record)."""
+        hears of each retry and migration (for the audit record). `affinity` (a user or
+        session) keeps its requests on one replica; by default requests sharing the prompt's
+        first tokens do (a conversation's turns, a common system prompt)."""
         prompt_ids = self.prepare(request)
         params = request.params
         choices = {request.first_index + i: _Choice() for i in range(params.n)}
-        affinity = _affinity_key(prompt_ids)
+        affinity = f"session:{affinity}" if affinity else _affinity_key(prompt_ids)
         tried: set[str] = set()
         failovers = 0
         while True:
@@ -253,7 +268,7 @@ class ReplicaSet:
                 self.router.end(replica_id, work, produced, time.monotonic() - started, ok)
 
     def _pick(self, work: float, affinity: str, tried: set[str], midstream: bool) -> str:
-        exclude = tried | {rid for rid, e in self.entries.items() if not e.available}
+        exclude = tried | {rid for rid, e in self.entries.items() if not e.routable()}
         try:
             return self.router.pick(work, affinity, exclude)
         except NoReplicaAvailable:
@@ -290,7 +305,9 @@ class ReplicaSet:
     def _replica_failed(self, entry: ReplicaEntry, exc: Exception) -> None:
         entry.breaker.record_failure()
         # Find out now whether the replica is gone, rather than after more requests fail.
-        asyncio.get_running_loop().create_task(self._probe(entry))
+        task = asyncio.get_running_loop().create_task(self._probe(entry))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
 
     # -- health --------------------------------------------------------------------------------
 
@@ -308,24 +325,25 @@ class ReplicaSet:
             await asyncio.sleep(self.probe_interval)
 
     async def _probe(self, entry: ReplicaEntry) -> None:
-        if entry.breaker.state == "open":
-            return  # cooling down; probed again once half-open
+        """A failed probe takes the replica out of rotation at once; a passing one brings back
+        only a replica that probes had taken out. Request failures are the breaker's business:
+        a replica that answers probes but fails requests stays out until a request succeeds."""
         try:
             await asyncio.wait_for(entry.replica.probe(), self.probe_timeout)
         except (ReplicaError, TimeoutError, OSError) as exc:
-            was = entry.breaker.state
-            while entry.breaker.state != "open":  # a failed probe takes it out of rotation now
-                entry.breaker.record_failure()
-            if was != "open":
+            if not entry.unreachable:
                 log.warning("model %s: replica %s is down: %s", self.model, entry.replica.id, exc)
+            entry.unreachable = True
         except Exception:
             log.exception("probing replica %s failed", entry.replica.id)
         else:
-            if entry.breaker.state == "half_open":
+            if entry.unreachable:
                 log.info("model %s: replica %s is back", self.model, entry.replica.id)
-            entry.breaker.record_success()
+            entry.unreachable = False
 
     async def shutdown(self) -> None:
+        for task in self._probes:
+            task.cancel()
         if self._prober is not None:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):

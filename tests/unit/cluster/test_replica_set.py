@@ -97,7 +97,7 @@ def test_stream_migrates_when_its_replica_dies_mid_way(reference_engine, params)
     asyncio.run(main())
 
 
-def test_request_to_a_dead_replica_is_retried_and_its_breaker_opens(reference_engine):
+def test_request_to_a_dead_replica_is_retried_and_probes_take_it_out(reference_engine):
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 
     async def main():
@@ -112,7 +112,7 @@ def test_request_to_a_dead_replica_is_retried_and_its_breaker_opens(reference_en
                 got = await collect(rs.generate(GenerateRequest(prompt=PROMPT, params=params)))
                 assert got == expected
             await asyncio.sleep(0.1)  # the probe the failure triggered
-            assert rs.entries[dead.id].breaker.state != "closed"
+            assert not rs.entries[dead.id].available and not rs.entries[dead.id].routable()
             assert rs.entries[replicas[1].id].served == 4
             assert rs.retries == 1 and rs.migrations == 0 and rs.entries[dead.id].failed == 1
         finally:
@@ -203,5 +203,63 @@ def test_a_choice_whose_finish_was_lost_is_finished_without_resuming(reference_e
             await rs.shutdown()
         assert got == {0: (expected[0][0], expected[0][1], "length")}
         assert rs.migrations == 1  # counted, though nothing was left to resume
+
+    asyncio.run(main())
+
+
+class FailsRequests(LocalReplica):
+    """Answers health probes but fails every request (out of memory, a broken engine...)."""
+
+    async def generate(self, request):
+        raise ReplicaError(f"replica {self.id}: generation failed")
+        yield  # an async generator, like every replica's
+
+
+def test_a_replica_that_passes_probes_but_fails_requests_is_taken_out_by_its_breaker(reference_engine):
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+
+    async def main():
+        expected = await reference(reference_engine, params)
+        rs = ReplicaSet(
+            "demo", "round_robin", probe_interval=0.01, breaker=lambda: CircuitBreaker(3, open_seconds=60)
+        )
+        bad = FailsRequests("demo", engine(), "demo/bad")
+        good = LocalReplica("demo", engine(), "demo/good")
+        for r in (bad, good):
+            await r.start()
+            rs.add(r)
+        try:
+            for i in range(8):  # different prompts: no prefix affinity
+                request = GenerateRequest(prompt=f"{PROMPT} {i}", params=params)
+                got = await collect(rs.generate(request))
+                assert len(got[0][0]) == 6
+                await asyncio.sleep(0.05)  # probes (which pass) run in between
+            assert rs.entries[bad.id].failed == 3  # then its breaker opened and it got nothing
+            assert rs.entries[bad.id].breaker.state == "open" and not rs.entries[bad.id].unreachable
+            assert rs.entries[good.id].served == 8 and rs.retries == 3
+            got = await collect(rs.generate(GenerateRequest(prompt=PROMPT, params=params)))
+            assert got == expected
+        finally:
+            await rs.shutdown()
+
+    asyncio.run(main())
+
+
+def test_requests_of_one_user_stay_on_one_replica():
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+
+    async def main():
+        rs, replicas = await replica_set(2, policy="round_robin", probe_interval=60)
+        try:
+            for i in range(4):  # different prompts: only the user ties them together
+                await collect(
+                    rs.generate(GenerateRequest(prompt=f"{PROMPT} {i}", params=params), None, "alice")
+                )
+            assert sorted(e.served for e in rs.entries.values()) == [0, 4]
+            for i in range(4):  # without it, round robin alternates
+                await collect(rs.generate(GenerateRequest(prompt=f"{i} {PROMPT}", params=params)))
+            assert sorted(e.served for e in rs.entries.values()) == [2, 6]
+        finally:
+            await rs.shutdown()
 
     asyncio.run(main())

@@ -64,6 +64,7 @@ async def chat_completions(request: Request, gw: Gateway = Depends(gateway)) -> 
                 prompt_token_ids=prompt_ids, params=params, request_id=request_id, add_special_tokens=False
             )
         ],
+        affinity=body.user,
     )
     if body.stream:
         return await stream(request, gen, fmt, body.include_usage())

@@ -84,7 +84,7 @@ async def completions(request: Request, gw: Gateway = Depends(gateway)) -> Respo
         )
         for i, ids in enumerate(prompts)
     ]
-    gen = Generation(gw, engine, requests)
+    gen = Generation(gw, engine, requests, affinity=body.user)
     if body.stream:
         return await stream(request, gen, fmt, body.include_usage())
     result, response = await complete(request, gen, fmt)
