@@ -11,6 +11,7 @@ the workloads alternate between them (local, ray, local, ray, ...) so machine no
 alike. Per round and replica:
 - single: one greedy stream of --tokens tokens (ignore_eos): time to first token, tokens/s;
 - batch: --streams such streams at once: total tokens/s;
+- the cost of a bare Ray streaming generator per delta, one or 8 deltas per object;
 - ray/local ratio of each (--thread-actor adds an actor whose engine runs in a thread of
   the actor process instead of a child process). Also the time from RayReplica() to serving (actor start + load).
 A local Ray (no dashboard) is started for the run. Results print as a table and go to
@@ -66,6 +67,37 @@ async def batch(replica, tokens: int, streams: int) -> dict:
     return {"tokens_per_s": sum(r[1] for r in results) / seconds}
 
 
+class Emitter:
+    """A bare Ray streaming generator: the cost of handing objects over, without an engine."""
+
+    async def emit(self, objects: int, per_object: int):
+        from stratus.engine import Delta
+
+        for _ in range(objects):
+            yield [Delta("r", 0, "x", [1]) for _ in range(per_object)]
+
+    async def ping(self) -> None:
+        return None
+
+
+async def object_cost(total: int = 2000) -> dict[str, float]:
+    """Microseconds per delta when each Ray object carries 1 delta, and 8."""
+    import ray
+
+    emitter = ray.remote(num_cpus=0)(Emitter).remote()
+    await emitter.ping.remote()
+    out = {}
+    for per_object in (1, 8):
+        start = time.perf_counter()
+        count = 0
+        stream = emitter.emit.options(num_returns="streaming").remote(total // per_object, per_object)
+        async for ref in stream:
+            count += len(await ref)
+        out[f"us_per_delta_{per_object}_per_object"] = (time.perf_counter() - start) / count * 1e6
+    ray.kill(emitter)
+    return out
+
+
 async def main(args: argparse.Namespace) -> dict:
     import ray
 
@@ -83,6 +115,7 @@ async def main(args: argparse.Namespace) -> dict:
     if args.thread_actor:  # the engine's step loop in a thread of the actor process instead
         replicas["ray-thread"] = RayReplica("demo", DEMO, config, resources={"CPU": 1}, isolation="thread")
         await replicas["ray-thread"].start()
+    handover = await object_cost()
     rows: dict[str, list[dict]] = {name: [] for name in replicas}
     try:
         for _ in range(args.rounds):
@@ -127,6 +160,7 @@ async def main(args: argparse.Namespace) -> dict:
         "median": summary,
         "ray_over_local": ratios,
         "deltas_per_ray_object": handoffs,
+        "bare_generator": handover,
     }
 
 
@@ -152,6 +186,11 @@ def report(result: dict) -> None:
         print(f"{label:24}{values}{ratios}")
     per = ", ".join(f"{n} {v:.1f}" for n, v in result["deltas_per_ray_object"].items())
     print(f"deltas per Ray object: {per}")
+    bare = result["bare_generator"]
+    print(
+        f"bare Ray streaming generator: {bare['us_per_delta_1_per_object']:.0f} us per delta one per "
+        f"object, {bare['us_per_delta_8_per_object']:.0f} us in objects of 8"
+    )
     # the end load too: the run's own share of it is two engines at most
     print(f"load average at the end: {[round(x, 2) for x in os.getloadavg()]}")
 
