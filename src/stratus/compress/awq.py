@@ -83,9 +83,11 @@ def search_clip(x: torch.Tensor, weight: torch.Tensor, group_size: int) -> torch
 
 def apply_awq(
     tensors: dict[str, torch.Tensor], config: ModelConfig, inputs: list[LayerInputs], group_size: int
-) -> dict[str, torch.Tensor]:
-    """Fold AWQ scales into `tensors` (float32, modified in place); returns clip ratios by name."""
+) -> tuple[dict[str, torch.Tensor], list[LayerInputs]]:
+    """Fold AWQ scales into `tensors` (float32, modified in place); returns clip ratios by name
+    and the layers' calibration inputs as the scaled model sees them."""
     clips: dict[str, torch.Tensor] = {}
+    scaled: list[LayerInputs] = []
     heads = GroupedHeads(config)
     for n, seen in enumerate(tqdm(inputs, desc="AWQ search", unit="layer")):
         p = f"model.layers.{n}."
@@ -118,4 +120,5 @@ def apply_awq(
 
         for name, x in ((v, x_qkv), (o, x_o), (gate, x_gate_up), (up, x_gate_up), (down, x_down)):
             clips[name] = search_clip(x, tensors[name], group_size)
-    return clips
+        scaled.append(LayerInputs(qkv=x_qkv, o=x_o, gate_up=x_gate_up, down=x_down))
+    return clips, scaled

@@ -26,6 +26,11 @@ DEFAULT_EVAL_TEXT = Path("corpus/heldout.txt")
 )
 @click.option("--awq", is_flag=True, help="int4: activation-aware scales and clipping from calibration text.")
 @click.option(
+    "--gptq",
+    is_flag=True,
+    help="int4: error-compensating rounding on calibration text (with or without --awq).",
+)
+@click.option(
     "--quantize-head", is_flag=True, help="Quantize the output head too (kept in float by default)."
 )
 @click.option(
@@ -45,7 +50,7 @@ DEFAULT_EVAL_TEXT = Path("corpus/heldout.txt")
 @click.option(
     "--calibration",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Text for --awq / wanda. Default: text the model samples itself.",
+    help="Text for --awq / --gptq / wanda. Default: text the model samples itself.",
 )
 @click.option("--calibration-tokens", type=int, default=2048, show_default=True)
 @click.option(
@@ -98,6 +103,7 @@ def compress(src: Path, dst: Path, method: str | None, **options) -> None:
                 method=method,
                 group_size=options["group_size"],
                 awq=options["awq"],
+                gptq=options["gptq"],
                 quantize_head=options["quantize_head"],
                 sparsity=options["sparsity"],
                 pattern=options["pattern"],

@@ -1,4 +1,4 @@
-"""`compress()`: source checkpoint -> (prune) -> (AWQ) -> quantize -> write -> evaluate -> report.
+"""`compress()`: source checkpoint -> (prune) -> (AWQ) -> quantize (GPTQ) -> write -> evaluate -> report.
 
     report = compress(Path("models/demo"), Path("models/demo-int4"), CompressSpec("int4", awq=True),
                       eval_options=EvalOptions(eval_text=Path("corpus/heldout.txt")))
@@ -22,6 +22,7 @@ from .calibration import calibration_sequences, capture_inputs
 from .checkpoint import CompressError, check_source, check_target, read_config, read_weights, write_checkpoint
 from .evaluate import EvalOptions, Evaluator
 from .generation import open_engine
+from .gptq import gptq_int4
 from .prune import prune_weight
 from .quantize import quantize
 from .report import Report, machine
@@ -96,19 +97,24 @@ def compress(
         for name in tensors:
             if name.startswith("model.layers."):
                 tensors[name] = tensors[name].float()
-        clips = apply_awq(tensors, config, inputs, spec.group_size)
+        clips, inputs = apply_awq(tensors, config, inputs, spec.group_size)
 
     method = spec.quant_method
     if method is not None:
         names = [name for _, name, _ in layer_linears(config)]
         if spec.quantize_head:
             names.append("lm_head.weight")
-        for name in tqdm(names, desc=f"quantize {method}", unit="matrix"):
+        seen = {name: inputs[n].get(kind) for n, name, kind in layer_linears(config)} if spec.gptq else {}
+        for name in tqdm(names, desc=f"quantize {method}" + (" (gptq)" if spec.gptq else ""), unit="matrix"):
             weight = tensors.pop(name, None)
             if weight is None:  # tied output head: quantize a copy of the embeddings
                 weight = tensors["model.embed_tokens.weight"]
             stem = name[: -len("weight")]
-            for key, value in quantize(weight, method, spec.group_size, clips.get(name)).items():
+            if name in seen:
+                stored = gptq_int4(weight, seen[name], spec.group_size, clips.get(name))
+            else:
+                stored = quantize(weight, method, spec.group_size, clips.get(name))
+            for key, value in stored.items():
                 tensors[stem + key] = value
 
     out = {

@@ -19,6 +19,7 @@ class CompressSpec:
     method: str  # int8 | int4 | prune
     group_size: int = 128  # int4: input columns sharing one scale and zero
     awq: bool = False  # int4: activation-aware scales (and clipping) from calibration text
+    gptq: bool = False  # int4: round with error compensation on calibration inputs (gptq.py)
     quantize_head: bool = False  # also quantize the output head (kept in float by default)
     sparsity: float = 0.5  # prune, unstructured: fraction of each matrix set to zero
     pattern: str = "unstructured"  # prune: unstructured | 2:4
@@ -35,7 +36,7 @@ class CompressSpec:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.awq or (self.method == "prune" and self.prune_metric == "wanda")
+        return self.awq or self.gptq or (self.method == "prune" and self.prune_metric == "wanda")
 
     def validate(self) -> CompressSpec:
         if self.method not in METHODS:
@@ -51,6 +52,8 @@ class CompressSpec:
             raise CompressError(f"--then must be int8 or int4, got {self.then!r}")
         if self.awq and self.quant_method != "int4":
             raise CompressError("--awq applies to int4 quantization (--method int4, or prune --then int4)")
+        if self.gptq and self.quant_method != "int4":
+            raise CompressError("--gptq applies to int4 quantization (--method int4, or prune --then int4)")
         if self.quantize_head and self.quant_method is None:
             raise CompressError("--quantize-head needs a quantization method")
         if self.pattern not in PATTERNS:
@@ -78,6 +81,7 @@ class CompressSpec:
         if self.quant_method != "int4":
             out.pop("group_size")
             out.pop("awq")
+            out.pop("gptq")
         if not self.needs_calibration:
             for key in ("calibration", "calibration_tokens", "seed"):
                 out.pop(key)

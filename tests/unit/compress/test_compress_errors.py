@@ -28,6 +28,8 @@ def test_unknown_method_and_impossible_group_size(rand_dir, tmp_path):
         compress(rand_dir, tmp_path / "out", CompressSpec("fp8"))
     with pytest.raises(CompressError, match="--awq applies to int4"):
         compress(rand_dir, tmp_path / "out", CompressSpec("int8", awq=True))
+    result = run(rand_dir, tmp_path / "out", "--method", "int8", "--gptq")
+    assert result.exit_code == 1 and "--gptq applies to int4" in result.output
     with pytest.raises(CompressError, match="--sparsity must be between 0 and 1"):
         compress(rand_dir, tmp_path / "out", CompressSpec("prune", sparsity=1.5))
     result = run(rand_dir, tmp_path / "out")

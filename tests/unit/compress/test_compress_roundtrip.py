@@ -137,11 +137,15 @@ def test_two_four_pruning_then_int8_keeps_the_pattern_in_every_matrix(rand_dir, 
         )
 
 
-def test_awq_and_wanda_run_from_self_generated_calibration(rand_dir, tmp_path):
+def test_awq_gptq_and_wanda_run_from_self_generated_calibration(rand_dir, tmp_path):
     awq = tmp_path / "awq"
     compress(rand_dir, awq, CompressSpec("int4", awq=True, calibration_tokens=256))
     assert json.loads((awq / "config.json").read_text())["quantization"]["awq"] is True
     assert len(greedy(engine(awq), PROMPTS[:1])[0]) == 12
+    both = tmp_path / "awq-gptq"
+    compress(rand_dir, both, CompressSpec("int4", awq=True, gptq=True, calibration_tokens=256))
+    assert json.loads((both / "config.json").read_text())["compression"]["gptq"] is True
+    assert len(greedy(engine(both), PROMPTS[:1])[0]) == 12
     wanda = tmp_path / "wanda"
     compress(
         rand_dir, wanda, CompressSpec("prune", sparsity=0.3, prune_metric="wanda", calibration_tokens=256)
