@@ -244,6 +244,10 @@ def test_scale_through_the_admin_endpoint(ray_gateway, ray_nodes, auth_headers):
             json={"model": "pinned", "prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0},
         )
         assert r.status_code == 200 and r.json()["choices"][0]["text"]
+        # each scaling left an audit record naming who scaled which model
+        audit = http.get("/admin/audit", params={"action": "POST /admin/cluster/scale", "model": "pinned"})
+        records = audit.json()["data"]
+        assert [(x["status"], x["principal"]) for x in records] == [(200, "admin"), (200, "admin")]
 
 
 def test_actor_errors_and_early_close(ray_gateway):
