@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
 import time
 
@@ -19,6 +20,7 @@ from stratus.cli import main
 from stratus.config import Settings
 from stratus.security.bootstrap import bootstrap
 from stratus.security.keys import generate
+from stratus.security.redact import redact
 from stratus.security.secrets import SecretStore, load_keyring, rotate
 from stratus.security.webhook import verify
 from tests import issued
@@ -41,6 +43,7 @@ def server(tiny_engine, tmp_path_factory):
         lockout_failures=3,
         lockout_seconds=60,
         alert_suspend=True,
+        response_cache_size=16,
         access_log=True,
         access_log_file=str(data_dir / "access.jsonl"),
     )
@@ -152,6 +155,40 @@ def test_content_logging_is_off_by_default_then_redacted_and_encrypted(server):
         assert "Tell me a tale." in row["content"]["messages"][0]["content"]
     result = cli(server, server.admin, "teams", "content-logging", "cl-ml", "--off")
     assert result.exit_code == 0, result.output
+
+
+def cache_hits(server) -> float:
+    with client(server, server.admin) as c:
+        text = c.get("/metrics").text
+    found = re.search(rf'^stratus_response_cache_hits_total{{model="{TINY_MODEL}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_cached_answer_is_logged_with_its_completion(server):
+    _, key = user_key(server, "cache-u", team="cl-cache")
+    assert cli(server, server.admin, "teams", "content-logging", "cl-cache", "--on").exit_code == 0
+    body = {
+        "model": TINY_MODEL,
+        "messages": [{"role": "user", "content": issued.record_prompt("Same question twice, mail q@z.io")}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    hits = cache_hits(server)
+    with client(server, key) as c:
+        first, second = c.post("/v1/chat/completions", json=body), c.post("/v1/chat/completions", json=body)
+    assert first.status_code == second.status_code == 200
+    assert cache_hits(server) == hits + 1  # the second answer came from the response cache
+    with client(server, server.admin) as c:
+        logged = [
+            c.get("/admin/audit/content", params={"request_id": r.headers["x-request-id"]}).json()["data"][0]
+            for r in (first, second)
+        ]
+    answer = first.json()["choices"][0]["message"]["content"]
+    for row in logged:
+        assert row["content"]["messages"][0]["content"] == "Same question twice, mail [email]"
+    assert logged[0]["content"]["completions"] == logged[1]["content"]["completions"]
+    assert logged[1]["content"]["completions"] == [redact(answer)]
+    assert cli(server, server.admin, "teams", "content-logging", "cl-cache", "--off").exit_code == 0
 
 
 class Receiver:

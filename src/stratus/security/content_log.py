@@ -67,6 +67,16 @@ def content_text(body: dict | None, completions: list[str] | None) -> str | None
     return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
 
 
+def completions_of(response: dict) -> list[str]:
+    """The generated texts of a chat or text completion response (a response-cache hit)."""
+    texts = []
+    for choice in response.get("choices") or []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        texts.append(text if isinstance(text, str) else "")
+    return texts
+
+
 class ContentLog:
     def __init__(self, store: Store, data_dir: str, ttl: float = 2.0, ring: Keyring | None = None):
         self.store = store

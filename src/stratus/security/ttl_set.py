@@ -23,6 +23,7 @@ class TTLSet:
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
         self._loading = threading.Lock()  # one reload at a time; the others use the current set
+        self._during_load: list[tuple[bool, str]] | None = None  # local changes while loading
 
     def stale(self) -> bool:
         return time.monotonic() - self._loaded_at >= self.ttl
@@ -31,9 +32,19 @@ class TTLSet:
         if not self._loading.acquire(blocking=False):
             return  # another request is reloading it right now
         try:
-            items = frozenset(self._load())
             with self._lock:
-                self._items = items
+                self._during_load = []
+            try:
+                items = set(self._load())
+            finally:
+                with self._lock:
+                    changes, self._during_load = self._during_load or [], None
+            # A change made here while the query ran may be missing from what it read: apply it
+            # again (each change is committed before it is applied, so this is idempotent).
+            for added, item in changes:
+                (items.add if added else items.discard)(item)
+            with self._lock:
+                self._items = frozenset(items)
                 self._loaded_at = time.monotonic()
         finally:
             self._loading.release()
@@ -42,9 +53,13 @@ class TTLSet:
         return item in self._items
 
     def add(self, item: str) -> None:
-        with self._lock:
-            self._items = self._items | {item}
+        self._change(True, item)
 
     def discard(self, item: str) -> None:
+        self._change(False, item)
+
+    def _change(self, added: bool, item: str) -> None:
         with self._lock:
-            self._items = self._items - {item}
+            self._items = self._items | {item} if added else self._items - {item}
+            if self._during_load is not None:
+                self._during_load.append((added, item))

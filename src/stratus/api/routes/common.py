@@ -11,6 +11,7 @@ from stratus.api.deps import Gateway
 from stratus.api.errors import ErrorResponse
 from stratus.api.pipeline import Usage
 from stratus.api.streaming import JSONBody
+from stratus.security.content_log import completions_of
 
 _DESCRIPTIONS = {
     400: "Invalid request: malformed JSON, a wrong type or value, or a prompt that does not fit",
@@ -95,6 +96,7 @@ class CacheSlot:
         if hit is None:
             return None
         state.metrics.cache_hits.labels(model).inc()
+        self.gw.ctx.completions = completions_of(hit)  # for content logging, as a generation sets it
         u = hit.get("usage") or {}
         await self.gw.account(
             Usage(
