@@ -183,7 +183,8 @@ def profile_stratus(engine, run, work, vocab) -> dict:
     wrap(runner, "run", "runner.run (inputs + forward + logits)")
     wrap(model, "forward", "model forward (all layers)")
     wrap(model, "logits", "lm_head + .float()")
-    wrap(model.rope, "forward", "rope")
+    wrap(model.rope, "forward", "rope")  # the cos/sin lookup, once per forward
+    wrap(model_mod, "apply_rope_", "rope")  # the rotation of q and k, once per layer
     wrap(llm_mod, "sample", "sample (argmax, .tolist)")
     wrap(llm_mod, "apply_penalties", "apply_penalties")
     wrap(engine, "_append_token", "_append_token (incl. detokenize)")
@@ -239,9 +240,10 @@ def summarize_profile(spent: dict, calls: dict, elapsed: float, tokens: int, ste
         - spent["rope"]
         - spent["attention decode (all)"]
         - spent["attention prefill (all)"],
-        "attention decode - gather - sdpa (mask, reshapes)": spent["attention decode (all)"]
-        - spent["attention decode: KV gather (gather_blocks)"]
-        - spent["attention decode: sdpa"],
+        "attention decode - gather (score and value matmuls, softmax, mask, copies)": spent[
+            "attention decode (all)"
+        ]
+        - spent["attention decode: KV gather (gather_blocks)"],
     }
     return {
         "seconds": elapsed,

@@ -2,8 +2,8 @@
 
 Decode attention reads each row's keys padded to the longest context of its group (one batched
 matmul per group). One group for the whole batch wastes the padding: with ragged lengths that was
-~1.7x the keys actually needed. One group per row wastes the fixed cost of each group (a gather,
-two matmuls, a softmax: a few dozen microseconds per layer). `plan_groups` picks the split with the
+~1.7x the keys actually needed. One group per row wastes the fixed cost of each group (a gather and
+an attention call: tens of microseconds per layer). `plan_groups` picks the split with the
 least total cost, counting that fixed cost as `overhead_tokens` keys.
 """
 
@@ -15,8 +15,8 @@ from .model import DecodeGroup
 
 # The fixed cost of one more group, in bytes of keys and values it could have read instead
 # (a rough figure: tens of microseconds per group and layer, against ~10 GB/s through the
-# gather, matmuls and softmax; bench/decode_attention.py measures both on a machine).
-GROUP_OVERHEAD_BYTES = 384 * 1024
+# gather, matmuls and softmax; bench/engine_kernels.py measures both on a machine).
+GROUP_OVERHEAD_BYTES = 128 * 1024
 
 
 def overhead_tokens(num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -70,6 +70,6 @@ def make_decode_groups(
             if sliding_window is not None:
                 valid &= (ctx - 1) - key_pos < sliding_window
             mask = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, float("-inf"))
-            mask = mask.unsqueeze(1)  # [rows, 1, keys]: broadcast over the query heads
+            mask = mask[:, None, None, :]  # [rows, 1, 1, keys]: the same for every head and query
         groups.append(DecodeGroup(start, stop - start, longest, blocks, mask))
     return groups

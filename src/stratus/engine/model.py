@@ -38,7 +38,7 @@ class DecodeGroup:
     count: int
     length: int  # keys read per row: the longest context in the group
     blocks: torch.Tensor  # [count, ceil(length / block_size)] block tables
-    mask: torch.Tensor | None  # [count, 1, length] additive (0 or -inf); None when all keys count
+    mask: torch.Tensor | None  # [count, 1, 1, length] additive (0 or -inf); None: all keys count
 
 
 @dataclass
@@ -163,19 +163,19 @@ class Attention(nn.Module):
         return self.o_proj(out.view(tokens, self.q_size))
 
     def _decode(self, q, kv_cache, group: DecodeGroup, block_size: int, out: torch.Tensor) -> None:
-        """One query per row against its own context: two batched matmuls per KV head, the
-        `group` query heads that share a KV head multiplying its keys together."""
+        """One query per row against its own context. The `group` query heads that share a KV
+        head go in as that head's queries, so each key is read once, not once per query head."""
         n, kvh = group.count, self.num_kv_heads
         rows = slice(group.start, group.start + n)
-        kv = gather_blocks(kv_cache, group.blocks, block_size)[:, :, : group.length]  # [2KVH, n, L, D]
-        keys, values = kv[:kvh], kv[kvh:]
-        query = (q[rows] * self.scale).view(n, kvh, self.group, self.head_dim).transpose(0, 1)
-        scores = torch.matmul(query, keys.transpose(-1, -2))  # [KVH, n, group, L]
-        if group.mask is not None:
-            scores += group.mask
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-        result = torch.matmul(probs, values)  # [KVH, n, group, D]
-        out[rows].view(n, kvh, self.group, self.head_dim).copy_(result.transpose(0, 1))
+        kv = gather_blocks(kv_cache, group.blocks, block_size)[:, :, : group.length].transpose(0, 1)
+        result = F.scaled_dot_product_attention(
+            q[rows].view(n, kvh, self.group, self.head_dim),
+            kv[:, :kvh],  # [n, KVH, L, D]
+            kv[:, kvh:],
+            attn_mask=group.mask,
+            scale=self.scale,
+        )
+        out[rows] = result.view(n, self.num_heads, self.head_dim)
 
     def _prefill(self, q, kv_cache, span: PrefillSpan, block_size: int) -> torch.Tensor:
         context = span.first_position + span.length

@@ -9,6 +9,7 @@ import torch
 from .config import EngineConfig, ModelConfig
 from .decode_groups import make_decode_groups, overhead_tokens
 from .model import AttentionBatch, LlamaModel, PrefillSpan
+from .packed_linear import pack_linears, packing_available
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
 from .weights import load_weights
@@ -32,6 +33,8 @@ class ModelRunner:
 
         model.rope = RotaryEmbedding(model_config, max_model_len).to(self.device)
         load_weights(model, path, self.dtype)
+        if packing_available(self.device, self.dtype):  # float32 on the CPU: see packed_linear.py
+            pack_linears(model)
         self.model = model.eval()
         self.num_blocks = self._pool_blocks(model_config, config)
         # Per layer, K heads then V heads: [2 * kv_heads, slots, head_dim]. Head-major, so a
