@@ -3,6 +3,7 @@
 
     stratus serve --ray-address auto --replicas demo=2 --replica-resources 'demo={"CPU": 1}'
     STRATUS_API_KEY=sk-stratus-... stratus cluster scale demo=4
+    STRATUS_API_KEY=sk-stratus-... stratus cluster status
 """
 
 from __future__ import annotations
@@ -107,6 +108,37 @@ def _scale_command():
     return scale
 
 
+def _status_command():
+    from stratus.admin_cli import Client, _connection, _show
+
+    @cluster.command("status")
+    @_connection
+    def status(url: str, cacert: str | None, as_json: bool) -> None:
+        """Models, their replicas (health, breaker, load, capacity) and Ray actors."""
+        _show(Client(url, cacert).call("GET", "/admin/cluster"), as_json, _status_lines)
+
+    return status
+
+
+def _status_lines(data: dict[str, Any]) -> list[str]:
+    lines = []
+    for m in data["models"]:
+        lines.append(
+            f"{m['model']}: {m['state']}, policy {m['policy']}, "
+            f"{m['retries']} retries, {m['migrations']} migrations"
+        )
+        for r in m["replicas"]:
+            lines.append(
+                f"  {r['id']} ({r['kind']}) {r['state']}, breaker {r['breaker']['state']}, "
+                f"in flight {r['inflight']}, running {r['running']}, waiting {r['waiting']}"
+            )
+    for m in (data.get("ray") or {}).get("models", []):
+        bounds = f", autoscaled {m['min_replicas']}..{m['max_replicas']}" if m["autoscaled"] else ""
+        lines.append(f"ray {m['model']}: {m['replicas']} actors, resources {m['resources']}{bounds}")
+        lines += [f"  {a['id']}  node {a['node_id'] or '-'}" for a in m["actors"]]
+    return lines
+
+
 def _scale_lines(data: dict[str, Any]) -> list[str]:
     lines = [f"{data['model']}: {data['replicas']} Ray replicas (asked for {data['requested']})"]
     lines += [f"  {a['id']}  node {a['node_id'] or '-'}  in flight {a['in_flight']}" for a in data["actors"]]
@@ -116,4 +148,5 @@ def _scale_lines(data: dict[str, Any]) -> list[str]:
 
 def register(main: click.Group) -> None:
     _scale_command()
+    _status_command()
     main.add_command(cluster)

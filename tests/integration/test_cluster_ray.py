@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -254,6 +256,27 @@ def test_scale_through_the_admin_endpoint(ray_gateway, ray_nodes, auth_headers):
             (202, "admin"),
             (200, "admin"),
         ]  # newest first
+
+
+def test_cluster_status_shows_the_ray_actors(ray_gateway, ray_nodes, auth_headers, admin_key):
+    r = httpx.get(ray_gateway.url + "/admin/cluster", headers=auth_headers, timeout=30)
+    assert r.status_code == 200, r.text
+    ray_models = {m["model"]: m for m in r.json()["ray"]["models"]}
+    assert set(ray_models) == {"demo", "pinned"}
+    assert ray_models["pinned"]["resources"] == {"CPU": 1.0, "node_type_b": 1.0}
+    assert [a["node_id"] for a in ray_models["pinned"]["actors"]] == [ray_nodes.b.node_id]
+    kinds = {r["kind"] for m in r.json()["models"] for r in m["replicas"]}
+    assert kinds == {"ray"}
+    # the same through the command line
+    out = subprocess.run(
+        [sys.executable, "-m", "stratus.cli", "cluster", "status", "--url", ray_gateway.url],
+        env={**os.environ, "STRATUS_API_KEY": admin_key},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "ray pinned: 1 actors" in out.stdout and ray_nodes.b.node_id in out.stdout
 
 
 def test_actor_errors_and_early_close(ray_gateway):

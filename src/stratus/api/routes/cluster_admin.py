@@ -119,4 +119,7 @@ async def cluster_status(request: Request, me: Principal = Depends(principal)) -
                 "replicas": replicas.snapshot(),
             }
         )
-    return JSONBody({"models": models}, headers=NO_STORE)
+    ray_cluster = app_state(request).ray_cluster
+    # with --ray-address: per Ray model its actors (node ids), resources, bounds, recent scalings
+    ray = ray_cluster.status() if ray_cluster is not None else None
+    return JSONBody({"models": models, "ray": ray}, headers=NO_STORE)
