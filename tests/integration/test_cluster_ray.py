@@ -5,7 +5,8 @@ different custom resources: node A {"CPU": 2, "node_type_a": 2}, node B {"CPU": 
 "node_type_b": 4}. The gateway (`--ray-address auto`, access control on) serves the demo
 checkpoint as "demo" (2 replicas, {"CPU": 1}: spread over A and B) and as "pinned" (1 replica,
 {"CPU": 1, "node_type_b": 1}: only B qualifies). One Ray for the whole session (starting one
-takes ~20 s here); every wait is bounded.
+takes ~20 s here), the only module that uses it, and it is stopped with the module so its
+processes and actors (~2 GB) do not outlive it; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Nodes:
         self.cluster, self.a, self.b = cluster, a, b
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_nodes():
     if not (DEMO / "config.json").is_file():
         pytest.skip("models/demo is missing: make demo-model")
@@ -73,7 +74,7 @@ def ray_nodes():
         cluster.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_gateway(ray_nodes, tmp_path_factory, admin_key):
     settings = Settings(
         models={"demo": str(DEMO), "pinned": str(DEMO)},
