@@ -43,8 +43,8 @@ _RAY_NAMED = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
 
 
 class EngineActor:
-    """Runs inside the actor process. Loading happens in __init__, so a restarted actor (a new
-    process running __init__ again) is serving as soon as Ray reports it alive."""
+    """Runs inside the actor process. The engine loads and warms up on the first call (the
+    gateway's probe), so a restarted actor, a new process, loads again on its own."""
 
     def __init__(self, path: str, config: EngineConfig, isolation: str = "process"):
         from stratus.engine import Engine
@@ -66,11 +66,12 @@ class EngineActor:
                 self._ready = True
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[list[Delta]]:
-        """Called with num_returns="streaming". Each yielded object is every delta produced
-        since the last one: an object costs 1-2 ms to hand over (measured here), about a
-        decode step, so one object per delta would halve the rate; under the caller's
-        backpressure deltas gather instead. Ray cancelling the task (the caller closed the
-        stream) closes the engine's iterator, which aborts the request."""
+        """Called with num_returns="streaming". Each yielded object holds every delta produced
+        since the last one: an object costs ~1.7 ms to hand over here (bench/ray_replica.py),
+        so when the gateway reads slower than the engine produces (the caller's window is
+        full), deltas gather into one object rather than queue up one object each. Ray
+        cancelling the task (the caller closed the stream) closes the engine's iterator, which
+        aborts the request."""
         await self._ensure_started()
         queue: asyncio.Queue = asyncio.Queue()
         pump = asyncio.create_task(self._pump(request, queue))
