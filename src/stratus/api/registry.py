@@ -107,7 +107,7 @@ class ModelRegistry:
             m.state == "ready" and not m.replicas.healthy for m in self.models.values()
         ):
             return "failed"
-        return "ready" if states <= {"ready"} else "loading"
+        return "ready" if self.models and states <= {"ready"} else "loading"  # none yet: waiting for replicas
 
     async def load_all(self) -> None:
         for model in self.models.values():
