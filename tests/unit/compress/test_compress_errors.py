@@ -100,3 +100,23 @@ def test_evaluate_only_needs_an_existing_pair(rand_dir, tmp_path):
     result = run(rand_dir, tmp_path / "missing", "--evaluate-only")
     assert result.exit_code == 1 and "no config.json" in result.output
     assert entries(tmp_path) == []
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_only_reports_on_an_existing_pair_and_changes_nothing_else(rand_dir, tmp_path):
+    dst = tmp_path / "int4"
+    assert run(rand_dir, dst, "--method", "int4", "--no-evaluate").exit_code == 0
+    weights = (dst / "model.safetensors").read_bytes()
+    text = tmp_path / "text.txt"
+    text.write_text("Beautiful is better than ugly. Explicit is better than implicit. " * 10)
+    result = run(rand_dir, dst, "--evaluate-only", "--no-speed", "--eval-text", text)
+    assert result.exit_code == 0, result.output
+    assert "| perplexity" in result.output
+    report = json.loads((dst / "compression_report.json").read_text())
+    assert report["compression"]["method"] == "int4" and report["output"] == str(dst)
+    assert report["before"]["perplexity"] > 1 and report["after"]["perplexity"] > 1
+    assert (dst / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in dst.iterdir() if p.name.startswith("compression_report")) == [
+        "compression_report.json",
+        "compression_report.md",
+    ]
