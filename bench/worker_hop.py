@@ -5,6 +5,7 @@ talking to a `stratus worker` on loopback (same model, same engine settings), al
 
     .venv/bin/python bench/worker_hop.py               # demo model, 5 rounds
     .venv/bin/python bench/worker_hop.py --rounds 3 --concurrency 8
+    .venv/bin/python bench/worker_hop.py --worker-isolation thread   # the worker's engine in a thread
 
 Per round and side: (1) one greedy stream of --tokens tokens: time to first token and decode
 rate; (2) --concurrency such streams at once: total output tokens/s. Prints the medians and the
@@ -53,9 +54,10 @@ async def many_streams(target, tokens: int, concurrency: int, tag: str) -> float
     return tokens * concurrency / (time.perf_counter() - started)
 
 
-def start_worker(model: Path, secret: str) -> tuple[subprocess.Popen, str, str]:
+def start_worker(model: Path, secret: str, isolation: str) -> tuple[subprocess.Popen, str, str]:
     env = {**os.environ, "STRATUS_CLUSTER_SECRET": secret, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "stratus.cli", "worker", "--model", f"demo={model}", "--port", "0"]
+    cmd += ["--engine-isolation", isolation]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -71,9 +73,15 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument(
+        "--worker-isolation",
+        choices=["process", "thread"],
+        default="process",
+        help="the worker's engine in a process of its own (default, as serve) or in a thread of it",
+    )
     args = ap.parse_args()
     secret = secrets.token_urlsafe(32)
-    proc, worker_id, url = start_worker(Path(args.model), secret)
+    proc, worker_id, url = start_worker(Path(args.model), secret, args.worker_isolation)
     engine = Engine(args.model, EngineConfig(), isolation="process")
     try:
         await engine.start()
@@ -111,7 +119,7 @@ async def main() -> None:
         med = {s: {k: statistics.median(v) for k, v in m.items()} for s, m in results.items()}
         print(
             f"\nmedians over {args.rounds} rounds ({args.tokens} tokens, {args.concurrency} streams; "
-            f"load average {os.getloadavg()[0]:.1f})"
+            f"worker engine isolation {args.worker_isolation}; load average {os.getloadavg()[0]:.1f})"
         )
         print(f"{'':8s} {'ttft ms':>9s} {'decode tok/s':>13s} {'batch tok/s':>12s}")
         for side in sides:
