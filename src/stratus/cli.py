@@ -428,9 +428,9 @@ __import__("stratus.admin_cli", fromlist=["register"]).register(main)  # stratus
 __import__("stratus.usage_cli", fromlist=["register"]).register(main)  # stratus usage|limits
 main.add_command(__import__("stratus.audit_cli", fromlist=["audit"]).audit)  # stratus audit
 main.add_command(__import__("stratus.secrets_cli", fromlist=["secrets"]).secrets)  # stratus secrets
+__import__("stratus.ray_cli", fromlist=["register"]).register(main)  # stratus cluster scale
 __import__("stratus.cluster_cli", fromlist=["register"]).register(main, _engine_options)  # worker, upstreams
 __import__("stratus.review_cli", fromlist=["register"]).register(main)  # lockouts|alerts, keys reinstate
-__import__("stratus.ray_cli", fromlist=["register"]).register(main)  # stratus cluster scale
 
 if __name__ == "__main__":
     main()

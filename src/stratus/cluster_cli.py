@@ -37,6 +37,15 @@ def cluster_options(func):
             "--worker-client-cert", default=None, help="Client certificate (PEM) for mTLS to workers."
         ),
         click.option("--worker-client-key", default=None, help="Its private key (PEM)."),
+        click.option(
+            "--routing",
+            multiple=True,
+            metavar="[MODEL=]POLICY",
+            callback=lambda _ctx, _param, values: ",".join(values) if values else None,
+            help="How requests are spread over a model's replicas: capacity (least expected "
+            "completion time), p2c (power of two choices) or round_robin; repeat per model, or a "
+            "bare POLICY for every model. [default: capacity]",
+        ),
     ]
     for option in reversed(options):
         func = option(func)

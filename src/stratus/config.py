@@ -82,6 +82,14 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)  # shared limit counters; default in process
     limits_fail_open: bool = False  # Redis down: per-process limits instead of 503
     model_prices: str | None = None  # "tiny=0.5/1.5,...": USD per million prompt/completion tokens
+    # cluster (docs/CLUSTER.md): the secret workers authenticate with turns on worker registration
+    cluster_secret: str | None = field(default=None, repr=False)  # env STRATUS_CLUSTER_SECRET
+    cluster_secret_file: str | None = None  # a file holding it (preferred: flags show in `ps`)
+    worker_ca: str | None = None  # CA that signs workers' HTTPS certificates; default: the system's
+    worker_client_cert: str | None = None  # client certificate for mutual TLS to workers
+    worker_client_key: str | None = None
+    local_models: bool = True  # False: no engine in this process; models come from workers, upstreams
+    routing: str | None = None  # router policy: "p2c", or per model "demo=round_robin,big=capacity"
     # Ray replicas (docs/CLUSTER.md): with ray_address every model is served by Ray actors
     ray_address: str | None = None  # auto | ray://host:port | local (start Ray in this process)
     replicas: str | None = None  # "demo=2,other=1", or "2" for every model; default 1
@@ -90,14 +98,19 @@ class Settings:
     max_replicas: str | None = None
     autoscale_target: float = 4.0  # running + waiting requests per replica the autoscaler aims for
     autoscale_cooldown: float = 30.0  # seconds after a change before the next one
-    # cluster (docs/CLUSTER.md): the secret workers authenticate with turns on worker registration
-    cluster_secret: str | None = field(default=None, repr=False)  # env STRATUS_CLUSTER_SECRET
-    cluster_secret_file: str | None = None  # a file holding it (preferred: flags show in `ps`)
-    worker_ca: str | None = None  # CA that signs workers' HTTPS certificates; default: the system's
-    worker_client_cert: str | None = None  # client certificate for mutual TLS to workers
-    worker_client_key: str | None = None
-    local_models: bool = True  # False: no engine in this process; models come from workers, upstreams
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def routing_policies(self) -> dict[str, str]:
+        """{model: policy}; the key "*" holds the policy of models not named."""
+        from stratus.cluster.router import POLICIES
+
+        out: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in (self.routing or "").split(","))):
+            model, _, policy = item.rpartition("=")
+            if policy not in POLICIES:
+                raise ValueError(f"unknown policy {policy!r} in {item!r}; choose from {', '.join(POLICIES)}")
+            out[model or "*"] = policy
+        return out
 
     def model_paths(self) -> dict[str, Path]:
         if self.models:
@@ -295,11 +308,18 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"model_prices: {exc}") from None
     if s.ray_address is not None or any((s.replicas, s.replica_resources, s.min_replicas, s.max_replicas)):
         _check_ray(s)
+    if s.routing:
+        try:
+            s.routing_policies()
+        except ValueError as exc:
+            raise ConfigError(f"routing: {exc}") from None
     if s.cluster_secret or s.cluster_secret_file:
         from stratus.cluster.secret import ENV_VAR, ClusterSecretError, load_cluster_secret
 
         try:
-            load_cluster_secret(s.cluster_secret_file, {ENV_VAR: s.cluster_secret} if s.cluster_secret else {})
+            load_cluster_secret(
+                s.cluster_secret_file, {ENV_VAR: s.cluster_secret} if s.cluster_secret else {}
+            )
         except ClusterSecretError as exc:
             raise ConfigError(str(exc)) from None
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):

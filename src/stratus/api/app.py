@@ -69,7 +69,9 @@ def create_app(
         paths = {}  # every model is served by Ray actors, placed once the app starts
     if not settings.local_models:
         paths = {}  # --no-local-models: every replica joins later (stratus worker)
-    registry = ModelRegistry(paths, engines, settings.engine, settings.engine_isolation)
+    registry = ModelRegistry(
+        paths, engines, settings.engine, settings.engine_isolation, settings.routing_policies()
+    )
     cache = None
     if settings.response_cache_size > 0:
         cache = ResponseCache(settings.response_cache_size, settings.response_cache_ttl)

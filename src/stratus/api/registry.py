@@ -75,7 +75,7 @@ class ModelRegistry:
     ):
         self.engine_config = engine_config
         self.isolation = isolation
-        self.routing = routing or {}  # model -> router policy; default capacity-aware
+        self.routing = routing or {}  # model -> router policy ("*": the rest); default capacity-aware
         self.models: dict[str, ServedModel] = {}
         self._ready_engines = engines or {}  # handed in ready-made: started here, owned by the caller
         for name, path in (paths or {}).items():
@@ -84,7 +84,7 @@ class ModelRegistry:
             self.models[name] = ServedModel(name, None, self._replica_set(name))
 
     def _replica_set(self, name: str) -> ReplicaSet:
-        return ReplicaSet(name, self.routing.get(name, "capacity"))
+        return ReplicaSet(name, self.routing.get(name, self.routing.get("*", "capacity")))
 
     @property
     def names(self) -> list[str]:

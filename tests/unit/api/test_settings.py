@@ -78,3 +78,24 @@ def test_model_spec():
     assert parse_model_spec("/ckpt/llama-3/") == ("llama-3", "/ckpt/llama-3/")
     with pytest.raises(ConfigError, match="no path"):
         parse_model_spec("demo=")
+
+
+def test_routing_policies_per_model_with_a_default(tmp_path):
+    s = load_settings({"routing": "p2c,big=round_robin"}, env={}, config_file=write(tmp_path, ""))
+    assert s.routing_policies() == {"*": "p2c", "big": "round_robin"}
+    env = {"STRATUS_ROUTING": "demo=capacity"}
+    assert load_settings({}, env=env, config_file=write(tmp_path, "")).routing_policies() == {
+        "demo": "capacity"
+    }
+    with pytest.raises(ConfigError, match="routing: unknown policy 'fastest'.*capacity, p2c, round_robin"):
+        load_settings({"routing": "demo=fastest"}, env={}, config_file=write(tmp_path, ""))
+
+
+def test_the_registry_gives_each_model_its_policy():
+    from stratus.api.registry import ModelRegistry
+
+    registry = ModelRegistry({"a": "/m/a", "b": "/m/b"}, routing={"*": "p2c", "b": "round_robin"})
+    assert {n: m.replicas.router.policy for n, m in registry.models.items()} == {
+        "a": "p2c",
+        "b": "round_robin",
+    }
