@@ -22,9 +22,10 @@ second, warm load) and alternate, round by round, so a busy spell of a shared ma
 every variant alike: use it for the ratios. Quality (perplexity, top-1 agreement) is what `stratus compress` reports; see
 docs/BENCHMARKS.md for both.
 
-The kernel table times one linear layer of each shape of the 100m model at 1 and 16 rows:
+The kernel table times one linear layer of each shape of the 100m model at 1, 16 and 64 rows:
 float32 and bfloat16 dense matmuls, torch's packed int8/int4 kernels fed float32 or bfloat16
-activations, and dequantize-then-matmul. Results print as tables and go to
+activations, dequantize-then-matmul in float32, and the layers' own dense path (bfloat16 where
+the CPU has it), which large batches take. Results print as tables and go to
 bench/results/compress-<time>.json.
 """
 
@@ -190,11 +191,13 @@ def candidates(x, w, t8, t4, l8, l4) -> dict:
         "int8 packed, fp32 act": lambda: torch._weight_int8pack_mm(x, t8["qweight"], t8["scales"]),
         "int8 packed, bf16 act": lambda: l8._packed_matmul(x),
         "int8 dequant+matmul": lambda: F.linear(x, dequantize_int8(t8["qweight"], t8["scales"], x.dtype)),
+        "int8 layer dense path": lambda: l8._dense_matmul(x),
         "int4 packed, fp32 act": lambda: torch._weight_int4pack_mm_for_cpu(x, l4._kernel_weight, 128, sz_f32),
         "int4 packed, bf16 act": lambda: l4._packed_matmul(x),
         "int4 dequant+matmul": lambda: F.linear(
             x, dequantize_int4(t4["qweight"], t4["scales"], t4["zeros"], x.dtype)
         ),
+        "int4 layer dense path": lambda: l4._dense_matmul(x),
     }
 
 
