@@ -204,7 +204,7 @@ class Int8Linear(QuantLinear):
         if self.packed:
             self._kernel_scales = self.scales.to(torch.bfloat16)
             self.scales.copy_(self._kernel_scales)  # both paths use the kernel's scales
-            extra = -self.in_features % INT8_K_MULTIPLE
+            extra = -self.qweight.shape[1] % INT8_K_MULTIPLE  # (0 if already padded)
             if extra:  # zero weight columns, met by the zero padding of the input
                 self.qweight = F.pad(self.qweight, (0, extra))
 
