@@ -200,16 +200,26 @@ def test_mutual_tls_between_gateway_and_worker(secret, tmp_path):
         asyncio.run(run())
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:  # fields[1] is the parent pid
-            found.append(int(stat.parent.name))
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (ppid first, start time at [19])."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Child pid -> its start time, so a pid the kernel reuses later is not mistaken for it."""
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        if fields and int(fields[1]) == pid:
+            found[int(entry.name)] = fields[19]
     return found
+
+
+def _still_running(children: dict[int, str]) -> list[int]:
+    return [c for c, started in children.items() if (f := _stat(c)) and f[19] == started and f[0] != "Z"]
 
 
 def test_the_engine_process_of_a_killed_worker_exits_too(secret):
@@ -219,10 +229,10 @@ def test_the_engine_process_of_a_killed_worker_exits_too(secret):
         assert children, "no engine process"
         w.kill9()
         deadline = time.monotonic() + 30
-        while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+        while _still_running(children) and time.monotonic() < deadline:
             time.sleep(0.2)
-        alive = [c for c in children if Path(f"/proc/{c}").exists()]
-        for c in alive:  # do not leave it behind even when the test fails
+        alive = _still_running(children)
+        for c in alive:  # do not leave it behind even when the test fails (same pid, same start)
             os.kill(c, signal.SIGKILL)
         assert not alive, "the engine process outlived its worker"
 
