@@ -78,7 +78,7 @@ def load(layer, tensors):
     return layer
 
 
-@pytest.mark.parametrize("rows", [1, 5, 40])
+@pytest.mark.parametrize("rows", [1, 5, 40, 200])  # 40, 200: the dense paths (module doc)
 @pytest.mark.parametrize("out_features,in_features", [(96, 256), (100, 200)])
 def test_quantized_layers_multiply_by_their_dequantized_weight(rows, out_features, in_features):
     """The matmul reads the compressed weight: its result equals x @ dequantized(W).T to within
