@@ -142,9 +142,16 @@ def test_upstream_behind_the_gateway(upstream, gateway, admin_key):
     again = client.chat.completions.create(model="remote", extra_body=sneaky, **CHAT)
     assert again.choices[0].message.content == expected.choices[0].message.content
 
-    # The gateway charged exactly the usage the upstream reported (four chats and a completion).
+    # What the upstream refuses (here: more tokens than its context window) is the client's 400.
+    too_long = {"model": "remote", **CHAT, "max_tokens": 100_000}
+    r = httpx.post(gw.url + "/v1/chat/completions", json=too_long, headers=admin, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "upstream_rejected", r.text
+    assert "context" in r.json()["error"]["message"]
+
+    # The gateway charged exactly the usage the upstream reported (four chats, a completion, and
+    # the refused request at zero tokens).
     want = {
-        "requests": 5,
+        "requests": 6,
         "prompt_tokens": 4 * got.usage.prompt_tokens + text.usage.prompt_tokens,
         "completion_tokens": 4 * got.usage.completion_tokens + text.usage.completion_tokens,
     }
