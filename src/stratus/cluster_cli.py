@@ -38,6 +38,25 @@ def cluster_options(func):
         ),
         click.option("--worker-client-key", default=None, help="Its private key (PEM)."),
         click.option(
+            "--worker-read-timeout",
+            type=float,
+            default=None,
+            help="Seconds a worker's stream may stay silent (workers send keepalives every 5 s) "
+            "before it counts as failed. [default: 30]",
+        ),
+        click.option(
+            "--worker-first-token-timeout",
+            type=float,
+            default=None,
+            help="Seconds a request may wait for its first token at a busy worker. [default: 600]",
+        ),
+        click.option(
+            "--insecure-worker-http/--no-insecure-worker-http",
+            default=None,
+            help="Allow plain http:// workers off loopback (the cluster secret then crosses the "
+            "network in clear; only on a trusted network). [default: off]",
+        ),
+        click.option(
             "--routing",
             multiple=True,
             metavar="[MODEL=]POLICY",
@@ -83,6 +102,14 @@ _WORKER_OPTIONS = [
     ),
     click.option(
         "--heartbeat-interval", type=float, default=2.0, show_default=True, help="Seconds between beats."
+    ),
+    click.option(
+        "--keepalive-interval",
+        type=click.FloatRange(min=0.05),
+        default=5.0,
+        show_default=True,
+        help="Seconds of silence in a stream (a queued request) before a keepalive line; keep it "
+        "well under the gateway's --worker-read-timeout.",
     ),
     click.option(
         "--drain-timeout", type=float, default=30.0, show_default=True, help="Seconds to drain on SIGTERM."
@@ -157,6 +184,7 @@ def worker(model_spec: str, **flags: Any) -> None:
         tls_client_ca=flags.pop("tls_client_ca"),
         isolation=flags.pop("engine_isolation"),
         heartbeat_interval=flags.pop("heartbeat_interval"),
+        keepalive_interval=flags.pop("keepalive_interval"),
         drain_timeout=flags.pop("drain_timeout"),
         log_level=flags.pop("log_level"),
     )

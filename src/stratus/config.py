@@ -88,6 +88,9 @@ class Settings:
     worker_ca: str | None = None  # CA that signs workers' HTTPS certificates; default: the system's
     worker_client_cert: str | None = None  # client certificate for mutual TLS to workers
     worker_client_key: str | None = None
+    worker_read_timeout: float = 30.0  # seconds of silence (no token, no keepalive) before a worker fails
+    worker_first_token_timeout: float = 600.0  # a worker's first token may take this long (queueing)
+    insecure_worker_http: bool = False  # send the cluster secret over plain HTTP to non-loopback workers
     local_models: bool = True  # False: no engine in this process; models come from workers, upstreams
     routing: str | None = None  # router policy: "p2c", or per model "demo=round_robin,big=capacity"
     # Ray replicas (docs/CLUSTER.md): with ray_address every model is served by Ray actors
@@ -313,6 +316,9 @@ def _check(s: Settings) -> None:
             s.routing_policies()
         except ValueError as exc:
             raise ConfigError(f"routing: {exc}") from None
+    for name in ("worker_read_timeout", "worker_first_token_timeout"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name} must be > 0 seconds, got {getattr(s, name)}")
     if s.cluster_secret or s.cluster_secret_file:
         from stratus.cluster.secret import ENV_VAR, ClusterSecretError, load_cluster_secret
 

@@ -261,3 +261,39 @@ def test_a_stalled_worker_is_a_replica_error_after_the_read_timeout(worker, secr
     while worker.health().json()["stats"]["running"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert worker.health().json()["stats"]["running"] == 0
+
+
+def test_a_request_queued_at_a_busy_worker_outlasts_the_read_timeout(secret):
+    """The worker answers at once and sends keepalives while a request queues, so the gateway's
+    read timeout (silence) does not fire; the separate first-token bound still does."""
+    busy = ("--max-num-seqs", "1", "--max-tokens-per-second", "20", "--keepalive-interval", "0.2")
+    with WorkerProcess("demo", str(DEMO), secret, *THREAD, *busy) as w:
+        w.wait_serving()
+
+        async def run():
+            patient = WorkerReplica(w.id, "demo", w.url, secret.encode(), read_timeout=1.5)
+            hasty = WorkerReplica(
+                w.id, "demo", w.url, secret.encode(), read_timeout=1.5, first_token_timeout=1
+            )
+            await patient.start()
+            await hasty.start()
+
+            async def tokens(replica: WorkerReplica, n: int) -> int:
+                params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+                request = GenerateRequest(prompt="Once upon a time", params=params)
+                return sum([len(d.token_ids) async for d in replica.generate(request)])
+
+            try:
+                first = asyncio.create_task(tokens(patient, 60))  # ~3 s of the only batch slot
+                await asyncio.sleep(0.3)
+                queued = asyncio.create_task(tokens(patient, 4))  # waits ~3 s > read_timeout
+                too_slow = asyncio.create_task(tokens(hasty, 4))
+                assert await first == 60
+                assert await queued == 4
+                with pytest.raises(ReplicaError, match="no token within"):
+                    await too_slow
+            finally:
+                await patient.shutdown()
+                await hasty.shutdown()
+
+        asyncio.run(run())

@@ -88,6 +88,7 @@ class WorkerDirectory:
         verify: ssl.SSLContext | bool = True,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        first_token_timeout: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.registry = registry
@@ -95,7 +96,7 @@ class WorkerDirectory:
         self.interval = interval
         self.missed = missed
         self.verify = verify
-        self.timeouts = (connect_timeout, read_timeout)
+        self.timeouts = (connect_timeout, read_timeout, first_token_timeout)
         self.clock = clock
         self.workers: dict[str, _Known] = {}
         self._lock = asyncio.Lock()
@@ -113,6 +114,7 @@ class WorkerDirectory:
             self.secret,
             connect_timeout=self.timeouts[0],
             read_timeout=self.timeouts[1],
+            first_token_timeout=self.timeouts[2],
             verify=self.verify,
         )
         try:

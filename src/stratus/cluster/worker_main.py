@@ -46,6 +46,7 @@ class WorkerOptions:
     tls_client_ca: str | None = None
     isolation: str = "process"
     heartbeat_interval: float = 2.0
+    keepalive_interval: float = 5.0  # seconds of silence in a stream before a keepalive line
     drain_timeout: float = 30.0
     log_level: str = "info"
 
@@ -71,7 +72,9 @@ def build_worker(options: WorkerOptions, sock: socket.socket) -> WorkerServer:
     shown = f"[{options.host}]" if ":" in options.host else options.host
     url = options.advertise_url or f"{scheme}://{shown}:{port}"
     worker_id = options.worker_id or f"{options.model}@{shown}:{port}"
-    worker = WorkerState(worker_id, options.model, options.secret, path=options.path)
+    worker = WorkerState(
+        worker_id, options.model, options.secret, path=options.path, keepalive=options.keepalive_interval
+    )
     info = {"id": worker_id, "model": options.model, "url": url}
     heartbeats = [
         Heartbeat(

@@ -4,8 +4,10 @@
     await replica.start()            # fetches tokenizer and config files; no weights needed here
     async for delta in replica.generate(GenerateRequest(prompt="Hi")): ...
 
-Everything is bounded: connecting takes at most `connect_timeout`, and a stream that sends
-nothing for `read_timeout` seconds (a hung or partitioned worker) fails. A failure of the
+Everything is bounded: connecting takes at most `connect_timeout`, a stream that sends nothing
+for `read_timeout` seconds (a hung or partitioned worker) fails, and so does one whose first token
+takes longer than `first_token_timeout` (generous: the worker sends keepalive lines while a
+request queues, so a busy worker is told apart from a dead one without a retry storm). A failure of the
 worker (unreachable, 5xx, a broken or truncated stream) is a `ReplicaError`, so the request can
 move to another replica; a 400 is the request's own fault, a `ValidationError`.
 """
@@ -17,6 +19,7 @@ import logging
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -60,6 +63,7 @@ class WorkerReplica:
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        first_token_timeout: float = 600.0,
         verify: ssl.SSLContext | bool = True,
     ):
         self.id = replica_id
@@ -68,6 +72,7 @@ class WorkerReplica:
         self._headers = {"Authorization": f"Bearer {secret.decode()}"}
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._client = httpx.AsyncClient(base_url=self.url + PREFIX, timeout=timeout, verify=verify)
+        self.first_token_timeout = first_token_timeout
         self._stats = EngineStats.empty()
         self.tokenizer: Tokenizer
         self.model_config: ModelConfig
@@ -108,6 +113,8 @@ class WorkerReplica:
         payload = orjson.dumps(wire.request_to_dict(request))
         headers = {**self._headers, "Content-Type": "application/json"}
         unfinished = set(range(request.params.n))
+        deadline = time.monotonic() + self.first_token_timeout
+        first = True
         try:
             async with self._client.stream("POST", "/generate", content=payload, headers=headers) as response:
                 if response.status_code != 200:
@@ -117,40 +124,69 @@ class WorkerReplica:
                     if not line:
                         continue
                     data = orjson.loads(line)
+                    if not isinstance(data, dict):
+                        raise ReplicaError(f"worker {self.id} sent a malformed stream (not an object)")
+                    if not data:  # a keepalive: the request waits in the worker's queue or runs
+                        if first and time.monotonic() > deadline:
+                            raise ReplicaError(
+                                f"worker {self.id} sent no token within {self.first_token_timeout:.0f} s"
+                            )
+                        continue
                     if "error" in data:
-                        raise ReplicaError(f"worker {self.id}: {data['error'].get('message')}")
+                        raise _stream_error(self.id, data["error"])
                     delta = wire.delta_from_dict(data)
+                    first = False
                     if delta.finish_reason is not None:
                         unfinished.discard(delta.index)
                     yield delta
                     if not unfinished:
                         return
+        except (ReplicaError, ValidationError):
+            raise
         except httpx.TimeoutException as exc:
             raise ReplicaError(f"worker {self.id} timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise ReplicaError(f"worker {self.id} failed: {type(exc).__name__}: {exc}") from exc
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ReplicaError(f"worker {self.id} sent a malformed stream ({exc})") from exc
+        except RuntimeError as exc:  # httpx: the client was closed (the replica is shutting down)
+            raise ReplicaError(f"worker {self.id} is closed ({exc})") from exc
         raise ReplicaError(f"worker {self.id}: the stream ended before every choice finished")
 
     async def _get(self, path: str) -> dict:
         try:
             response = await self._client.get(path, headers=self._headers)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the client was closed
             raise ReplicaError(f"worker {self.id} unreachable: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
             raise _refusal(self.id, response)
         try:
-            return response.json()
+            body = response.json()
         except ValueError as exc:
             raise ReplicaError(f"worker {self.id} answered {path} with something not JSON") from exc
+        if not isinstance(body, dict):
+            raise ReplicaError(f"worker {self.id} answered {path} with something not a JSON object")
+        return body
+
+
+def _stream_error(replica_id: str, error: object) -> Exception:
+    """An `{"error": ...}` line: the engine's refusal is the request's fault, anything else the worker's."""
+    if not isinstance(error, dict):
+        return ReplicaError(f"worker {replica_id} failed (a malformed error record)")
+    message = str(error.get("message") or "unknown error")
+    if error.get("type") == "invalid_request_error":
+        param = error.get("param")
+        return ValidationError(message, param if isinstance(param, str) else None)
+    return ReplicaError(f"worker {replica_id}: {message}")
 
 
 def _refusal(replica_id: str, response: httpx.Response) -> Exception:
     """A non-200 answer: 400 is the request's fault, anything else the worker's."""
     try:
         error = response.json().get("error") or {}
-    except ValueError:
+        if not isinstance(error, dict):
+            error = {}
+    except (ValueError, AttributeError):
         error = {}
     message = error.get("message") or f"HTTP {response.status_code}"
     if response.status_code == 400:

@@ -7,13 +7,17 @@
 
 Every call carries `Authorization: Bearer <cluster secret>`, compared in constant time; a
 missing or wrong one is a 401 and nothing runs. A bad request is a 400 before any line is sent.
-The stream is one JSON delta per line; a failure midway ends it with an `{"error": ...}` line
-and no finish_reason, which the gateway treats as a replica failure. Closing the connection
+The stream is one JSON delta per line, answered at once; while the request waits in the queue or
+between tokens the worker sends a keepalive line `{}` every `keepalive` seconds (readers skip it).
+A failure ends it with an `{"error": ...}` line and no finish_reason: type invalid_request_error
+is the request's fault (the engine refused it), anything else a replica failure. Closing the connection
 aborts the request in the engine (its KV blocks are freed at once).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -45,6 +49,8 @@ CHECKPOINT_FILES = (
     "chat_template.jinja",
 )
 NDJSON = "application/x-ndjson"
+KEEPALIVE = b"{}\n"  # a record with no fields: readers skip it
+KEEPALIVE_INTERVAL = 5.0  # seconds; well under any sensible gateway read timeout
 
 
 class APIError(Exception):
@@ -85,6 +91,7 @@ class WorkerState:
     engine: Engine | None = None  # None while loading
     path: Path | None = None
     state: str = "loading"  # loading | serving | draining | failed
+    keepalive: float = KEEPALIVE_INTERVAL  # seconds of silence before a keepalive line
 
 
 def check_secret(given: str | None, secret: bytes) -> bool:
@@ -136,30 +143,41 @@ async def generate(request: Request, worker: WorkerState = Depends(_worker)) -> 
         raise APIError(400, "The body is not valid JSON.") from None
     except (ValidationError, TypeError) as exc:
         raise APIError(400, str(exc), param=getattr(exc, "param", None)) from None
+    # Headers go out at once, and a keepalive line while the request waits or runs, so a gateway's
+    # between-records read timeout measures silence, not queueing (a busy worker is not a dead one).
     deltas = engine.generate(gen_request)
-    try:
-        first = await anext(deltas)  # a refusal from the engine is still a 400, not a broken stream
-    except ValidationError as exc:
-        await deltas.aclose()
-        raise APIError(400, str(exc), param=exc.param) from None
-    except Exception:
-        await deltas.aclose()
-        log.exception("generation %s failed before its first delta", gen_request.request_id)
-        raise APIError(503, "The worker's engine failed; retry elsewhere.", code="engine_failed") from None
-    return NDJSONResponse(_lines(first, deltas, gen_request.request_id))
+    return NDJSONResponse(_lines(deltas, gen_request.request_id, worker.keepalive))
 
 
-async def _lines(first, deltas: AsyncIterator, request_id: str) -> AsyncIterator[bytes]:
+async def _lines(deltas: AsyncIterator, request_id: str, keepalive: float) -> AsyncIterator[bytes]:
+    pending: asyncio.Future | None = None
     try:
-        yield orjson.dumps(wire.delta_to_dict(first)) + b"\n"
-        async for delta in deltas:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(deltas))
+            done, _ = await asyncio.wait({pending}, timeout=keepalive)
+            if not done:
+                yield KEEPALIVE
+                continue
+            try:
+                delta = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
             yield orjson.dumps(wire.delta_to_dict(delta)) + b"\n"
+    except ValidationError as exc:  # the engine's refusal: the request's fault, not the worker's
+        error = {"message": str(exc), "type": "invalid_request_error", "param": exc.param}
+        yield orjson.dumps({"error": error}) + b"\n"
     except Exception:
-        log.exception("generation %s failed midway", request_id)
-        error = {"message": "the worker's engine failed midway", "type": "server_error"}
+        log.exception("generation %s failed", request_id)
+        error = {"message": "the worker's engine failed", "type": "server_error"}
         yield orjson.dumps({"error": error}) + b"\n"
     finally:
         with anyio.CancelScope(shield=True):
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
             await deltas.aclose()  # aborts the request if it is still running
 
 

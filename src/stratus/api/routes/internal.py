@@ -78,7 +78,13 @@ def mount(app: FastAPI, settings: Settings, registry: ModelRegistry) -> WorkerDi
     if secret is None:
         return None
     verify = client_tls(settings.worker_ca, settings.worker_client_cert, settings.worker_client_key)
-    directory = WorkerDirectory(registry, secret, verify=verify)
+    directory = WorkerDirectory(
+        registry,
+        secret,
+        verify=verify,
+        read_timeout=settings.worker_read_timeout,
+        first_token_timeout=settings.worker_first_token_timeout,
+    )
     app.state.workers = directory
     app.include_router(router)
     return directory
