@@ -1,0 +1,87 @@
+"""WorkerReplica against malformed worker answers (a real loopback HTTP server scripts them):
+every transport or protocol fault is a ReplicaError (the request fails over), never another
+exception (a 500); only the engine's refusal is the request's own ValidationError."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from stratus.cluster.replica import ReplicaError
+from stratus.cluster.worker_replica import WorkerReplica
+from stratus.engine.types import GenerateRequest, SamplingParams, ValidationError
+from tests.recording_server import Recorded, RecordingServer
+
+pytestmark = pytest.mark.timeout(30)
+
+NDJSON = "application/x-ndjson"
+REQUEST = GenerateRequest(prompt="hi", params=SamplingParams(max_tokens=2))
+
+
+async def _drain(replica: WorkerReplica) -> None:
+    async for _ in replica.generate(REQUEST):
+        pass
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1, 2]\n",  # not an object
+        b'"text"\n',
+        b'{"error": "boom"}\n',  # an error that is not an object
+        b'{"error": null}\n',
+        b'{"index": 0, "token_ids": "x"}\n',  # a delta of the wrong shape
+        b"{not json\n",
+        b"{}\n{}\n",  # keepalives, then the end: truncated
+    ],
+)
+def test_malformed_streams_are_replica_errors(body):
+    with RecordingServer(lambda _req: (200, NDJSON, body)) as server:
+
+        async def run():
+            replica = WorkerReplica("w", "demo", server.url, b"s")
+            try:
+                with pytest.raises(ReplicaError):
+                    await _drain(replica)
+            finally:
+                await replica.shutdown()
+
+        asyncio.run(run())
+
+
+def test_the_engines_refusal_is_a_validation_error():
+    line = b'{"error": {"message": "too long", "type": "invalid_request_error", "param": "max_tokens"}}\n'
+    with RecordingServer(lambda _req: (200, NDJSON, line)) as server:
+
+        async def run():
+            replica = WorkerReplica("w", "demo", server.url, b"s")
+            with pytest.raises(ValidationError) as refused:
+                await _drain(replica)
+            assert refused.value.param == "max_tokens"
+            await replica.shutdown()
+
+        asyncio.run(run())
+
+
+def test_a_closed_replica_and_non_object_answers_are_replica_errors():
+    def answer(req: Recorded) -> tuple[int, str, bytes]:
+        if req.path.endswith("/health"):
+            return 200, "application/json", b"[1]"
+        return 503, "application/json", b'{"error": "not an object"}'
+
+    with RecordingServer(answer) as server:
+
+        async def run():
+            replica = WorkerReplica("w", "demo", server.url, b"s")
+            with pytest.raises(ReplicaError):
+                await replica.probe()  # a JSON list, not an object
+            with pytest.raises(ReplicaError):
+                await _drain(replica)  # a 503 whose error is not an object
+            await replica.shutdown()
+            with pytest.raises(ReplicaError):
+                await _drain(replica)  # httpx: the client has been closed
+            with pytest.raises(ReplicaError):
+                await replica.probe()
+
+        asyncio.run(run())
