@@ -31,6 +31,9 @@ if not (DEMO / "config.json").is_file():
     pytest.skip(f"no demo model at {DEMO}: run `make demo-model`", allow_module_level=True)
 
 THREAD = ("--engine-isolation", "thread")
+# Streams of 900 tokens that a test interrupts after the first few: capped, so a stalled test
+# process cannot let the whole stream finish before the interruption.
+PACED = ("--max-tokens-per-second", "100")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def secret() -> str:
 
 @pytest.fixture(scope="module")
 def worker(secret):
-    with WorkerProcess("demo", str(DEMO), secret, *THREAD) as w:
+    with WorkerProcess("demo", str(DEMO), secret, *THREAD, *PACED) as w:
         w.wait_serving()
         yield w
 
@@ -116,7 +119,7 @@ def test_closing_the_stream_aborts_the_request_on_the_worker(worker, secret):
 
 
 def test_a_worker_killed_mid_stream_is_a_replica_error_not_a_hang(secret):
-    with WorkerProcess("demo", str(DEMO), secret, *THREAD) as doomed:
+    with WorkerProcess("demo", str(DEMO), secret, *THREAD, *PACED) as doomed:
         doomed.wait_serving()
 
         async def run():
