@@ -96,7 +96,12 @@ _WORKER_OPTIONS = [
         "--tls-client-ca", default=None, help="Demand gateway client certificates from this CA (mTLS)."
     ),
     click.option("--gateway-ca", default=None, help="CA (PEM) that signs the gateway's certificate."),
-    click.option("--insecure-http", is_flag=True, help="Allow plain HTTP on a non-loopback address."),
+    click.option(
+        "--insecure-http",
+        is_flag=True,
+        help="Allow plain HTTP on a non-loopback address, and to a non-loopback --gateway (the "
+        "cluster secret then crosses the network in clear).",
+    ),
     click.option(
         "--engine-isolation", type=click.Choice(["process", "thread"]), default="process", show_default=True
     ),
@@ -135,6 +140,7 @@ def worker(model_spec: str, **flags: Any) -> None:
 
     from stratus.cli import _bind, _is_loopback
     from stratus.cluster.secret import ClusterSecretError, load_cluster_secret
+    from stratus.cluster.urls import check_http_url
     from stratus.cluster.worker_main import WorkerOptions, build_worker
     from stratus.cluster.worker_replica import client_tls
     from stratus.config import ConfigError, parse_model_spec
@@ -155,7 +161,8 @@ def worker(model_spec: str, **flags: Any) -> None:
     tls = bool(flags["tls_cert"] and flags["tls_key"])
     if bool(flags["tls_cert"]) != bool(flags["tls_key"]):
         raise click.UsageError("TLS needs both --tls-cert and --tls-key")
-    if not tls and not _is_loopback(host) and not flags.pop("insecure_http"):
+    insecure_http = flags.pop("insecure_http")
+    if not tls and not _is_loopback(host) and not insecure_http:
         raise click.ClickException(
             f"refusing plain HTTP on {host}: the cluster secret would cross the network in clear; give "
             "--tls-cert and --tls-key, listen on 127.0.0.1, or pass --insecure-http on a trusted network"
@@ -168,6 +175,11 @@ def worker(model_spec: str, **flags: Any) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     gateway_ca = flags.pop("gateway_ca")
+    for gateway in flags["gateways"]:  # heartbeats carry the cluster secret
+        try:
+            check_http_url(gateway, "--gateway", plain_remote=insecure_http)
+        except ValueError as exc:
+            raise click.UsageError(f"{exc} (--insecure-http)") from None
     options = WorkerOptions(
         model=name,
         path=Path(path),

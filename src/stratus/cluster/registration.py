@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from stratus.cluster.replica import ReplicaError
+from stratus.cluster.urls import check_http_url
 from stratus.cluster.worker_replica import WorkerReplica
 from stratus.config import MODEL_NAME_RE
 
@@ -43,18 +43,13 @@ class RegistrationError(ValueError):
     """A registration the gateway refuses; the message is safe to send back."""
 
 
-def check_worker_url(url: str) -> str:
-    """http(s)://host[:port][/path] with no credentials, query or fragment."""
+def check_worker_url(url: str, *, insecure_http: bool = False) -> str:
+    """http(s)://host[:port][/path] with no credentials, query or fragment; plain http:// only to a
+    loopback host unless `insecure_http` (the gateway sends the cluster secret there)."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise RegistrationError("url is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RegistrationError("url must be an http:// or https:// URL with a host")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise RegistrationError("url must not hold credentials, a query or a fragment")
-    return url.rstrip("/")
+        return check_http_url(url, "url", plain_remote=insecure_http)
+    except ValueError as exc:
+        raise RegistrationError(str(exc)) from None
 
 
 def _field(body: dict, name: str, pattern: re.Pattern) -> str:
@@ -89,6 +84,7 @@ class WorkerDirectory:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         first_token_timeout: float = 600.0,
+        insecure_http: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.registry = registry
@@ -97,6 +93,7 @@ class WorkerDirectory:
         self.missed = missed
         self.verify = verify
         self.timeouts = (connect_timeout, read_timeout, first_token_timeout)
+        self.insecure_http = insecure_http  # plain http:// to workers off loopback
         self.clock = clock
         self.workers: dict[str, _Known] = {}
         self._lock = asyncio.Lock()
@@ -106,7 +103,9 @@ class WorkerDirectory:
     async def register(self, body: dict) -> dict:
         worker_id = _field(body, "id", WORKER_ID_RE)
         model = _field(body, "model", MODEL_NAME_RE)
-        url = check_worker_url(body.get("url") if isinstance(body.get("url"), str) else "")
+        url = check_worker_url(
+            body.get("url") if isinstance(body.get("url"), str) else "", insecure_http=self.insecure_http
+        )
         replica = WorkerReplica(
             worker_id,
             model,

@@ -19,11 +19,11 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import httpx
 
 from stratus.cluster.router import NoReplicaAvailable, Router
+from stratus.cluster.urls import check_http_url
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RETRY_STATUSES = {401, 403, 404, 408, 409, 429}  # the gateway's problem with that upstream, or busy
@@ -32,24 +32,12 @@ MAX_ATTEMPTS = 3
 
 def check_base_url(url: str) -> str:
     """An admin-given base URL: http(s), a host, no credentials, query or fragment. Raises ValueError."""
-    if not isinstance(url, str) or len(url) > 2048:
-        raise ValueError("base_url must be a URL of at most 2048 characters")
     try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ValueError("base_url is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            "base_url must be an http:// or https:// URL with a host, e.g. http://10.0.0.7:8000/v1"
-        )
-    if parts.username or parts.password:
-        raise ValueError(
-            "base_url must not hold credentials; pass the key as api_key (it is stored encrypted)"
-        )
-    if parts.query or parts.fragment:
-        raise ValueError("base_url must not have a query or a fragment")
-    return url.strip().rstrip("/")
+        return check_http_url(url, "base_url", example=", e.g. http://10.0.0.7:8000/v1")
+    except ValueError as exc:
+        if "credentials" in str(exc):
+            raise ValueError(f"{exc}; pass the key as api_key (it is stored encrypted)") from None
+        raise
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from stratus.cluster.registration import RegistrationError, check_worker_url
+from stratus.cluster.registration import RegistrationError, WorkerDirectory, check_worker_url
 from stratus.cluster.secret import ClusterSecretError, load_cluster_secret
 from stratus.cluster.upstream import check_base_url
 from stratus.cluster.worker_server import check_secret
@@ -45,10 +47,44 @@ def test_bearer_check():
 
 
 @pytest.mark.parametrize(
-    "url", ["http://10.0.0.5:8100", "https://worker-1.internal:8443/", "http://[::1]:8100"]
+    "url",
+    ["https://10.0.0.5:8100", "https://worker-1.internal:8443/", "http://[::1]:8100", "http://localhost:1"],
 )
 def test_worker_urls_accepted(url):
     assert check_worker_url(url) == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.5:8100", "http://worker-1.internal:8100/", "http://[fe80::1]:1"]
+)
+def test_plain_http_to_a_remote_worker_only_when_allowed(url):
+    """The gateway sends the cluster secret to a worker's URL: never in clear by default."""
+    with pytest.raises(RegistrationError, match="in clear"):
+        check_worker_url(url)
+    assert check_worker_url(url, insecure_http=True) == url.rstrip("/")
+    directory = WorkerDirectory(None, GOOD.encode())  # refused before any connection or registry use
+
+    async def register():
+        with pytest.raises(RegistrationError, match="in clear"):
+            await directory.register({"id": "w1", "model": "demo", "url": url})
+
+    asyncio.run(register())
+    assert directory.workers == {}
+
+
+def test_a_worker_refuses_a_plain_http_gateway_off_loopback(tmp_path):
+    from click.testing import CliRunner
+
+    from stratus.cli import main
+    from stratus.config import demo_model_path
+
+    if not (demo_model_path() / "config.json").is_file():
+        pytest.skip("no demo model: run `make demo-model`")
+    args = ["worker", "--model", f"demo={demo_model_path()}", "--gateway", "http://10.0.0.1:8000"]
+    env = {"STRATUS_CLUSTER_SECRET": GOOD}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert "in clear" in result.output and GOOD not in result.output
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,7 @@ def mount(app: FastAPI, settings: Settings, registry: ModelRegistry) -> WorkerDi
         verify=verify,
         read_timeout=settings.worker_read_timeout,
         first_token_timeout=settings.worker_first_token_timeout,
+        insecure_http=settings.insecure_worker_http,
     )
     app.state.workers = directory
     app.include_router(router)
