@@ -300,3 +300,33 @@ def test_a_request_queued_at_a_busy_worker_outlasts_the_read_timeout(secret):
                 await hasty.shutdown()
 
         asyncio.run(run())
+
+
+def test_registration_refuses_another_checkpoint_and_a_live_workers_id(worker, secret, tiny_checkpoint):
+    from stratus.api.registry import ModelRegistry
+    from stratus.cluster.registration import RegistrationConflict, WorkerDirectory
+
+    with WorkerProcess("demo", str(tiny_checkpoint), secret, *THREAD) as impostor:  # not the demo model
+        impostor.wait_serving()
+
+        async def run():
+            registry = ModelRegistry({"demo": DEMO}, isolation="thread")
+            await registry.load_all()  # a local replica of the real demo checkpoint
+            directory = WorkerDirectory(registry, secret.encode())
+            try:
+                with pytest.raises(RegistrationConflict, match="checkpoint"):
+                    await directory.register({"id": "odd", "model": "demo", "url": impostor.url})
+                await directory.register({"id": "w1", "model": "demo", "url": worker.url})
+                # Another URL cannot take over a live worker's id (its traffic would follow).
+                with pytest.raises(RegistrationConflict, match="still answers"):
+                    await directory.register({"id": "w1", "model": "demo", "url": impostor.url})
+                assert sorted(r.id for r in registry.replica_sets()["demo"].replicas) == [
+                    "demo/local",
+                    "w1",
+                ]
+                await directory.register({"id": "w1", "model": "demo", "url": worker.url})  # a restart
+            finally:
+                await directory.close()
+                await registry.shutdown()
+
+        asyncio.run(run())

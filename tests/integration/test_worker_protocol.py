@@ -85,3 +85,19 @@ def test_a_closed_replica_and_non_object_answers_are_replica_errors():
                 await replica.probe()
 
         asyncio.run(run())
+
+
+def test_a_refused_registration_does_not_echo_what_the_url_answered():
+    from stratus.cluster.registration import RegistrationError, WorkerDirectory
+
+    page = b'{"error": {"message": "internal-only page: db password hunter2"}}'
+    with RecordingServer(lambda _req: (403, "application/json", page)) as server:
+
+        async def run():
+            directory = WorkerDirectory(None, b"s" * 32)
+            with pytest.raises(RegistrationError) as refused:
+                await directory.register({"id": "w", "model": "demo", "url": server.url})
+            assert "hunter2" not in str(refused.value) and "403" not in str(refused.value)
+            assert server.requests[0].path == "/internal/v1/checkpoint-files"  # it did ask
+
+        asyncio.run(run())

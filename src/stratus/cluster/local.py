@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stratus.cluster.checkpoint_files import checkpoint_digest, read_checkpoint_files
 from stratus.cluster.replica import ReplicaError
 from stratus.engine import EngineError
 
@@ -23,6 +26,13 @@ class LocalReplica:
         self.tokenizer = engine.tokenizer
         self.model_config = engine.model_config
         self.max_model_len = engine.max_model_len
+
+    @functools.cached_property
+    def checkpoint_digest(self) -> str:
+        """Of its config and tokenizer files (cluster/checkpoint_files.py): other replicas of the
+        model must have the same, so that a stream moving between them stays one model's answer."""
+        path = getattr(self.engine, "path", None)
+        return checkpoint_digest(read_checkpoint_files(Path(path))) if path is not None else ""
 
     async def start(self) -> None:
         await self.engine.start()

@@ -42,6 +42,15 @@ WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 class RegistrationError(ValueError):
     """A registration the gateway refuses; the message is safe to send back."""
 
+    status = 400
+
+
+class RegistrationConflict(RegistrationError):
+    """The worker is well-formed but clashes with what is registered (another checkpoint under the
+    model's name, or a live worker's id from another URL): 409."""
+
+    status = 409
+
 
 def check_worker_url(url: str, *, insecure_http: bool = False) -> str:
     """http(s)://host[:port][/path] with no credentials, query or fragment; plain http:// only to a
@@ -116,12 +125,25 @@ class WorkerDirectory:
             first_token_timeout=self.timeouts[2],
             verify=self.verify,
         )
+        await self._check_not_taken(worker_id, url)
         try:
             await replica.start()
         except (ReplicaError, OSError, ValueError) as exc:
             await replica.shutdown()
-            raise RegistrationError(f"the gateway cannot use the worker at {url}: {exc}") from None
+            # The reason stays in the log: echoing what the URL answered would let a caller holding
+            # the secret read (or map) whatever the gateway can reach.
+            log.warning("worker %s at %s refused: %s", worker_id, url, exc)
+            raise RegistrationError(
+                "the gateway could not read the worker's checkpoint files at that URL with the "
+                "cluster secret (is it a stratus worker serving that model? see the gateway log)"
+            ) from None
         async with self._lock:
+            try:
+                self._check_same_checkpoint(replica)
+                await self._check_not_taken(worker_id, url)  # again: another may have won the race
+            except RegistrationConflict:
+                await replica.shutdown()
+                raise
             old = self.workers.pop(worker_id, None)
             if old is not None:  # a restarted worker: its old connection state is stale
                 await self._remove(old)
@@ -130,6 +152,31 @@ class WorkerDirectory:
         self._ensure_watcher()
         log.info("worker %s registered for model %s at %s", worker_id, model, url)
         return {"heartbeat_interval": self.interval}
+
+    async def _check_not_taken(self, worker_id: str, url: str) -> None:
+        """A live worker's id cannot be taken over from another URL (its traffic would follow);
+        a restarted worker at a new address can, once the old address stops answering."""
+        old = self.workers.get(worker_id)
+        if old is None or old.replica.url == url:
+            return
+        try:
+            await old.replica.probe()
+        except ReplicaError:
+            return  # the old one is gone
+        raise RegistrationConflict(
+            f"worker id {worker_id!r} is registered from another URL and still answers"
+        )
+
+    def _check_same_checkpoint(self, replica: WorkerReplica) -> None:
+        sets = self.registry.replica_sets() if hasattr(self.registry, "replica_sets") else {}
+        existing = sets.get(replica.model)
+        for other in existing.replicas if existing is not None else []:
+            digest = getattr(other, "checkpoint_digest", "")
+            if other.id != replica.id and digest and digest != replica.checkpoint_digest:
+                raise RegistrationConflict(
+                    f"the worker's checkpoint for {replica.model!r} differs from replica {other.id!r} "
+                    "(config or tokenizer files): replicas of one model must serve the same checkpoint"
+                )
 
     def heartbeat(self, body: dict) -> bool:
         """Refresh a known worker; False (404 to the worker) when it must register again."""

@@ -14,7 +14,6 @@ move to another replica; a 400 is the request's own fault, a `ValidationError`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import ssl
@@ -27,8 +26,9 @@ import httpx
 import orjson
 
 from stratus.cluster import wire
+from stratus.cluster.checkpoint_files import CHECKPOINT_FILES, checkpoint_digest
 from stratus.cluster.replica import ReplicaError
-from stratus.cluster.worker_server import CHECKPOINT_FILES, PREFIX
+from stratus.cluster.worker_server import PREFIX
 from stratus.engine.config import ModelConfig
 from stratus.engine.tokenizer import Tokenizer
 from stratus.engine.types import Delta, EngineStats, GenerateRequest, ValidationError
@@ -77,6 +77,7 @@ class WorkerReplica:
         self.tokenizer: Tokenizer
         self.model_config: ModelConfig
         self.max_model_len = 0
+        self.checkpoint_digest = ""  # known after start()
 
     def __repr__(self) -> str:
         return f"WorkerReplica({self.id!r}, {self.model!r}, {self.url!r})"
@@ -90,7 +91,8 @@ class WorkerReplica:
         missing = {"config.json", "tokenizer.json"} - set(files)
         if missing or set(files) - set(CHECKPOINT_FILES):
             raise ReplicaError(f"worker {self.id} sent an incomplete checkpoint (missing {sorted(missing)})")
-        folder = _cache(files)
+        self.checkpoint_digest = checkpoint_digest(files)
+        folder = _cache(files, self.checkpoint_digest)
         self.model_config = ModelConfig.from_dir(folder)
         self.tokenizer = Tokenizer(folder)
         self.max_model_len = int(body["max_model_len"])
@@ -194,9 +196,8 @@ def _refusal(replica_id: str, response: httpx.Response) -> Exception:
     return ReplicaError(f"worker {replica_id} answered {response.status_code}: {message}")
 
 
-def _cache(files: dict[str, str]) -> Path:
-    """The files in a folder named by their hash, shared by every replica of one checkpoint."""
-    digest = hashlib.sha256(orjson.dumps(files, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+def _cache(files: dict[str, str], digest: str) -> Path:
+    """The files in a folder named by their digest, shared by every replica of one checkpoint."""
     folder = CACHE_DIR / digest
     if (folder / ".complete").is_file():
         return folder

@@ -33,6 +33,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from stratus.cluster import wire
+from stratus.cluster.checkpoint_files import read_checkpoint_files
 from stratus.engine.types import ValidationError
 
 if TYPE_CHECKING:
@@ -41,13 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stratus.worker")
 
 PREFIX = "/internal/v1"
-CHECKPOINT_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-)
 NDJSON = "application/x-ndjson"
 KEEPALIVE = b"{}\n"  # a record with no fields: readers skip it
 KEEPALIVE_INTERVAL = 5.0  # seconds; well under any sensible gateway read timeout
@@ -215,11 +209,7 @@ async def health(worker: WorkerState = Depends(_worker)) -> Response:
 async def checkpoint_files(worker: WorkerState = Depends(_worker)) -> Response:
     engine = _serving(worker)
     assert worker.path is not None
-    files = {}
-    for name in CHECKPOINT_FILES:
-        file = worker.path / name
-        if file.is_file():
-            files[name] = file.read_text()
+    files = read_checkpoint_files(worker.path)
     body = {"model": worker.model, "max_model_len": engine.max_model_len, "files": files}
     return Response(orjson.dumps(body), media_type="application/json")
 

@@ -54,7 +54,7 @@ async def register(request: Request, directory: WorkerDirectory = Depends(_direc
     try:
         return _json(await directory.register(await _body(request)))
     except RegistrationError as exc:
-        raise APIError(400, str(exc), code="registration_refused") from None
+        raise APIError(exc.status, str(exc), code="registration_refused") from None
 
 
 @router.post("/heartbeat")
