@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from stratus.cluster.breaker import CircuitBreaker
 from stratus.cluster.router import NoReplicaAvailable, Router
 from stratus.cluster.urls import check_http_url
 
@@ -62,6 +63,7 @@ class Opened:
     router: Router
     work: float
     started: float = field(default_factory=time.monotonic)
+    breaker: CircuitBreaker | None = None
     _closed: bool = False
 
     async def close(self, tokens: int, ok: bool) -> None:
@@ -69,6 +71,8 @@ class Opened:
             return
         self._closed = True
         await self.response.aclose()
+        if self.breaker is not None and not ok:
+            self.breaker.record_failure()  # it broke mid-answer
         self.router.end(self.upstream.name, self.work, tokens, time.monotonic() - self.started, ok)
 
 
@@ -81,10 +85,14 @@ class UpstreamPool:
         )
         self.upstreams: dict[str, Upstream] = {}
         self._routers: dict[str, Router] = {}  # model -> router over its upstreams
+        # One breaker per upstream, fed by request outcomes: a dead upstream is skipped (it would
+        # cost a connect timeout on every request) until, after a cooldown, one trial succeeds.
+        self.breakers: dict[str, CircuitBreaker] = {}
 
     def set(self, upstreams: list[Upstream]) -> None:
         """Replace the registered upstreams (routers keep what they learned of those that stay)."""
         self.upstreams = {u.name: u for u in upstreams}
+        self.breakers = {u.name: self.breakers.get(u.name) or CircuitBreaker() for u in upstreams}
         by_model: dict[str, list[str]] = {}
         for u in upstreams:
             by_model.setdefault(u.model, []).append(u.name)
@@ -111,12 +119,19 @@ class UpstreamPool:
         if router is None:
             raise UpstreamFailed(f"no upstream serves the model '{model}'")
         tried: set[str] = set()
-        why = "none reachable"
-        for _ in range(MAX_ATTEMPTS):
+        blocked = {name for name in router.snapshot() if self.breakers[name].state == "open"}
+        why = "none reachable" if len(blocked) < len(router.snapshot()) else "every upstream is failing"
+        attempts = 0
+        while attempts < MAX_ATTEMPTS:
             try:
-                name = router.pick(work, exclude=tried)
+                name = router.pick(work, exclude=tried | blocked)
             except NoReplicaAvailable:
                 break
+            breaker = self.breakers[name]
+            if not breaker.allow():  # half-open with its one trial already out
+                blocked.add(name)
+                continue
+            attempts += 1
             tried.add(name)
             upstream = self.upstreams[name]
             payload = {**body, "model": upstream.upstream_model}
@@ -131,13 +146,17 @@ class UpstreamPool:
             except httpx.HTTPError as exc:
                 why = f"{type(exc).__name__}"
                 router.end(name, work, 0, time.monotonic() - started, False)
+                breaker.record_failure()
                 continue
             if response.status_code >= 500 or response.status_code in RETRY_STATUSES:
                 why = f"HTTP {response.status_code}"
                 await response.aclose()
                 router.end(name, work, 0, time.monotonic() - started, False)
+                if response.status_code != 429:  # busy is not broken
+                    breaker.record_failure()
                 continue
-            return Opened(upstream, response, router, work, started)
+            breaker.record_success()  # it answered (a 400 is the client's, not the upstream's)
+            return Opened(upstream, response, router, work, started, breaker)
         raise UpstreamFailed(f"no upstream of the model '{model}' could take the request ({why})")
 
     async def aclose(self) -> None:
