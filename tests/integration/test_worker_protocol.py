@@ -5,6 +5,7 @@ exception (a 500); only the engine's refusal is the request's own ValidationErro
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -101,3 +102,41 @@ def test_a_refused_registration_does_not_echo_what_the_url_answered():
             assert server.requests[0].path == "/internal/v1/checkpoint-files"  # it did ask
 
         asyncio.run(run())
+
+
+def test_missed_heartbeats_remove_a_worker_only_when_a_probe_fails():
+    from stratus.api.registry import ModelRegistry
+    from stratus.cluster.checkpoint_files import read_checkpoint_files
+    from stratus.cluster.registration import WorkerDirectory
+    from stratus.config import demo_model_path
+
+    if not (demo_model_path() / "config.json").is_file():
+        pytest.skip("no demo model: run `make demo-model`")
+    files = {"model": "demo", "max_model_len": 1024, "files": read_checkpoint_files(demo_model_path())}
+    checkpoint = (200, "application/json", json.dumps(files).encode())
+
+    def answer(req: Recorded) -> tuple[int, str, bytes]:
+        return checkpoint if req.path.endswith("/checkpoint-files") else (200, "application/json", b"{}")
+
+    now = [0.0]
+    with RecordingServer(answer) as alive, RecordingServer(answer) as doomed:
+
+        async def run():
+            registry = ModelRegistry()
+            directory = WorkerDirectory(registry, b"s" * 32, interval=1, missed=3, clock=lambda: now[0])
+            try:
+                await directory.register({"id": "alive", "model": "demo", "url": alive.url})
+                await directory.register({"id": "doomed", "model": "demo", "url": doomed.url})
+                doomed.__exit__()  # the machine is gone: nothing listens there any more
+                now[0] = 10.0  # both missed their heartbeats
+                assert await directory.expire() == ["doomed"]
+                assert set(directory.workers) == {"alive"}  # it answered the probe: kept
+                assert [r.id for r in registry.replica_sets()["demo"].replicas] == ["alive"]
+                assert directory.heartbeat({"id": "alive", "model": "demo", "stats": {}})
+                assert await directory.expire() == []
+            finally:
+                await directory.close()
+                await registry.shutdown()
+
+        asyncio.run(run())
+        assert any(r.path.endswith("/health") for r in alive.requests)

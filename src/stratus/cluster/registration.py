@@ -9,7 +9,8 @@ A heartbeat answered 404 (the gateway restarted, or dropped the worker) makes it
 Gateway side (`WorkerDirectory`, behind api/routes/internal.py): a registration builds a
 `WorkerReplica` (it fetches the worker's tokenizer and config, so a worker that cannot be reached
 back is refused) and adds it to the model's replica set; a worker that misses `missed`
-heartbeats in a row is removed; a deregistered one is drained (finishes, takes nothing new).
+heartbeats in a row is probed, and removed if the probe fails (kept, and logged, if it
+answers); a deregistered one is drained (finishes, takes nothing new).
 All of it is authenticated with the cluster secret (cluster/secret.py).
 """
 
@@ -77,6 +78,7 @@ class _Known:
     replica: WorkerReplica
     last_seen: float
     draining: bool = False
+    late: bool = False  # heartbeats stopped but probes pass (logged once)
 
 
 class WorkerDirectory:
@@ -184,6 +186,7 @@ class WorkerDirectory:
         if known is None or known.replica.model != body.get("model"):
             return False
         known.last_seen = self.clock()
+        known.late = False
         stats = body.get("stats")
         if isinstance(stats, dict):
             with contextlib.suppress(TypeError, ValueError):
@@ -215,16 +218,33 @@ class WorkerDirectory:
         return True
 
     async def expire(self) -> list[str]:
-        """Remove the workers whose heartbeats stopped; returns their ids."""
+        """Probe the workers whose heartbeats stopped; remove those that fail it (their streams
+        migrate), keep those that answer (only the heartbeats were late). Returns removed ids."""
         limit = self.missed * self.interval
-        now = self.clock()
-        gone = [wid for wid, k in self.workers.items() if now - k.last_seen > limit]
-        async with self._lock:
-            for worker_id in gone:
-                known = self.workers.pop(worker_id, None)
-                if known is not None:
-                    log.warning("worker %s missed %d heartbeats; removed", worker_id, self.missed)
+        late = [(wid, k) for wid, k in list(self.workers.items()) if self.clock() - k.last_seen > limit]
+        gone = []
+        for worker_id, known in late:
+            try:
+                await known.replica.probe()  # outside the lock: it may take a connect timeout
+            except ReplicaError as exc:
+                async with self._lock:  # recheck: a heartbeat or a re-registration may have come
+                    if self.workers.get(worker_id) is not known or self.clock() - known.last_seen <= limit:
+                        continue
+                    del self.workers[worker_id]
+                    log.warning(
+                        "worker %s missed %d heartbeats and failed a probe (%s); removed",
+                        worker_id,
+                        self.missed,
+                        exc,
+                    )
                     await self._remove(known)
+                gone.append(worker_id)
+            else:
+                if not known.late:
+                    log.warning(
+                        "worker %s missed %d heartbeats but answers a probe; kept", worker_id, self.missed
+                    )
+                known.late = True
         return gone
 
     async def _remove(self, known: _Known) -> None:
