@@ -16,20 +16,23 @@ team with content logging on (security/content_log.py) the redacted text goes, e
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
+import operator
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
 
+import orjson
 import sqlalchemy as sa
 
 from stratus.security.secrets import Keyring, encrypt
-from stratus.store import Store
+from stratus.store import Conflict, Store, StoreUnavailable, redact_url
 from stratus.store.audit_tables import audit_events, audit_head
-from stratus.store.review_tables import audit_content
 
 GENESIS = "0" * 64
 
@@ -54,6 +57,7 @@ class AuditEvent:
 
 
 EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
+_event_values = operator.attrgetter(*EVENT_FIELDS)  # one C call for every field, in order
 
 
 @dataclass
@@ -72,6 +76,15 @@ def canonical(values: dict, seq: int, prev_mac: str) -> bytes:
     body["at"] = repr(float(body["at"]))  # exact float text on every backend
     body["seq"] = seq
     body["prev_mac"] = prev_mac
+    # orjson is ~10x faster than json.dumps and writes the same bytes whenever nothing needs
+    # escaping (ASCII, no quotes, backslashes or control characters: then no backslash comes
+    # out). Anything else takes the original encoder, so every stored MAC stays verifiable.
+    try:
+        fast = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate, an integer past 64 bits
+        fast = b"\\"
+    if fast.isascii() and b"\\" not in fast:
+        return fast
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -83,21 +96,34 @@ def head_sig(key: bytes, seq: int, mac: str) -> str:
     return hmac.new(key, f"head|{seq}|{mac}".encode(), hashlib.sha256).hexdigest()
 
 
-# Built once: constructing a statement per append cost more CPU than the rest of an append
-# (SQLAlchemy coerces every clause anew); these are reused with bound parameters.
-_LOCK_HEAD = (  # a no-op update that takes the write lock and returns the head it locked
-    audit_head.update()
-    .where(audit_head.c.id == 1)
-    .values(seq=audit_head.c.seq)
-    .returning(audit_head.c.seq, audit_head.c.mac)
-)
-_INSERT_EVENTS = audit_events.insert()
-_INSERT_CONTENT = audit_content.insert()
-_MOVE_HEAD = (
-    audit_head.update()
-    .where(audit_head.c.id == 1)
-    .values(seq=sa.bindparam("new_seq"), mac=sa.bindparam("new_mac"), sig=sa.bindparam("new_sig"))
-)
+class _SQL(NamedTuple):
+    lock_head: str
+    insert_event: str
+    insert_content: str
+    move_head: str
+
+
+_EVENT_COLUMNS = ("seq", *EVENT_FIELDS, "prev_mac", "mac")
+_CONTENT_COLUMNS = ("seq", "request_id", "at", "team", "principal", "ciphertext", "key_id")
+
+
+@functools.cache
+def _sql(paramstyle: str) -> _SQL:
+    """The append's statements as driver SQL, built once per paramstyle. The append runs them on
+    the driver's cursor, inside the Store's transaction: SQLAlchemy's per-statement work
+    (compiling, binding, result set-up) cost more CPU than SQLite's own insert and commit."""
+    mark = "?" if paramstyle == "qmark" else "%s"  # sqlite3: qmark; psycopg: format/pyformat
+
+    def insert(table: str, columns: tuple[str, ...]) -> str:
+        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+
+    return _SQL(
+        # A no-op update that takes the write lock and returns the head it locked.
+        lock_head="UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, mac",
+        insert_event=insert("audit_events", _EVENT_COLUMNS),
+        insert_content=insert("audit_content", _CONTENT_COLUMNS),
+        move_head=f"UPDATE audit_head SET seq = {mark}, mac = {mark}, sig = {mark} WHERE id = 1",
+    )
 
 
 def detail(**facts) -> str:
@@ -125,36 +151,47 @@ class AuditLog:
         when given, is event i's redacted text, stored encrypted under `ring` beside it."""
         out = []
         with self._lock, self.store.begin() as conn:
-            seq, prev_mac = self._lock_head(conn)
-            rows, texts = [], []
-            for i, event in enumerate(events):
-                values = {name: getattr(event, name) for name in EVENT_FIELDS}  # all scalars: no deepcopy
-                seq += 1
-                mac = record_mac(self.key, values, seq, prev_mac)
-                rows.append({**values, "seq": seq, "prev_mac": prev_mac, "mac": mac})
-                out.append(AuditRecord(**values, seq=seq, prev_mac=prev_mac, mac=mac))
-                prev_mac = mac
-                if contents is not None and contents[i] is not None:
-                    texts.append(_content_row(ring, event, seq, contents[i]))
-            conn.execute(_INSERT_EVENTS, rows)
-            if texts:
-                conn.execute(_INSERT_CONTENT, texts)
-            conn.execute(
-                _MOVE_HEAD,
-                {"new_seq": seq, "new_mac": prev_mac, "new_sig": head_sig(self.key, seq, prev_mac)},
-            )
+            sql = _sql(conn.dialect.paramstyle)
+            dbapi = conn.dialect.loaded_dbapi
+            cursor = conn.connection.cursor()  # the driver's own, in the Store's transaction
+            try:
+                seq, prev_mac = self._lock_head(conn, cursor, sql)
+                rows, texts = [], []
+                for i, event in enumerate(events):
+                    row = _event_values(event)  # all scalars: no deepcopy
+                    values = dict(zip(EVENT_FIELDS, row, strict=True))
+                    seq += 1
+                    mac = record_mac(self.key, values, seq, prev_mac)
+                    rows.append((seq, *row, prev_mac, mac))
+                    out.append(AuditRecord(**values, seq=seq, prev_mac=prev_mac, mac=mac))
+                    prev_mac = mac
+                    if contents is not None and contents[i] is not None:
+                        texts.append(_content_row(ring, event, seq, contents[i]))
+                cursor.executemany(sql.insert_event, rows)
+                if texts:
+                    cursor.executemany(sql.insert_content, texts)
+                cursor.execute(sql.move_head, (seq, prev_mac, head_sig(self.key, seq, prev_mac)))
+            except dbapi.Error as exc:  # as the Store reports its own errors
+                mapped = _store_error(self.store, dbapi, exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            finally:
+                cursor.close()
         return out
 
-    def _lock_head(self, conn: sa.Connection) -> tuple[int, str]:
+    def _lock_head(self, conn: sa.Connection, cursor, sql: _SQL) -> tuple[int, str]:
         # A no-op update takes the write lock as it reads the head (SQLite: the database lock;
         # PostgreSQL: the row lock), so two processes never extend the chain from one head.
-        row = conn.execute(_LOCK_HEAD).first()
+        cursor.execute(sql.lock_head)
+        row = cursor.fetchone()
         if row is None:  # the first record ever: create the head, once
             genesis = {"id": 1, "seq": 0, "mac": GENESIS, "sig": head_sig(self.key, 0, GENESIS)}
             insert = _dialect_insert(conn.dialect.name)
             conn.execute(insert(audit_head).values(**genesis).on_conflict_do_nothing())
-            row = conn.execute(_LOCK_HEAD).one()
-        return row.seq, row.mac
+            cursor.execute(sql.lock_head)
+            row = cursor.fetchone()
+        return row[0], row[1]
 
     def head(self) -> tuple[int, str, str] | None:
         with self.store.connect() as conn:
@@ -211,19 +248,21 @@ class AuditLog:
             return [AuditRecord(**row._asdict()) for row in conn.execute(query)]
 
 
-def _content_row(ring: Keyring | None, event: AuditEvent, seq: int, text: str) -> dict:
+def _content_row(ring: Keyring | None, event: AuditEvent, seq: int, text: str) -> tuple:
     if ring is None:
         raise ValueError("content to log but no master keyring to encrypt it with")
     token = encrypt(ring, f"audit_content/{seq}", text)  # content_log.aad(seq)
-    return {
-        "seq": seq,
-        "request_id": event.request_id,
-        "at": event.at,
-        "team": event.team,
-        "principal": event.principal,
-        "ciphertext": token,
-        "key_id": ring.current,
-    }
+    # In _CONTENT_COLUMNS' order.
+    return (seq, event.request_id, event.at, event.team, event.principal, token, ring.current)
+
+
+def _store_error(store: Store, dbapi, exc: Exception) -> Exception | None:
+    """A driver error from the raw append as the Store's own exceptions name it (None: as is)."""
+    if isinstance(exc, dbapi.IntegrityError):
+        return Conflict("violates a rule of the database")
+    if isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError)):
+        return StoreUnavailable(f"database {redact_url(store.url)} unavailable: {type(exc).__name__}")
+    return None
 
 
 def _dialect_insert(dialect: str):

@@ -69,21 +69,37 @@ class AuditWriter:
                 else:
                     records = self.log.append_many([e for e, _, _, _ in batch])
             except Exception as exc:  # every caller of the batch learns it failed
-                for _, _, loop, future in batch:
-                    loop.call_soon_threadsafe(_fail, future, exc)
+                _settle(batch, [exc] * len(batch), _fail)
                 continue
             if self.checkpoints and self.every > 0:
                 last = records[-1].seq
                 if last // self.every != (last - len(records)) // self.every:
                     self._checkpoint()  # before the callers resume: rare, and then deterministic
-            for (_, _, loop, future), record in zip(batch, records, strict=True):
-                loop.call_soon_threadsafe(_done, future, record)
+            _settle(batch, records, _done)
 
     def _checkpoint(self) -> None:
         try:
             write_checkpoint(self.log, self.checkpoints)
         except Exception:
             log.exception("could not write an audit checkpoint to %s", self.checkpoints)
+
+
+def _settle(batch: list, results: list, how: Callable) -> None:
+    """Hands each caller its result: one wake-up of each event loop per batch, not per record
+    (every call_soon_threadsafe writes to the loop's self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for (_, _, loop, future), result in zip(batch, results, strict=True):
+        by_loop.setdefault(loop, []).append((future, result))
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, pairs, how)
+        except RuntimeError:  # that loop has closed: nobody is waiting there any more
+            pass
+
+
+def _resolve(pairs: list, how: Callable) -> None:
+    for future, result in pairs:
+        how(future, result)
 
 
 def _done(future: asyncio.Future, record: AuditRecord) -> None:

@@ -1,0 +1,77 @@
+"""The fast canonical form (orjson) writes exactly the bytes the original encoder wrote, so
+records stored before and after it verify alike; the raw-cursor append keeps the Store's errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stratus.security.audit import EVENT_FIELDS, AuditEvent, AuditLog, canonical
+from stratus.security.audit_verify import verify
+from stratus.store import Store, StoreUnavailable, database_url
+
+pytestmark = pytest.mark.timeout(60)
+
+AWKWARD = [
+    "plain ascii",
+    'a "quoted" word',
+    "back\\slash",
+    "tab\there, newline\n, bell\x07, del\x7f",
+    "naïve café ✓ 日本語 🎉",
+    "lone surrogate \ud800",
+    "</script> & slashes / too",
+    "",
+]
+
+
+def reference(values: dict, seq: int, prev_mac: str) -> bytes:
+    """The encoder every record before the fast path was MAC'd with."""
+    body = {name: values.get(name) for name in EVENT_FIELDS}
+    body["at"] = repr(float(body["at"]))
+    body["seq"] = seq
+    body["prev_mac"] = prev_mac
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_canonical_matches_the_original_encoder(text):
+    event = AuditEvent(
+        action="POST /v1/chat/completions",
+        outcome="ok",
+        at=1764380000.123456789,
+        principal=text,
+        user_agent=text,
+        detail=json.dumps({"note": text}),
+        status=200,
+        prompt_tokens=2**70,  # past 64 bits: orjson refuses it, the original encoder does not
+    )
+    values = {name: getattr(event, name) for name in EVENT_FIELDS}
+    for tokens in (12, 2**70):
+        for extra in (None, values["detail"]):  # without detail, plain text takes the fast path
+            values["prompt_tokens"], values["detail"] = tokens, extra
+            assert canonical(values, 7, "ab" * 32) == reference(values, 7, "ab" * 32)
+
+
+def test_awkward_records_append_and_verify(tmp_path):
+    store = Store.open(database_url(tmp_path))
+    log = AuditLog(store, b"k" * 32)
+    for i, text in enumerate(t for t in AWKWARD if "\ud800" not in t):  # SQLite stores UTF-8 only
+        log.append(AuditEvent(action="x", outcome="ok", request_id=str(i), user_agent=text))
+    report = verify(log)
+    assert report.ok, report.problems
+    assert [r.user_agent for r in log.records()][-1] == ""
+    store.close()
+
+
+def test_a_failed_append_is_store_unavailable_and_moves_nothing(tmp_path):
+    store = Store.open(database_url(tmp_path))
+    log = AuditLog(store, b"k" * 32)
+    log.append(AuditEvent(action="x", outcome="ok"))
+    before = log.head()
+    with store.begin() as conn:  # the append's INSERT now fails inside its transaction
+        conn.exec_driver_sql("ALTER TABLE audit_events RENAME TO audit_events_gone")
+    with pytest.raises(StoreUnavailable):
+        log.append(AuditEvent(action="y", outcome="ok"))
+    assert log.head() == before  # rolled back: the head did not move past a lost record
+    store.close()
