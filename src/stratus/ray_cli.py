@@ -29,7 +29,8 @@ def ray_options(func):
             "--ray-address",
             default=None,
             help="Serve every model with Ray actors: 'auto' (the Ray cluster of this machine, after "
-            "`ray start`), 'ray://HOST:10001' (Ray Client) or 'local' (start Ray here).",
+            "`ray start`), 'HOST:6379' (a head's GCS) or 'local' (start Ray here). Ray Client "
+            "('ray://') cannot stream and is refused.",
         ),
         click.option(
             "--replicas",

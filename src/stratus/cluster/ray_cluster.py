@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import math
-import os
-import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from stratus.cluster.aio import maybe_await
+from stratus.cluster.ray_config import MAX_REPLICAS, RayModelSpec, build_specs
+from stratus.cluster.ray_connect import connect_within
 from stratus.engine import EngineConfig
 
 if TYPE_CHECKING:
@@ -35,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stratus.cluster")
 
-MAX_REPLICAS = 256  # per model; a typo such as demo=1000 is refused rather than queued in Ray
+__all__ = ["MAX_REPLICAS", "RayCluster", "RayModelSpec", "ScaleError", "build_specs"]  # config.py
 
 
 class ScaleError(ValueError):
@@ -51,7 +49,7 @@ class ReplicaRegistry(Protocol):
     """The gateway's side (api/registry.py: ModelRegistry); each call may be sync or async."""
 
     def add_replica(self, replica: Any) -> Any: ...
-    def drain_replica(self, model: str, replica_id: str) -> Any: ...
+    def drain_replica(self, model: str, replica_id: str, timeout: float) -> Any: ...
     def remove_replica(self, model: str, replica_id: str) -> Any: ...
 
 
@@ -67,24 +65,6 @@ class Autoscale:
     scale_down_below: float = 0.5  # and only when depth per replica is under target * this
 
 
-@dataclass
-class RayModelSpec:
-    name: str
-    path: Path
-    replicas: int = 1
-    resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
-    min_replicas: int | None = None  # autoscaling when both are set and max > min
-    max_replicas: int | None = None
-
-    @property
-    def autoscaled(self) -> bool:
-        return (
-            self.min_replicas is not None
-            and self.max_replicas is not None
-            and self.max_replicas > self.min_replicas
-        )
-
-
 def desired_replicas(current: int, depth: float, spec: RayModelSpec, policy: Autoscale) -> int:
     """The autoscaler's decision for one model. `depth` is running + waiting requests summed
     over its replicas. Grows to ceil(depth / target) at once; shrinks one replica at a time and
@@ -97,10 +77,6 @@ def desired_replicas(current: int, depth: float, spec: RayModelSpec, policy: Aut
     elif depth / current < policy.target * policy.scale_down_below:
         wanted = current - 1
     return max(low, min(high, wanted))
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 ReplicaFactory = Callable[[RayModelSpec], Any]  # builds one (not yet started) RayReplica
@@ -283,7 +259,7 @@ class RayCluster:
 
     async def _register(self, replica: Any) -> Any:
         try:
-            await _maybe_await(self.registry.add_replica(replica))
+            await maybe_await(self.registry.add_replica(replica))
         except BaseException:
             with contextlib.suppress(Exception):
                 await replica.shutdown()
@@ -294,13 +270,13 @@ class RayCluster:
     async def _remove(self, model: str, replica: Any) -> None:
         """Drain (no new requests, running ones finish), then unregister and kill the actor."""
         self.replicas[model].remove(replica)
+        deadline = time.monotonic() + self.drain_timeout  # one bound for both waits
         with contextlib.suppress(Exception):
-            await _maybe_await(self.registry.drain_replica(model, replica.id))
-        deadline = time.monotonic() + self.drain_timeout
+            await maybe_await(self.registry.drain_replica(model, replica.id, self.drain_timeout))
         while getattr(replica, "in_flight", 0) > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         with contextlib.suppress(Exception):
-            await _maybe_await(self.registry.remove_replica(model, replica.id))
+            await maybe_await(self.registry.remove_replica(model, replica.id))
         await replica.shutdown()
 
     async def depth(self, model: str) -> float:
@@ -363,148 +339,7 @@ class RayCluster:
         for model, replicas in self.replicas.items():
             for replica in list(replicas):
                 with contextlib.suppress(Exception):
-                    await _maybe_await(self.registry.remove_replica(model, replica.id))
+                    await maybe_await(self.registry.remove_replica(model, replica.id))
                 with contextlib.suppress(Exception):
                     await replica.shutdown()
             replicas.clear()
-
-
-def connect(address: str, namespace: str = "stratus") -> bool:
-    """Join Ray: "auto" (the cluster this machine belongs to), "HOST:PORT" (a head's GCS),
-    "ray://host:port" (Ray Client) or "local" (start a Ray instance of our own). Returns True
-    when this call started Ray."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a gateway
-    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
-    if host in ("localhost", "127.0.0.1", "::1") and "ray" not in sys.modules:
-        # A head on loopback: Ray would swap the address for this machine's external one and
-        # wait for good for a GCS that is not there; this (read when ray is imported) keeps
-        # every address loopback.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if ray.is_initialized():  # tests and embedding connect before the app starts
-        return False
-    if address == "local":
-        ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
-        return True
-    try:
-        ray.init(address=address, namespace=namespace, log_to_driver=False)
-    except Exception as exc:
-        hint = ""
-        if address != "auto" and not os.environ.get("RAY_AUTH_MODE"):
-            # Ray sends its token (~/.ray/auth_token) to an explicit address only when told to
-            hint = " If the cluster uses token authentication, set RAY_AUTH_MODE=token."
-        raise ConnectionError(f"cannot connect to Ray at {address}: {exc}.{hint}") from exc
-    return True
-
-
-async def connect_within(address: str, timeout: float) -> bool:
-    """`connect` in a daemon thread, bounded: an unreachable head must neither hang the
-    gateway's start nor keep its process alive at exit (ray.init may block for good)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[bool] = loop.create_future()
-
-    def settle(result: bool | None, error: BaseException | None) -> None:
-        if done.done():  # gave up waiting already
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(bool(result))
-
-    def run() -> None:
-        try:
-            result = connect(address)
-        except BaseException as exc:
-            outcome: tuple[bool | None, BaseException | None] = (None, exc)
-        else:
-            outcome = (result, None)
-        with contextlib.suppress(RuntimeError):  # the gateway's loop may be gone by now
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    threading.Thread(target=run, name="stratus-ray-connect", daemon=True).start()
-    try:
-        return await asyncio.wait_for(done, timeout)
-    except TimeoutError:
-        raise ConnectionError(
-            f"cannot connect to Ray at {address} within {timeout:.0f} s: is the head running and "
-            "reachable from here (its GCS port, 6379 by default)?"
-        ) from None
-
-
-def parse_counts(text: str, models: list[str], what: str) -> dict[str, int]:
-    """'demo=2,other=1' -> per-model counts; a bare '2' applies to every model."""
-    text = text.strip()
-    if text.isdigit():
-        return dict.fromkeys(models, int(text))
-    counts: dict[str, int] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not value.strip().isdigit():
-            raise ValueError(f"{what}: expected MODEL=N (or one N for every model), got {item!r}")
-        if name not in models:
-            raise ValueError(f"{what}: no model named {name!r} is served (models: {', '.join(models)})")
-        counts[name] = int(value)
-    return counts
-
-
-def parse_resources(text: str, models: list[str]) -> dict[str, dict[str, float]]:
-    """'demo={"CPU": 1, "node_type_a": 1}; other={"GPU": 1}' -> per-model Ray resources."""
-    import json
-
-    found: dict[str, dict[str, float]] = {}
-    for item in filter(None, (s.strip() for s in text.split(";"))):
-        name, sep, raw = item.partition("=")
-        name = name.strip()
-        if not sep:
-            raise ValueError(f"replica_resources: expected MODEL={{...}}, got {item!r}")
-        if name not in models:
-            raise ValueError(
-                f"replica_resources: no model named {name!r} is served (models: {', '.join(models)})"
-            )
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            raise ValueError(f"replica_resources: {name}: not a JSON object: {raw.strip()!r}") from None
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-            for k, v in value.items()
-        ):
-            raise ValueError(
-                f'replica_resources: {name}: expected {{"RESOURCE": amount >= 0, ...}}, got {raw.strip()!r}'
-            )
-        found[name] = {k: float(v) for k, v in value.items()}
-    return found
-
-
-def build_specs(
-    paths: dict[str, Path],
-    replicas: str | None = None,
-    resources: str | None = None,
-    min_replicas: str | None = None,
-    max_replicas: str | None = None,
-) -> dict[str, RayModelSpec]:
-    """Every served model as a Ray model, from the settings' strings; raises ValueError."""
-    models = list(paths)
-    counts = parse_counts(replicas, models, "replicas") if replicas else {}
-    shapes = parse_resources(resources, models) if resources else {}
-    lows = parse_counts(min_replicas, models, "min_replicas") if min_replicas else {}
-    highs = parse_counts(max_replicas, models, "max_replicas") if max_replicas else {}
-    specs: dict[str, RayModelSpec] = {}
-    for name, path in paths.items():
-        low, high = lows.get(name), highs.get(name)
-        if (low is None) != (high is None):
-            raise ValueError(f"model {name!r}: autoscaling needs both min_replicas and max_replicas")
-        if low is not None and high is not None and not 0 <= low <= high <= MAX_REPLICAS:
-            raise ValueError(f"model {name!r}: need 0 <= min_replicas <= max_replicas <= {MAX_REPLICAS}")
-        count = counts.get(name, low if low is not None else 1)
-        if low is not None and high is not None and not low <= count <= high:
-            raise ValueError(f"model {name!r}: replicas={count} is outside min_replicas..max_replicas")
-        if not 0 <= count <= MAX_REPLICAS:
-            raise ValueError(f"model {name!r}: replicas must be between 0 and {MAX_REPLICAS}")
-        spec = RayModelSpec(name, path, count, min_replicas=low, max_replicas=high)
-        if name in shapes:
-            spec.resources = shapes[name]
-        specs[name] = spec
-    return specs

@@ -35,6 +35,10 @@ from stratus.engine.tokenizer import Tokenizer
 log = logging.getLogger("stratus.cluster")
 
 STREAM_WINDOW = 2  # objects of one stream handed over but not yet read by the gateway
+# Deltas of one stream the actor holds for a slow reader (and so the most in one object). Past
+# it the pump stops reading the engine: the backlog stays in the engine's own stream of the
+# request, which its max_tokens bounds (the step loop does not pause a request for a reader).
+STREAM_BUFFER = 64
 _END = object()  # the engine's stream ended
 PLACEMENT_WARNING = 30.0  # seconds a new actor may take to be placed and load before a warning
 
@@ -69,11 +73,11 @@ class EngineActor:
         """Called with num_returns="streaming". Each yielded object holds every delta produced
         since the last one: an object costs ~1.7 ms to hand over here (bench/ray_replica.py),
         so when the gateway reads slower than the engine produces (the caller's window is
-        full), deltas gather into one object rather than queue up one object each. Ray
-        cancelling the task (the caller closed the stream) closes the engine's iterator, which
-        aborts the request."""
+        full), deltas gather into one object (at most STREAM_BUFFER) rather than queue up one
+        object each. Ray cancelling the task (the caller closed the stream) stops the pump,
+        which closes the engine's iterator, which aborts the request."""
         await self._ensure_started()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue = asyncio.Queue(maxsize=STREAM_BUFFER)
         pump = asyncio.create_task(self._pump(request, queue))
         try:
             done = False
@@ -98,12 +102,15 @@ class EngineActor:
 
     async def _pump(self, request: GenerateRequest, queue: asyncio.Queue) -> None:
         try:
-            async for delta in self._engine.generate(request):
-                queue.put_nowait(delta)
+            # aclosing: cancelled while waiting for room in the queue, the engine's iterator
+            # sits at a yield; closing it now (not when collected) sends the engine's abort.
+            async with contextlib.aclosing(self._engine.generate(request)) as deltas:
+                async for delta in deltas:
+                    await queue.put(delta)
         except Exception as exc:
-            queue.put_nowait(exc)
+            await queue.put(exc)
         else:
-            queue.put_nowait(_END)
+            await queue.put(_END)
 
     async def probe(self) -> tuple[str, EngineStats]:
         """The node this actor runs on and its engine statistics; raises if the engine died."""

@@ -14,16 +14,8 @@ import pytest
 
 from stratus.api.registry import ModelRegistry
 from stratus.cluster.local import LocalReplica
-from stratus.cluster.ray_cluster import (
-    Autoscale,
-    RayCluster,
-    RayModelSpec,
-    ScaleError,
-    build_specs,
-    desired_replicas,
-    parse_counts,
-    parse_resources,
-)
+from stratus.cluster.ray_cluster import Autoscale, RayCluster, ScaleError, desired_replicas
+from stratus.cluster.ray_config import RayModelSpec, build_specs, parse_counts, parse_resources
 from stratus.config import ConfigError, load_settings
 from stratus.engine import Engine, EngineConfig, GenerateRequest, SamplingParams
 
@@ -128,15 +120,28 @@ class CountingReplica(LocalReplica):
             self.in_flight -= 1
 
 
-def local_cluster(model_spec: RayModelSpec, policy: Autoscale) -> tuple[RayCluster, ModelRegistry]:
+def local_cluster(
+    model_spec: RayModelSpec,
+    policy: Autoscale,
+    config: EngineConfig | None = None,
+    drain_timeout: float = 30.0,
+) -> tuple[RayCluster, ModelRegistry]:
     registry = ModelRegistry()
     numbers = itertools.count()
+    config = config or EngineConfig(kv_cache_memory_mb=16, num_threads=1)
 
     def factory(s: RayModelSpec) -> CountingReplica:
-        engine = Engine(s.path, EngineConfig(kv_cache_memory_mb=16, num_threads=1), isolation="thread")
+        engine = Engine(s.path, config, isolation="thread")
         return CountingReplica(s.name, engine, replica_id=f"{s.name}/{next(numbers)}")
 
-    return RayCluster(registry, {model_spec.name: model_spec}, autoscale=policy, factory=factory), registry
+    cluster = RayCluster(
+        registry,
+        {model_spec.name: model_spec},
+        autoscale=policy,
+        factory=factory,
+        drain_timeout=drain_timeout,
+    )
+    return cluster, registry
 
 
 def test_scale_up_and_down_keeps_the_registry_in_step():
@@ -221,3 +226,52 @@ async def _autoscale() -> None:
         assert [e["reason"] for e in cluster.events] == ["autoscale"] * 3
     finally:
         await cluster.shutdown()
+
+
+def test_scale_down_drains_within_the_clusters_own_timeout():
+    asyncio.run(_drain_bounded())
+
+
+async def _drain_bounded() -> None:
+    # A throttled engine: the request below would run for minutes; the drain gives up after
+    # drain_timeout (not the registry's default of 300 s) and the replica goes anyway.
+    throttled = EngineConfig(kv_cache_memory_mb=16, num_threads=1, max_tokens_per_second=5)
+    cluster, registry = local_cluster(spec(1), Autoscale(), config=throttled, drain_timeout=0.5)
+    await cluster.start()
+    replicas = registry.models["demo"].replicas
+    params = SamplingParams(max_tokens=900, temperature=0, ignore_eos=True)
+    stream = replicas.generate(GenerateRequest(prompt="Chapter 1.", params=params))
+    try:
+        await anext(stream)
+        result = await asyncio.wait_for(cluster.scale("demo", 0), 60)
+        assert result["replicas"] == 0 and not replicas.entries
+    finally:
+        await stream.aclose()
+        await cluster.shutdown()
+
+
+def test_a_background_scale_that_fails_is_logged(caplog):
+    from stratus.api.routes.cluster_admin import _background, in_background
+
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("no node has node_type_c")
+
+    async def run() -> None:
+        task = in_background(failing(), "scaling demo to 2")
+        assert task in _background  # held until done: the loop keeps only a weak reference
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)  # done callbacks run on the next turn of the loop
+        assert task not in _background
+
+    with caplog.at_level("ERROR", logger="stratus.cluster"):
+        asyncio.run(run())
+    assert "scaling demo to 2 failed: RuntimeError: no node has node_type_c" in caplog.text
+
+
+def test_ray_client_addresses_are_refused_with_the_reason():
+    from stratus.cluster.ray_connect import connect
+
+    # before any connection attempt (nothing listens there): Ray Client cannot stream
+    with pytest.raises(ConnectionError, match=r"Ray Client \(ray://\) cannot serve replicas.*auto"):
+        connect("ray://127.0.0.1:1")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -48,6 +50,24 @@ class ScaleResult(BaseModel):
     autoscaled: bool
     actors: list[dict]
     errors: list[str]
+
+
+def in_background(work: Coroutine[Any, Any, Any], what: str) -> asyncio.Task:
+    """Run `work` with nobody awaiting it (a 202 answer): kept referenced until done (the loop
+    holds tasks weakly) and its failure logged (RayCluster.scale logs replicas that failed to start)."""
+    task = asyncio.create_task(work, name=f"stratus-{what}")
+    _background.add(task)
+
+    def settled(done: asyncio.Task) -> None:
+        _background.discard(done)
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            log.error("%s failed: %s: %s", what, type(error).__name__, error, exc_info=error)
+
+    task.add_done_callback(settled)
+    return task
 
 
 def _schema() -> dict:
@@ -87,9 +107,7 @@ async def scale(request: Request, me: Principal = Depends(principal)) -> JSONBod
         raise APIError(exc.status, str(exc), param=exc.param) from None
     log.info("scale %s to %d replicas, asked by %s", body.model, body.replicas, me.user)
     if not body.wait:
-        task = asyncio.create_task(cluster.scale(body.model, body.replicas))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        in_background(cluster.scale(body.model, body.replicas), f"scaling {body.model} to {body.replicas}")
         status = cluster.model_status(body.model)
         return JSONBody(
             {**status, "requested": body.replicas, "errors": []}, status_code=202, headers=NO_STORE
