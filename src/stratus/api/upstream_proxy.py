@@ -14,6 +14,7 @@ ends with an error event saying so, then `[DONE]`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -40,7 +41,12 @@ DEFAULT_MAX_TOKENS = 1024  # reserved when the client sets no max_tokens
 
 class Upstreams:
     """The registered upstreams as this gateway sees them: re-read from the store (keys
-    decrypted) at most every `ttl` seconds, so a change by any gateway or the CLI takes effect."""
+    decrypted) at most every `ttl` seconds, so a change by any gateway or the CLI takes effect.
+
+    Requests never read the database on the event loop: once the list is older than `ttl`,
+    `current()` re-reads it in a thread, one read shared by all the requests that arrive
+    meanwhile. A database that cannot be read keeps the last list (logged, retried after `ttl`),
+    so an unknown model stays a 404 rather than becoming a 503."""
 
     def __init__(self, store: Store, secrets, ttl: float = 2.0):
         self.store = store
@@ -48,30 +54,50 @@ class Upstreams:
         self.ttl = ttl
         self.pool = UpstreamPool()
         self._loaded_at = float("-inf")
+        self._loading: asyncio.Task | None = None
+
+    def _read(self) -> list[Upstream]:
+        with self.store.connect() as conn:
+            rows = table.list_all(conn)
+        box = self.secrets() if rows else None
+        return [
+            Upstream(
+                r["name"],
+                r["model"],
+                r["base_url"],
+                r["upstream_model"],
+                box.get(table.secret_name(r["name"])) or "",
+            )
+            for r in rows
+        ]
 
     def refresh(self, force: bool = False) -> UpstreamPool:
-        now = time.monotonic()
-        if force or now - self._loaded_at > self.ttl:
-            with self.store.connect() as conn:
-                rows = table.list_all(conn)
-            box = self.secrets() if rows else None
-            self.pool.set(
-                [
-                    Upstream(
-                        r["name"],
-                        r["model"],
-                        r["base_url"],
-                        r["upstream_model"],
-                        box.get(table.secret_name(r["name"])) or "",
-                    )
-                    for r in rows
-                ]
-            )
-            self._loaded_at = now
+        """Read now, on this thread (admin changes, which must show at once)."""
+        if force or time.monotonic() - self._loaded_at > self.ttl:
+            self.pool.set(self._read())
+            self._loaded_at = time.monotonic()
         return self.pool
 
-    def serves(self, model: str) -> bool:
-        return model in self.refresh().models()
+    async def current(self) -> UpstreamPool:
+        if time.monotonic() - self._loaded_at > self.ttl:
+            if self._loading is None or self._loading.done():
+                self._loading = asyncio.create_task(self._reload(), name="stratus-upstreams")
+            await asyncio.shield(self._loading)  # one read shared by every request that waits
+        return self.pool
+
+    async def _reload(self) -> None:
+        try:
+            upstreams = await asyncio.to_thread(self._read)
+        except Exception as exc:  # the message may name the database; its type is enough here
+            log.warning(
+                "could not read the registered upstreams (%s); keeping the last list", type(exc).__name__
+            )
+        else:
+            self.pool.set(upstreams)
+        self._loaded_at = time.monotonic()  # a failed read is retried after ttl, not per request
+
+    async def serves(self, model: str) -> bool:
+        return model in (await self.current()).models()
 
 
 def secret_store(store: Store, data_dir: str):
@@ -105,7 +131,7 @@ async def maybe_proxy(
     """The response if `body.model` is an upstream model (and no replica here serves it), else None."""
     upstreams: Upstreams | None = getattr(request.app.state, "upstreams", None)
     model = body.model  # type: ignore[attr-defined]
-    if upstreams is None or model in gw.state.registry.models or not upstreams.serves(model):
+    if upstreams is None or model in gw.state.registry.models or not await upstreams.serves(model):
         return None
     await gw.authorize(model)  # step 3; the caller learns nothing of the upstream before this
     n = getattr(body, "n", 1) or 1

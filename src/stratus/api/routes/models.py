@@ -36,7 +36,7 @@ async def list_models(gw: Gateway = Depends(gateway)) -> JSONBody:
     models = [m for m in gw.state.registry.models.values() if visible is None or visible(m.name)]
     cards = [_card(m) for m in models]
     served = {m.name for m in models}
-    for name in sorted(upstream_models(gw) - served):  # served by OpenAI-compatible upstreams
+    for name in sorted(await upstream_models(gw) - served):  # served by OpenAI-compatible upstreams
         if visible is None or visible(name):
             cards.append(_upstream_card(name))
     return JSONBody({"object": "list", "data": cards})
@@ -50,15 +50,15 @@ async def list_models(gw: Gateway = Depends(gateway)) -> JSONBody:
 )
 async def get_model(model_id: str, gw: Gateway = Depends(gateway)) -> JSONBody:
     await gw.authorize(model_id)
-    upstream = model_id not in gw.state.registry.models and model_id in upstream_models(gw)
+    upstream = model_id not in gw.state.registry.models and model_id in await upstream_models(gw)
     if upstream and (gw.visible is None or gw.visible(model_id)):
         return JSONBody(_upstream_card(model_id))
     return JSONBody(_card(gw.state.registry.get(model_id, gw.visible)))
 
 
-def upstream_models(gw: Gateway) -> set[str]:
+async def upstream_models(gw: Gateway) -> set[str]:
     upstreams = getattr(gw.request.app.state, "upstreams", None)
-    return upstreams.refresh().models() if upstreams is not None else set()
+    return (await upstreams.current()).models() if upstreams is not None else set()
 
 
 def _upstream_card(name: str) -> dict:
