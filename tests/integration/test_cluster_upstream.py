@@ -133,14 +133,7 @@ def test_upstream_behind_the_gateway(upstream, gateway, admin_key):
         .text
     )
 
-    # A URL supplied by the client is never used: the request still goes to the registered upstream.
-    sneaky = {
-        "base_url": "http://127.0.0.1:1/v1",
-        "url": "http://127.0.0.1:1",
-        "api_base": "http://127.0.0.1:1",
-    }
-    again = client.chat.completions.create(model="remote", extra_body=sneaky, **CHAT)
-    assert again.choices[0].message.content == expected.choices[0].message.content
+    # (A URL supplied by the client is never used: test_client_urls_never_reach_the_upstream.)
 
     # What the upstream refuses (here: more tokens than its context window) is the client's 400.
     too_long = {"model": "remote", **CHAT, "max_tokens": 100_000}
@@ -148,12 +141,12 @@ def test_upstream_behind_the_gateway(upstream, gateway, admin_key):
     assert r.status_code == 400 and r.json()["error"]["code"] == "upstream_rejected", r.text
     assert "context" in r.json()["error"]["message"]
 
-    # The gateway charged exactly the usage the upstream reported (four chats, a completion, and
+    # The gateway charged exactly the usage the upstream reported (three chats, a completion, and
     # the refused request at zero tokens).
     want = {
-        "requests": 6,
-        "prompt_tokens": 4 * got.usage.prompt_tokens + text.usage.prompt_tokens,
-        "completion_tokens": 4 * got.usage.completion_tokens + text.usage.completion_tokens,
+        "requests": 5,
+        "prompt_tokens": 3 * got.usage.prompt_tokens + text.usage.prompt_tokens,
+        "completion_tokens": 3 * got.usage.completion_tokens + text.usage.completion_tokens,
     }
 
     def charged() -> dict:
@@ -301,3 +294,43 @@ def test_an_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
             c.delete("/admin/upstreams/fragile")
     finally:
         fragile.kill()
+
+
+def test_client_urls_never_reach_the_upstream(gateway, admin_key):
+    """The upstream is a recording HTTP server: it sees exactly the schema's fields, at the
+    registered URL only, whatever URL-ish fields the client adds."""
+    from stratus.api.schemas import ChatCompletionRequest
+    from tests.recording_server import RecordingServer
+
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "x",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+    gw, _ = gateway
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with (
+        RecordingServer(lambda _r: (200, "application/json", orjson.dumps(answer))) as registered,
+        RecordingServer(lambda _r: (200, "application/json", orjson.dumps(answer))) as elsewhere,
+        httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c,
+    ):
+        body = {"name": "rec", "model": "recorded", "base_url": registered.url + "/v1", "upstream_model": "u"}
+        assert c.post("/admin/upstreams", json=body).status_code == 201
+        try:
+            client = OpenAI(base_url=gw.url + "/v1", api_key=admin_key, max_retries=0, timeout=60)
+            sneaky = {"base_url": elsewhere.url, "url": elsewhere.url + "/v1", "api_base": elsewhere.url}
+            got = client.chat.completions.create(model="recorded", extra_body=sneaky, **CHAT)
+            assert got.choices[0].message.content == "ok"
+        finally:
+            c.delete("/admin/upstreams/rec")
+    assert elsewhere.requests == []
+    assert [(r.method, r.path) for r in registered.requests] == [("POST", "/v1/chat/completions")]
+    sent = registered.requests[0].json()
+    assert set(sent) <= set(ChatCompletionRequest.model_fields), set(sent) - set(
+        ChatCompletionRequest.model_fields
+    )
+    assert not set(sneaky) & set(sent) and elsewhere.url not in registered.requests[0].body.decode()
+    assert sent["model"] == "u" and sent["messages"] == CHAT["messages"]
