@@ -107,6 +107,17 @@ def test_registration_needs_the_cluster_secret(cluster):
         )
         assert r.status_code == 400, r.text
     assert set(registry.models["demo"].replicas.entries) == {w.id for w in workers}
+    # Membership changes and refused callers are audited; accepted heartbeats are not.
+    audit = gateway.app.state.stratus.hooks.audit.log
+    seen = {
+        (r.action.rsplit("/", 1)[-1], r.outcome, r.status, r.model)
+        for r in audit.records()
+        if "/internal/v1/workers" in r.action
+    }
+    assert ("register", "ok", 200, "demo") in seen  # the workers joining
+    assert ("register", "error", 400, "demo") in seen
+    assert {("register", "denied", 401, None), ("heartbeat", "denied", 401, None)} <= seen
+    assert not any(action == "heartbeat" and status == 200 for action, _, status, _ in seen)
 
 
 def test_kill_9_mid_stream_migrates_with_the_exact_greedy_text(cluster, admin_key):

@@ -98,13 +98,13 @@ def check_secret(given: str | None, secret: bytes) -> bool:
     return hmac.compare_digest(token.strip().encode(), secret)
 
 
+# The 401 of every internal API (this worker's and the gateway's /internal/v1/workers).
+UNAUTHORIZED_MESSAGE = "This internal API needs the cluster secret as a bearer token."
+UNAUTHORIZED_CODE = "invalid_cluster_secret"
+
+
 def unauthorized() -> APIError:
-    return APIError(
-        401,
-        "This internal API needs the cluster secret as a bearer token.",
-        code="invalid_cluster_secret",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    return APIError(401, UNAUTHORIZED_MESSAGE, code=UNAUTHORIZED_CODE, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _worker(request: Request) -> WorkerState:

@@ -2,8 +2,9 @@
 
 Mounted only when the gateway has a cluster secret (STRATUS_CLUSTER_SECRET or
 --cluster-secret-file); every call must carry it as a bearer token (compared in constant time).
-These calls are cluster plumbing, not client requests: they pass no client identity, limits or
-audit steps, and are left out of the OpenAPI document. See cluster/registration.py.
+These calls are cluster plumbing, not client requests: they pass no client identity or limits
+steps, and are left out of the OpenAPI document. Registrations, deregistrations and refused
+callers get an audit record (action, model, outcome, caller address); heartbeats do not. See cluster/registration.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from stratus.api.registry import ModelRegistry
 from stratus.cluster.registration import PREFIX, RegistrationError, WorkerDirectory
 from stratus.cluster.secret import ENV_VAR, load_cluster_secret
 from stratus.cluster.worker_replica import client_tls
-from stratus.cluster.worker_server import check_secret
+from stratus.cluster.worker_server import UNAUTHORIZED_CODE, UNAUTHORIZED_MESSAGE, check_secret
 from stratus.config import Settings
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -26,13 +27,21 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 async def _directory(request: Request) -> WorkerDirectory:
     directory: WorkerDirectory = request.app.state.workers
     if not check_secret(request.headers.get("authorization"), directory.secret):
+        request.state.ctx.authenticating = True  # a refused caller of the cluster API is audited
         raise APIError(
-            401,
-            "This internal API needs the cluster secret as a bearer token.",
-            code="invalid_cluster_secret",
-            headers={"WWW-Authenticate": "Bearer"},
+            401, UNAUTHORIZED_MESSAGE, code=UNAUTHORIZED_CODE, headers={"WWW-Authenticate": "Bearer"}
         )
     return directory
+
+
+def _audited(request: Request, body: dict) -> dict:
+    """Membership changes (register, deregister) get an audit record naming the model; heartbeats
+    (every few seconds, changing nothing) do not."""
+    ctx = request.state.ctx
+    ctx.authenticating = True
+    if isinstance(body.get("model"), str):
+        ctx.model = body["model"][:128]
+    return body
 
 
 async def _body(request: Request) -> dict:
@@ -52,7 +61,7 @@ def _json(data: dict) -> Response:
 @router.post("/register")
 async def register(request: Request, directory: WorkerDirectory = Depends(_directory)) -> Response:
     try:
-        return _json(await directory.register(await _body(request)))
+        return _json(await directory.register(_audited(request, await _body(request))))
     except RegistrationError as exc:
         raise APIError(exc.status, str(exc), code="registration_refused") from None
 
@@ -66,7 +75,7 @@ async def heartbeat(request: Request, directory: WorkerDirectory = Depends(_dire
 
 @router.post("/deregister")
 async def deregister(request: Request, directory: WorkerDirectory = Depends(_directory)) -> Response:
-    if not await directory.deregister(await _body(request)):
+    if not await directory.deregister(_audited(request, await _body(request))):
         raise APIError(404, "Unknown worker.", code="unknown_worker")
     return _json({"ok": True})
 
