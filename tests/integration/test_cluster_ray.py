@@ -88,6 +88,10 @@ def ray_gateway(ray_nodes, tmp_path_factory, admin_key):
         replica_resources='pinned={"CPU": 1, "node_type_b": 1}',
         data_dir=str(issued.data_dir_of(tmp_path_factory.mktemp("ray-gateway"))),
         engine=EngineConfig(num_threads=1, kv_cache_memory_mb=32, max_tokens_per_second=RATE),
+        # The actor is a process already: a thread keeps the module's start at ~30 s instead of
+        # ~110 s (an engine process per actor). STRATUS_TEST_RAY_ISOLATION=process runs the
+        # default of `stratus serve` (the step loop in a child of each actor).
+        engine_isolation=os.environ.get("STRATUS_TEST_RAY_ISOLATION", "thread"),
     )
     access = build_access(settings)
     bootstrap(access.store, admin_key)

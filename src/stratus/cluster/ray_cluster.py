@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stratus.cluster")
 
-__all__ = ["MAX_REPLICAS", "RayCluster", "RayModelSpec", "ScaleError", "build_specs"]  # config.py
+# MAX_REPLICAS, RayModelSpec and build_specs live in ray_config; config.py imports them from here
+__all__ = ["MAX_REPLICAS", "RayCluster", "RayModelSpec", "ScaleError", "build_specs"]
 
 
 class ScaleError(ValueError):
