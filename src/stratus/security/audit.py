@@ -16,6 +16,7 @@ team with content logging on (security/content_log.py) the redacted text goes, e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -31,7 +32,7 @@ import orjson
 import sqlalchemy as sa
 
 from stratus.security.secrets import Keyring, encrypt
-from stratus.store import Conflict, Store, StoreUnavailable, redact_url
+from stratus.store import Conflict, Store, StoreError, StoreUnavailable, redact_url
 from stratus.store.audit_tables import audit_events, audit_head
 
 GENESIS = "0" * 64
@@ -98,6 +99,7 @@ def head_sig(key: bytes, seq: int, mac: str) -> str:
 
 class _SQL(NamedTuple):
     lock_head: str
+    genesis: str
     insert_event: str
     insert_content: str
     move_head: str
@@ -120,6 +122,8 @@ def _sql(paramstyle: str) -> _SQL:
     return _SQL(
         # A no-op update that takes the write lock and returns the head it locked.
         lock_head="UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, mac",
+        genesis=f"INSERT INTO audit_head (id, seq, mac, sig) VALUES (1, 0, {mark}, {mark}) "
+        "ON CONFLICT DO NOTHING",  # SQLite 3.24+ and PostgreSQL 9.5+
         insert_event=insert("audit_events", _EVENT_COLUMNS),
         insert_content=insert("audit_content", _CONTENT_COLUMNS),
         move_head=f"UPDATE audit_head SET seq = {mark}, mac = {mark}, sig = {mark} WHERE id = 1",
@@ -137,6 +141,10 @@ class AuditLog:
         self.store = store
         self.key = key
         self._lock = threading.Lock()  # one writer per process; the head row orders processes
+        self._conn = None  # see _connection()
+        dialect = store.engine.dialect
+        self._dbapi = dialect.loaded_dbapi
+        self._sql = _sql(dialect.paramstyle)
 
     def append(self, event: AuditEvent) -> AuditRecord:
         return self.append_many([event])[0]
@@ -149,48 +157,86 @@ class AuditLog:
     ) -> list[AuditRecord]:
         """Append in one transaction (one fsync): all of them are stored, or none. `contents[i]`,
         when given, is event i's redacted text, stored encrypted under `ring` beside it."""
-        out = []
-        with self._lock, self.store.begin() as conn:
-            sql = _sql(conn.dialect.paramstyle)
-            dbapi = conn.dialect.loaded_dbapi
-            cursor = conn.connection.cursor()  # the driver's own, in the Store's transaction
+        with self._lock:
+            conn = self._connection()
             try:
-                seq, prev_mac = self._lock_head(conn, cursor, sql)
-                rows, texts = [], []
-                for i, event in enumerate(events):
-                    row = _event_values(event)  # all scalars: no deepcopy
-                    values = dict(zip(EVENT_FIELDS, row, strict=True))
-                    seq += 1
-                    mac = record_mac(self.key, values, seq, prev_mac)
-                    rows.append((seq, *row, prev_mac, mac))
-                    out.append(AuditRecord(**values, seq=seq, prev_mac=prev_mac, mac=mac))
-                    prev_mac = mac
-                    if contents is not None and contents[i] is not None:
-                        texts.append(_content_row(ring, event, seq, contents[i]))
-                cursor.executemany(sql.insert_event, rows)
-                if texts:
-                    cursor.executemany(sql.insert_content, texts)
-                cursor.execute(sql.move_head, (seq, prev_mac, head_sig(self.key, seq, prev_mac)))
-            except dbapi.Error as exc:  # as the Store reports its own errors
-                mapped = _store_error(self.store, dbapi, exc)
+                try:
+                    head = self._lock_head(conn)
+                except self._dbapi.Error as exc:
+                    if not isinstance(exc, (self._dbapi.OperationalError, self._dbapi.InterfaceError)):
+                        raise
+                    # Nothing was written yet: a connection the server dropped while it sat idle
+                    # gets one fresh try (as the pool's pre-ping would have given it).
+                    self._drop(conn)
+                    conn = self._connection()
+                    head = self._lock_head(conn)
+                out = self._append(conn, head, events, contents, ring)
+                conn.commit()
+                return out
+            except BaseException as exc:
+                self._drop(conn)  # rolls back; the next append starts on a fresh connection
+                mapped = _store_error(self.store, self._dbapi, exc)
                 if mapped is None:
                     raise
                 raise mapped from exc
-            finally:
-                cursor.close()
+
+    def _append(self, conn, head: tuple[int, str], events, contents, ring) -> list[AuditRecord]:
+        seq, prev_mac = head
+        sql = self._sql
+        out, rows, texts = [], [], []
+        for i, event in enumerate(events):
+            row = _event_values(event)  # all scalars: no deepcopy
+            values = dict(zip(EVENT_FIELDS, row, strict=True))
+            seq += 1
+            mac = record_mac(self.key, values, seq, prev_mac)
+            rows.append((seq, *row, prev_mac, mac))
+            out.append(AuditRecord(**values, seq=seq, prev_mac=prev_mac, mac=mac))
+            prev_mac = mac
+            if contents is not None and contents[i] is not None:
+                texts.append(_content_row(ring, event, seq, contents[i]))
+        cursor = conn.cursor()
+        try:
+            cursor.executemany(sql.insert_event, rows)
+            if texts:
+                cursor.executemany(sql.insert_content, texts)
+            cursor.execute(sql.move_head, (seq, prev_mac, head_sig(self.key, seq, prev_mac)))
+        finally:
+            cursor.close()
         return out
 
-    def _lock_head(self, conn: sa.Connection, cursor, sql: _SQL) -> tuple[int, str]:
+    def _connection(self):
+        """The writer's own pooled DB-API connection, kept between appends: checking one out
+        and back in per append (SQLAlchemy's pool, reset and transaction bookkeeping) cost about
+        as much CPU as the statements themselves. Only used under self._lock."""
+        if self._conn is None:
+            self._conn = self.store.engine.raw_connection()  # the Store's pragmas applied
+        return self._conn
+
+    def _drop(self, conn) -> None:
+        self._conn = None
+        with contextlib.suppress(Exception):
+            conn.invalidate()  # closes it (rolling back) and keeps it out of the pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()  # back to the pool, rolled back
+                self._conn = None
+
+    def _lock_head(self, conn) -> tuple[int, str]:
         # A no-op update takes the write lock as it reads the head (SQLite: the database lock;
         # PostgreSQL: the row lock), so two processes never extend the chain from one head.
-        cursor.execute(sql.lock_head)
-        row = cursor.fetchone()
-        if row is None:  # the first record ever: create the head, once
-            genesis = {"id": 1, "seq": 0, "mac": GENESIS, "sig": head_sig(self.key, 0, GENESIS)}
-            insert = _dialect_insert(conn.dialect.name)
-            conn.execute(insert(audit_head).values(**genesis).on_conflict_do_nothing())
-            cursor.execute(sql.lock_head)
+        cursor = conn.cursor()
+        try:
+            cursor.execute(self._sql.lock_head)
             row = cursor.fetchone()
+            if row is None:  # the first record ever: create the head, once
+                cursor.execute(self._sql.genesis, (GENESIS, head_sig(self.key, 0, GENESIS)))
+                cursor.execute(self._sql.lock_head)
+                row = cursor.fetchone()
+        finally:
+            cursor.close()
         return row[0], row[1]
 
     def head(self) -> tuple[int, str, str] | None:
@@ -256,19 +302,12 @@ def _content_row(ring: Keyring | None, event: AuditEvent, seq: int, text: str) -
     return (seq, event.request_id, event.at, event.team, event.principal, token, ring.current)
 
 
-def _store_error(store: Store, dbapi, exc: Exception) -> Exception | None:
+def _store_error(store: Store, dbapi, exc: BaseException) -> Exception | None:
     """A driver error from the raw append as the Store's own exceptions name it (None: as is)."""
+    if isinstance(exc, StoreError):
+        return None
     if isinstance(exc, dbapi.IntegrityError):
         return Conflict("violates a rule of the database")
     if isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError)):
         return StoreUnavailable(f"database {redact_url(store.url)} unavailable: {type(exc).__name__}")
     return None
-
-
-def _dialect_insert(dialect: str):
-    """INSERT with ON CONFLICT support (both backends stratus runs on have it)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert

@@ -1,5 +1,6 @@
-"""The fast canonical form (orjson) writes exactly the bytes the original encoder wrote, so
-records stored before and after it verify alike; the raw-cursor append keeps the Store's errors."""
+"""The append's fast path: the canonical form (orjson) writes exactly the bytes the original encoder
+wrote, so records stored before and after it verify alike; the raw-connection append keeps the
+Store's errors and survives a dropped connection."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from stratus.security.audit import EVENT_FIELDS, AuditEvent, AuditLog, canonical
 from stratus.security.audit_verify import verify
 from stratus.store import Store, StoreUnavailable, database_url
+from tests.pg import scratch_database
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,3 +77,20 @@ def test_a_failed_append_is_store_unavailable_and_moves_nothing(tmp_path):
         log.append(AuditEvent(action="y", outcome="ok"))
     assert log.head() == before  # rolled back: the head did not move past a lost record
     store.close()
+
+
+def test_the_writer_connection_comes_back_after_the_server_drops_it():
+    """The append keeps its own connection between appends; PostgreSQL ending that session
+    (an idle timeout, a restart) costs no record: the next append reconnects before writing."""
+    with scratch_database() as url:
+        store = Store.open(url)
+        log = AuditLog(store, b"k" * 32)
+        log.append(AuditEvent(action="before", outcome="ok"))
+        pid = log._conn.dbapi_connection.info.backend_pid
+        with store.begin() as conn:
+            assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})").scalar() is True
+        log.append(AuditEvent(action="after", outcome="ok"))
+        assert [r.action for r in log.records()] == ["before", "after"]
+        assert verify(log).ok
+        log.close()
+        store.close()
