@@ -9,7 +9,6 @@ worker serving it with exactly the text an uninterrupted run gives.
 from __future__ import annotations
 
 import secrets
-import time
 
 import httpx
 import pytest
@@ -19,6 +18,7 @@ from stratus.api.pipeline import OPEN_ACCESS
 from stratus.config import Settings, demo_model_path
 from tests import issued
 from tests.live_server import LiveServer
+from tests.waiting import wait_for
 from tests.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -28,15 +28,6 @@ if not (DEMO / "config.json").is_file():
     pytest.skip(f"no demo model at {DEMO}: run `make demo-model`", allow_module_level=True)
 
 PROMPT = "Tell me a story about a brave little fox who"
-
-
-def _wait(predicate, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +58,7 @@ def cluster(tmp_path_factory, admin_key):
         workers = [WorkerProcess("demo", str(DEMO), secret, *args) for _ in range(2)]
         for w in workers:
             w.wait_serving()
-        _wait(
+        wait_for(
             lambda: "demo" in registry.models and len(registry.models["demo"].replicas.entries) == 2,
             "registration",
         )
@@ -82,7 +73,7 @@ def cluster(tmp_path_factory, admin_key):
 def test_workers_serve_every_gateway_they_register_with(cluster):
     *_, workers, _, second = cluster
     registry = second.app.state.stratus.registry
-    _wait(lambda: "demo" in registry.models and len(registry.models["demo"].replicas.entries) == 2, "both")
+    wait_for(lambda: "demo" in registry.models and len(registry.models["demo"].replicas.entries) == 2, "both")
     body = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4}
     r = httpx.post(second.url + "/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
@@ -161,14 +152,14 @@ def test_kill_9_mid_stream_migrates_with_the_exact_greedy_text(cluster, admin_ke
         r = httpx.get(gateway.url + "/admin/audit", params={"model": "demo"}, headers=admin, timeout=30)
         return [rec for rec in r.json()["data"] if "migrate" in str(rec.get("detail"))]
 
-    _wait(lambda: migrated(), "the audit record of the migrated stream", 30)
+    wait_for(lambda: migrated(), "the audit record of the migrated stream", 30)
     record = migrated()[0]
     assert killed.id in str(record["detail"]) and record["outcome"] == "ok"
     # The dead worker stops heartbeating and is removed; the other one keeps serving.
-    _wait(lambda: killed.id not in replicas.entries, "the killed worker removed", 30)
+    wait_for(lambda: killed.id not in replicas.entries, "the killed worker removed", 30)
     survivor = next(w for w in workers if w is not killed)
     assert client.chat.completions.create(**request).choices[0].message.content == expected
     # SIGTERM: the survivor deregisters (drained), exits 0, and is removed.
     survivor.terminate()
     assert survivor.proc.wait(60) == 0
-    _wait(lambda: survivor.id not in replicas.entries, "the stopped worker removed", 30)
+    wait_for(lambda: survivor.id not in replicas.entries, "the stopped worker removed", 30)
