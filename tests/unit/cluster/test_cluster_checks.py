@@ -115,3 +115,16 @@ def test_upstream_base_urls_refused(url):
 
 def test_upstream_base_url_normalised():
     assert check_base_url(" http://10.0.0.7:8000/v1/ ") == "http://10.0.0.7:8000/v1"
+
+
+def test_worker_timeouts_and_plain_http_settings():
+    s = load_settings(
+        {"worker_first_token_timeout": 120.0},
+        env={"STRATUS_WORKER_READ_TIMEOUT": "5", "STRATUS_INSECURE_WORKER_HTTP": "true"},
+        config_file=None,
+    )
+    assert (s.worker_read_timeout, s.worker_first_token_timeout, s.insecure_worker_http) == (5.0, 120.0, True)
+    assert load_settings({}, env={}, config_file=None).insecure_worker_http is False
+    for name in ("worker_read_timeout", "worker_first_token_timeout"):
+        with pytest.raises(ConfigError, match=name):
+            load_settings({name: 0.0}, env={}, config_file=None)
