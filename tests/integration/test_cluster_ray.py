@@ -317,7 +317,9 @@ def test_actor_errors_and_early_close(ray_gateway):
         await stream.aclose()
         for _ in range(200):  # bounded: the engine drops the request once the cancel arrives
             stats = await replica.refresh()
-            if stats.running == 0 and stats.waiting == 0:
+            # counted our 3 tokens: a report from after the request started, not a stale one
+            fresh = stats.generated_tokens_total >= before + 3
+            if fresh and stats.running == 0 and stats.waiting == 0:
                 break
             await asyncio.sleep(0.05)
         return stats.running + stats.waiting, stats.generated_tokens_total - before

@@ -66,7 +66,14 @@ async def _run() -> None:
         stream = actor.generate(request())
         await anext(stream)
         await stream.aclose()
-        await wait_until(lambda: engine.stats().running + engine.stats().waiting == 0, "the abort")
+        # a report that counts the batch read is from after the request started, not stale
+        await wait_until(
+            lambda: (
+                engine.stats().generated_tokens_total > before
+                and engine.stats().running + engine.stats().waiting == 0
+            ),
+            "the abort",
+        )
         generated = engine.stats().generated_tokens_total - before
         assert engine.stats().running == 0 and generated < MAX_TOKENS, generated
     finally:
