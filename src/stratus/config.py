@@ -94,7 +94,7 @@ class Settings:
     local_models: bool = True  # False: no engine in this process; models come from workers, upstreams
     routing: str | None = None  # router policy: "p2c", or per model "demo=round_robin,big=capacity"
     # Ray replicas (docs/CLUSTER.md): with ray_address every model is served by Ray actors
-    ray_address: str | None = None  # auto | ray://host:port | local (start Ray in this process)
+    ray_address: str | None = None  # auto | host:port (a node of the Ray cluster) | local (start Ray here)
     replicas: str | None = None  # "demo=2,other=1", or "2" for every model; default 1
     replica_resources: str | None = None  # 'demo={"CPU": 1, "node_type_a": 1}; other={"GPU": 1}'
     min_replicas: str | None = None  # with max_replicas ("demo=1" or "1"): autoscale between them
@@ -358,8 +358,13 @@ def _check_ray(s: Settings) -> None:
     if not s.ray_address:
         raise ConfigError("replicas, replica_resources, min_replicas and max_replicas need ray_address")
     address = s.ray_address.strip()
-    if address not in ("auto", "local") and not re.match(r"^(ray://)?[\w.\-\[\]:]+:\d+$", address):
-        raise ConfigError(f"ray_address must be auto, local, ray://HOST:PORT or HOST:PORT, got {address!r}")
+    if address.startswith("ray://"):
+        raise ConfigError(
+            "ray_address: Ray Client (ray://) cannot stream from actors, which every replica does; "
+            "run the gateway on a node of the Ray cluster and use auto or HOST:PORT (docs/CLUSTER.md)"
+        )
+    if address not in ("auto", "local") and not re.match(r"^[\w.\-\[\]:]+:\d+$", address):
+        raise ConfigError(f"ray_address must be auto, local or HOST:PORT, got {address!r}")
     if s.autoscale_target <= 0 or s.autoscale_cooldown < 0:
         raise ConfigError("autoscale_target must be > 0 and autoscale_cooldown >= 0")
     try:

@@ -76,13 +76,14 @@ def test_build_specs():
 
 
 def test_ray_settings_are_checked_at_load():
-    ok = load_settings({"ray_address": "ray://head:10001", "replicas": "2"}, env={})
-    assert ok.ray_address == "ray://head:10001"
+    ok = load_settings({"ray_address": "10.0.0.5:6379", "replicas": "2"}, env={})
+    assert ok.ray_address == "10.0.0.5:6379"
     env = {"STRATUS_RAY_ADDRESS": "auto", "STRATUS_REPLICAS": "demo=2"}
     assert load_settings({}, env=env).replicas == "demo=2"
     for cli, message in [
         ({"replicas": "2"}, "need ray_address"),
         ({"ray_address": "http://x"}, "ray_address must be"),
+        ({"ray_address": "ray://head:10001"}, "Ray Client .* cannot stream"),
         ({"ray_address": "auto", "replicas": "nope=1"}, "no model named"),
         ({"ray_address": "auto", "autoscale_target": 0.0}, "autoscale_target"),
     ]:
