@@ -138,9 +138,9 @@ def worker(model_spec: str, **flags: Any) -> None:
     """
     from pathlib import Path
 
-    from stratus.cli import _bind, _is_loopback
+    from stratus.cli import _bind
     from stratus.cluster.secret import ClusterSecretError, load_cluster_secret
-    from stratus.cluster.urls import check_http_url
+    from stratus.cluster.urls import check_http_url, is_loopback
     from stratus.cluster.worker_main import WorkerOptions, build_worker
     from stratus.cluster.worker_replica import client_tls
     from stratus.config import ConfigError, parse_model_spec
@@ -162,7 +162,7 @@ def worker(model_spec: str, **flags: Any) -> None:
     if bool(flags["tls_cert"]) != bool(flags["tls_key"]):
         raise click.UsageError("TLS needs both --tls-cert and --tls-key")
     insecure_http = flags.pop("insecure_http")
-    if not tls and not _is_loopback(host) and not insecure_http:
+    if not tls and not is_loopback(host) and not insecure_http:
         raise click.ClickException(
             f"refusing plain HTTP on {host}: the cluster secret would cross the network in clear; give "
             "--tls-cert and --tls-key, listen on 127.0.0.1, or pass --insecure-http on a trusted network"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import re
 import ssl
@@ -29,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from stratus.cluster.aio import maybe_await
 from stratus.cluster.replica import ReplicaError
 from stratus.cluster.urls import check_http_url
 from stratus.cluster.worker_replica import WorkerReplica
@@ -67,10 +67,6 @@ def _field(body: dict, name: str, pattern: re.Pattern) -> str:
     if not isinstance(value, str) or not pattern.match(value):
         raise RegistrationError(f"{name} must be a string matching {pattern.pattern}")
     return value
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 @dataclass
@@ -149,7 +145,7 @@ class WorkerDirectory:
             old = self.workers.pop(worker_id, None)
             if old is not None:  # a restarted worker: its old connection state is stale
                 await self._remove(old)
-            await _maybe_await(self.registry.add_replica(replica))
+            await maybe_await(self.registry.add_replica(replica))
             self.workers[worker_id] = _Known(replica, self.clock())
         self._ensure_watcher()
         log.info("worker %s registered for model %s at %s", worker_id, model, url)
@@ -210,7 +206,7 @@ class WorkerDirectory:
             known.draining = True
             # The drain waits for the worker's streams to end; the worker need not wait for that.
             task = asyncio.create_task(
-                _maybe_await(self.registry.drain_replica(known.replica.model, known.replica.id))
+                maybe_await(self.registry.drain_replica(known.replica.model, known.replica.id))
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -249,7 +245,7 @@ class WorkerDirectory:
 
     async def _remove(self, known: _Known) -> None:
         try:
-            await _maybe_await(self.registry.remove_replica(known.replica.model, known.replica.id))
+            await maybe_await(self.registry.remove_replica(known.replica.model, known.replica.id))
         except KeyError:
             pass  # already gone
         await known.replica.shutdown()
