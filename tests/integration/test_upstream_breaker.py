@@ -63,3 +63,35 @@ def test_a_dead_upstream_alone_is_refused_without_connecting_again():
             await pool.aclose()
 
         asyncio.run(run())
+
+
+def test_a_probe_brings_a_recovered_upstream_back_without_a_client_request():
+    healthy = [False]
+
+    def answer(req):
+        if not healthy[0]:
+            return 503, "application/json", b"{}"
+        return 200, "application/json", b'{"object": "list", "data": []}' if req.method == "GET" else OK
+
+    with RecordingServer(answer) as flaky:
+
+        async def run():
+            pool = UpstreamPool(open_seconds=0.2)
+            pool.set([Upstream("flaky", "m", flaky.url + "/v1", "m", "sk-upstream-key")])
+            for _ in range(3):
+                with pytest.raises(UpstreamFailed):
+                    await pool.open("m", "/chat/completions", {})
+            assert pool.breakers["flaky"].state != "closed"
+            healthy[0] = True
+            for _ in range(200):  # the prober runs every open_seconds / 2
+                if pool.breakers["flaky"].state == "closed":
+                    break
+                await asyncio.sleep(0.05)
+            assert pool.breakers["flaky"].state == "closed"
+            await pool.aclose()
+
+        asyncio.run(run())
+        probes = [r for r in flaky.requests if r.method == "GET"]
+        assert probes and all(r.path == "/v1/models" for r in probes)
+        assert probes[-1].headers.get("Authorization") == "Bearer sk-upstream-key"
+        assert sum(r.method == "POST" for r in flaky.requests) == 3  # no client request was the trial

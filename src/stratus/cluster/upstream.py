@@ -16,6 +16,8 @@ A text stream cannot be resumed elsewhere: a failure mid-stream ends it (api/ups
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -77,8 +79,18 @@ class Opened:
 
 
 class UpstreamPool:
-    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 120.0, policy: str = "p2c"):
+    def __init__(
+        self,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
+        policy: str = "p2c",
+        *,
+        open_seconds: float = 5.0,
+        probe_timeout: float = 5.0,
+    ):
         self.policy = policy
+        self.open_seconds = open_seconds
+        self.probe_timeout = probe_timeout
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             follow_redirects=False,  # a redirect could point anywhere; the admin's URL is the URL
@@ -88,11 +100,15 @@ class UpstreamPool:
         # One breaker per upstream, fed by request outcomes: a dead upstream is skipped (it would
         # cost a connect timeout on every request) until, after a cooldown, one trial succeeds.
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._prober: asyncio.Task | None = None
 
     def set(self, upstreams: list[Upstream]) -> None:
         """Replace the registered upstreams (routers keep what they learned of those that stay)."""
         self.upstreams = {u.name: u for u in upstreams}
-        self.breakers = {u.name: self.breakers.get(u.name) or CircuitBreaker() for u in upstreams}
+        self.breakers = {
+            u.name: self.breakers.get(u.name) or CircuitBreaker(open_seconds=self.open_seconds)
+            for u in upstreams
+        }
         by_model: dict[str, list[str]] = {}
         for u in upstreams:
             by_model.setdefault(u.model, []).append(u.name)
@@ -147,6 +163,7 @@ class UpstreamPool:
                 why = f"{type(exc).__name__}"
                 router.end(name, work, 0, time.monotonic() - started, False)
                 breaker.record_failure()
+                self._ensure_prober()
                 continue
             if response.status_code >= 500 or response.status_code in RETRY_STATUSES:
                 why = f"HTTP {response.status_code}"
@@ -154,10 +171,47 @@ class UpstreamPool:
                 router.end(name, work, 0, time.monotonic() - started, False)
                 if response.status_code != 429:  # busy is not broken
                     breaker.record_failure()
+                    self._ensure_prober()
                 continue
             breaker.record_success()  # it answered (a 400 is the client's, not the upstream's)
             return Opened(upstream, response, router, work, started, breaker)
         raise UpstreamFailed(f"no upstream of the model '{model}' could take the request ({why})")
 
+    async def probe(self, name: str) -> bool:
+        """`GET {base_url}/models` with the upstream's key: a light check that it answers us."""
+        upstream = self.upstreams[name]
+        headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+        try:
+            r = await self._client.get(
+                upstream.base_url + "/models", headers=headers, timeout=self.probe_timeout
+            )
+        except httpx.HTTPError:
+            return False
+        return r.status_code < 400
+
+    async def probe_failing(self) -> None:
+        """Give each upstream whose breaker is half-open its trial as a probe, so it comes back
+        without a client's request paying for the trial."""
+        for name, breaker in list(self.breakers.items()):
+            if breaker.state == "half_open" and name in self.upstreams and breaker.allow():
+                if await self.probe(name):
+                    breaker.record_success()
+                else:
+                    breaker.record_failure()
+
+    def _ensure_prober(self) -> None:
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.create_task(self._probe_loop(), name="stratus-upstream-probes")
+
+    async def _probe_loop(self) -> None:
+        # Runs while some breaker is not closed; a failure starts it again.
+        while any(b.state != "closed" for n, b in self.breakers.items() if n in self.upstreams):
+            await asyncio.sleep(self.open_seconds / 2)
+            await self.probe_failing()
+
     async def aclose(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
         await self._client.aclose()
