@@ -142,6 +142,7 @@ class AuditLog:
         self.key = key
         self._lock = threading.Lock()  # one writer per process; the head row orders processes
         self._conn = None  # see _connection()
+        self._engine = None  # the engine self._conn came from
         dialect = store.engine.dialect
         self._dbapi = dialect.loaded_dbapi
         self._sql = _sql(dialect.paramstyle)
@@ -158,8 +159,9 @@ class AuditLog:
         """Append in one transaction (one fsync): all of them are stored, or none. `contents[i]`,
         when given, is event i's redacted text, stored encrypted under `ring` beside it."""
         with self._lock:
-            conn = self._connection()
+            conn = None
             try:
+                conn = self._connection()
                 try:
                     head = self._lock_head(conn)
                 except self._dbapi.Error as exc:
@@ -168,13 +170,15 @@ class AuditLog:
                     # Nothing was written yet: a connection the server dropped while it sat idle
                     # gets one fresh try (as the pool's pre-ping would have given it).
                     self._drop(conn)
+                    conn = None
                     conn = self._connection()
                     head = self._lock_head(conn)
                 out = self._append(conn, head, events, contents, ring)
                 conn.commit()
                 return out
             except BaseException as exc:
-                self._drop(conn)  # rolls back; the next append starts on a fresh connection
+                if conn is not None:
+                    self._drop(conn)  # rolls back; the next append starts on a fresh connection
                 mapped = _store_error(self.store, self._dbapi, exc)
                 if mapped is None:
                     raise
@@ -208,8 +212,12 @@ class AuditLog:
         """The writer's own pooled DB-API connection, kept between appends: checking one out
         and back in per append (SQLAlchemy's pool, reset and transaction bookkeeping) cost about
         as much CPU as the statements themselves. Only used under self._lock."""
+        engine = self.store.engine
+        if self._conn is not None and self._engine is not engine:  # the Store was re-pointed
+            self._drop(self._conn)
         if self._conn is None:
-            self._conn = self.store.engine.raw_connection()  # the Store's pragmas applied
+            self._conn = engine.raw_connection()  # the Store's pragmas applied
+            self._engine = engine
         return self._conn
 
     def _drop(self, conn) -> None:
@@ -306,6 +314,9 @@ def _store_error(store: Store, dbapi, exc: BaseException) -> Exception | None:
     """A driver error from the raw append as the Store's own exceptions name it (None: as is)."""
     if isinstance(exc, StoreError):
         return None
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
+        # from the pool, opening a connection: SQLAlchemy has wrapped the driver's error
+        return StoreUnavailable(f"database {redact_url(store.url)} unavailable: {type(exc).__name__}")
     if isinstance(exc, dbapi.IntegrityError):
         return Conflict("violates a rule of the database")
     if isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError)):

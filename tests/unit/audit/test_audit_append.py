@@ -94,3 +94,22 @@ def test_the_writer_connection_comes_back_after_the_server_drops_it():
         assert verify(log).ok
         log.close()
         store.close()
+
+
+def test_a_store_pointed_elsewhere_is_followed(tmp_path):
+    """The kept connection belongs to the engine it came from: a Store re-pointed at a database
+    that cannot be opened fails the append (503 upstream) instead of writing to the old one."""
+    import sqlalchemy as sa
+
+    store = Store.open(database_url(tmp_path))
+    log = AuditLog(store, b"k" * 32)
+    log.append(AuditEvent(action="before", outcome="ok"))
+    working = store.engine
+    store.engine = sa.create_engine(f"sqlite:///{tmp_path / 'gone' / 'stratus.db'}")
+    with pytest.raises(StoreUnavailable):
+        log.append(AuditEvent(action="lost", outcome="ok"))
+    store.engine = working
+    log.append(AuditEvent(action="after", outcome="ok"))
+    assert [r.action for r in log.records()] == ["before", "after"]
+    assert verify(log).ok
+    store.close()
