@@ -165,8 +165,9 @@ class AuditLog:
                 try:
                     head = self._lock_head(conn)
                 except self._dbapi.Error as exc:
-                    if not isinstance(exc, (self._dbapi.OperationalError, self._dbapi.InterfaceError)):
-                        raise
+                    lost = (self._dbapi.OperationalError, self._dbapi.InterfaceError)
+                    if not isinstance(exc, lost) or self._engine.dialect.name == "sqlite":
+                        raise  # SQLite has no server to drop it: "locked" already waited its timeout
                     # Nothing was written yet: a connection the server dropped while it sat idle
                     # gets one fresh try (as the pool's pre-ping would have given it).
                     self._drop(conn)
