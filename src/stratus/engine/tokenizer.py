@@ -82,7 +82,11 @@ class Tokenizer:
                 return bytes([int(piece[3:5], 16)])
             except ValueError:
                 pass
-        if self._byte_level and token_id not in self.special_ids and all(ch in _UNICODE_TO_BYTE for ch in piece):
+        if (
+            self._byte_level
+            and token_id not in self.special_ids
+            and all(ch in _UNICODE_TO_BYTE for ch in piece)
+        ):
             return bytes(_UNICODE_TO_BYTE[ch] for ch in piece)
         return self._tok.decode([token_id], skip_special_tokens=False).encode()
 
