@@ -20,6 +20,7 @@ import click
 import orjson
 
 from stratus.admin_cli import parse_duration
+from stratus.store_cli import store_options
 
 
 def _store_options(func):
@@ -29,20 +30,7 @@ def _store_options(func):
         default=None,
         help="Checkpoint file. [default: DATA_DIR/audit-checkpoints.jsonl]",
     )(func)
-    func = click.option(
-        "--database-url",
-        envvar="STRATUS_DATABASE_URL",
-        default=None,
-        help="PostgreSQL URL. [env: STRATUS_DATABASE_URL]",
-    )(func)
-    func = click.option(
-        "--data-dir",
-        envvar="STRATUS_DATA_DIR",
-        default="data",
-        show_default=True,
-        help="[env: STRATUS_DATA_DIR]",
-    )(func)
-    return func
+    return store_options(func)
 
 
 def _open(data_dir: str, database_url: str | None, checkpoints: str | None):

@@ -14,31 +14,17 @@ import sys
 
 import click
 
+from stratus.store_cli import open_store, store_options
+
 
 def _box(data_dir: str, database_url: str | None):
     from stratus.security.secrets import SecretError, SecretStore, load_keyring
-    from stratus.store import Store, StoreUnavailable
-    from stratus.store import database_url as url_of
 
+    store = open_store(data_dir, database_url)
     try:
-        return SecretStore(Store.open(url_of(data_dir, database_url)), load_keyring(data_dir))
+        return SecretStore(store, load_keyring(data_dir))
     except SecretError as exc:
         raise click.ClickException(str(exc)) from None
-    except StoreUnavailable as exc:
-        raise click.ClickException(f"cannot open the database: {exc}") from None
-
-
-def _options(func):
-    func = click.option(
-        "--database-url", envvar="STRATUS_DATABASE_URL", default=None, help="[env: STRATUS_DATABASE_URL]"
-    )(func)
-    return click.option(
-        "--data-dir",
-        envvar="STRATUS_DATA_DIR",
-        default="data",
-        show_default=True,
-        help="[env: STRATUS_DATA_DIR]",
-    )(func)
 
 
 @click.group()
@@ -47,7 +33,7 @@ def secrets() -> None:
 
 
 @secrets.command("set")
-@_options
+@store_options
 @click.argument("name")
 def set_secret(name: str, data_dir: str, database_url: str | None) -> None:
     """Store NAME with the value read from stdin (never from a flag, which `ps` would show)."""
@@ -60,7 +46,7 @@ def set_secret(name: str, data_dir: str, database_url: str | None) -> None:
 
 
 @secrets.command("list")
-@_options
+@store_options
 def list_secrets(data_dir: str, database_url: str | None) -> None:
     """Names of the stored secrets."""
     for name in _box(data_dir, database_url).names():
@@ -68,7 +54,7 @@ def list_secrets(data_dir: str, database_url: str | None) -> None:
 
 
 @secrets.command()
-@_options
+@store_options
 def rotate(data_dir: str, database_url: str | None) -> None:
     """Make a new master key, re-encrypt every secret under it, retire the old key."""
     from stratus.security.secrets import SecretError

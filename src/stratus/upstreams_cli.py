@@ -17,28 +17,7 @@ import sys
 
 import click
 
-
-def _options(func):
-    func = click.option(
-        "--database-url", envvar="STRATUS_DATABASE_URL", default=None, help="[env: STRATUS_DATABASE_URL]"
-    )(func)
-    return click.option(
-        "--data-dir",
-        envvar="STRATUS_DATA_DIR",
-        default="data",
-        show_default=True,
-        help="[env: STRATUS_DATA_DIR]",
-    )(func)
-
-
-def _store(data_dir: str, database_url: str | None):
-    from stratus.store import Store, StoreUnavailable
-    from stratus.store import database_url as url_of
-
-    try:
-        return Store.open(url_of(data_dir, database_url))
-    except StoreUnavailable as exc:
-        raise click.ClickException(f"cannot open the database: {exc}") from None
+from stratus.store_cli import open_store, store_options
 
 
 @click.group()
@@ -47,7 +26,7 @@ def upstreams() -> None:
 
 
 @upstreams.command("add")
-@_options
+@store_options
 @click.argument("name")
 @click.option("--model", required=True, help="The model name clients use here.")
 @click.option(
@@ -82,7 +61,7 @@ def add(
     key = "" if no_key else sys.stdin.read().strip()
     if not no_key and not key:
         raise click.UsageError("pipe the upstream's API key on stdin, or pass --no-key")
-    store = _store(data_dir, database_url)
+    store = open_store(data_dir, database_url)
     try:
         box = SecretStore(store, load_keyring(data_dir))
         with store.begin() as conn:
@@ -99,26 +78,26 @@ def add(
 
 
 @upstreams.command("list")
-@_options
+@store_options
 def list_(data_dir: str, database_url: str | None) -> None:
     """The registered upstreams (keys are never shown)."""
     from stratus.store import upstreams as table
 
-    with _store(data_dir, database_url).connect() as conn:
+    with open_store(data_dir, database_url).connect() as conn:
         rows = table.list_all(conn)
     for r in rows:
         click.echo(f"{r['name']}\tmodel={r['model']}\t{r['base_url']}\tupstream_model={r['upstream_model']}")
 
 
 @upstreams.command("remove")
-@_options
+@store_options
 @click.argument("name")
 def remove(name: str, data_dir: str, database_url: str | None) -> None:
     """Remove upstream NAME and its stored key."""
     from stratus.security.secrets import SecretStore, load_keyring
     from stratus.store import upstreams as table
 
-    store = _store(data_dir, database_url)
+    store = open_store(data_dir, database_url)
     with store.begin() as conn:
         found = table.remove(conn, name)
     if not found:
