@@ -410,6 +410,7 @@ def run_server(settings: Settings) -> int:
         level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # it narrates each plugin and migration
     server, sock = build_server(settings)
     click.echo(banner(settings, settings.host, sock.getsockname()[1]), nl=True)
     sys.stdout.flush()

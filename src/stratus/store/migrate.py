@@ -6,7 +6,6 @@ two gateways that start together from migrating at once.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -27,8 +26,6 @@ def alembic_config() -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    # Alembic narrates every plugin and step at INFO; a start-up log wants only problems.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     cfg = alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
