@@ -66,6 +66,14 @@ def machine_info() -> dict:
     }
 
 
+def write_report(report: dict, path: Path) -> Path:
+    """Write a run's JSON report (creating its folder) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nresults: {path}")
+    return path
+
+
 # -- memory bandwidth ----------------------------------------------------------------------------
 
 

@@ -797,10 +797,7 @@ def main() -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "models": results,
     }
-    path = args.out or common.RESULTS_DIR / f"engine_throughput-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"\nresults: {path}")
+    common.write_report(report, args.out or common.RESULTS_DIR / f"engine_throughput-{stamp}.json")
     return 0
 
 

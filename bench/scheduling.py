@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
-import json
 import random
 import statistics
 import sys
@@ -381,10 +380,7 @@ def main() -> int:
         report["simulation"] = sim_part(args)
     report["load_average_end"] = [round(x, 2) for x in common.load_average()]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = args.out or common.RESULTS_DIR / f"scheduling-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"\nresults: {path}")
+    common.write_report(report, args.out or common.RESULTS_DIR / f"scheduling-{stamp}.json")
     return 0
 
 
