@@ -28,8 +28,6 @@ upstreams = sa.Table(
     sa.Index("ix_upstreams_model", "model"),
 )
 
-COLUMNS = ("name", "model", "base_url", "upstream_model", "created_at", "created_by")
-
 
 def secret_name(name: str) -> str:
     return f"upstream/{name}"
