@@ -223,15 +223,20 @@ def sim_setup(replicas: int, requests: int, seed: int, levels: list[float]):
     return caps, works
 
 
-def sim_batch(policy: str, caps: list[float], works: list[float], seed: int) -> dict:
-    """All requests at t=0: only picks and begins; each replica then drains at its speed."""
-    clock = SimClock()
+def sim_router(policy: str, caps: list[float], seed: int, clock: SimClock) -> tuple[Router, dict[str, int]]:
+    """A router over replicas n0.. with these capacities, and each replica's index in `caps`."""
     learned = policy.endswith("-learned")  # equal priors; capacities learned as it runs
     router = Router(policy.removesuffix("-learned"), seed=seed, clock=clock, learn=learned)
     ids = [f"n{i}" for i in range(len(caps))]
     for rid, cap in zip(ids, caps):
         router.add(rid, None if learned else cap)
-    index = {rid: i for i, rid in enumerate(ids)}
+    return router, {rid: i for i, rid in enumerate(ids)}
+
+
+def sim_batch(policy: str, caps: list[float], works: list[float], seed: int) -> dict:
+    """All requests at t=0: only picks and begins; each replica then drains at its speed."""
+    clock = SimClock()
+    router, index = sim_router(policy, caps, seed, clock)
     assigned = [0.0] * len(caps)
     cost = 0.0
     perf = time.perf_counter
@@ -256,12 +261,7 @@ def sim_batch(policy: str, caps: list[float], works: list[float], seed: int) -> 
 def sim_open(policy: str, caps: list[float], works: list[float], seed: int, load: float) -> dict:
     """Poisson arrivals at `load` x total capacity; FIFO replicas; completions call end()."""
     clock = SimClock()
-    learned = policy.endswith("-learned")  # equal priors; capacities learned as it runs
-    router = Router(policy.removesuffix("-learned"), seed=seed, clock=clock, learn=learned)
-    ids = [f"n{i}" for i in range(len(caps))]
-    for rid, cap in zip(ids, caps):
-        router.add(rid, None if learned else cap)
-    index = {rid: i for i, rid in enumerate(ids)}
+    router, index = sim_router(policy, caps, seed, clock)
     rng = random.Random(seed + 1)
     rate = load * sum(caps) / statistics.fmean(works)
     busy_until = [0.0] * len(caps)
