@@ -36,18 +36,19 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import common  # noqa: E402  (bench/common.py)
 
 from stratus.api import create_app  # noqa: E402
 from stratus.api.auth import AuthHooks, build_access  # noqa: E402
@@ -74,26 +75,6 @@ def timed(fn, n: int) -> dict:
         fn()
         samples.append((time.perf_counter_ns() - t) / 1000)
     return {"n": n, "p50_us": round(pct(samples, 0.5), 2), "p99_us": round(pct(samples, 0.99), 2)}
-
-
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "commit": commit.stdout.strip() or "unknown",
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 # -- (a) in process -------------------------------------------------------------------------------
@@ -362,7 +343,7 @@ def main() -> None:
     args = ap.parse_args()
     n, seconds, rounds, sequential = (2000, 4.0, 2, 300) if args.quick else (5000, 8.0, 3, 1000)
 
-    result = {"machine": machine(), "in_process": {}}
+    result = {"machine": common.machine_info(), "in_process": {}}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         print("(a) in process")
