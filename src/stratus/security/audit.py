@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from stratus.security.secrets import Keyring, encrypt
 from stratus.store import Conflict, Store, StoreError, StoreUnavailable, redact_url
 from stratus.store.audit_tables import audit_events, audit_head
+from stratus.store.review_tables import content_aad
 
 GENESIS = "0" * 64
 
@@ -306,7 +307,7 @@ class AuditLog:
 def _content_row(ring: Keyring | None, event: AuditEvent, seq: int, text: str) -> tuple:
     if ring is None:
         raise ValueError("content to log but no master keyring to encrypt it with")
-    token = encrypt(ring, f"audit_content/{seq}", text)  # content_log.aad(seq)
+    token = encrypt(ring, content_aad(seq), text)
     # In _CONTENT_COLUMNS' order.
     return (seq, event.request_id, event.at, event.team, event.principal, token, ring.current)
 

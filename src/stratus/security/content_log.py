@@ -26,15 +26,10 @@ from stratus.security.secrets import Keyring, decrypt, load_keyring
 from stratus.security.ttl_set import TTLSet
 from stratus.store import Store
 from stratus.store.directory import get_team
-from stratus.store.review_tables import audit_content, content_logging
+from stratus.store.review_tables import audit_content, content_aad, content_logging
 from stratus.store.tables import teams
 
 CONTENT_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
-
-
-def aad(seq: int) -> str:
-    """The associated data that binds a ciphertext to its audit record."""
-    return f"audit_content/{seq}"
 
 
 def _message_text(content: Any) -> str:
@@ -144,7 +139,7 @@ class ContentLog:
                 "at": r.at,
                 "team": r.team,
                 "principal": r.principal,
-                "content": json.loads(decrypt(self.ring, aad(r.seq), r.ciphertext)),
+                "content": json.loads(decrypt(self.ring, content_aad(r.seq), r.ciphertext)),
             }
             for r in rows
         ]

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stratus.store import Store
-from stratus.store.review_tables import audit_content
+from stratus.store.review_tables import audit_content, content_aad
 from stratus.store.secret_tables import stored_secrets
 
 ENV_VAR = "STRATUS_MASTER_KEY"
@@ -187,7 +187,7 @@ def reencrypt_content(store: Store, ring: Keyring, batch: int = 500) -> int:
                 .limit(batch)
             ).all()
             for row in rows:
-                name = f"audit_content/{row.seq}"  # content_log.aad
+                name = content_aad(row.seq)
                 plain = decrypt(ring, name, row.ciphertext)
                 conn.execute(
                     audit_content.update()

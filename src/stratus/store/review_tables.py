@@ -38,6 +38,12 @@ audit_content = sa.Table(
     sa.Index("ix_audit_content_request_id", "request_id"),
 )
 
+
+def content_aad(seq: int) -> str:
+    """The associated data that binds an audit_content ciphertext to its audit record."""
+    return f"audit_content/{seq}"
+
+
 key_suspensions = sa.Table(
     "key_suspensions",
     metadata,
