@@ -366,13 +366,13 @@ def teams() -> None:
 @_connection
 def teams_create(name, url, cacert, as_json, **limits) -> None:
     """Create a team; limit flags (--rpm, --tpm, ...) set its limits on every model."""
-    if given(limits):
-        checked_rule("team", name, None, limits)  # refuse bad limits before creating the team
+    # refuse bad limits before creating the team
+    rule = checked_rule("team", name, None, limits) if given(limits) else None
     client = Client(url, cacert)
     team = client.call("POST", "/admin/teams", {"name": name})
-    if given(limits):
+    if rule is not None:
         try:
-            team["limits"] = client.call("PUT", "/admin/limits", checked_rule("team", name, None, limits))
+            team["limits"] = client.call("PUT", "/admin/limits", rule)
         except click.ClickException as exc:
             raise click.ClickException(
                 f"team {name} was created, but its limits were not set: {exc.message}"
