@@ -25,6 +25,15 @@ def overhead_tokens(num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int
     return max(1, GROUP_OVERHEAD_BYTES // per_token)
 
 
+def block_table_tensor(
+    tables: list[list[int]], length: int, block_size: int, device: torch.device
+) -> torch.Tensor:
+    """[len(tables), W] the blocks holding positions 0..length-1 of each table (padded with 0)."""
+    width = -(-length // block_size)
+    rows = [t[:width] + [0] * (width - min(width, len(t))) for t in tables]
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
 def plan_groups(lengths: list[int], overhead: int) -> list[tuple[int, int]]:
     """[start, stop) ranges over `lengths` (sorted longest first) that minimise the sum over
     groups of `overhead + rows * longest length` (exact, by dynamic programming; n <= a few
@@ -58,9 +67,7 @@ def make_decode_groups(
     groups = []
     for start, stop in plan_groups(lengths, overhead):
         longest = lengths[start]
-        width = -(-longest // block_size)
-        tables = [t[:width] + [0] * (width - min(width, len(t))) for t in block_tables[start:stop]]
-        blocks = torch.tensor(tables, dtype=torch.long, device=device)
+        blocks = block_table_tensor(block_tables[start:stop], longest, block_size, device)
         mask = None
         ragged = lengths[stop - 1] != longest
         if ragged or (sliding_window is not None and longest > sliding_window):

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .config import EngineConfig, ModelConfig
-from .decode_groups import make_decode_groups, overhead_tokens
+from .decode_groups import block_table_tensor, make_decode_groups, overhead_tokens
 from .model import AttentionBatch, LlamaModel, PrefillSpan
 from .packed_linear import pack_linears, packing_available
 from .scheduler import ScheduledBatch
@@ -63,9 +63,7 @@ class ModelRunner:
 
     def block_tables(self, seqs: list[Sequence], length: int) -> torch.Tensor:
         """[len(seqs), W] the blocks holding positions 0..length-1 of each sequence (padded with 0)."""
-        width = -(-length // self.block_size)
-        rows = [s.block_table[:width] + [0] * (width - min(width, len(s.block_table))) for s in seqs]
-        return torch.tensor(rows, dtype=torch.long, device=self.device)
+        return block_table_tensor([s.block_table for s in seqs], length, self.block_size, self.device)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
