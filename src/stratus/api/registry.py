@@ -90,9 +90,6 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return list(self.models)
 
-    def check_health(self) -> None:
-        """Kept for callers; a model's availability is now read live from its replicas."""
-
     def available(self, model: ServedModel) -> bool:
         return model.state == "ready" and model.replicas.healthy
 
