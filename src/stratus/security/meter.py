@@ -162,19 +162,16 @@ class Meter:
         except LimiterUnavailable:
             log.error("could not reconcile limits for request %s: limiter unavailable", request_id)
         await self.write(
-            ledger.UsageRow(
-                request_id=request_id,
-                time=started_at,
-                day=time.strftime("%Y-%m-%d", time.gmtime(started_at)),
-                key_id=ticket.principal.key_id,
-                user=ticket.principal.user,
-                team=ticket.principal.team,
-                model=ticket.model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cost_micro_usd=cost,
-                status=status,
-                latency_ms=latency_s * 1000.0,
+            _ledger_row(
+                ticket.principal,
+                ticket.model,
+                request_id,
+                started_at,
+                latency_s,
+                status,
+                prompt_tokens,
+                completion_tokens,
+                cost,
             )
         )
 
@@ -189,22 +186,7 @@ class Meter:
         latency_s: float,
     ) -> None:
         """The ledger row of a request refused before admission: nothing reserved, nothing charged."""
-        await self.write(
-            ledger.UsageRow(
-                request_id=request_id,
-                time=started_at,
-                day=time.strftime("%Y-%m-%d", time.gmtime(started_at)),
-                key_id=principal.key_id,
-                user=principal.user,
-                team=principal.team,
-                model=model[:128],
-                prompt_tokens=0,
-                completion_tokens=0,
-                cost_micro_usd=0,
-                status=status[:24],
-                latency_ms=latency_s * 1000.0,
-            )
-        )
+        await self.write(_ledger_row(principal, model[:128], request_id, started_at, latency_s, status[:24]))
 
     async def write(self, row: ledger.UsageRow) -> None:
         if self.writer is None:
@@ -213,3 +195,30 @@ class Meter:
             await self.writer.write(row)
         except Exception:
             log.exception("usage ledger write failed for request %s", row.request_id)
+
+
+def _ledger_row(
+    principal: Principal,
+    model: str,
+    request_id: str,
+    started_at: float,
+    latency_s: float,
+    status: str,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    cost: int = 0,
+) -> ledger.UsageRow:
+    return ledger.UsageRow(
+        request_id=request_id,
+        time=started_at,
+        day=time.strftime("%Y-%m-%d", time.gmtime(started_at)),
+        key_id=principal.key_id,
+        user=principal.user,
+        team=principal.team,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_micro_usd=cost,
+        status=status,
+        latency_ms=latency_s * 1000.0,
+    )
