@@ -74,7 +74,6 @@ class AlertWebhook:
         self._config: dict | None = None
         self._loaded_at = float("-inf")
         self._tasks: set[asyncio.Task] = set()
-        self.delivered = 0
         self.failed = 0
 
     # -- configuration ------------------------------------------------------------------------------
@@ -130,7 +129,6 @@ class AlertWebhook:
                 try:
                     r = await client.post(config["url"], content=body, headers=headers)
                     if 200 <= r.status_code < 300:
-                        self.delivered += 1
                         return True
                     why = f"HTTP {r.status_code}"
                 except httpx.HTTPError as exc:
@@ -146,8 +144,3 @@ class AlertWebhook:
             self.attempts,
         )
         return False
-
-    async def drain(self) -> None:
-        """Wait for deliveries in flight (shutdown, tests)."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
