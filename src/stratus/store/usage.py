@@ -62,14 +62,7 @@ rate_limits = sa.Table(
 
 LIMIT_COLUMNS = ("rpm", "tpm", "concurrent", "tokens_per_day", "tokens_per_month", "budget_usd_per_month")
 GROUPS = ("key", "user", "team", "model", "day", "status")
-_GROUP_COLUMNS = {
-    "key": "key_id",
-    "user": "user",
-    "team": "team",
-    "model": "model",
-    "day": "day",
-    "status": "status",
-}
+_GROUP_COLUMNS = {**{g: g for g in GROUPS}, "key": "key_id"}  # group -> usage_ledger column
 REFUSED = "refused_"  # status prefix of a request refused before generation
 
 
