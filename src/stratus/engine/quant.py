@@ -219,9 +219,7 @@ class Int8Linear(QuantLinear):
         return y.to(x.dtype)
 
     def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
-        return dequantize_int8(self.qweight[start:stop], self.scales[start:stop], dtype)[
-            :, : self.in_features
-        ]
+        return dequantize_int8(self.qweight[start:stop], self.scales[start:stop], dtype)
 
     def _tile_matmul(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         # x @ (q * s).T == (x @ q.T) * s: int8 values are exact even in bfloat16, so the
