@@ -21,7 +21,7 @@ def prepare_prompt(
         raise ValidationError("first_index must be an integer in [0, 1024)", "first_index")
     if request.prompt_token_ids is not None:
         ids = request.prompt_token_ids
-        if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size for t in ids):
+        if not _token_ids_valid(ids, vocab_size):
             raise ValidationError(f"prompt token ids must be integers in [0, {vocab_size})", "prompt")
     elif request.prompt is not None:
         ids = tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
@@ -50,7 +50,11 @@ def _check_resume(request: GenerateRequest, vocab_size: int, prompt_len: int, ma
     resume = request.resume_token_ids
     if request.params.n != 1:
         raise ValidationError("a resumed generation has exactly one choice (n=1)", "n")
-    if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size for t in resume):
+    if not _token_ids_valid(resume, vocab_size):
         raise ValidationError(f"resume token ids must be integers in [0, {vocab_size})", "resume_token_ids")
     if len(resume) >= request.params.max_tokens or prompt_len + len(resume) >= max_model_len:
         raise ValidationError("nothing is left to generate after the resumed tokens", "resume_token_ids")
+
+
+def _token_ids_valid(ids: list[int], vocab_size: int) -> bool:
+    return all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in ids)
