@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -119,9 +118,6 @@ class EngineActor:
             raise RuntimeError("the engine's step loop stopped")
         return ray.get_runtime_context().get_node_id(), self._engine.stats()
 
-    async def abort(self, request_id: str) -> None:
-        await self._engine.abort(request_id)
-
     async def shutdown(self) -> None:
         await self._engine.shutdown()
 
@@ -188,7 +184,6 @@ class RayReplica:
         self.in_flight = 0  # generate() calls open on this replica
         self.handoffs = 0  # Ray objects received (each a batch of deltas), for bench/
         self._stats = EngineStats.empty()
-        self._stats_at = 0.0
         self._handle: Any = None
         self._serving = False  # answered a probe once
 
@@ -256,10 +251,6 @@ class RayReplica:
     def stats(self) -> EngineStats:
         return self._stats
 
-    async def abort(self, request_id: str) -> None:
-        with contextlib.suppress(ReplicaError):
-            await self._call("abort", request_id, timeout=self.probe_timeout)
-
     async def shutdown(self) -> None:
         """Stop the engine and end the actor for good (no restart)."""
         if self._handle is None:
@@ -280,7 +271,6 @@ class RayReplica:
             raise self._failure(exc) from None
         if method == "probe":
             self.node_id, self._stats = result
-            self._stats_at = time.monotonic()
         return result
 
     def _failure(self, exc: BaseException) -> Exception:
