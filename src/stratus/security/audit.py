@@ -316,11 +316,10 @@ def _store_error(store: Store, dbapi, exc: BaseException) -> Exception | None:
     """A driver error from the raw append as the Store's own exceptions name it (None: as is)."""
     if isinstance(exc, StoreError):
         return None
-    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
-        # from the pool, opening a connection: SQLAlchemy has wrapped the driver's error
+    # sa.exc.*: from the pool, opening a connection (SQLAlchemy has wrapped the driver's error)
+    lost = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+    if isinstance(exc, (*lost, dbapi.OperationalError, dbapi.InterfaceError)):
         return StoreUnavailable(f"database {redact_url(store.url)} unavailable: {type(exc).__name__}")
     if isinstance(exc, dbapi.IntegrityError):
         return Conflict("violates a rule of the database")
-    if isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError)):
-        return StoreUnavailable(f"database {redact_url(store.url)} unavailable: {type(exc).__name__}")
     return None
