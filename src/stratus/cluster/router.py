@@ -35,9 +35,9 @@ DEFAULT_CAPACITY = 100.0  # tokens/s for the first replica added without a prior
 PROMPT_TOKEN_WEIGHT = 0.1
 
 
-def request_work(prompt_tokens: int, max_tokens: int, n: int = 1) -> float:
-    """Expected work of a request, in output tokens: `n` choices share one prompt."""
-    return n * max_tokens + PROMPT_TOKEN_WEIGHT * prompt_tokens
+def request_work(prompt_tokens: int, max_tokens: int) -> float:
+    """Expected work of a request, in output tokens."""
+    return max_tokens + PROMPT_TOKEN_WEIGHT * prompt_tokens
 
 
 class NoReplicaAvailable(Exception):
