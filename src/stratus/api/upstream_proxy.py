@@ -29,6 +29,7 @@ from stratus.api.deps import Gateway
 from stratus.api.errors import APIError, unavailable
 from stratus.api.pipeline import Usage
 from stratus.api.streaming import DONE, JSONBody, SSEResponse, event
+from stratus.cluster.router import request_work
 from stratus.cluster.upstream import Opened, Upstream, UpstreamFailed, UpstreamPool
 from stratus.store import Store
 from stratus.store import upstreams as table
@@ -143,7 +144,9 @@ async def maybe_proxy(
     if body.stream:  # type: ignore[attr-defined]
         payload["stream_options"] = {"include_usage": True}
     try:
-        opened = await upstreams.pool.open(model, path, payload, work=prompt_estimate * 0.1 + requested * n)
+        opened = await upstreams.pool.open(
+            model, path, payload, work=request_work(prompt_estimate, requested * n)
+        )
     except UpstreamFailed as exc:
         log.warning("request %s: %s", gw.ctx.request_id, exc)
         await gw.account(Usage())
