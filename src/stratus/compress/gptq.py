@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from stratus.engine.quant import pack_int4, padded_in_features
 
+from .quantize import int4_ranges, int4_scales_zeros
+
 DAMP = 0.01  # added to the diagonal, as a fraction of its mean: keeps the inverse stable
 BLOCK = 128  # columns updated together before the lazy update of the rest
 
@@ -58,11 +60,8 @@ def gptq_int4(
             if column % group_size == 0:  # the group's range, from the weights as updated so far
                 g = column // group_size
                 group = torch.cat((block[:, i:], w[:, stop:]), dim=1)[:, :group_size]
-                lo, hi = group.amin(dim=1), group.amax(dim=1)
-                if clip is not None:
-                    lo, hi = lo * clip[:, g], hi * clip[:, g]
-                scales[:, g] = ((hi - lo) / 15).clamp(min=1e-6).to(torch.float16)
-                zeros[:, g] = (lo + 8 * scales[:, g].float()).to(torch.float16)
+                lo, hi = int4_ranges(group, None if clip is None else clip[:, g])
+                scales[:, g], zeros[:, g] = int4_scales_zeros(lo, hi)
                 scale, zero = scales[:, g].float(), zeros[:, g].float()
             value = block[:, i]
             q[:, column] = torch.round((value - zero) / scale + 8).clamp(0, 15)

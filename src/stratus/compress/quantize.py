@@ -38,16 +38,20 @@ def int4_ranges(groups: torch.Tensor, clip: torch.Tensor | None = None) -> tuple
     return lo, hi
 
 
+def int4_scales_zeros(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored float16 scale and zero of a range. Values are quantized against these rounded
+    figures, so the engine reconstructs exactly what was measured here."""
+    scales = ((hi - lo) / 15).clamp(min=1e-6).to(torch.float16)
+    return scales, (lo + 8 * scales.float()).to(torch.float16)
+
+
 def quantize_int4(
     weight: torch.Tensor, group_size: int, clip: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """Stored int4 tensors of `weight` ([out, in]); `clip` is [out, groups] or None."""
     g = _groups(weight, group_size)
     lo, hi = int4_ranges(g, clip)
-    # Scale and zero are stored as float16; quantize against the rounded values so the engine
-    # reconstructs exactly what was measured here.
-    scales = ((hi - lo) / 15).clamp(min=1e-6).to(torch.float16)
-    zeros = (lo + 8 * scales.float()).to(torch.float16)
+    scales, zeros = int4_scales_zeros(lo, hi)
     q = torch.round((g - zeros.float()[..., None]) / scales.float()[..., None] + 8).clamp(0, 15)
     q = q.view(g.shape[0], -1)
     return {"qweight": pack_int4(q).contiguous(), "scales": scales, "zeros": zeros}
