@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from stratus.engine.config import ModelConfig
 
-from . import calibration
 from .calibration import LayerInputs, sample_rows
 from .quantize import _groups, fake_quantize_int4
 
@@ -32,7 +31,7 @@ CLIP_ROWS = 256
 def search_scale(x: torch.Tensor, weights: list[torch.Tensor], group_size: int, expand=None) -> torch.Tensor:
     """Best per-input-channel scale for `weights` (sharing input x); `expand` maps a reduced
     scale to the full input width (grouped-query attention ties o_proj channels together)."""
-    xs = sample_rows(x, rows=calibration.SAMPLE_ROWS)
+    xs = sample_rows(x)
     w = torch.cat(weights, dim=0)
     ref = xs @ w.T
     mean = x.abs().mean(dim=0)
