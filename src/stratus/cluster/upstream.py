@@ -51,6 +51,11 @@ class Upstream:
     upstream_model: str  # the name the upstream knows the model by
     api_key: str = field(default="", repr=False)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The bearer key the upstream expects, if it has one."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
 
 class UpstreamFailed(Exception):
     """No upstream of the model could take the request; the message is safe for clients."""
@@ -151,9 +156,8 @@ class UpstreamPool:
             tried.add(name)
             upstream = self.upstreams[name]
             payload = {**body, "model": upstream.upstream_model}
-            headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
             request = self._client.build_request(
-                "POST", upstream.base_url + path, json=payload, headers=headers
+                "POST", upstream.base_url + path, json=payload, headers=upstream.headers
             )
             router.begin(name, work)
             started = time.monotonic()
@@ -180,10 +184,9 @@ class UpstreamPool:
     async def probe(self, name: str) -> bool:
         """`GET {base_url}/models` with the upstream's key: a light check that it answers us."""
         upstream = self.upstreams[name]
-        headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
         try:
             r = await self._client.get(
-                upstream.base_url + "/models", headers=headers, timeout=self.probe_timeout
+                upstream.base_url + "/models", headers=upstream.headers, timeout=self.probe_timeout
             )
         except httpx.HTTPError:
             return False
