@@ -63,18 +63,17 @@ from stratus.store import Store  # noqa: E402
 MODELS = {f"model-{i}": f"/nonexistent/model-{i}" for i in range(4)}  # listed, never loaded
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def timed(fn, n: int) -> dict:
     samples = []
     for _ in range(n):
         t = time.perf_counter_ns()
         fn()
         samples.append((time.perf_counter_ns() - t) / 1000)
-    return {"n": n, "p50_us": round(pct(samples, 0.5), 2), "p99_us": round(pct(samples, 0.99), 2)}
+    return {
+        "n": n,
+        "p50_us": round(common.pct(samples, 0.5), 2),
+        "p99_us": round(common.pct(samples, 0.99), 2),
+    }
 
 
 # -- (a) in process -------------------------------------------------------------------------------
@@ -199,7 +198,7 @@ def asgi_requests(n: int, tmp: Path) -> dict:
     asyncio.run(run())
     access.store.close()
     out = {
-        m: {"n": n, "p50_us": round(pct(v, 0.5), 1), "p99_us": round(pct(v, 0.99), 1)}
+        m: {"n": n, "p50_us": round(common.pct(v, 0.5), 1), "p99_us": round(common.pct(v, 0.99), 1)}
         for m, v in samples.items()
     }
     out["auth_adds_p50_us"] = round(out["auth"]["p50_us"] - out["no-auth"]["p50_us"], 1)
@@ -304,7 +303,8 @@ async def latency_round_robin(urls: dict, headers: dict, n: int) -> dict:
                 samples[mode].append((time.perf_counter() - t) * 1000)
                 assert r.status_code == 200, r.text
     return {
-        m: {"p50_ms": round(pct(s, 0.5), 3), "p99_ms": round(pct(s, 0.99), 3)} for m, s in samples.items()
+        m: {"p50_ms": round(common.pct(s, 0.5), 3), "p99_ms": round(common.pct(s, 0.99), 3)}
+        for m, s in samples.items()
     }
 
 

@@ -74,6 +74,12 @@ def write_report(report: dict, path: Path) -> Path:
     return path
 
 
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (q in [0, 1]) of `values`: the nearest rank at or above it."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 # -- memory bandwidth ----------------------------------------------------------------------------
 
 

@@ -65,11 +65,6 @@ TINY = dict(
 )
 
 
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
 async def one_decision(limiter) -> float:
     t = time.perf_counter()
     plan = plan_request(RULES, PRINCIPAL, MODEL, 100, 200, PRICES, prefix="{bench:lim}:")
@@ -93,8 +88,8 @@ async def decisions(limiter, n: int, in_flight: int = 64) -> dict:
     await asyncio.gather(*(bounded() for _ in range(n)))
     wall = time.perf_counter() - t
     return {
-        "sequential_p50_us": round(pct(lat, 0.5) * 1e6, 1),
-        "sequential_p99_us": round(pct(lat, 0.99) * 1e6, 1),
+        "sequential_p50_us": round(common.pct(lat, 0.5) * 1e6, 1),
+        "sequential_p99_us": round(common.pct(lat, 0.99) * 1e6, 1),
         "sequential_per_s": round(len(lat) / sum(lat)),
         "concurrent_per_s": round(n / wall),
         "in_flight": in_flight,
@@ -124,10 +119,10 @@ async def hook_costs(n: int, data_dir: str) -> dict:
         account.append(time.perf_counter() - t2)
         await hooks.record(ctx)  # step 8, as the gateway calls it: forgets the reservation
     return {
-        "admit_p50_ms": round(pct(admit, 0.5) * 1e3, 3),
-        "admit_p99_ms": round(pct(admit, 0.99) * 1e3, 3),
-        "account_p50_ms": round(pct(account, 0.5) * 1e3, 3),
-        "account_p99_ms": round(pct(account, 0.99) * 1e3, 3),
+        "admit_p50_ms": round(common.pct(admit, 0.5) * 1e3, 3),
+        "admit_p99_ms": round(common.pct(admit, 0.99) * 1e3, 3),
+        "account_p50_ms": round(common.pct(account, 0.5) * 1e3, 3),
+        "account_p99_ms": round(common.pct(account, 0.99) * 1e3, 3),
     }
 
 
@@ -164,8 +159,8 @@ def gateway(path: Path, n: int, concurrency: int, data_dir: str) -> dict:
         state.hooks = metered
     return {
         name: {
-            "p50_ms": round(pct(lat[name], 0.5) * 1e3, 2),
-            "p99_ms": round(pct(lat[name], 0.99) * 1e3, 2),
+            "p50_ms": round(common.pct(lat[name], 0.5) * 1e3, 2),
+            "p99_ms": round(common.pct(lat[name], 0.99) * 1e3, 2),
             "requests_per_s": max(rates[name]),
         }
         for name in ("on", "off")
