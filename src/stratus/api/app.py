@@ -64,11 +64,10 @@ def create_app(
     hooks: RequestHooks | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
-    paths = dict(settings.model_paths()) if not engines or settings.models else {}
-    if settings.ray_address:
-        paths = {}  # every model is served by Ray actors, placed once the app starts
-    if not settings.local_models:
-        paths = {}  # --no-local-models: every replica joins later (stratus worker)
+    # With --ray-address every model is served by Ray actors, placed once the app starts; with
+    # --no-local-models every replica joins later (stratus worker).
+    local = settings.local_models and not settings.ray_address
+    paths = dict(settings.model_paths()) if local and (not engines or settings.models) else {}
     registry = ModelRegistry(
         paths, engines, settings.engine, settings.engine_isolation, settings.routing_policies()
     )
