@@ -72,12 +72,10 @@ class Upstreams:
             for r in rows
         ]
 
-    def refresh(self, force: bool = False) -> UpstreamPool:
-        """Read now, on this thread (admin changes, which must show at once)."""
-        if force or time.monotonic() - self._loaded_at > self.ttl:
-            self.pool.set(self._read())
-            self._loaded_at = time.monotonic()
-        return self.pool
+    async def refresh(self) -> None:
+        """Read now (admin changes, which must show at once): in a thread, like every read."""
+        self.pool.set(await asyncio.to_thread(self._read))
+        self._loaded_at = time.monotonic()
 
     async def current(self) -> UpstreamPool:
         if time.monotonic() - self._loaded_at > self.ttl:

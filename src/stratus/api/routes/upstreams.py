@@ -124,7 +124,7 @@ async def add_upstream(
         row = await asyncio.to_thread(write)
     except Conflict as exc:
         raise APIError(409, str(exc), param="name") from None
-    upstreams.refresh(force=True)
+    await upstreams.refresh()
     request.state.ctx.model = body.model  # the audit record names the model it serves
     return JSONBody(_out(row), status_code=201, headers=NO_STORE)
 
@@ -147,5 +147,5 @@ async def remove_upstream(
 
     if not await asyncio.to_thread(delete):
         raise APIError(404, f"No upstream named '{name}'.", param="name")
-    upstreams.refresh(force=True)
+    await upstreams.refresh()
     return JSONBody({"name": name, "removed": True}, headers=NO_STORE)
