@@ -7,7 +7,6 @@ defaults (see stratus/config.py). Other commands (worker, keys, users, ...) join
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 import click
 
 import stratus
+from stratus.cluster.urls import is_loopback
 from stratus.config import ConfigError, Settings, load_settings, parse_model_spec
 
 ENGINE_HELP = {
@@ -268,15 +268,6 @@ def serve(models: tuple[str, ...], config_file: str | None, **flags: Any) -> Non
     sys.exit(run_server(settings))
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_models(settings: Settings) -> None:
     for name, path in settings.model_paths().items():
         if not (path / "config.json").is_file():
@@ -337,12 +328,12 @@ def build_server(settings: Settings):
     from stratus.api import create_app
     from stratus.security.tls import uvicorn_options
 
-    if not settings.auth and not _is_loopback(settings.host):
+    if not settings.auth and not is_loopback(settings.host):
         raise click.ClickException(
             f"refusing --no-auth on {settings.host}: without access control anyone who can reach the "
             "port can use every model; listen on 127.0.0.1, or drop --no-auth"
         )
-    if not settings.tls and not _is_loopback(settings.host) and not settings.allow_insecure_http:
+    if not settings.tls and not is_loopback(settings.host) and not settings.allow_insecure_http:
         raise click.ClickException(
             f"refusing plain HTTP on {settings.host}: give --tls-cert and --tls-key, listen on "
             "127.0.0.1, or pass --allow-insecure-http when a TLS proxy sits in front"
