@@ -2,13 +2,19 @@
 
 A full block is named by a hash chained over every token before it, so equal names mean equal
 prefixes. Blocks nobody references stay cached and are reused LRU-last, evicted LRU-first.
+
+Free blocks are handed out so that a sequence's blocks are consecutive whenever the pool allows:
+a sequence grows into the block right after its last one, and a new sequence starts in a free
+run long enough for the tokens it may reach (prompt + max_tokens). A consecutive context is one
+slice of the KV pool, which decode attention reads in place instead of gathering it first
+(model.py). Under pressure any free block will do; contiguity is a speed-up, never a condition.
 """
 
 from __future__ import annotations
 
 import hashlib
 from array import array
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 from .sequence import Sequence
 
@@ -19,6 +25,10 @@ def block_hash(parent: bytes, tokens: list[int]) -> bytes:
     return hashlib.blake2b(parent + array("q", tokens).tobytes(), digest_size=16).digest()
 
 
+# A new sequence looks for a free run of at most this many blocks (longer ones grow block by block).
+MAX_RUN_BLOCKS = 512
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         self.num_blocks = num_blocks
@@ -26,7 +36,10 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
         self.hashes: list[bytes | None] = [None] * num_blocks
-        self.free_ids: deque[int] = deque(range(num_blocks))  # unreferenced and uncached
+        # 1 where a block is unreferenced and uncached: bytes.find locates a free run in C.
+        self.free_map = bytearray(b"\x01") * num_blocks
+        self.num_free_uncached = num_blocks
+        self.cursor = 0  # where the next new run is looked for (next fit)
         self.evictable: OrderedDict[int, None] = OrderedDict()  # unreferenced but cached, LRU first
         self.cached: dict[bytes, int] = {}  # hash -> block id
         self.seq_hashes: dict[int, list[bytes]] = {}  # seq_id -> hashes of its full blocks
@@ -35,7 +48,7 @@ class BlockManager:
 
     @property
     def num_free(self) -> int:
-        return len(self.free_ids) + len(self.evictable)
+        return self.num_free_uncached + len(self.evictable)
 
     @property
     def num_used(self) -> int:
@@ -73,8 +86,13 @@ class BlockManager:
         needed = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
         if needed > self.num_free:
             return False
+        # Room for every token the sequence may reach, so the next sequence starts after it.
+        final_tokens = seq.num_prompt_tokens + seq.params.max_tokens
+        expected = min(MAX_RUN_BLOCKS, max(needed, self.blocks_needed(final_tokens) - len(seq.block_table)))
         for _ in range(needed):
-            seq.block_table.append(self._pop_free())
+            last = seq.block_table[-1] if seq.block_table else None
+            seq.block_table.append(self._pop_free(last, expected))
+            expected = max(1, expected - 1)
         return True
 
     def commit_full_blocks(self, seq: Sequence) -> None:
@@ -100,7 +118,7 @@ class BlockManager:
                 if self.hashes[block_id] is not None:
                     self.evictable[block_id] = None
                 else:
-                    self.free_ids.append(block_id)
+                    self._release(block_id)
         seq.block_table = []
         seq.num_computed_tokens = 0
         self.seq_hashes.pop(seq.seq_id, None)
@@ -110,9 +128,28 @@ class BlockManager:
             self.evictable.pop(block_id, None)
         self.ref_counts[block_id] += 1
 
-    def _pop_free(self) -> int:
-        if self.free_ids:
-            block_id = self.free_ids.popleft()
+    def _release(self, block_id: int) -> None:
+        self.free_map[block_id] = 1
+        self.num_free_uncached += 1
+
+    def _pop_free(self, last: int | None, run: int) -> int:
+        """A free block: the one after `last` if free, else the start of a free run of `run`
+        blocks, else any free block, else the least recently used cached one (evicted)."""
+        block_id = -1
+        if last is not None and last + 1 < self.num_blocks and self.free_map[last + 1]:
+            block_id = last + 1
+        elif self.num_free_uncached:
+            pattern = b"\x01" * run
+            block_id = self.free_map.find(pattern, self.cursor)
+            if block_id < 0:
+                block_id = self.free_map.find(pattern)
+            if block_id < 0:
+                block_id = self.free_map.find(b"\x01")
+            else:
+                self.cursor = block_id + run
+        if block_id >= 0:
+            self.free_map[block_id] = 0
+            self.num_free_uncached -= 1
         else:
             block_id, _ = self.evictable.popitem(last=False)
             del self.cached[self.hashes[block_id]]

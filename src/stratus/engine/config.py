@@ -147,6 +147,8 @@ class EngineConfig:
     max_model_len: int | None = None  # context window; default: the model's
     enable_prefix_caching: bool = True
     num_threads: int | None = None  # torch intra-op threads on CPU
+    # On a CPU with 2+ threads, run a step's batch as two halves on two threads (split_step.py).
+    split_steps: bool = True
     seed: int = 0  # for unseeded sampling
     # Pace the step loop so the whole engine generates at most this many output tokens per
     # second, shared by every running sequence: a replica of exactly that capacity (benchmarks

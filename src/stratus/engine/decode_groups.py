@@ -34,6 +34,17 @@ def block_table_tensor(
     return torch.tensor(rows, dtype=torch.long, device=device)
 
 
+def contiguous_start(table: list[int], num_blocks: int) -> int | None:
+    """The first block of `table[:num_blocks]` if those blocks are consecutive ids (then the
+    context is one slice of the pool, read in place), else None."""
+    first = table[0]
+    if table[num_blocks - 1] - first != num_blocks - 1:
+        return None
+    if num_blocks > 2 and table[:num_blocks] != list(range(first, first + num_blocks)):
+        return None
+    return first
+
+
 def plan_groups(lengths: list[int], overhead: int) -> list[tuple[int, int]]:
     """[start, stop) ranges over `lengths` (sorted longest first) that minimise the sum over
     groups of `overhead + rows * longest length` (exact, by dynamic programming; n <= a few
@@ -61,9 +72,10 @@ def make_decode_groups(
     overhead: int,
     dtype: torch.dtype,
     device: torch.device,
+    first_row: int = 0,
 ) -> list[DecodeGroup]:
-    """Groups for decode rows 0..n-1, whose context lengths are `lengths` (sorted longest first)
-    and whose blocks are `block_tables`; masks are built here, once per step for all layers."""
+    """Groups for decode rows first_row.., whose context lengths are `lengths` (sorted longest
+    first) and whose blocks are `block_tables`; masks are built here, once per step for all layers."""
     groups = []
     for start, stop in plan_groups(lengths, overhead):
         longest = lengths[start]
@@ -78,5 +90,5 @@ def make_decode_groups(
                 valid &= (ctx - 1) - key_pos < sliding_window
             mask = torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill_(~valid, float("-inf"))
             mask = mask[:, None, None, :]  # [rows, 1, 1, keys]: the same for every head and query
-        groups.append(DecodeGroup(start, stop - start, longest, blocks, mask))
+        groups.append(DecodeGroup(first_row + start, stop - start, longest, blocks, mask))
     return groups

@@ -7,7 +7,7 @@ Tokens of all scheduled sequences travel flattened as one [T] batch through the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,16 @@ class DecodeGroup:
 
 
 @dataclass
+class DecodeSlice:
+    """Decode row `row`, whose context is the pool slots [first_slot, first_slot + length): its
+    blocks are consecutive, so its keys are read in place, with no gather and no padding."""
+
+    row: int
+    first_slot: int
+    length: int
+
+
+@dataclass
 class AttentionBatch:
     """Where each token's K/V goes and what each query may attend to."""
 
@@ -50,6 +60,7 @@ class AttentionBatch:
     num_decodes: int  # rows [0, num_decodes) are single-token decodes
     decode_groups: list[DecodeGroup]
     prefills: list[PrefillSpan]
+    decode_slices: list[DecodeSlice] = field(default_factory=list)
 
 
 def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -155,6 +166,8 @@ class Attention(nn.Module):
         kv_cache.index_copy_(1, batch.slot_mapping, qkv[:, self.num_heads :].transpose(0, 1))
 
         out = torch.empty(tokens, self.num_heads, self.head_dim, dtype=x.dtype, device=x.device)
+        for piece in batch.decode_slices:
+            self._decode_in_place(q, kv_cache, piece, out)
         for group in batch.decode_groups:
             self._decode(q, kv_cache, group, batch.block_size, out)
         for span in batch.prefills:
@@ -176,6 +189,21 @@ class Attention(nn.Module):
             scale=self.scale,
         )
         out[rows] = result.view(n, self.num_heads, self.head_dim)
+
+    def _decode_in_place(self, q, kv_cache, piece: DecodeSlice, out: torch.Tensor) -> None:
+        """One row whose context is one slice of the pool: attention reads the keys where they lie."""
+        first, length = piece.first_slot, piece.length
+        if self.sliding_window is not None and length > self.sliding_window:
+            first, length = first + length - self.sliding_window, self.sliding_window
+        kv = kv_cache[:, first : first + length].unsqueeze(0)  # [1, 2KVH, L, D], a view
+        kvh = self.num_kv_heads
+        result = F.scaled_dot_product_attention(
+            q[piece.row].view(1, kvh, self.group, self.head_dim),
+            kv[:, :kvh],
+            kv[:, kvh:],
+            scale=self.scale,
+        )
+        out[piece.row] = result.view(self.num_heads, self.head_dim)
 
     def _prefill(self, q, kv_cache, span: PrefillSpan, block_size: int) -> torch.Tensor:
         context = span.first_position + span.length

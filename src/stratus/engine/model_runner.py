@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 
 from .config import EngineConfig, ModelConfig
-from .decode_groups import block_table_tensor, make_decode_groups, overhead_tokens
-from .model import AttentionBatch, LlamaModel, PrefillSpan
+from .decode_groups import block_table_tensor, contiguous_start, make_decode_groups, overhead_tokens
+from .model import AttentionBatch, DecodeSlice, LlamaModel, PrefillSpan
 from .packed_linear import pack_linears, packing_available
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
+from .split_step import SplitStep
 from .weights import load_weights
 
 
@@ -46,6 +47,10 @@ class ModelRunner:
             for _ in range(model_config.num_layers)
         ]
         self.group_overhead = overhead_tokens(model_config.num_kv_heads, model_config.head_dim, self.dtype)
+        threads = torch.get_num_threads()
+        self.split = None
+        if config.split_steps and self.device.type == "cpu" and threads >= 2:  # see split_step.py
+            self.split = SplitStep(model_config, threads, self.dtype)
 
     def _pool_blocks(self, model_config: ModelConfig, config: EngineConfig) -> int:
         if config.num_kv_blocks:
@@ -65,13 +70,29 @@ class ModelRunner:
         """[len(seqs), W] the blocks holding positions 0..length-1 of each sequence (padded with 0)."""
         return block_table_tensor([s.block_table for s in seqs], length, self.block_size, self.device)
 
-    @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor | None]:
         """Compute the batch; returns the sequences that reached their last token and their logits."""
-        # Decodes first, longest context first, so that decode groups are runs of rows.
-        decodes = sorted(
-            ((s, n) for s, n in batch.items if n == 1), key=lambda item: -item[0].num_computed_tokens
-        )
+        if self.split is not None:
+            return self.split.run(self._run, batch)
+        return self._run(batch)
+
+    @torch.inference_mode()  # per thread: the second half of a split step runs on its own
+    def _run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor | None]:
+        # Decodes first: those whose context is one slice of the pool (read in place), then the
+        # rest longest context first, so that decode groups are runs of rows.
+        in_place, gathered, slices = [], [], []
+        for seq, n in batch.items:
+            if n != 1:
+                continue
+            length = seq.num_computed_tokens + 1
+            first = contiguous_start(seq.block_table, -(-length // self.block_size))
+            if first is None:
+                gathered.append((seq, n))
+            else:
+                slices.append(DecodeSlice(len(in_place), first * self.block_size, length))
+                in_place.append((seq, n))
+        gathered.sort(key=lambda item: -item[0].num_computed_tokens)
+        decodes = in_place + gathered
         prefills = [(s, n) for s, n in batch.items if n > 1]
         input_ids: list[int] = []
         positions: list[int] = []
@@ -92,15 +113,16 @@ class ModelRunner:
         slot_mapping = (block_of * self.block_size + pos_t % self.block_size).to(self.device)
 
         groups = []
-        if decodes:
+        if gathered:
             groups = make_decode_groups(
-                [s.num_computed_tokens + 1 for s, _ in decodes],
-                [s.block_table for s, _ in decodes],
+                [s.num_computed_tokens + 1 for s, _ in gathered],
+                [s.block_table for s, _ in gathered],
                 self.block_size,
                 self.model.config.sliding_window,
                 self.group_overhead,
                 self.dtype,
                 self.device,
+                first_row=len(in_place),
             )
         spans = []
         row = len(decodes)
@@ -108,7 +130,7 @@ class ModelRunner:
             total = seq.num_computed_tokens + n
             spans.append(PrefillSpan(row, n, seq.num_computed_tokens, self.block_tables([seq], total)[0]))
             row += n
-        attn = AttentionBatch(slot_mapping, self.block_size, len(decodes), groups, spans)
+        attn = AttentionBatch(slot_mapping, self.block_size, len(decodes), groups, spans, slices)
         hidden = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=self.device),
             pos_t.to(self.device),

@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 
-from stratus.engine.decode_groups import make_decode_groups, plan_groups
-from stratus.engine.model import Attention
+from stratus.engine.decode_groups import contiguous_start, make_decode_groups, plan_groups
+from stratus.engine.model import Attention, DecodeSlice
 from stratus.engine.model_runner import ModelRunner
 
 pytestmark = pytest.mark.timeout(120)
@@ -101,3 +101,41 @@ def test_grouped_attention_matches_one_padded_group(llama_dir):
     v = cache[attn.num_kv_heads :, slots].repeat_interleave(attn.group, 0)
     probs = torch.softmax((k @ q[row].unsqueeze(-1)).squeeze(-1) * attn.scale, dim=-1)
     assert (one[row] - (probs.unsqueeze(-1) * v).sum(1)).abs().max() < 1e-5
+
+
+def test_contiguous_start_accepts_only_consecutive_blocks():
+    assert contiguous_start([7], 1) == 7
+    assert contiguous_start([5, 6, 7, 8], 4) == 5
+    assert contiguous_start([5, 6, 9], 2) == 5  # only the blocks the context covers count
+    assert contiguous_start([5, 6, 9], 3) is None
+    assert contiguous_start([5, 7, 6, 8], 4) is None  # same ends, wrong order
+    assert contiguous_start([6, 5], 2) is None
+
+
+@pytest.mark.parametrize("window", [None, 40])
+def test_in_place_attention_matches_gathered_groups(llama_dir, window):
+    """A row whose blocks are consecutive is read in place (a slice of the pool): the same
+    output as gathering its blocks, with and without a sliding window."""
+    from stratus.engine.config import EngineConfig, ModelConfig
+
+    config = ModelConfig.from_dir(llama_dir)
+    runner = ModelRunner(llama_dir, config, EngineConfig(num_kv_blocks=64), max_model_len=256)
+    attn: Attention = runner.model.layers[0].self_attn
+    attn.sliding_window = window
+    torch.manual_seed(1)
+    cache = torch.randn_like(runner.kv_caches[0])
+    lengths = [150, 90, 33, 16, 1]
+    tables, next_block = [], 2
+    for n in lengths:
+        width = -(-n // runner.block_size)
+        tables.append(list(range(next_block, next_block + width)))
+        next_block += width + 1
+    q = torch.randn(len(lengths), attn.num_heads, attn.head_dim)
+    gathered = torch.empty_like(q)
+    for g in make_decode_groups(lengths, tables, runner.block_size, window, 0, torch.float32, cache.device):
+        attn._decode(q, cache, g, runner.block_size, gathered)
+    in_place = torch.empty_like(q)
+    for row, (n, table) in enumerate(zip(lengths, tables)):
+        first = contiguous_start(table, len(table))
+        attn._decode_in_place(q, cache, DecodeSlice(row, first * runner.block_size, n), in_place)
+    assert (gathered - in_place).abs().max() < 1e-5

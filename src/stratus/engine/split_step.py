@@ -1,0 +1,85 @@
+"""Run a CPU step's batch as two halves on two threads instead of one batch on all threads.
+
+On a CPU, one batch over all cores splits every op across OpenMP threads: a large matmul scales,
+but a step also holds a thousand small ops (per-row decode attention, norms, rope), each a
+fork and a join whose cost grows when a thread has to be woken (passive waiting, which
+`stratus serve` uses so that it never spins on a shared machine) or when another process holds
+a core. Two halves, each computed start to finish by its own thread with a single intra-op
+thread, need no fork or join at all; the torch ops release the GIL, so both run at once.
+Measured on the 100m benchmark model, 2 cores, 64 requests (docs/BENCHMARKS.md): with passive
+waiting 122 tok/s as one batch, 161-175 as two halves; the outputs are identical.
+
+The halves are balanced by estimated cost: every token pays the linear layers, every key it
+attends to pays a read of the KV cache. Each sequence lives entirely in one half, and a
+sequence's KV slots belong to it alone, so the halves never write the same memory.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from .config import ModelConfig
+from .scheduler import ScheduledBatch
+
+# Below this many sequences one batch is cheaper than the hand-off to the second thread.
+MIN_SEQUENCES = 4
+# Relative rates of the two kinds of work on a CPU core: float32 matmul FLOP/s and KV-cache
+# bytes/s read by decode attention (rough figures; only their ratio matters here).
+MATMUL_FLOPS = 60e9
+KV_BYTES_PER_S = 10e9
+
+
+class SplitStep:
+    def __init__(self, model: ModelConfig, threads: int, dtype: torch.dtype):
+        self.threads = threads
+        self.half_threads = max(1, threads // 2)
+        self.pool = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="stratus-half-step",
+            initializer=torch.set_num_threads,
+            initargs=(self.half_threads,),
+        )
+        # Seconds per new token (all linear layers) and per key read (all layers' K and V).
+        self.token_cost = 2 * model.num_parameters() / MATMUL_FLOPS
+        key_bytes = 2 * model.num_layers * model.num_kv_heads * model.head_dim * torch.finfo(dtype).bits // 8
+        self.key_cost = key_bytes / KV_BYTES_PER_S
+
+    def halves(self, batch: ScheduledBatch) -> tuple[ScheduledBatch, ScheduledBatch] | None:
+        """Two batches of about equal cost, or None when the batch is too small to split."""
+        if len(batch.items) < MIN_SEQUENCES:
+            return None
+
+        def cost(item) -> float:
+            seq, n = item
+            return n * self.token_cost + n * (seq.num_computed_tokens + n) * self.key_cost
+
+        first, second, load = [], [], [0.0, 0.0]
+        for item in sorted(batch.items, key=cost, reverse=True):  # largest first: a tight balance
+            side = 0 if load[0] <= load[1] else 1
+            (first, second)[side].append(item)
+            load[side] += cost(item)
+        return ScheduledBatch(first), ScheduledBatch(second)
+
+    def run(self, run_one, batch: ScheduledBatch):
+        """`run_one(batch) -> (finishing, logits)` on the whole batch, computed as two halves when
+        it is large enough; results in `batch.items` order, as `run_one` gives them."""
+        halves = self.halves(batch)
+        if halves is None:
+            torch.set_num_threads(self.threads)
+            return run_one(batch)
+        torch.set_num_threads(self.half_threads)
+        other = self.pool.submit(run_one, halves[1])
+        try:
+            mine = run_one(halves[0])
+        finally:
+            theirs = other.result()  # never leave the other half running on the shared KV pool
+        done = [mine, theirs]
+        rows = {}
+        for finishing, logits in done:
+            for i, seq in enumerate(finishing):
+                rows[seq.seq_id] = logits[i]
+        finishing = [seq for seq, _ in batch.items if seq.seq_id in rows]
+        logits = torch.stack([rows[seq.seq_id] for seq in finishing]) if finishing else None
+        return finishing, logits
