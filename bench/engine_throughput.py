@@ -582,10 +582,8 @@ def bench_model(name: str, args, bandwidth: dict, stamp: str) -> dict:
             "single_stream": single,
             "profile": args.profile,
         }
-        # As `stratus serve` runs its engine process (engine/process.py): passive OpenMP waits.
-        stratus_env = {"OMP_WAIT_POLICY": "PASSIVE", **env}
         out["stratus"] = run_worker(
-            "stratus", spec, sys.executable, stratus_env, logs / f"{stamp}-{tag}-stratus.log", 3600
+            "stratus", spec, sys.executable, env, logs / f"{stamp}-{tag}-stratus.log", 3600
         )
         if args.profile:
             print_profile(out["stratus"])

@@ -38,10 +38,6 @@ def _child_main(path: str, config: EngineConfig, commands, results) -> None:
 class ProcessTransport:
     def __init__(self, path: Path, config: EngineConfig, on_result):
         ctx = mp.get_context("spawn")  # fork would copy the parent's threads and event loop
-        # The gateway shares the cores with this process. Spinning OpenMP workers then stall each
-        # other's barriers (a 16x768x3072 matmul measured 4-7x slower with two spinning threads
-        # under load); passive waiting hands the core back instead. Read once, at libgomp start-up.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self._commands = ctx.Queue()
         self._results = ctx.Queue()
         self._on_result = on_result

@@ -2,12 +2,13 @@
 
 On a CPU, one batch over all cores splits every op across OpenMP threads: a large matmul scales,
 but a step also holds a thousand small ops (per-row decode attention, norms, rope), each a
-fork and a join whose cost grows when a thread has to be woken (passive waiting, which
-`stratus serve` uses so that it never spins on a shared machine) or when another process holds
-a core. Two halves, each computed start to finish by its own thread with a single intra-op
+fork and a join whose cost grows when a thread has to be woken (OMP_WAIT_POLICY=PASSIVE) and
+explodes when another process holds a core (a spinning thread waits for one that is not
+running). Two halves, each computed start to finish by its own thread with a single intra-op
 thread, need no fork or join at all; the torch ops release the GIL, so both run at once.
 Measured on the 100m benchmark model, 2 cores, 64 requests (docs/BENCHMARKS.md): with passive
-waiting 122 tok/s as one batch, 161-175 as two halves; the outputs are identical.
+waiting 122 tok/s as one batch, 161-175 as two halves; with libgomp's default waiting 155-161
+as one batch, 203-220 as two halves (with the other changes of that commit); identical outputs.
 
 The halves are balanced by estimated cost: every token pays the linear layers, every key it
 attends to pays a read of the KV cache. Each sequence lives entirely in one half, and a
