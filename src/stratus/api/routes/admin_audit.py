@@ -69,7 +69,8 @@ async def audit_records(
     since: float | None = Query(None, description="Unix seconds"),
     until: float | None = Query(None, description="Unix seconds"),
     limit: int = Query(100, ge=1, le=1000),
-    before_id: int | None = None,
+    # Record ids are 64-bit integers in the store; a larger number is a 400, not a driver error.
+    before_id: int | None = Query(None, ge=1, le=2**63 - 1),
 ) -> JSONBody:
     log = _hooks(request).audit.log
     records = await asyncio.to_thread(
