@@ -59,7 +59,8 @@ def gptq_int4(
             column = start + i
             if column % group_size == 0:  # the group's range, from the weights as updated so far
                 g = column // group_size
-                group = torch.cat((block[:, i:], w[:, stop:]), dim=1)[:, :group_size]
+                # only the group's own columns: those left in this block, then those after it
+                group = torch.cat((block[:, i : i + group_size], w[:, stop : column + group_size]), dim=1)
                 lo, hi = int4_ranges(group, None if clip is None else clip[:, g])
                 scales[:, g], zeros[:, g] = int4_scales_zeros(lo, hi)
                 scale, zero = scales[:, g].float(), zeros[:, g].float()
