@@ -21,7 +21,6 @@ bench/results/int4_rounding_noise-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,9 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+import common  # noqa: E402  (bench/common.py)
 
 from stratus.compress.awq import apply_awq  # noqa: E402
 from stratus.compress.calibration import calibration_sequences, capture_inputs  # noqa: E402
@@ -171,9 +173,9 @@ def main() -> None:
         f"{r['nll_increase_mean']:.2e} ± {r['nll_increase_sd']:.1e} (sd; range {r['nll_increase_min']:.1e} to "
         f"{r['nll_increase_max']:.1e}), KL {r['kl_mean']:.2e} ± {r['kl_sd']:.0e}"
     )
-    out = REPO / "bench" / "results" / f"int4_rounding_noise-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written: {out}")
+    common.write_report(
+        results, common.RESULTS_DIR / f"int4_rounding_noise-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -207,7 +206,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     result = asyncio.run(main(args))
     report(result)
-    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = Path(common.RESULTS_DIR) / f"ray-replica-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"results: {out}")
+    common.write_report(result, common.RESULTS_DIR / f"ray-replica-{time.strftime('%Y%m%d-%H%M%S')}.json")
