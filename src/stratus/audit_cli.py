@@ -20,7 +20,7 @@ import click
 import orjson
 
 from stratus.admin_cli import parse_duration
-from stratus.store_cli import store_options
+from stratus.store_cli import open_store, store_options
 
 
 def _store_options(func):
@@ -37,16 +37,12 @@ def _open(data_dir: str, database_url: str | None, checkpoints: str | None):
     from stratus.security.audit import AuditLog
     from stratus.security.audit_key import AuditKeyError, load_audit_key
     from stratus.security.audit_verify import CHECKPOINT_FILE
-    from stratus.store import Store, StoreUnavailable
-    from stratus.store import database_url as url_of
 
     try:
         key = load_audit_key(data_dir)
-        store = Store.open(url_of(data_dir, database_url))
     except AuditKeyError as exc:
         raise click.ClickException(str(exc)) from None
-    except StoreUnavailable as exc:
-        raise click.ClickException(f"cannot open the database: {exc}") from None
+    store = open_store(data_dir, database_url)
     return AuditLog(store, key), Path(checkpoints or Path(data_dir) / CHECKPOINT_FILE)
 
 
