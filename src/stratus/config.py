@@ -353,7 +353,7 @@ def _check_jwt(s: Settings) -> None:
 
 
 def _check_ray(s: Settings) -> None:
-    from stratus.cluster.ray_cluster import build_specs
+    from stratus.cluster.ray_config import build_specs  # plain parsing, no Ray import
 
     if not s.ray_address:
         raise ConfigError("replicas, replica_resources, min_replicas and max_replicas need ray_address")

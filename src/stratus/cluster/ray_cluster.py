@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stratus.cluster")
 
-# MAX_REPLICAS, RayModelSpec and build_specs live in ray_config; config.py imports them from here
-__all__ = ["MAX_REPLICAS", "RayCluster", "RayModelSpec", "ScaleError", "build_specs"]
-
 
 class ScaleError(ValueError):
     """A scale request this cluster refuses (unknown model, count out of range); changes nothing."""

@@ -35,12 +35,12 @@ MAX_ATTEMPTS = 3
 
 def check_base_url(url: str) -> str:
     """An admin-given base URL: http(s), a host, no credentials, query or fragment. Raises ValueError."""
-    try:
-        return check_http_url(url, "base_url", example=", e.g. http://10.0.0.7:8000/v1")
-    except ValueError as exc:
-        if "credentials" in str(exc):
-            raise ValueError(f"{exc}; pass the key as api_key (it is stored encrypted)") from None
-        raise
+    return check_http_url(
+        url,
+        "base_url",
+        example=", e.g. http://10.0.0.7:8000/v1",
+        credentials_fix="; pass the key as api_key (it is stored encrypted)",
+    )
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,12 @@ class UpstreamPool:
         if router is None:
             raise UpstreamFailed(f"no upstream serves the model '{model}'")
         tried: set[str] = set()
-        blocked = {name for name in router.snapshot() if self.breakers[name].state == "open"}
-        why = "none reachable" if len(blocked) < len(router.snapshot()) else "every upstream is failing"
+        blocked = {
+            name
+            for name, u in self.upstreams.items()
+            if u.model == model and self.breakers[name].state == "open"
+        }
+        why = "none reachable" if len(blocked) < len(router) else "every upstream is failing"
         attempts = 0
         while attempts < MAX_ATTEMPTS:
             try:

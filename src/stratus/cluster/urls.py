@@ -22,9 +22,12 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def check_http_url(url: str, what: str, *, plain_remote: bool = True, example: str = "") -> str:
+def check_http_url(
+    url: str, what: str, *, plain_remote: bool = True, example: str = "", credentials_fix: str = ""
+) -> str:
     """`url` stripped of spaces and a trailing slash, or ValueError naming `what` and the fix.
-    `plain_remote=False`: http:// only to a loopback host (a bearer secret would cross in clear)."""
+    `plain_remote=False`: http:// only to a loopback host (a bearer secret would cross in clear).
+    `example` and `credentials_fix` end the messages for a host-less URL and one with credentials."""
     if not isinstance(url, str) or len(url) > 2048:
         raise ValueError(f"{what} must be a URL of at most 2048 characters")
     url = url.strip()
@@ -36,7 +39,7 @@ def check_http_url(url: str, what: str, *, plain_remote: bool = True, example: s
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an http:// or https:// URL with a host{example}")
     if parts.username or parts.password:
-        raise ValueError(f"{what} must not hold credentials")
+        raise ValueError(f"{what} must not hold credentials{credentials_fix}")
     if parts.query or parts.fragment:
         raise ValueError(f"{what} must not have a query or a fragment")
     if parts.scheme == "http" and not plain_remote and not is_loopback(parts.hostname):
