@@ -176,19 +176,9 @@ class Attention(nn.Module):
         return self.o_proj(out.view(tokens, self.q_size))
 
     def _decode(self, q, kv_cache, group: DecodeGroup, block_size: int, out: torch.Tensor) -> None:
-        """One query per row against its own context. The `group` query heads that share a KV
-        head go in as that head's queries, so each key is read once, not once per query head."""
-        n, kvh = group.count, self.num_kv_heads
-        rows = slice(group.start, group.start + n)
+        rows = slice(group.start, group.start + group.count)
         kv = gather_blocks(kv_cache, group.blocks, block_size)[:, :, : group.length].transpose(0, 1)
-        result = F.scaled_dot_product_attention(
-            q[rows].view(n, kvh, self.group, self.head_dim),
-            kv[:, :kvh],  # [n, KVH, L, D]
-            kv[:, kvh:],
-            attn_mask=group.mask,
-            scale=self.scale,
-        )
-        out[rows] = result.view(n, self.num_heads, self.head_dim)
+        out[rows] = self._attend_one_query(q[rows], kv, group.mask)
 
     def _decode_in_place(self, q, kv_cache, piece: DecodeSlice, out: torch.Tensor) -> None:
         """One row whose context is one slice of the pool: attention reads the keys where they lie."""
@@ -196,14 +186,21 @@ class Attention(nn.Module):
         if self.sliding_window is not None and length > self.sliding_window:
             first, length = first + length - self.sliding_window, self.sliding_window
         kv = kv_cache[:, first : first + length].unsqueeze(0)  # [1, 2KVH, L, D], a view
-        kvh = self.num_kv_heads
+        out[piece.row] = self._attend_one_query(q[piece.row : piece.row + 1], kv, None)[0]
+
+    def _attend_one_query(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q [n, H, D], one query per row, against kv [n, 2KVH, L, D]: [n, H, D]. The `group`
+        query heads that share a KV head go in as that head's queries, so each key is read once,
+        not once per query head."""
+        n, kvh = q.shape[0], self.num_kv_heads
         result = F.scaled_dot_product_attention(
-            q[piece.row].view(1, kvh, self.group, self.head_dim),
+            q.view(n, kvh, self.group, self.head_dim),
             kv[:, :kvh],
             kv[:, kvh:],
+            attn_mask=mask,
             scale=self.scale,
         )
-        out[piece.row] = result.view(self.num_heads, self.head_dim)
+        return result.view(n, self.num_heads, self.head_dim)
 
     def _prefill(self, q, kv_cache, span: PrefillSpan, block_size: int) -> torch.Tensor:
         context = span.first_position + span.length

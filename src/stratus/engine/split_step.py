@@ -56,12 +56,12 @@ class SplitStep:
             seq, n = item
             return n * self.token_cost + n * (seq.num_computed_tokens + n) * self.key_cost
 
-        first, second, load = [], [], [0.0, 0.0]
-        for item in sorted(batch.items, key=cost, reverse=True):  # largest first: a tight balance
-            side = 0 if load[0] <= load[1] else 1
-            (first, second)[side].append(item)
-            load[side] += cost(item)
-        return ScheduledBatch(first), ScheduledBatch(second)
+        halves, load = ([], []), [0.0, 0.0]
+        for item_cost, item in sorted(((cost(i), i) for i in batch.items), key=lambda c: -c[0]):
+            side = 0 if load[0] <= load[1] else 1  # largest first onto the lighter side: a tight balance
+            halves[side].append(item)
+            load[side] += item_cost
+        return ScheduledBatch(halves[0]), ScheduledBatch(halves[1])
 
     def run(self, run_one, batch: ScheduledBatch):
         """`run_one(batch) -> (finishing, logits)` on the whole batch, computed as two halves when
@@ -76,11 +76,10 @@ class SplitStep:
             mine = run_one(halves[0])
         finally:
             theirs = other.result()  # never leave the other half running on the shared KV pool
-        done = [mine, theirs]
-        rows = {}
-        for finishing, logits in done:
-            for i, seq in enumerate(finishing):
-                rows[seq.seq_id] = logits[i]
-        finishing = [seq for seq, _ in batch.items if seq.seq_id in rows]
-        logits = torch.stack([rows[seq.seq_id] for seq in finishing]) if finishing else None
+        logits_of = {}
+        for finishing, logits in (mine, theirs):
+            if finishing:
+                logits_of.update(zip((seq.seq_id for seq in finishing), logits))
+        finishing = [seq for seq, _ in batch.items if seq.seq_id in logits_of]
+        logits = torch.stack([logits_of[seq.seq_id] for seq in finishing]) if finishing else None
         return finishing, logits
