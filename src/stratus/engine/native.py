@@ -1,0 +1,143 @@
+"""The engine's C kernels (engine/kernels/*.c): compiled once per machine with the system C
+compiler, cached, and loaded with ctypes.
+
+ctypes keeps the build light (no PyTorch headers, about a second with gcc) and releases the GIL
+for each call, which the split step's two threads rely on. When there is no compiler, or the
+build fails, `decode_attention_kernel()` returns None and the engine keeps its PyTorch path
+(logged once). STRATUS_NATIVE_KERNELS=0 turns the kernels off; STRATUS_KERNEL_CACHE moves the
+cache (default: $XDG_CACHE_HOME/stratus/kernels, else ~/.cache/stratus/kernels).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCES = Path(__file__).parent / "kernels"
+# -ffast-math only when compiling: it lets gcc vectorise the reductions and use libm's vector
+# expf. It must stay off the link line, where gcc would add crtfastmath.o, whose constructor
+# flushes denormals to zero for the whole process (torch included).
+COMPILE_FLAGS = ["-O3", "-ffast-math", "-fPIC", "-std=gnu11"]
+NATIVE_FLAGS = ["-march=native"]  # the cache key includes the CPU's flags (see _cpu_signature)
+
+
+def enabled() -> bool:
+    return os.environ.get("STRATUS_NATIVE_KERNELS", "1") != "0"
+
+
+def cache_dir() -> Path:
+    if os.environ.get("STRATUS_KERNEL_CACHE"):
+        return Path(os.environ["STRATUS_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "stratus" / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: a binary built for one CPU may not run on another that
+    shares the cache directory (a home on NFS)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+def build(name: str) -> Path:
+    """Compile kernels/<name>.c into the cache (if not there yet) and return the shared library.
+    Raises OSError or subprocess.CalledProcessError when it cannot."""
+    compiler = _compiler()
+    if compiler is None:
+        raise OSError("no C compiler found (set CC, or install gcc)")
+    source = SOURCES / f"{name}.c"
+    key = hashlib.sha256()
+    for part in (
+        source.read_bytes(),
+        compiler.encode(),
+        str(COMPILE_FLAGS + NATIVE_FLAGS).encode(),
+        _cpu_signature().encode(),
+    ):
+        key.update(part)
+    target = cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a private directory, then rename: concurrent processes never load a half-written file.
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        obj, lib = Path(tmp) / f"{name}.o", Path(tmp) / f"{name}.so"
+        for flags in (COMPILE_FLAGS + NATIVE_FLAGS, COMPILE_FLAGS):  # some compilers lack -march=native
+            compiled = subprocess.run(
+                [compiler, *flags, "-c", str(source), "-o", str(obj)], capture_output=True, text=True
+            )
+            if compiled.returncode == 0:
+                break
+        compiled.check_returncode()
+        subprocess.run(
+            [compiler, "-shared", str(obj), "-o", str(lib), "-lm"], check=True, capture_output=True, text=True
+        )
+        os.replace(lib, target)
+    return target
+
+
+@functools.cache
+def decode_attention_kernel():
+    """The C function `stratus_decode_attention` (see kernels/decode_attention.c), or None."""
+    if not enabled():
+        return None
+    try:
+        lib = ctypes.CDLL(str(build("decode_attention")))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log.warning("native decode attention unavailable, using PyTorch's: %s", detail)
+        return None
+    fn = lib.stratus_decode_attention
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ctypes.c_float, i64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def decode_attention(
+    q, kv_cache, out, tables, lengths, block_size: int, num_kv_heads: int, scale: float, window: int | None
+) -> None:
+    """out[r] = attention of q[r] over its paged context, for r < len(lengths); float32 CPU
+    tensors. q [T, H, D] may be a view of the qkv projection (rows strided, heads contiguous);
+    kv_cache [2 * KVH, slots, D], out [T, H, D] and the int32 tables and lengths contiguous."""
+    heads, dim = q.shape[1], q.shape[2]
+    if q.stride(2) != 1 or q.stride(1) != dim or not (kv_cache.is_contiguous() and out.is_contiguous()):
+        raise ValueError("decode_attention: q heads, kv_cache and out must be contiguous")
+    status = decode_attention_kernel()(
+        q.data_ptr(),
+        q.stride(0),
+        kv_cache.data_ptr(),
+        kv_cache.shape[1],
+        out.data_ptr(),
+        out.stride(0),
+        tables.data_ptr(),
+        tables.shape[1],
+        lengths.data_ptr(),
+        lengths.shape[0],
+        block_size,
+        heads,
+        num_kv_heads,
+        dim,
+        scale,
+        window or 0,
+    )
+    if status != 0:
+        raise MemoryError("decode_attention: no memory for its scratch buffer")

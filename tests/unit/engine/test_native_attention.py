@@ -1,0 +1,132 @@
+"""The C decode-attention kernel (engine/kernels/decode_attention.c) against attention written
+out in PyTorch, and the engine's fallback when the kernel cannot be built."""
+
+import random
+
+import pytest
+import torch
+from test_batching import make_prompts, run_all  # same directory (pytest puts it on sys.path)
+
+from stratus.engine import EngineConfig, LLMEngine, native
+from stratus.engine.model_runner import ModelRunner
+
+pytestmark = pytest.mark.skipif(
+    native.decode_attention_kernel() is None, reason="no C compiler here: the kernel cannot be built"
+)
+
+
+def reference(q, kv, tables, lengths, block_size, num_kv_heads, window):
+    """Attention of each row's query over its context, gathered token by token."""
+    group = q.shape[1] // num_kv_heads
+    out = torch.empty(len(lengths), *q.shape[1:])
+    for row, (table, length) in enumerate(zip(tables, lengths)):
+        first = max(0, length - window) if window else 0
+        slots = torch.tensor(
+            [table[p // block_size] * block_size + p % block_size for p in range(first, length)]
+        )
+        keys = kv[:num_kv_heads, slots].repeat_interleave(group, 0).double()  # [H, L, D]
+        values = kv[num_kv_heads:, slots].repeat_interleave(group, 0).double()
+        scores = (keys @ q[row].double().unsqueeze(-1)).squeeze(-1) * q.shape[-1] ** -0.5
+        out[row] = (torch.softmax(scores, -1).unsqueeze(-1) * values).sum(1).float()
+    return out
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,head_dim",
+    [
+        (12, 4, 64),
+        (8, 8, 128),
+        (8, 1, 80),
+    ],  # GQA, multi-head, multi-query with a size the kernel does not specialise
+)
+@pytest.mark.parametrize("window", [None, 40])
+def test_kernel_matches_attention_written_out(heads, kv_heads, head_dim, window):
+    block_size, num_blocks = 16, 96
+    gen = torch.Generator().manual_seed(heads + head_dim)
+    kv = torch.randn(2 * kv_heads, num_blocks * block_size, head_dim, generator=gen)
+    lengths = [1, 15, 16, 17, 150, 333]
+    # Scattered blocks in no order, as a pool looks after preemptions and prefix-cache hits.
+    blocks = list(range(num_blocks))
+    random.Random(heads).shuffle(blocks)
+    tables, width = [], -(-max(lengths) // block_size)
+    for length in lengths:
+        need = -(-length // block_size)
+        tables.append(blocks[:need] + [0] * (width - need))
+        blocks = blocks[need:]
+    # q is a view into a fused qkv projection, as in the model: rows are strided.
+    qkv = torch.randn(len(lengths) + 2, heads + 2 * kv_heads, head_dim, generator=gen)
+    q = qkv[:, :heads]
+    out = torch.full((len(lengths) + 2, heads, head_dim), 7.0)
+    native.decode_attention(
+        q,
+        kv,
+        out,
+        torch.tensor(tables, dtype=torch.int32),
+        torch.tensor(lengths, dtype=torch.int32),
+        block_size,
+        kv_heads,
+        head_dim**-0.5,
+        window,
+    )
+    expected = reference(q, kv, tables, lengths, block_size, kv_heads, window)
+    assert (out[: len(lengths)] - expected).abs().max() < 2e-5
+    assert (out[len(lengths) :] == 7.0).all()  # rows past the decodes are left alone
+
+
+def test_kernel_rejects_a_layout_it_cannot_read():
+    kv = torch.zeros(2, 32, 64)
+    q = torch.zeros(1, 2, 64).transpose(0, 1)  # heads not contiguous
+    with pytest.raises(ValueError, match="contiguous"):
+        native.decode_attention(
+            q,
+            kv,
+            torch.empty(2, 1, 64),
+            torch.zeros(1, 1, dtype=torch.int32),
+            torch.ones(1, dtype=torch.int32),
+            16,
+            1,
+            0.125,
+            None,
+        )
+
+
+def test_loading_the_kernel_leaves_floating_point_modes_alone():
+    """-ffast-math on gcc's link line would add crtfastmath.o, which flushes denormals to zero
+    for the whole process when the library loads; native.py compiles with it and links without."""
+    native.decode_attention_kernel()
+    tiny = torch.tensor([1e-38]) * torch.tensor([1e-3])
+    assert tiny.item() != 0.0
+
+
+def test_engine_outputs_are_the_same_with_and_without_the_kernel(llama_dir):
+    """Greedy outputs of a batch (with preemption: scattered block tables) match token for
+    token between the kernel and the PyTorch decode path."""
+    prompts = make_prompts(8, 20)
+
+    def outputs(kernel: bool):
+        engine = LLMEngine(
+            llama_dir,
+            EngineConfig(
+                num_kv_blocks=24, max_model_len=128, max_num_batched_tokens=64, native_kernels=kernel
+            ),
+        )
+        assert engine.runner.native_decode is kernel
+        return run_all(engine, prompts, 48), engine.stats().preemptions
+
+    (with_kernel, preempted), (without, _) = outputs(True), outputs(False)
+    assert preempted > 0
+    assert with_kernel == without
+
+
+def test_without_a_compiler_the_engine_uses_pytorch(llama_dir, tmp_path, monkeypatch):
+    from stratus.engine.config import ModelConfig
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("STRATUS_KERNEL_CACHE", str(tmp_path / "cache"))  # nothing built there yet
+    native.decode_attention_kernel.cache_clear()
+    try:
+        assert native.decode_attention_kernel() is None
+        runner = ModelRunner(llama_dir, ModelConfig.from_dir(llama_dir), EngineConfig(num_kv_blocks=16), 128)
+        assert runner.native_decode is False
+    finally:
+        native.decode_attention_kernel.cache_clear()  # later tests build (or find) the real one
