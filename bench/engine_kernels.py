@@ -6,7 +6,9 @@
 (a) linear layers of the ~100M model (hidden 768, SwiGLU 2048, vocab 16384): `F.linear` (MKL)
     against a weight pre-packed for oneDNN (engine/packed_linear.py), at 1-256 rows;
 (b) decode attention over 48 ragged contexts (16-1000 tokens) against the paged pool: one group
-    padded to the longest context against the groups `plan_groups` picks (engine/decode_groups.py).
+    padded to the longest context against the groups `plan_groups` picks (engine/decode_groups.py),
+    and against the C kernel (engine/kernels/decode_attention.c) on the same scattered blocks;
+    then the same contexts in consecutive blocks: per-row SDPA in place against the C kernel.
 
 Times are CPU time of the calling thread (one torch thread), best of many alternated repeats:
 on a shared machine that is steadier than wall time (other processes do not count).
@@ -21,9 +23,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from stratus.engine import native
 from stratus.engine.config import ModelConfig
-from stratus.engine.decode_groups import make_decode_groups, overhead_tokens
-from stratus.engine.model import Attention
+from stratus.engine.decode_groups import contiguous_start, make_decode_groups, overhead_tokens
+from stratus.engine.model import Attention, DecodeSlice
 from stratus.engine.packed_linear import PackedLinear
 
 
@@ -97,13 +100,50 @@ def decode_attention(repeats: int) -> None:
     def attend(groups):
         return lambda: [attn._decode(q, cache, g, block_size, out) for g in groups]
 
+    def kernel(tables):
+        table_t = torch.tensor([t + [0] * (len(tables[0]) - len(t)) for t in tables], dtype=torch.int32)
+        lengths_t = torch.tensor(lengths, dtype=torch.int32)
+        return lambda: native.decode_attention(
+            q, cache, out, table_t, lengths_t, block_size, config.num_kv_heads, attn.scale, None
+        )
+
+    fns = {"one": attend(one), "planned": attend(planned), "singles": attend(singles)}
+    have_kernel = native.decode_attention_kernel() is not None
+    if have_kernel:
+        fns["kernel"] = kernel(tables)
     with torch.inference_mode():
-        t = best_of({"one": attend(one), "planned": attend(planned), "singles": attend(singles)}, repeats)
+        t = best_of(fns, repeats)
     padded = len(lengths) * lengths[0] / sum(lengths)
     print(f"(b) decode attention, 48 rows, padded/real keys with one group {padded:.2f}x; ms per layer:")
     print(
         f"  one padded group {1e3 * t['one']:.2f} | planned ({len(planned)} groups, overhead {overhead} tokens) "
         f"{1e3 * t['planned']:.2f} | one group per row {1e3 * t['singles']:.2f}; one / planned = {t['one'] / t['planned']:.2f}x"
+    )
+    if not have_kernel:
+        print("  C kernel: not built here (no C compiler?)")
+        return
+    print(f"  C kernel {1e3 * t['kernel']:.2f}; planned / kernel = {t['planned'] / t['kernel']:.2f}x")
+    # The same contexts in consecutive blocks, as the allocator lays them out when it can.
+    consecutive, at = [], 1
+    for n in lengths:
+        width = -(-n // block_size)
+        consecutive.append(list(range(at, at + width)))
+        at += width
+    slices = [
+        DecodeSlice(row, contiguous_start(tb, len(tb)) * block_size, n)
+        for row, (tb, n) in enumerate(zip(consecutive, lengths))
+    ]
+    fns = {
+        "in_place": lambda: [attn._decode_in_place(q, cache, s, out) for s in slices],
+        "kernel": kernel(consecutive),
+    }
+    with torch.inference_mode():
+        t = best_of(fns, repeats)
+    keys_gb = sum(lengths) * 2 * config.num_kv_heads * config.head_dim * 4 / 1e9
+    print(
+        f"  consecutive blocks: SDPA in place {1e3 * t['in_place']:.2f} ({keys_gb / t['in_place']:.1f} GB/s) | "
+        f"C kernel {1e3 * t['kernel']:.2f} ({keys_gb / t['kernel']:.1f} GB/s); in place / kernel = "
+        f"{t['in_place'] / t['kernel']:.2f}x"
     )
 
 

@@ -193,6 +193,7 @@ def profile_stratus(engine, run, work, vocab) -> dict:
     wrap(engine.blocks, "allocate_slots", "blocks.allocate_slots")
     wrap(model_mod, "gather_blocks", "attention {where}: KV gather (gather_blocks)")
     wrap(F, "scaled_dot_product_attention", "attention {where}: sdpa")
+    wrap(model_mod.native, "decode_attention", "attention decode (all)", sets="decode")  # the C kernel
     for layer in model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         wrap(attn, "forward", "attention module (all)")

@@ -149,6 +149,9 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads on CPU
     # On a CPU with 2+ threads, run a step's batch as two halves on two threads (split_step.py).
     split_steps: bool = True
+    # Float32 decode attention on a CPU in the C kernel of kernels/decode_attention.c, built on
+    # first use (native.py); without a C compiler the PyTorch path runs instead.
+    native_kernels: bool = True
     seed: int = 0  # for unseeded sampling
     # Pace the step loop so the whole engine generates at most this many output tokens per
     # second, shared by every running sequence: a replica of exactly that capacity (benchmarks

@@ -26,12 +26,12 @@ def overhead_tokens(num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int
 
 
 def block_table_tensor(
-    tables: list[list[int]], length: int, block_size: int, device: torch.device
+    tables: list[list[int]], length: int, block_size: int, device: torch.device, dtype=torch.long
 ) -> torch.Tensor:
     """[len(tables), W] the blocks holding positions 0..length-1 of each table (padded with 0)."""
     width = -(-length // block_size)
     rows = [t[:width] + [0] * (width - min(width, len(t))) for t in tables]
-    return torch.tensor(rows, dtype=torch.long, device=device)
+    return torch.tensor(rows, dtype=dtype, device=device)
 
 
 def contiguous_start(table: list[int], num_blocks: int) -> int | None:

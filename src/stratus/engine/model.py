@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .config import ModelConfig
 
 
@@ -52,6 +53,15 @@ class DecodeSlice:
 
 
 @dataclass
+class PagedDecodes:
+    """Decode rows [0, n) read by the C kernel (native.py): row r attends to the first
+    `lengths[r]` positions of its sequence, held in the blocks `tables[r]` (any order)."""
+
+    tables: torch.Tensor  # [n, W] int32 block ids, padded
+    lengths: torch.Tensor  # [n] int32 context lengths, the new token included
+
+
+@dataclass
 class AttentionBatch:
     """Where each token's K/V goes and what each query may attend to."""
 
@@ -61,6 +71,7 @@ class AttentionBatch:
     decode_groups: list[DecodeGroup]
     prefills: list[PrefillSpan]
     decode_slices: list[DecodeSlice] = field(default_factory=list)
+    paged_decodes: PagedDecodes | None = None  # set: all decodes go to the C kernel instead
 
 
 def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -166,6 +177,19 @@ class Attention(nn.Module):
         kv_cache.index_copy_(1, batch.slot_mapping, qkv[:, self.num_heads :].transpose(0, 1))
 
         out = torch.empty(tokens, self.num_heads, self.head_dim, dtype=x.dtype, device=x.device)
+        if batch.paged_decodes is not None:
+            paged = batch.paged_decodes
+            native.decode_attention(
+                q,
+                kv_cache,
+                out,
+                paged.tables,
+                paged.lengths,
+                batch.block_size,
+                self.num_kv_heads,
+                self.scale,
+                self.sliding_window,
+            )
         for piece in batch.decode_slices:
             self._decode_in_place(q, kv_cache, piece, out)
         for group in batch.decode_groups:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
+from . import native
 from .config import EngineConfig, ModelConfig
 from .decode_groups import block_table_tensor, contiguous_start, make_decode_groups, overhead_tokens
-from .model import AttentionBatch, DecodeSlice, LlamaModel, PrefillSpan
+from .model import AttentionBatch, DecodeSlice, LlamaModel, PagedDecodes, PrefillSpan
 from .packed_linear import pack_linears, packing_available
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
@@ -47,6 +48,13 @@ class ModelRunner:
             for _ in range(model_config.num_layers)
         ]
         self.group_overhead = overhead_tokens(model_config.num_kv_heads, model_config.head_dim, self.dtype)
+        # Float32 decode attention on the CPU in the C kernel (native.py), when it builds here.
+        self.native_decode = (
+            config.native_kernels
+            and self.device.type == "cpu"
+            and self.dtype == torch.float32
+            and native.decode_attention_kernel() is not None
+        )
         threads = torch.get_num_threads()
         self.split = None
         if config.split_steps and self.device.type == "cpu" and threads >= 2:  # see split_step.py
@@ -78,11 +86,15 @@ class ModelRunner:
 
     @torch.inference_mode()  # per thread: the second half of a split step runs on its own
     def _run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor | None]:
-        # Decodes first: those whose context is one slice of the pool (read in place), then the
-        # rest longest context first, so that decode groups are runs of rows.
+        # Decodes first. With the C kernel, all in the batch's order. Otherwise those whose context
+        # is one slice of the pool (read in place), then the rest longest context first, so that
+        # decode groups are runs of rows.
         in_place, gathered, slices = [], [], []
         for seq, n in batch.items:
             if n != 1:
+                continue
+            if self.native_decode:
+                in_place.append((seq, n))
                 continue
             length = seq.num_computed_tokens + 1
             first = contiguous_start(seq.block_table, -(-length // self.block_size))
@@ -112,7 +124,13 @@ class ModelRunner:
         )
         slot_mapping = (block_of * self.block_size + pos_t % self.block_size).to(self.device)
 
-        groups = []
+        groups, paged = [], None
+        if self.native_decode and in_place:
+            lengths = [s.num_computed_tokens + 1 for s, _ in in_place]
+            tables = block_table_tensor(
+                [s.block_table for s, _ in in_place], max(lengths), self.block_size, self.device, torch.int32
+            )
+            paged = PagedDecodes(tables, torch.tensor(lengths, dtype=torch.int32))
         if gathered:
             groups = make_decode_groups(
                 [s.num_computed_tokens + 1 for s, _ in gathered],
@@ -130,7 +148,7 @@ class ModelRunner:
             total = seq.num_computed_tokens + n
             spans.append(PrefillSpan(row, n, seq.num_computed_tokens, self.block_tables([seq], total)[0]))
             row += n
-        attn = AttentionBatch(slot_mapping, self.block_size, len(decodes), groups, spans, slices)
+        attn = AttentionBatch(slot_mapping, self.block_size, len(decodes), groups, spans, slices, paged)
         hidden = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=self.device),
             pos_t.to(self.device),
