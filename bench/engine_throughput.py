@@ -552,6 +552,9 @@ def bench_model(name: str, args, bandwidth: dict, stamp: str) -> dict:
         "num_threads": THREADS,
         "max_model_len": max_len,
     }
+    for setting in args.set:  # --set split_steps=true: an A/B of one engine knob
+        key, _, value = setting.partition("=")
+        engine_config[key] = json.loads(value)
     base = {"model": str(path), "workload": work.to_json(), "vocab_size": config["vocab_size"]}
     logs = common.RESULTS_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -753,6 +756,13 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2, help="stratus offline runs (default 2)")
     p.add_argument("--serve-repeats", type=int, default=2, help="times to start `stratus serve` (0: skip)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a stratus EngineConfig field, e.g. --set split_steps=true (repeatable)",
+    )
     p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="stratus token budget per step")
     p.add_argument("--vllm-max-num-batched-tokens", type=int, default=None, help="default: vLLM's own")
     p.add_argument(

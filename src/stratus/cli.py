@@ -33,7 +33,7 @@ ENGINE_HELP = {
     "max_model_len": "Context window; default: the model's.",
     "enable_prefix_caching": "Reuse KV blocks of shared prompt prefixes.",
     "num_threads": "PyTorch threads on CPU; default: PyTorch's choice.",
-    "split_steps": "On CPU with 2+ threads, compute a step's batch as two halves on two threads.",
+    "split_steps": "On CPU with 2+ threads, compute a step's batch as two halves on two threads (helps on a machine whose cores are busy with other work).",
     "native_kernels": "On CPU in float32, run decode attention in stratus's C kernel (built on first use with the system C compiler).",
     "seed": "Seed for requests that do not set one.",
     "max_tokens_per_second": "Cap the engine's output tokens per second, over all sequences (a replica of that capacity); default: no cap.",

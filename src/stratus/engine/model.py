@@ -59,6 +59,7 @@ class PagedDecodes:
 
     tables: torch.Tensor  # [n, W] int32 block ids, padded
     lengths: torch.Tensor  # [n] int32 context lengths, the new token included
+    threads: int = 1  # the rows are shared among this many threads
 
 
 @dataclass
@@ -189,6 +190,7 @@ class Attention(nn.Module):
                 self.num_kv_heads,
                 self.scale,
                 self.sliding_window,
+                paged.threads,
             )
         for piece in batch.decode_slices:
             self._decode_in_place(q, kv_cache, piece, out)

@@ -130,7 +130,7 @@ class ModelRunner:
             tables = block_table_tensor(
                 [s.block_table for s, _ in in_place], max(lengths), self.block_size, self.device, torch.int32
             )
-            paged = PagedDecodes(tables, torch.tensor(lengths, dtype=torch.int32))
+            paged = PagedDecodes(tables, torch.tensor(lengths, dtype=torch.int32), torch.get_num_threads())
         if gathered:
             groups = make_decode_groups(
                 [s.num_computed_tokens + 1 for s, _ in gathered],

@@ -27,7 +27,11 @@ SOURCES = Path(__file__).parent / "kernels"
 # -ffast-math only when compiling: it lets gcc vectorise the reductions and use libm's vector
 # expf. It must stay off the link line, where gcc would add crtfastmath.o, whose constructor
 # flushes denormals to zero for the whole process (torch included).
-COMPILE_FLAGS = ["-O3", "-ffast-math", "-fPIC", "-std=gnu11"]
+COMPILE_FLAGS = ["-O3", "-ffast-math", "-fPIC", "-std=gnu11", "-fopenmp"]
+# The library's OpenMP calls must reach the libgomp PyTorch already loaded, or two thread pools
+# would fight over the cores. PyTorch's CPU wheel ships libgomp with the soname libgomp.so.1,
+# the name gcc's -fopenmp links against: the dynamic loader reuses the copy already in the process.
+OPENMP_FLAGS = ["-fopenmp"]
 NATIVE_FLAGS = ["-march=native"]  # the cache key includes the CPU's flags (see _cpu_signature)
 
 
@@ -88,7 +92,10 @@ def build(name: str) -> Path:
                 break
         compiled.check_returncode()
         subprocess.run(
-            [compiler, "-shared", str(obj), "-o", str(lib), "-lm"], check=True, capture_output=True, text=True
+            [compiler, "-shared", str(obj), "-o", str(lib), "-lm", *OPENMP_FLAGS],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         os.replace(lib, target)
     return target
@@ -107,17 +114,46 @@ def decode_attention_kernel():
         return None
     fn = lib.stratus_decode_attention
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, i64, ptr, i64, i64, i64, i64, i64, ctypes.c_float, i64]
+    fn.argtypes = [
+        ptr,
+        i64,
+        ptr,
+        i64,
+        ptr,
+        i64,
+        ptr,
+        i64,
+        ptr,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        ctypes.c_float,
+        i64,
+        i64,
+    ]
     fn.restype = ctypes.c_int
     return fn
 
 
 def decode_attention(
-    q, kv_cache, out, tables, lengths, block_size: int, num_kv_heads: int, scale: float, window: int | None
+    q,
+    kv_cache,
+    out,
+    tables,
+    lengths,
+    block_size: int,
+    num_kv_heads: int,
+    scale: float,
+    window: int | None,
+    threads: int = 1,
 ) -> None:
     """out[r] = attention of q[r] over its paged context, for r < len(lengths); float32 CPU
     tensors. q [T, H, D] may be a view of the qkv projection (rows strided, heads contiguous);
-    kv_cache [2 * KVH, slots, D], out [T, H, D] and the int32 tables and lengths contiguous."""
+    kv_cache [2 * KVH, slots, D], out [T, H, D] and the int32 tables and lengths contiguous.
+    `threads` > 1 shares the rows among that many threads (the caller's and threads - 1 started
+    for the call)."""
     heads, dim = q.shape[1], q.shape[2]
     if q.stride(2) != 1 or q.stride(1) != dim or not (kv_cache.is_contiguous() and out.is_contiguous()):
         raise ValueError("decode_attention: q heads, kv_cache and out must be contiguous")
@@ -138,6 +174,7 @@ def decode_attention(
         dim,
         scale,
         window or 0,
+        threads,
     )
     if status != 0:
-        raise MemoryError("decode_attention: no memory for its scratch buffer")
+        raise MemoryError("decode_attention: no memory for its scratch buffer, or no thread")

@@ -9,6 +9,9 @@ thread, need no fork or join at all; the torch ops release the GIL, so both run 
 Measured on the 100m benchmark model, 2 cores, 64 requests (docs/BENCHMARKS.md): with passive
 waiting 122 tok/s as one batch, 161-175 as two halves; with libgomp's default waiting 155-161
 as one batch, 203-220 as two halves (with the other changes of that commit); identical outputs.
+Opt-in (`split_steps`) since decode attention runs in one C call per layer (kernels/): on a Zen 5
+machine one batch then ran 1.14x (100m) and 1.31x (demo) faster; it still pays where OpenMP
+regions are slow, as on a machine whose cores are busy with other work.
 
 The halves are balanced by estimated cost: every token pays the linear layers, every key it
 attends to pays a read of the KV cache. Each sequence lives entirely in one half, and a

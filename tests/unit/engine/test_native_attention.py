@@ -40,7 +40,8 @@ def reference(q, kv, tables, lengths, block_size, num_kv_heads, window):
     ],  # GQA, multi-head, multi-query with a size the kernel does not specialise
 )
 @pytest.mark.parametrize("window", [None, 40])
-def test_kernel_matches_attention_written_out(heads, kv_heads, head_dim, window):
+@pytest.mark.parametrize("threads", [1, 4])  # 4 threads for 6 rows: runs of unequal row counts
+def test_kernel_matches_attention_written_out(heads, kv_heads, head_dim, window, threads):
     block_size, num_blocks = 16, 96
     gen = torch.Generator().manual_seed(heads + head_dim)
     kv = torch.randn(2 * kv_heads, num_blocks * block_size, head_dim, generator=gen)
@@ -67,6 +68,7 @@ def test_kernel_matches_attention_written_out(heads, kv_heads, head_dim, window)
         kv_heads,
         head_dim**-0.5,
         window,
+        threads,
     )
     expected = reference(q, kv, tables, lengths, block_size, kv_heads, window)
     assert (out[: len(lengths)] - expected).abs().max() < 2e-5

@@ -105,52 +105,115 @@ static inline __attribute__((always_inline)) void attend_kv_head(
             out[g * dim + d] = acc[g * dim + d] * inverse_sums[g];
 }
 
+/* One thread's share of a call: rows [row_begin, row_end). */
+struct decode_job {
+    const float *q;
+    int64_t q_row_stride;
+    const float *kv;
+    int64_t slots;
+    float *out;
+    int64_t out_row_stride;
+    const int32_t *tables;
+    int64_t table_width;
+    const int32_t *lengths;
+    int64_t row_begin, row_end, block_size, num_heads, num_kv_heads, head_dim, window;
+    float scale;
+    int status;
+};
+
+static void *attend_rows(void *arg)
+{
+    struct decode_job *job = arg;
+    const int64_t group = job->num_heads / job->num_kv_heads, dim = job->head_dim;
+    int64_t longest = 1;
+    for (int64_t r = job->row_begin; r < job->row_end; r++)
+        longest = job->lengths[r] > longest ? job->lengths[r] : longest;
+    float *scratch = malloc(sizeof(float) * (size_t)(group * longest + 2 * group * dim + group));
+    if (!scratch) {
+        job->status = -1;
+        return NULL;
+    }
+    float *scores = scratch;
+    float *scaled_q = scores + group * longest;
+    float *acc = scaled_q + group * dim;
+    float *inverse_sums = acc + group * dim;
+
+    for (int64_t r = job->row_begin; r < job->row_end; r++) {
+        const int64_t length = job->lengths[r];
+        const int64_t first = job->window > 0 && length > job->window ? length - job->window : 0;
+        const int32_t *table = job->tables + r * job->table_width;
+        for (int64_t h = 0; h < job->num_kv_heads; h++) {
+            const float *qh = job->q + r * job->q_row_stride + h * group * dim;
+            const float *keys = job->kv + h * job->slots * dim;
+            const float *values = job->kv + (job->num_kv_heads + h) * job->slots * dim;
+            float *oh = job->out + r * job->out_row_stride + h * group * dim;
+            const int64_t bs = job->block_size;
+            const float scale = job->scale;
+            /* A compile-time head size lets the compiler unroll and vectorise the inner loops. */
+            if (dim == 32)
+                attend_kv_head(qh, keys, values, table, first, length, bs, group, 32, scale, oh, scores,
+                               scaled_q, acc, inverse_sums);
+            else if (dim == 64)
+                attend_kv_head(qh, keys, values, table, first, length, bs, group, 64, scale, oh, scores,
+                               scaled_q, acc, inverse_sums);
+            else if (dim == 128)
+                attend_kv_head(qh, keys, values, table, first, length, bs, group, 128, scale, oh, scores,
+                               scaled_q, acc, inverse_sums);
+            else
+                attend_kv_head(qh, keys, values, table, first, length, bs, group, dim, scale, oh, scores,
+                               scaled_q, acc, inverse_sums);
+        }
+    }
+    free(scratch);
+    job->status = 0;
+    return NULL;
+}
+
+#define MAX_THREADS 64
+
 /* Rows [0, rows): query row r is q + r * q_row_stride ([num_heads, head_dim], contiguous heads),
  * its output out + r * out_row_stride; its context is lengths[r] tokens (the new one included)
  * whose blocks are tables[r * table_width ...]. window > 0 reads only the last `window` keys.
- * Returns 0, or -1 if scratch memory could not be allocated (nothing written then). */
+ * With threads > 1 the rows are cut into that many runs of about equal keys, computed by an
+ * OpenMP team: PyTorch's own (native.py links the library so that it shares PyTorch's libgomp),
+ * so no second pool of threads competes with PyTorch's for the cores. Returns 0, or -1 if
+ * scratch memory could not be allocated (outputs then undefined). */
 int stratus_decode_attention(
     const float *q, int64_t q_row_stride, const float *kv, int64_t slots,
     float *out, int64_t out_row_stride, const int32_t *tables, int64_t table_width,
     const int32_t *lengths, int64_t rows, int64_t block_size, int64_t num_heads,
-    int64_t num_kv_heads, int64_t head_dim, float scale, int64_t window)
+    int64_t num_kv_heads, int64_t head_dim, float scale, int64_t window, int64_t threads)
 {
-    const int64_t group = num_heads / num_kv_heads;
-    int64_t longest = 1;
-    for (int64_t r = 0; r < rows; r++)
-        longest = lengths[r] > longest ? lengths[r] : longest;
-    float *scratch = malloc(sizeof(float) * (size_t)(group * longest + 2 * group * head_dim + group));
-    if (!scratch)
-        return -1;
-    float *scores = scratch;
-    float *scaled_q = scores + group * longest;
-    float *acc = scaled_q + group * head_dim;
-    float *inverse_sums = acc + group * head_dim;
-
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t length = lengths[r];
-        const int64_t first = window > 0 && length > window ? length - window : 0;
-        const int32_t *table = tables + r * table_width;
-        for (int64_t h = 0; h < num_kv_heads; h++) {
-            const float *qh = q + r * q_row_stride + h * group * head_dim;
-            const float *keys = kv + h * slots * head_dim;
-            const float *values = kv + (num_kv_heads + h) * slots * head_dim;
-            float *oh = out + r * out_row_stride + h * group * head_dim;
-            /* A compile-time head size lets the compiler unroll and vectorise the inner loops. */
-            if (head_dim == 32)
-                attend_kv_head(qh, keys, values, table, first, length, block_size, group, 32, scale,
-                               oh, scores, scaled_q, acc, inverse_sums);
-            else if (head_dim == 64)
-                attend_kv_head(qh, keys, values, table, first, length, block_size, group, 64, scale,
-                               oh, scores, scaled_q, acc, inverse_sums);
-            else if (head_dim == 128)
-                attend_kv_head(qh, keys, values, table, first, length, block_size, group, 128, scale,
-                               oh, scores, scaled_q, acc, inverse_sums);
-            else
-                attend_kv_head(qh, keys, values, table, first, length, block_size, group, head_dim,
-                               scale, oh, scores, scaled_q, acc, inverse_sums);
-        }
+    struct decode_job base = {q, q_row_stride, kv, slots, out, out_row_stride, tables, table_width,
+                              lengths, 0, rows, block_size, num_heads, num_kv_heads, head_dim,
+                              window, scale, 0};
+    if (threads > rows)
+        threads = rows;
+    if (threads > MAX_THREADS)
+        threads = MAX_THREADS;
+    if (threads <= 1) {
+        attend_rows(&base);
+        return base.status;
     }
-    free(scratch);
-    return 0;
+    int64_t total = 0;
+    for (int64_t r = 0; r < rows; r++)
+        total += lengths[r];
+    struct decode_job jobs[MAX_THREADS];
+    int64_t row = 0, seen = 0;
+    for (int64_t t = 0; t < threads; t++) {
+        jobs[t] = base;
+        jobs[t].row_begin = row;
+        /* Run t ends once it holds its share of all keys (every run keeps at least one row). */
+        const int64_t goal = total * (t + 1) / threads;
+        while (row < rows - (threads - 1 - t) && (row == jobs[t].row_begin || seen + lengths[row] <= goal))
+            seen += lengths[row++];
+        jobs[t].row_end = t == threads - 1 ? rows : row;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int64_t t = 0; t < threads; t++)
+        attend_rows(&jobs[t]);
+    int status = 0;
+    for (int64_t t = 0; t < threads; t++)
+        status |= jobs[t].status;
+    return status;
 }
