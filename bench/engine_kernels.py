@@ -10,7 +10,10 @@
     and against the C kernel (engine/kernels/decode_attention.c) on the same scattered blocks;
     then the same contexts in consecutive blocks: per-row SDPA in place against the C kernel.
 
-Times are CPU time of the calling thread (one torch thread), best of many alternated repeats:
+(c) a packed linear of the ~100M model on two threads over M rows against one thread over M / 2
+    rows: a step as one batch on both cores against two halves on a thread each (split_step.py).
+
+Times in (a) and (b) are CPU time of the calling thread (one torch thread), best of many alternated repeats:
 on a shared machine that is steadier than wall time (other processes do not count).
 """
 
@@ -147,6 +150,32 @@ def decode_attention(repeats: int) -> None:
     )
 
 
+def one_batch_or_halves(repeats: int) -> None:
+    """Wall time, since two threads are the point; 12 copies of each weight, cycled, so the
+    weights come from memory as in a model, not from the L3."""
+    print("(c) packed linear, ms per call: 2 threads on M rows | 1 thread on M/2 rows")
+
+    def wall(fn) -> float:
+        best = float("inf")
+        for _ in range(max(3, repeats // 10)):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    for out, inp, name in ((4096, 768, "gate_up"), (768, 2048, "down"), (1280, 768, "qkv")):
+        layers = [PackedLinear(torch.nn.Linear(inp, out, bias=False)) for _ in range(12)]
+        cells = []
+        for rows in (8, 16, 32, 64, 128):
+            whole, half = torch.randn(rows, inp), torch.randn(rows // 2, inp)
+            torch.set_num_threads(2)
+            two = wall(lambda x=whole, ls=layers: [layer(x) for layer in ls]) / len(layers)
+            torch.set_num_threads(1)
+            one = wall(lambda x=half, ls=layers: [layer(x) for layer in ls]) / len(layers)
+            cells.append(f"{rows:>3} {1e3 * two:.3f}|{1e3 * one:.3f} = {one / two:.2f}x")
+        print(f"  {name:8s} " + " | ".join(cells))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=30)
@@ -155,6 +184,7 @@ def main() -> None:
     torch.manual_seed(0)
     linears(args.repeats)
     decode_attention(args.repeats)
+    one_batch_or_halves(args.repeats)
 
 
 if __name__ == "__main__":
