@@ -62,6 +62,14 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc"))
 
 
+def _check_private(path: Path) -> None:
+    """Loading a library runs its code: refuse one that another user could have written (a
+    cache under a shared directory such as /tmp)."""
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise OSError(f"{path} is writable by other users or not ours; not loading kernels from it")
+
+
 def build(name: str) -> Path:
     """Compile kernels/<name>.c into the cache (if not there yet) and return the shared library.
     Raises OSError or subprocess.CalledProcessError when it cannot."""
@@ -78,9 +86,11 @@ def build(name: str) -> Path:
     ):
         key.update(part)
     target = cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(target.parent)
     if target.exists():
+        _check_private(target)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Build in a private directory, then rename: concurrent processes never load a half-written file.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, lib = Path(tmp) / f"{name}.o", Path(tmp) / f"{name}.so"

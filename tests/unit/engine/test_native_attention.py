@@ -132,3 +132,17 @@ def test_without_a_compiler_the_engine_uses_pytorch(llama_dir, tmp_path, monkeyp
         assert runner.native_decode is False
     finally:
         native.decode_attention_kernel.cache_clear()  # later tests build (or find) the real one
+
+
+def test_a_cache_others_can_write_is_refused(tmp_path, monkeypatch):
+    """The cache holds code the engine loads: a directory other users can write is not trusted."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # mkdir's mode is masked by the umask
+    monkeypatch.setenv("STRATUS_KERNEL_CACHE", str(shared))
+    native.decode_attention_kernel.cache_clear()
+    try:
+        assert native.decode_attention_kernel() is None
+        assert not list(shared.iterdir())  # nothing built there either
+    finally:
+        native.decode_attention_kernel.cache_clear()
