@@ -130,6 +130,8 @@ class ModelRunner:
             tables = block_table_tensor(
                 [s.block_table for s, _ in in_place], max(lengths), self.block_size, self.device, torch.int32
             )
+            # Every table covers its row's context (block_table_tensor sizes them for the longest):
+            # the kernel reads exactly those blocks.
             paged = PagedDecodes(tables, torch.tensor(lengths, dtype=torch.int32), torch.get_num_threads())
         if gathered:
             groups = make_decode_groups(

@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).parent / "kernels"
@@ -165,8 +167,14 @@ def decode_attention(
     `threads` > 1 shares the rows among that many threads (the caller's and threads - 1 started
     for the call)."""
     heads, dim = q.shape[1], q.shape[2]
+    # The kernel trusts its pointers: what it cannot check, check here (cheap attribute reads).
     if q.stride(2) != 1 or q.stride(1) != dim or not (kv_cache.is_contiguous() and out.is_contiguous()):
         raise ValueError("decode_attention: q heads, kv_cache and out must be contiguous")
+    if {q.dtype, kv_cache.dtype, out.dtype} != {torch.float32} or {tables.dtype, lengths.dtype} != {torch.int32}:
+        raise ValueError("decode_attention: float32 q, kv_cache and out; int32 tables and lengths")
+    rows = lengths.shape[0]
+    if tables.shape[0] != rows or rows > min(q.shape[0], out.shape[0]) or not tables.is_contiguous():
+        raise ValueError("decode_attention: one contiguous table and one length per row, rows <= tokens")
     status = decode_attention_kernel()(
         q.data_ptr(),
         q.stride(0),
@@ -177,7 +185,7 @@ def decode_attention(
         tables.data_ptr(),
         tables.shape[1],
         lengths.data_ptr(),
-        lengths.shape[0],
+        rows,
         block_size,
         heads,
         num_kv_heads,
