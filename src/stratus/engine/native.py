@@ -170,7 +170,9 @@ def decode_attention(
     # The kernel trusts its pointers: what it cannot check, check here (cheap attribute reads).
     if q.stride(2) != 1 or q.stride(1) != dim or not (kv_cache.is_contiguous() and out.is_contiguous()):
         raise ValueError("decode_attention: q heads, kv_cache and out must be contiguous")
-    if {q.dtype, kv_cache.dtype, out.dtype} != {torch.float32} or {tables.dtype, lengths.dtype} != {torch.int32}:
+    if {q.dtype, kv_cache.dtype, out.dtype} != {torch.float32} or {tables.dtype, lengths.dtype} != {
+        torch.int32
+    }:
         raise ValueError("decode_attention: float32 q, kv_cache and out; int32 tables and lengths")
     rows = lengths.shape[0]
     if tables.shape[0] != rows or rows > min(q.shape[0], out.shape[0]) or not tables.is_contiguous():
