@@ -32,6 +32,20 @@ static inline const float *slot_address(const float *plane, const int32_t *table
     return plane + ((int64_t)table[position / block_size] * block_size + position % block_size) * dim;
 }
 
+/* The run of slots from position j to the end of its block (or of the context), whose address
+ * this returns, with its length in *count; the next block is requested meanwhile. */
+static inline const float *run_at(const float *plane, const int32_t *table, int64_t j, int64_t length,
+                                  int64_t block_size, int64_t dim, int64_t *count)
+{
+    int64_t n = block_size - j % block_size;
+    if (n > length - j)
+        n = length - j;
+    if (j + n < length)
+        prefetch_block(slot_address(plane, table, j + n, block_size, dim), block_size * dim);
+    *count = n;
+    return slot_address(plane, table, j, block_size, dim);
+}
+
 static inline __attribute__((always_inline)) void attend_kv_head(
     const float *restrict q, const float *restrict keys, const float *restrict values,
     const int32_t *restrict table, int64_t first, int64_t length, int64_t block_size,
@@ -46,13 +60,8 @@ static inline __attribute__((always_inline)) void attend_kv_head(
     /* Pass 1: every query head's score against every key, a block (a contiguous run of slots)
      * at a time, so each key is read from memory once and reused by the group from L1. */
     prefetch_block(slot_address(keys, table, first, block_size, dim), block_size * dim);
-    for (int64_t j = first; j < length;) {
-        int64_t count = block_size - j % block_size;
-        if (count > length - j)
-            count = length - j;
-        const float *k = slot_address(keys, table, j, block_size, dim);
-        if (j + count < length)
-            prefetch_block(slot_address(keys, table, j + count, block_size, dim), block_size * dim);
+    for (int64_t j = first, count; j < length; j += count) {
+        const float *k = run_at(keys, table, j, length, block_size, dim, &count);
         for (int64_t g = 0; g < group; g++) {
             const float *qg = scaled_q + g * dim;
             float *s = scores + g * keys_read + (j - first);
@@ -63,7 +72,6 @@ static inline __attribute__((always_inline)) void attend_kv_head(
                 s[i] = dot;
             }
         }
-        j += count;
     }
 
     prefetch_block(slot_address(values, table, first, block_size, dim), block_size * dim);
@@ -84,13 +92,8 @@ static inline __attribute__((always_inline)) void attend_kv_head(
     /* Pass 2: the weighted sum of values, again a block at a time. */
     for (int64_t x = 0; x < group * dim; x++)
         acc[x] = 0.0f;
-    for (int64_t j = first; j < length;) {
-        int64_t count = block_size - j % block_size;
-        if (count > length - j)
-            count = length - j;
-        const float *v = slot_address(values, table, j, block_size, dim);
-        if (j + count < length)
-            prefetch_block(slot_address(values, table, j + count, block_size, dim), block_size * dim);
+    for (int64_t j = first, count; j < length; j += count) {
+        const float *v = run_at(values, table, j, length, block_size, dim, &count);
         for (int64_t g = 0; g < group; g++) {
             float *a = acc + g * dim;
             const float *p = scores + g * keys_read + (j - first);
@@ -98,7 +101,6 @@ static inline __attribute__((always_inline)) void attend_kv_head(
                 for (int64_t d = 0; d < dim; d++)
                     a[d] += p[i] * v[i * dim + d];
         }
-        j += count;
     }
     for (int64_t g = 0; g < group; g++)
         for (int64_t d = 0; d < dim; d++)
