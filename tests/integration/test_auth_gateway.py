@@ -17,8 +17,10 @@ from stratus.api import create_app
 from stratus.api.auth import AuthHooks, build_access
 from stratus.config import Settings
 from stratus.security import keys
+from stratus.security.audit import AuditLog
+from stratus.security.audit_verify import verify
 from stratus.security.bootstrap import bootstrap
-from stratus.store import apikeys
+from stratus.store import Store, apikeys, database_url
 from tests import issued
 from tests.conftest import TINY_MODEL
 from tests.pg import scratch_database
@@ -414,3 +416,26 @@ def test_disabling_a_user_stops_their_keys_at_once_here(tmp_path):
             assert await status(app, fred) == 200
 
     asyncio.run(scenario())
+
+
+def test_shutdown_drains_the_audit_writer(tmp_path):
+    """Gateway shutdown writes the queued audit records and stops the writer thread before the
+    store closes: the trail of the last requests verifies afterwards."""
+    app, access = gateway(settings_for(tmp_path))
+    root = issued.record(bootstrap(access.store).generated_secret)
+    hooks = app.state.stratus.hooks
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            assert await status(app, root) == 200
+            assert hooks.audit.writer._thread.is_alive()
+
+    asyncio.run(scenario())
+    assert not hooks.audit.writer._thread.is_alive()
+    store = Store.open(database_url(settings_for(tmp_path).data_dir))
+    try:
+        log = AuditLog(store, hooks.audit.log.key)
+        assert any(r.request_id for r in log.records())  # the whoami request's record landed
+        assert verify(log).ok
+    finally:
+        store.close()

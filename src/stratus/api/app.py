@@ -108,6 +108,7 @@ def create_app(
             if state.ray_cluster is not None:
                 await state.ray_cluster.close()
             await registry.shutdown()
+            hooks.close()  # the audit writer drains before the store it writes to closes
             if state.access is not None:
                 state.access.store.close()
 

@@ -92,6 +92,11 @@ class AuditRecorder:
         self.content = content  # teams with content logging on, and the logged text
         self.lost = 0  # records not written while failing open
 
+    def close(self) -> None:
+        """At gateway shutdown: write what is queued, then give the database connection back."""
+        self.writer.close()
+        self.log.close()
+
     async def record(self, ctx: RequestContext) -> None:
         if not ctx.authenticating:
             return

@@ -89,6 +89,10 @@ class AuthHooks(RequestHooks):
         self.anomaly: Guard | None = None
         self.review = Review()  # after an alert: webhook, suspension (api/guard.py)
 
+    def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
+
     def bind(self, state: AppState) -> None:
         self._served = state.registry.models  # a live view: names of the served models
         settings = state.settings

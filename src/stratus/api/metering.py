@@ -78,6 +78,9 @@ class MeteredHooks(RequestHooks):
     def bind(self, state: AppState) -> None:
         self.inner.bind(state)
 
+    def close(self) -> None:
+        self.inner.close()
+
     async def may(self, request: Request, ctx: RequestContext, permission: str) -> bool:
         return await self.inner.may(request, ctx, permission)
 

@@ -110,6 +110,9 @@ class RequestHooks:
     def bind(self, state: AppState) -> None:
         """Called once by `create_app` with the app's state (the served models, settings)."""
 
+    def close(self) -> None:
+        """Called once at shutdown, after the last request, before the store closes."""
+
     async def may(self, request: Request, ctx: RequestContext, permission: str) -> bool:
         """May this caller (perhaps anonymous) see what `permission` guards? Never raises; for
         routes that answer everyone but show details only to some (/ready)."""

@@ -27,6 +27,7 @@ from stratus.security.secrets import Keyring
 log = logging.getLogger("stratus.audit")
 
 MAX_BATCH = 256
+_STOP = object()  # queued by close(): the thread ends after the batch it arrives in
 
 
 class AuditWriter:
@@ -44,22 +45,39 @@ class AuditWriter:
         self.checkpoints = checkpoints  # every `every` records, the head is appended here
         self.every = every
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="stratus-audit-writer", daemon=True)
         self._thread.start()
 
     async def write(self, event: AuditEvent, content: str | None = None) -> AuditRecord:
+        if self._closed:  # nothing would ever answer: fail now, like any write that did not land
+            raise RuntimeError("the audit writer is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         self._queue.put((event, content, loop, future))
         return await future
 
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then stop the thread (gateway shutdown). Later writes raise."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
     def _run(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             batch = [self._queue.get()]
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
+                    break
+            if _STOP in batch:  # queued before the stop: still written (close() waits for it)
+                stopping = True
+                batch = [item for item in batch if item is not _STOP]
+                if not batch:
                     break
             try:
                 contents = [content for _, content, _, _ in batch]

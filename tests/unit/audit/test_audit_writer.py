@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from stratus.security.audit import AuditEvent, AuditLog
 from stratus.security.audit_verify import last_checkpoint, verify
 from stratus.security.audit_writer import AuditWriter
@@ -48,4 +50,30 @@ def test_a_failed_batch_fails_each_waiting_caller(tmp_path):
             return str(exc)
 
     assert asyncio.run(one()) == "disk full"
+    store.close()
+
+
+def test_close_writes_what_was_queued_then_refuses_more(tmp_path):
+    """Gateway shutdown: records already handed to the writer land; a later write fails at once
+    instead of waiting for a thread that has stopped."""
+    store = Store.open(database_url(tmp_path))
+    log = AuditLog(store, b"w" * 32)
+    writer = AuditWriter(log)
+
+    async def scenario():
+        pending = [
+            asyncio.create_task(writer.write(AuditEvent(action="x", outcome="ok", request_id=str(i))))
+            for i in range(40)
+        ]
+        await asyncio.sleep(0)  # every task has queued its record
+        await asyncio.to_thread(writer.close)
+        records = await asyncio.gather(*pending)
+        with pytest.raises(RuntimeError, match="closed"):
+            await writer.write(AuditEvent(action="x", outcome="ok"))
+        return records
+
+    records = asyncio.run(scenario())
+    assert sorted(r.seq for r in records) == list(range(1, 41))
+    assert not writer._thread.is_alive()
+    assert verify(log).ok
     store.close()
