@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -65,11 +66,18 @@ def _compiler() -> str | None:
 
 
 def _check_private(path: Path) -> None:
-    """Loading a library runs its code: refuse one that another user could have written (a
-    cache under a shared directory such as /tmp)."""
+    """Loading a library runs its code: refuse a cache that another user could have written to
+    (one under a shared directory such as /tmp). The library and its directory must be ours and
+    writable by nobody else; every directory above must belong to us or root and, if others may
+    write to it, be sticky (as /tmp is: nobody can rename what is ours there)."""
+    me = os.getuid()
     info = path.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+    if info.st_uid != me or info.st_mode & 0o022:
         raise OSError(f"{path} is writable by other users or not ours; not loading kernels from it")
+    for parent in path.resolve().parents:
+        info = parent.stat()
+        if info.st_uid not in (me, 0) or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+            raise OSError(f"{parent} (above {path}) could be changed by other users; not loading kernels")
 
 
 def build(name: str) -> Path:
@@ -80,10 +88,11 @@ def build(name: str) -> Path:
         raise OSError("no C compiler found (set CC, or install gcc)")
     source = SOURCES / f"{name}.c"
     key = hashlib.sha256()
+    compiler_file = os.stat(os.path.realpath(compiler))  # a new compiler release: a new build
     for part in (
         source.read_bytes(),
-        compiler.encode(),
-        str(COMPILE_FLAGS + NATIVE_FLAGS).encode(),
+        f"{compiler} {compiler_file.st_size} {compiler_file.st_mtime_ns}".encode(),
+        str(COMPILE_FLAGS + NATIVE_FLAGS + OPENMP_FLAGS).encode(),
         _cpu_signature().encode(),
     ):
         key.update(part)
@@ -109,6 +118,7 @@ def build(name: str) -> Path:
             capture_output=True,
             text=True,
         )
+        lib.chmod(0o755)  # whatever the umask: a group-writable library would be refused (above)
         os.replace(lib, target)
     return target
 
@@ -167,16 +177,31 @@ def decode_attention(
     `threads` > 1 shares the rows among that many threads (the caller's and threads - 1 started
     for the call)."""
     heads, dim = q.shape[1], q.shape[2]
-    # The kernel trusts its pointers: what it cannot check, check here (cheap attribute reads).
+    # Layouts and shapes are checked here (attribute reads); lengths and block ids, which need a
+    # pass over the values, in the kernel before it reads anything (status -2).
     if q.stride(2) != 1 or q.stride(1) != dim or not (kv_cache.is_contiguous() and out.is_contiguous()):
         raise ValueError("decode_attention: q heads, kv_cache and out must be contiguous")
     if {q.dtype, kv_cache.dtype, out.dtype} != {torch.float32} or {tables.dtype, lengths.dtype} != {
         torch.int32
     }:
         raise ValueError("decode_attention: float32 q, kv_cache and out; int32 tables and lengths")
+    if {t.device.type for t in (q, kv_cache, out, tables, lengths)} != {"cpu"}:
+        raise ValueError("decode_attention: CPU tensors only")
     rows = lengths.shape[0]
-    if tables.shape[0] != rows or rows > min(q.shape[0], out.shape[0]) or not tables.is_contiguous():
-        raise ValueError("decode_attention: one contiguous table and one length per row, rows <= tokens")
+    if (
+        tables.dim() != 2
+        or tables.shape[0] != rows
+        or not (tables.is_contiguous() and lengths.is_contiguous())
+        or rows > min(q.shape[0], out.shape[0])
+        or out.shape[1:] != q.shape[1:]
+        or kv_cache.dim() != 3
+        or kv_cache.shape[0] != 2 * num_kv_heads
+        or kv_cache.shape[2] != dim
+    ):
+        raise ValueError(
+            "decode_attention: shapes q [T, H, D], out [T, H, D], kv_cache [2 * KVH, slots, D], "
+            "tables [rows, W] and lengths [rows] (contiguous), rows <= T"
+        )
     status = decode_attention_kernel()(
         q.data_ptr(),
         q.stride(0),
@@ -196,5 +221,10 @@ def decode_attention(
         window or 0,
         threads,
     )
+    if status == -2:
+        raise ValueError(
+            "decode_attention: a length outside 1..W * block_size, a block id outside the pool, "
+            "or heads not a multiple of KV heads"
+        )
     if status != 0:
-        raise MemoryError("decode_attention: no memory for its scratch buffer, or no thread")
+        raise MemoryError("decode_attention: no memory for its scratch buffer")

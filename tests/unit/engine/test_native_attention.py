@@ -1,6 +1,7 @@
 """The C decode-attention kernel (engine/kernels/decode_attention.c) against attention written
 out in PyTorch, and the engine's fallback when the kernel cannot be built."""
 
+import os
 import random
 
 import pytest
@@ -75,6 +76,55 @@ def test_kernel_matches_attention_written_out(heads, kv_heads, head_dim, window,
     assert (out[len(lengths) :] == 7.0).all()  # rows past the decodes are left alone
 
 
+def test_kernel_refuses_lengths_and_block_ids_outside_the_pool():
+    """Checked before anything is read or written: a bad table never becomes a wild read."""
+    kv, q = torch.randn(2, 64, 32), torch.randn(2, 1, 32)
+    good_tables, good_lengths = [[0, 1], [2, 3]], [20, 32]
+    cases = [
+        ([[0, 1], [2, 3]], [0, 32]),  # an empty context
+        ([[0, 1], [2, 3]], [20, 33]),  # longer than its table
+        ([[0, 1], [2, 4]], [20, 32]),  # block 4 of a 4-block pool
+        ([[0, -1], [2, 3]], [20, 32]),  # a negative block id
+    ]
+    for tables, lengths in [(good_tables, good_lengths)] + cases:
+        out = torch.full((2, 1, 32), 7.0)
+        call = lambda t=tables, n=lengths, o=out: native.decode_attention(  # noqa: E731
+            q,
+            kv,
+            o,
+            torch.tensor(t, dtype=torch.int32),
+            torch.tensor(n, dtype=torch.int32),
+            16,
+            1,
+            0.2,
+            None,
+            2,
+        )
+        if tables is good_tables:
+            call()
+            assert not (out == 7.0).any()
+            continue
+        with pytest.raises(ValueError, match="outside"):
+            call()
+        assert (out == 7.0).all()  # nothing written
+
+
+def test_kernel_rejects_shapes_that_do_not_fit_together():
+    kv, q = torch.zeros(2, 32, 64), torch.zeros(1, 2, 64)
+    tables, lengths = torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32)
+    for bad in (
+        dict(out=torch.empty(1, 1, 64)),  # fewer heads than q: writes would overrun it
+        dict(kv=torch.zeros(4, 32, 64)),  # not 2 * num_kv_heads planes
+        dict(tables=torch.zeros(1, dtype=torch.int32)),  # not [rows, W]
+        dict(q=torch.zeros(1, 2, 64, dtype=torch.float64)),
+    ):
+        args = dict(q=q, kv=kv, out=torch.empty(1, 2, 64), tables=tables, lengths=lengths) | bad
+        with pytest.raises(ValueError):
+            native.decode_attention(
+                args["q"], args["kv"], args["out"], args["tables"], args["lengths"], 16, 1, 0.125, None
+            )
+
+
 def test_kernel_rejects_a_layout_it_cannot_read():
     kv = torch.zeros(2, 32, 64)
     q = torch.zeros(1, 2, 64).transpose(0, 1)  # heads not contiguous
@@ -132,6 +182,33 @@ def test_without_a_compiler_the_engine_uses_pytorch(llama_dir, tmp_path, monkeyp
         assert runner.native_decode is False
     finally:
         native.decode_attention_kernel.cache_clear()  # later tests build (or find) the real one
+
+
+def test_a_build_under_a_permissive_umask_still_loads(tmp_path, monkeypatch):
+    """umask 002 (common for desktop users) must not leave a group-writable library that the
+    next process then refuses."""
+    monkeypatch.setenv("STRATUS_KERNEL_CACHE", str(tmp_path / "cache"))
+    old = os.umask(0o002)
+    native.decode_attention_kernel.cache_clear()
+    try:
+        assert native.decode_attention_kernel() is not None  # built
+        native.decode_attention_kernel.cache_clear()
+        assert native.decode_attention_kernel() is not None  # and loaded again from the cache
+    finally:
+        os.umask(old)
+        native.decode_attention_kernel.cache_clear()
+
+
+def test_a_cache_under_a_directory_others_can_write_is_refused(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # not sticky: another user could rename our directory and put theirs there
+    monkeypatch.setenv("STRATUS_KERNEL_CACHE", str(shared / "mine"))
+    native.decode_attention_kernel.cache_clear()
+    try:
+        assert native.decode_attention_kernel() is None
+    finally:
+        native.decode_attention_kernel.cache_clear()
 
 
 def test_a_cache_others_can_write_is_refused(tmp_path, monkeypatch):

@@ -8,9 +8,9 @@
  * its context at ~3 GB/s where a core can stream ~10-20 GB/s (docs/ENGINE.md).
  *
  * Layout (engine/model_runner.py): the pool of one layer is [2 * kv_heads, slots, head_dim],
- * K heads then V heads; slot = block * block_size + offset. Single-threaded on purpose: the
- * engine runs each half of a step on its own thread (engine/split_step.py) and ctypes releases
- * the GIL for the call.
+ * K heads then V heads; slot = block * block_size + offset. The rows of a call are shared
+ * among `threads` OpenMP threads (PyTorch's team, see native.py); ctypes releases the GIL for
+ * the call. Every table entry and length is checked before anything is read or written.
  */
 #include <math.h>
 #include <stdint.h>
@@ -173,13 +173,33 @@ static void *attend_rows(void *arg)
 
 #define MAX_THREADS 64
 
+/* 0 when every row's context lies inside the pool and its table; -2 (nothing read) otherwise. */
+static int check_inputs(const struct decode_job *job)
+{
+    if (job->block_size <= 0 || job->num_kv_heads <= 0 || job->num_heads % job->num_kv_heads != 0 ||
+        job->head_dim <= 0 || job->num_heads <= 0)
+        return -2;
+    const int64_t pool_blocks = job->slots / job->block_size;
+    for (int64_t r = job->row_begin; r < job->row_end; r++) {
+        const int64_t length = job->lengths[r];
+        if (length < 1 || length > job->table_width * job->block_size)
+            return -2;
+        const int32_t *table = job->tables + r * job->table_width;
+        for (int64_t b = 0; b * job->block_size < length; b++)
+            if (table[b] < 0 || table[b] >= pool_blocks)
+                return -2;
+    }
+    return 0;
+}
+
 /* Rows [0, rows): query row r is q + r * q_row_stride ([num_heads, head_dim], contiguous heads),
  * its output out + r * out_row_stride; its context is lengths[r] tokens (the new one included)
  * whose blocks are tables[r * table_width ...]. window > 0 reads only the last `window` keys.
  * With threads > 1 the rows are cut into that many runs of about equal keys, computed by an
  * OpenMP team: PyTorch's own (native.py links the library so that it shares PyTorch's libgomp),
- * so no second pool of threads competes with PyTorch's for the cores. Returns 0, or -1 if
- * scratch memory could not be allocated (outputs then undefined). */
+ * so no second pool of threads competes with PyTorch's for the cores. Returns 0; -1 if scratch
+ * memory could not be allocated (outputs then undefined); -2, with nothing read or written, if a
+ * length or block id lies outside the tables or the pool, or the head counts do not divide. */
 int stratus_decode_attention(
     const float *q, int64_t q_row_stride, const float *kv, int64_t slots,
     float *out, int64_t out_row_stride, const int32_t *tables, int64_t table_width,
@@ -189,6 +209,8 @@ int stratus_decode_attention(
     struct decode_job base = {q, q_row_stride, kv, slots, out, out_row_stride, tables, table_width,
                               lengths, 0, rows, block_size, num_heads, num_kv_heads, head_dim,
                               window, scale, 0};
+    if (check_inputs(&base) != 0)
+        return -2;
     if (threads > rows)
         threads = rows;
     if (threads > MAX_THREADS)
