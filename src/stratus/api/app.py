@@ -108,7 +108,9 @@ def create_app(
             if state.ray_cluster is not None:
                 await state.ray_cluster.close()
             await registry.shutdown()
-            hooks.close()  # the audit writer drains before the store it writes to closes
+            # The audit writer drains before the store it writes to closes (off the event loop:
+            # it waits for a commit).
+            await asyncio.to_thread(hooks.close)
             if state.access is not None:
                 state.access.store.close()
 

@@ -93,8 +93,12 @@ class AuditRecorder:
         self.lost = 0  # records not written while failing open
 
     def close(self) -> None:
-        """At gateway shutdown: write what is queued, then give the database connection back."""
-        self.writer.close()
+        """At gateway shutdown: write what is queued, then give the database connection back.
+        Blocks (a database commit): call it off the event loop."""
+        if not self.writer.close():
+            # Still writing (a stalled disk or database): leave it the connection it is using.
+            log.error("audit writer still busy at shutdown; records it has not written yet may be lost")
+            return
         self.log.close()
 
     async def record(self, ctx: RequestContext) -> None:

@@ -46,24 +46,28 @@ class AuditWriter:
         self.every = every
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="stratus-audit-writer", daemon=True)
         self._thread.start()
 
     async def write(self, event: AuditEvent, content: str | None = None) -> AuditRecord:
-        if self._closed:  # nothing would ever answer: fail now, like any write that did not land
-            raise RuntimeError("the audit writer is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
-        self._queue.put((event, content, loop, future))
+        with self._closing:  # a record is queued before the stop, or refused: never after it
+            if self._closed:  # nothing would ever answer: fail now, like any write that did not land
+                raise RuntimeError("the audit writer is closed")
+            self._queue.put((event, content, loop, future))
         return await future
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, then stop the thread (gateway shutdown). Later writes raise."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+    def close(self, timeout: float = 30.0) -> bool:
+        """Write what is queued, then stop the thread (gateway shutdown); later writes raise.
+        False if the thread was still writing after `timeout` seconds."""
+        with self._closing:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(_STOP)
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         stopping = False

@@ -77,3 +77,31 @@ def test_close_writes_what_was_queued_then_refuses_more(tmp_path):
     assert not writer._thread.is_alive()
     assert verify(log).ok
     store.close()
+
+
+def test_close_reports_a_writer_still_busy(tmp_path):
+    """A stalled commit outlasts close()'s wait: close says so (the gateway then leaves the
+    connection to the thread still using it) and the record still lands once the commit returns."""
+    import threading
+
+    store = Store.open(database_url(tmp_path))
+    log = AuditLog(store, b"w" * 32)
+    writer = AuditWriter(log)
+    stalled, real = threading.Event(), log.append_many
+
+    def slow(events, *rest):
+        stalled.wait(5)
+        return real(events, *rest)
+
+    log.append_many = slow
+
+    async def scenario():
+        pending = asyncio.create_task(writer.write(AuditEvent(action="x", outcome="ok")))
+        await asyncio.sleep(0.05)  # the thread holds it, inside the stalled commit
+        assert await asyncio.to_thread(writer.close, 0.2) is False
+        stalled.set()
+        return await pending
+
+    assert asyncio.run(scenario()).seq == 1
+    assert writer.close() is True  # and now it has stopped
+    store.close()
