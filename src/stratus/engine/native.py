@@ -1,10 +1,11 @@
 """The engine's C kernels (engine/kernels/*.c): compiled once per machine with the system C
 compiler, cached, and loaded with ctypes.
 
-ctypes keeps the build light (no PyTorch headers, about a second with gcc) and releases the GIL
-for each call, which the split step's two threads rely on. When there is no compiler, or the
-build fails, `decode_attention_kernel()` returns None and the engine keeps its PyTorch path
-(logged once). STRATUS_NATIVE_KERNELS=0 turns the kernels off; STRATUS_KERNEL_CACHE moves the
+ctypes keeps the build light (no PyTorch headers, about two seconds with gcc) and releases the
+GIL for each call (the gateway's threads, and split steps' two halves, keep running). The kernel
+shares its work among PyTorch's own OpenMP threads (see OPENMP_FLAGS). When there is no
+compiler, or the build fails, `decode_attention_kernel()` returns None and the engine keeps its
+PyTorch path (logged once). STRATUS_NATIVE_KERNELS=0 turns the kernels off; STRATUS_KERNEL_CACHE moves the
 cache (default: $XDG_CACHE_HOME/stratus/kernels, else ~/.cache/stratus/kernels).
 """
 
@@ -123,6 +124,17 @@ def build(name: str) -> Path:
     return target
 
 
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+# stratus_decode_attention's parameters, in order (kernels/decode_attention.c).
+DECODE_ATTENTION_ARGS = (
+    ("q", _PTR), ("q_row_stride", _I64), ("kv", _PTR), ("slots", _I64),
+    ("out", _PTR), ("out_row_stride", _I64), ("tables", _PTR), ("table_width", _I64),
+    ("lengths", _PTR), ("rows", _I64), ("block_size", _I64), ("num_heads", _I64),
+    ("num_kv_heads", _I64), ("head_dim", _I64), ("scale", ctypes.c_float), ("window", _I64),
+    ("threads", _I64),
+)  # fmt: skip
+
+
 @functools.cache
 def decode_attention_kernel():
     """The C function `stratus_decode_attention` (see kernels/decode_attention.c), or None."""
@@ -135,26 +147,7 @@ def decode_attention_kernel():
         log.warning("native decode attention unavailable, using PyTorch's: %s", detail)
         return None
     fn = lib.stratus_decode_attention
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [
-        ptr,
-        i64,
-        ptr,
-        i64,
-        ptr,
-        i64,
-        ptr,
-        i64,
-        ptr,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        ctypes.c_float,
-        i64,
-        i64,
-    ]
+    fn.argtypes = [kind for _, kind in DECODE_ATTENTION_ARGS]
     fn.restype = ctypes.c_int
     return fn
 
