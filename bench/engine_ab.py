@@ -13,7 +13,6 @@ A variant is NAME:KEY=JSON,KEY=JSON (EngineConfig fields over the engine_through
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -21,16 +20,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from engine_throughput import THREADS, remap, resolve_model  # noqa: E402
+from engine_throughput import (  # noqa: E402
+    THREADS,
+    parse_settings,
+    remap,
+    resolve_model,
+    run_offline,
+    stratus_engine_config,
+    warm_up,
+)
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
     name, _, settings = text.partition(":")
-    overrides = {}
-    for pair in filter(None, settings.split(",")):
-        key, _, value = pair.partition("=")
-        overrides[key] = json.loads(value)
-    return name, overrides
+    return name, parse_settings(filter(None, settings.split(",")))
 
 
 def main() -> None:
@@ -46,7 +49,6 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     from stratus.engine.config import EngineConfig
     from stratus.engine.llm_engine import LLMEngine
-    from stratus.engine.types import GenerateRequest, SamplingParams
 
     path = resolve_model(args.model)
     if path is None:
@@ -54,28 +56,16 @@ def main() -> None:
     vocab = common.read_config(path)["vocab_size"]
     max_len = 1024
     work = common.make_workload(args.requests, vocab, (16, 256), (32, 256), max_len, seed=0)
-    base = dict(
-        dtype="float32",
-        max_num_seqs=64,
-        max_num_batched_tokens=2048,
-        kv_cache_memory_mb=2048,
-        num_threads=THREADS,
-        max_model_len=max_len,
-    )
+    base = stratus_engine_config(2048, max_len)
     variants = dict(parse_variant(v) for v in args.variant)
     engines = {name: LLMEngine(str(path), EngineConfig(**(base | o))) for name, o in variants.items()}
 
     def run(engine, prompts, max_tokens, tag) -> float:
-        for i, (ids, m) in enumerate(zip(prompts, max_tokens)):
-            params = SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
-            engine.add_request(GenerateRequest(prompt_token_ids=ids, params=params, request_id=f"{tag}-{i}"))
-        start, tokens = time.perf_counter(), 0
-        while engine.has_work():
-            tokens += sum(len(d.token_ids) for d in engine.step())
-        return tokens / (time.perf_counter() - start)
+        seconds, tokens, _ = run_offline(engine, prompts, max_tokens, tag)
+        return tokens / seconds
 
-    for engine in engines.values():  # warm-up, as engine_throughput does
-        run(engine, remap(work.prompts[:8], 99, vocab), [8] * min(8, len(work.prompts)), "warm")
+    for engine in engines.values():
+        warm_up(engine, work, vocab)
     rates: dict[str, list[float]] = {name: [] for name in engines}
     shift = 0
     for r in range(args.rounds):

@@ -62,6 +62,48 @@ def remap(prompts: list[list[int]], shift: int, vocab: int, first: int = 8) -> l
     return [[first + (t - first + shift * 7919) % span for t in p] for p in prompts]
 
 
+def run_offline(engine, prompts, max_tokens, tag) -> tuple[float, int, int]:
+    """Add every request (greedy, ignore_eos), step until idle: (seconds, output tokens, steps)."""
+    from stratus.engine.types import GenerateRequest, SamplingParams
+
+    t = time.perf_counter()
+    for i, (ids, m) in enumerate(zip(prompts, max_tokens)):
+        params = SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
+        engine.add_request(GenerateRequest(prompt_token_ids=ids, params=params, request_id=f"{tag}-{i}"))
+    steps = tokens = 0
+    while engine.has_work():
+        deltas = engine.step()
+        steps += 1
+        tokens += sum(len(d.token_ids) for d in deltas)
+    return time.perf_counter() - t, tokens, steps
+
+
+def warm_up(engine, work, vocab: int) -> None:
+    """Allocator, kernels, the prefill and decode paths: eight short requests."""
+    run_offline(engine, remap(work.prompts[:8], 99, vocab), [8] * min(8, len(work.prompts)), "warm")
+
+
+def parse_settings(pairs) -> dict:
+    """KEY=JSON strings as EngineConfig overrides: ["split_steps=true"] -> {"split_steps": True}."""
+    settings = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        settings[key] = json.loads(value)
+    return settings
+
+
+def stratus_engine_config(max_num_batched_tokens: int, max_len: int) -> dict:
+    """The EngineConfig fields every stratus run of these benchmarks uses."""
+    return {
+        "dtype": "float32",
+        "max_num_seqs": 64,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "kv_cache_memory_mb": 2048,  # vLLM gets VLLM_CPU_KVCACHE_SPACE=2 (GB)
+        "num_threads": THREADS,
+        "max_model_len": max_len,
+    }
+
+
 def worker_stratus(spec: dict) -> dict:
     import torch
 
@@ -77,19 +119,9 @@ def worker_stratus(spec: dict) -> dict:
     load_s = time.perf_counter() - t0
 
     def run(prompts, max_tokens, tag):
-        t = time.perf_counter()
-        for i, (ids, m) in enumerate(zip(prompts, max_tokens)):
-            params = SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)
-            engine.add_request(GenerateRequest(prompt_token_ids=ids, params=params, request_id=f"{tag}-{i}"))
-        steps = tokens = 0
-        while engine.has_work():
-            deltas = engine.step()
-            steps += 1
-            tokens += sum(len(d.token_ids) for d in deltas)
-        return time.perf_counter() - t, tokens, steps
+        return run_offline(engine, prompts, max_tokens, tag)
 
-    # Warm-up: allocator, kernels, the prefill and decode paths.
-    run(remap(work.prompts[:8], 99, vocab), [8] * min(8, len(work.prompts)), "warm")
+    warm_up(engine, work, vocab)
 
     if spec.get("profile"):
         return {"load_s": load_s, "profile": profile_stratus(engine, run, work, vocab)}
@@ -544,17 +576,8 @@ def bench_model(name: str, args, bandwidth: dict, stamp: str) -> dict:
         f"{len(work.prompts)} requests, {work.prompt_tokens} prompt + {work.output_tokens} output tokens)",
         flush=True,
     )
-    engine_config = {
-        "dtype": "float32",
-        "max_num_seqs": 64,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "kv_cache_memory_mb": 2048,  # vLLM gets VLLM_CPU_KVCACHE_SPACE=2 (GB)
-        "num_threads": THREADS,
-        "max_model_len": max_len,
-    }
-    for setting in args.set:  # --set split_steps=true: an A/B of one engine knob
-        key, _, value = setting.partition("=")
-        engine_config[key] = json.loads(value)
+    engine_config = stratus_engine_config(args.max_num_batched_tokens, max_len)
+    engine_config |= parse_settings(args.set)  # --set split_steps=true: an A/B of one engine knob
     base = {"model": str(path), "workload": work.to_json(), "vocab_size": config["vocab_size"]}
     logs = common.RESULTS_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)

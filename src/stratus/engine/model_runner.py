@@ -84,18 +84,25 @@ class ModelRunner:
             return self.split.run(self._run, batch)
         return self._run(batch)
 
-    @torch.inference_mode()  # per thread: the second half of a split step runs on its own
-    def _run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor | None]:
-        # Decodes first. With the C kernel, all in the batch's order. Otherwise those whose context
-        # is one slice of the pool (read in place), then the rest longest context first, so that
-        # decode groups are runs of rows.
+    def _paged_decodes(self, decodes: list[tuple[Sequence, int]]) -> PagedDecodes | None:
+        """All decode rows, for the C kernel: each row's block table and context length."""
+        if not decodes:
+            return None
+        lengths = [seq.num_computed_tokens + 1 for seq, _ in decodes]
+        # Sized for the longest context, so every table covers its own row's context.
+        tables = block_table_tensor(
+            [seq.block_table for seq, _ in decodes], max(lengths), self.block_size, self.device, torch.int32
+        )
+        return PagedDecodes(tables, torch.tensor(lengths, dtype=torch.int32), torch.get_num_threads())
+
+    def _pytorch_decode_plan(
+        self, decodes: list[tuple[Sequence, int]]
+    ) -> tuple[list[tuple[Sequence, int]], list[DecodeSlice], list]:
+        """The PyTorch path: rows whose context is one slice of the pool first (read in place),
+        then the rest longest context first, so that decode groups are runs of rows.
+        Returns the decodes in that order, the in-place slices and the groups."""
         in_place, gathered, slices = [], [], []
-        for seq, n in batch.items:
-            if n != 1:
-                continue
-            if self.native_decode:
-                in_place.append((seq, n))
-                continue
+        for seq, n in decodes:
             length = seq.num_computed_tokens + 1
             first = contiguous_start(seq.block_table, -(-length // self.block_size))
             if first is None:
@@ -104,7 +111,29 @@ class ModelRunner:
                 slices.append(DecodeSlice(len(in_place), first * self.block_size, length))
                 in_place.append((seq, n))
         gathered.sort(key=lambda item: -item[0].num_computed_tokens)
-        decodes = in_place + gathered
+        groups = []
+        if gathered:
+            groups = make_decode_groups(
+                [s.num_computed_tokens + 1 for s, _ in gathered],
+                [s.block_table for s, _ in gathered],
+                self.block_size,
+                self.model.config.sliding_window,
+                self.group_overhead,
+                self.dtype,
+                self.device,
+                first_row=len(in_place),
+            )
+        return in_place + gathered, slices, groups
+
+    @torch.inference_mode()  # per thread: the second half of a split step runs on its own
+    def _run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor | None]:
+        # Decodes first (rows [0, len(decodes)), in the order their attention plan gives).
+        decodes = [(seq, n) for seq, n in batch.items if n == 1]
+        if self.native_decode:
+            slices, groups, paged = [], [], self._paged_decodes(decodes)
+        else:
+            decodes, slices, groups = self._pytorch_decode_plan(decodes)
+            paged = None
         prefills = [(s, n) for s, n in batch.items if n > 1]
         input_ids: list[int] = []
         positions: list[int] = []
@@ -124,26 +153,6 @@ class ModelRunner:
         )
         slot_mapping = (block_of * self.block_size + pos_t % self.block_size).to(self.device)
 
-        groups, paged = [], None
-        if self.native_decode and in_place:
-            lengths = [s.num_computed_tokens + 1 for s, _ in in_place]
-            tables = block_table_tensor(
-                [s.block_table for s, _ in in_place], max(lengths), self.block_size, self.device, torch.int32
-            )
-            # Every table covers its row's context (block_table_tensor sizes them for the longest):
-            # the kernel reads exactly those blocks.
-            paged = PagedDecodes(tables, torch.tensor(lengths, dtype=torch.int32), torch.get_num_threads())
-        if gathered:
-            groups = make_decode_groups(
-                [s.num_computed_tokens + 1 for s, _ in gathered],
-                [s.block_table for s, _ in gathered],
-                self.block_size,
-                self.model.config.sliding_window,
-                self.group_overhead,
-                self.dtype,
-                self.device,
-                first_row=len(in_place),
-            )
         spans = []
         row = len(decodes)
         for seq, n in prefills:

@@ -5,7 +5,8 @@ ctypes keeps the build light (no PyTorch headers, about two seconds with gcc) an
 GIL for each call (the gateway's threads, and split steps' two halves, keep running). The kernel
 shares its work among PyTorch's own OpenMP threads (see OPENMP_FLAGS). When there is no
 compiler, or the build fails, `decode_attention_kernel()` returns None and the engine keeps its
-PyTorch path (logged once). STRATUS_NATIVE_KERNELS=0 turns the kernels off; STRATUS_KERNEL_CACHE moves the
+PyTorch path (logged once). `EngineConfig.native_kernels` (`--no-native-kernels`, or
+STRATUS_NATIVE_KERNELS=0 for `stratus serve`) turns them off; STRATUS_KERNEL_CACHE moves the
 cache (default: $XDG_CACHE_HOME/stratus/kernels, else ~/.cache/stratus/kernels).
 """
 
@@ -37,10 +38,6 @@ COMPILE_FLAGS = ["-O3", "-ffast-math", "-fPIC", "-std=gnu11", "-fopenmp"]
 # the name gcc's -fopenmp links against: the dynamic loader reuses the copy already in the process.
 OPENMP_FLAGS = ["-fopenmp"]
 NATIVE_FLAGS = ["-march=native"]  # the cache key includes the CPU's flags (see _cpu_signature)
-
-
-def enabled() -> bool:
-    return os.environ.get("STRATUS_NATIVE_KERNELS", "1") != "0"
 
 
 def cache_dir() -> Path:
@@ -138,8 +135,6 @@ DECODE_ATTENTION_ARGS = (
 @functools.cache
 def decode_attention_kernel():
     """The C function `stratus_decode_attention` (see kernels/decode_attention.c), or None."""
-    if not enabled():
-        return None
     try:
         lib = ctypes.CDLL(str(build("decode_attention")))
     except (OSError, subprocess.CalledProcessError) as exc:
