@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stratus.engine.types import MIN_TEMPERATURE
+
 MAX_N = 16
 MAX_STOP = 16
 MAX_LOGPROBS = 20
@@ -105,7 +107,7 @@ class _GenerationRequest(EngineExtras):
 
     def deterministic(self) -> bool:
         """Same request, same answer: greedy, or sampling with a fixed seed."""
-        return self.temperature == 0 or self.seed is not None
+        return (self.temperature is not None and self.temperature < MIN_TEMPERATURE) or self.seed is not None
 
 
 class ChatCompletionRequest(_GenerationRequest):

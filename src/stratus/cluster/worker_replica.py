@@ -31,7 +31,7 @@ from stratus.cluster.replica import ReplicaError
 from stratus.cluster.worker_server import PREFIX
 from stratus.engine.config import ModelConfig
 from stratus.engine.tokenizer import Tokenizer
-from stratus.engine.types import Delta, EngineStats, GenerateRequest, ValidationError
+from stratus.engine.types import Delta, EngineStats, GenerateRequest, RequestFailed, ValidationError
 
 log = logging.getLogger("stratus.cluster")
 
@@ -143,7 +143,7 @@ class WorkerReplica:
                     yield delta
                     if not unfinished:
                         return
-        except (ReplicaError, ValidationError):
+        except (ReplicaError, ValidationError, RequestFailed):
             raise
         except httpx.TimeoutException as exc:
             raise ReplicaError(f"worker {self.id} timed out ({type(exc).__name__})") from exc
@@ -179,6 +179,8 @@ def _stream_error(replica_id: str, error: object) -> Exception:
     if error.get("type") == "invalid_request_error":
         param = error.get("param")
         return ValidationError(message, param if isinstance(param, str) else None)
+    if error.get("type") == "request_failed":
+        return RequestFailed(message)
     return ReplicaError(f"worker {replica_id}: {message}")
 
 

@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 
 from stratus.cluster import wire
 from stratus.cluster.checkpoint_files import read_checkpoint_files
-from stratus.engine.types import ValidationError
+from stratus.engine.types import RequestFailed, ValidationError
 
 if TYPE_CHECKING:
     from stratus.engine import Engine
@@ -161,6 +161,9 @@ async def _lines(deltas: AsyncIterator, request_id: str, keepalive: float) -> As
             yield orjson.dumps(wire.delta_to_dict(delta)) + b"\n"
     except ValidationError as exc:  # the engine's refusal: the request's fault, not the worker's
         error = {"message": str(exc), "type": "invalid_request_error", "param": exc.param}
+        yield orjson.dumps({"error": error}) + b"\n"
+    except RequestFailed as exc:  # this request failed in the engine; the worker is fine
+        error = {"message": str(exc), "type": "request_failed"}
         yield orjson.dumps({"error": error}) + b"\n"
     except Exception:
         log.exception("generation %s failed", request_id)

@@ -20,7 +20,7 @@ from .inputs import context_window, prepare_prompt
 from .llm_engine import LLMEngine
 from .step_loop import run_step_loop
 from .tokenizer import Tokenizer
-from .types import Delta, EngineStats, GenerateRequest, SamplingParams, ValidationError
+from .types import Delta, EngineStats, GenerateRequest, RequestFailed, SamplingParams, ValidationError
 
 
 class EngineError(RuntimeError):
@@ -143,7 +143,12 @@ class Engine:
                 self._send(rid, items)
         elif kind == "error":
             _, rid, error_kind, message, param = result
-            exc = ValidationError(message, param) if error_kind == "validation" else EngineError(message)
+            if error_kind == "validation":
+                exc: Exception = ValidationError(message, param)
+            elif error_kind == "request":
+                exc = RequestFailed(message)
+            else:
+                exc = EngineError(message)
             self._send(rid, [exc])
         elif kind == "died":
             self._failure = result[1]

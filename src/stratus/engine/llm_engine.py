@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from pathlib import Path
@@ -14,7 +15,7 @@ from .config import CheckpointError, EngineConfig, ModelConfig
 from .inputs import context_window, prepare_prompt
 from .model_runner import ModelRunner
 from .sampler import apply_penalties, sample, top_logprobs
-from .scheduler import Scheduler
+from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence, Status
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 from .types import (
@@ -25,6 +26,8 @@ from .types import (
     TokenLogprob,
     ValidationError,
 )
+
+log = logging.getLogger("stratus.engine")
 
 
 class LLMEngine:
@@ -62,6 +65,7 @@ class LLMEngine:
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens generated in a step)
         self.generated_tokens_total = 0
         self.prompt_tokens_total = 0
+        self._failures: dict[str, str] = {}  # request id -> why it failed (take_failures)
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set(self.model_config.eos_token_ids)
@@ -137,21 +141,28 @@ class LLMEngine:
 
     @torch.inference_mode()
     def step(self) -> list[Delta]:
+        """One step of every scheduled sequence. A sequence whose forward pass or sampling
+        fails is failed alone (see `take_failures`): one request must never stop the others."""
         batch = self.scheduler.schedule()
         if not batch.items:
             return []
-        finishing, logits = self.runner.run(batch)
+        try:
+            finishing, logits = self.runner.run(batch)
+        except Exception as exc:
+            finishing, logits = self._run_one_by_one(batch, exc)
         for seq, n in batch.items:
-            seq.num_computed_tokens += n
-            self.blocks.commit_full_blocks(seq)
+            if not seq.finished:
+                seq.num_computed_tokens += n
+                self.blocks.commit_full_blocks(seq)
         if not finishing:
             return []
-        # Logprobs describe the model's own distribution, before penalties and temperature.
-        want = [i for i, seq in enumerate(finishing) if seq.params.logprobs is not None]
-        raw = logits[want] if want else None  # advanced indexing copies
-        apply_penalties(logits, finishing)
-        tokens = sample(logits, finishing, self.generator)
-        lp_rows = self._logprobs(raw, want, finishing, tokens) if want else {}
+        try:
+            tokens, lp_rows = self._sample(logits, finishing)
+        except Exception as exc:
+            finishing, logits = self._sample_one_by_one(finishing, logits, exc)
+            if not finishing:
+                return []
+            tokens, lp_rows = self._sample(logits, finishing)
         deltas = []
         now = time.monotonic()
         for i, seq in enumerate(finishing):
@@ -161,6 +172,62 @@ class LLMEngine:
         self._recent.append((now, len(finishing)))
         self.generated_tokens_total += len(finishing)
         return deltas
+
+    def _sample(self, logits: torch.Tensor, finishing: list[Sequence]):
+        # Logprobs describe the model's own distribution, before penalties and temperature.
+        want = [i for i, seq in enumerate(finishing) if seq.params.logprobs is not None]
+        raw = logits[want] if want else None  # advanced indexing copies
+        if any(seq.params.penalised for seq in finishing):
+            logits = logits.clone()  # penalties work in place; a retry must start from the model's
+            apply_penalties(logits, finishing)
+        tokens = sample(logits, finishing, self.generator)
+        return tokens, (self._logprobs(raw, want, finishing, tokens) if want else {})
+
+    def _run_one_by_one(self, batch: ScheduledBatch, error: Exception):
+        """The batch's forward failed: run each sequence alone and fail the ones that still
+        fail. Recomputing writes the same K/V to the same slots, so a retry is harmless."""
+        log.warning("engine step failed (%s); retrying its %d sequences one by one", error, len(batch.items))
+        rows: list[tuple[Sequence, torch.Tensor]] = []
+        for item in batch.items:
+            try:
+                done, logits = self.runner.run(ScheduledBatch([item]))
+            except Exception as exc:
+                self._fail(item[0], exc)
+                continue
+            if done and logits is not None:
+                rows.append((done[0], logits[0]))
+        rows = [(seq, row) for seq, row in rows if not seq.finished]  # a sibling choice failed
+        if not rows:
+            return [], None
+        return [seq for seq, _ in rows], torch.stack([row for _, row in rows])
+
+    def _sample_one_by_one(self, finishing: list[Sequence], logits: torch.Tensor, error: Exception):
+        """Sampling the batch failed: keep the rows that sample alone, fail the others."""
+        log.warning("sampling failed (%s); retrying its %d rows one by one", error, len(finishing))
+        kept = []
+        for i, seq in enumerate(finishing):
+            try:
+                self._sample(logits[i : i + 1], [seq])
+            except Exception as exc:
+                self._fail(seq, exc)
+                continue
+            kept.append(i)
+        kept = [i for i in kept if not finishing[i].finished]  # a sibling choice failed
+        return [finishing[i] for i in kept], logits[kept]
+
+    def _fail(self, seq: Sequence, exc: Exception) -> None:
+        """Fail the request `seq` belongs to (all its choices) and free its blocks."""
+        log.error("request %s failed in the engine: %s: %s", seq.request_id, type(exc).__name__, exc)
+        for other in self.requests.pop(seq.request_id, [seq]):
+            if not other.finished:
+                self.scheduler.finish(other)
+                other.finish_reason = "abort"
+        self._failures[seq.request_id] = f"{type(exc).__name__} while computing this request"
+
+    def take_failures(self) -> dict[str, str]:
+        """Requests failed since the last call, and why; each is gone from the engine."""
+        failures, self._failures = self._failures, {}
+        return failures
 
     def _logprobs(self, raw, rows, finishing, tokens) -> dict[int, TokenLogprob]:
         k = max(finishing[i].params.logprobs for i in rows)

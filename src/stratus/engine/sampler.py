@@ -7,6 +7,7 @@ import hashlib
 import torch
 
 from .sequence import Sequence
+from .types import MIN_REPETITION_PENALTY, MIN_TEMPERATURE
 
 
 def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
@@ -16,12 +17,11 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
     for row, seq in enumerate(seqs):
         p = seq.params
         if p.repetition_penalty != 1.0:
+            penalty = max(p.repetition_penalty, MIN_REPETITION_PENALTY)
             seen = torch.tensor(sorted(set(seq.token_ids)), dtype=torch.long, device=logits.device)
             seen = seen[seen < vocab]
             scores = logits[row, seen]
-            logits[row, seen] = torch.where(
-                scores > 0, scores / p.repetition_penalty, scores * p.repetition_penalty
-            )
+            logits[row, seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
         if (p.presence_penalty or p.frequency_penalty) and seq.num_output_tokens:
             out = torch.tensor(seq.output_ids, dtype=torch.long, device=logits.device)
             counts = torch.bincount(out[out < vocab], minlength=vocab).to(logits.dtype)
@@ -31,7 +31,8 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
 def filter_logits(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     """Temperature, top-k, top-p and min-p for rows that sample; returns probabilities."""
     device = logits.device
-    temps = torch.tensor([s.params.temperature for s in seqs], device=device).unsqueeze(1)
+    temps = [max(s.params.temperature, MIN_TEMPERATURE) for s in seqs]
+    temps = torch.tensor(temps, device=device).unsqueeze(1)
     logits = logits / temps
     top_ks = [s.params.top_k for s in seqs]
     if any(k > 0 for k in top_ks):

@@ -18,6 +18,7 @@ log = logging.getLogger("stratus.engine")
 
 # Commands: ("add", GenerateRequest, prompt_ids) | ("abort", request_id) | ("stop",)
 # Results:  ("deltas", [Delta]) | ("error", request_id, kind, message, param) | ("stats", EngineStats)
+#   error kinds: "validation" (refused), "request" (this request failed), "engine" (the step failed)
 Command = tuple
 NextCommand = Callable[[float | None], Command | None]  # timeout None: don't wait
 Publish = Callable[[tuple], None]
@@ -71,6 +72,8 @@ def run_step_loop(core: LLMEngine, next_command: NextCommand, publish: Publish) 
                 deltas = core.step()
                 if pacer is not None:
                     pacer.stepped(started, core.generated_tokens_total - produced)
+                for rid, why in core.take_failures().items():
+                    publish(("error", rid, "request", why, None))
         except Exception as exc:  # a bug must not hang every caller: fail what is in flight
             log.exception("engine step failed; failing in-flight requests")
             for rid in list(core.requests):

@@ -9,6 +9,12 @@ from typing import Literal
 
 FinishReason = Literal["stop", "length", "abort"]
 
+# Below this temperature a row is greedy: dividing float32 logits by a smaller value overflows
+# (1e-300 even rounds to 0), and the result would be greedy anyway.
+MIN_TEMPERATURE = 1e-5
+# Repetition penalties divide logits; a smaller one is raised to this so they stay finite.
+MIN_REPETITION_PENALTY = 1e-2
+
 
 class ValidationError(ValueError):
     """A request the engine refuses; `param` names the offending field."""
@@ -16,6 +22,11 @@ class ValidationError(ValueError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+class RequestFailed(Exception):
+    """The engine failed while computing this one request; the others, and the engine, go on.
+    Not a replica failure: the same request would fail on any replica, so it is not retried."""
 
 
 @dataclass
@@ -72,8 +83,12 @@ class SamplingParams:
             raise bad("n", "must be between 1 and 16")
 
     @property
+    def penalised(self) -> bool:
+        return bool(self.repetition_penalty != 1.0 or self.presence_penalty or self.frequency_penalty)
+
+    @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def _finite(x: object) -> bool:
