@@ -1,7 +1,11 @@
 """`stratus serve` as users run it: a process that prints how to call it and drains on SIGTERM."""
 
 import json
+import os
+import signal
 import threading
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -79,3 +83,49 @@ def test_serve_prints_banner_and_drains_on_sigterm(tiny_checkpoint, tmp_path):
     assert any(s[2] for s in streams), "no stream was still running when SIGTERM arrived"
     assert outcomes["p0"] == (200, max_tokens), outcomes
     assert "stratus: stopped" in server.output
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_a_killed_engine_process_is_replaced_and_reported_meanwhile(tiny_checkpoint, tmp_path):
+    server = ServeProcess(
+        "--model", f"tiny={tiny_checkpoint}", "--data-dir", str(tmp_path / "data"), "--no-auth"
+    )
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            before = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
+            engines = [
+                p for p in _children(server.proc.pid) if "spawn" in Path(f"/proc/{p}/cmdline").read_text()
+            ]
+            assert len(engines) == 1, engines
+            os.kill(engines[0], signal.SIGKILL)
+            seen_restarting = refused = None
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                ready = c.get("/ready")
+                assert c.get("/health").status_code == 200  # restarting is not dead
+                if ready.status_code == 503 and ready.json()["models"].get("tiny") == "restarting":
+                    seen_restarting = ready.json()
+                    r = c.post("/v1/completions", json=body)
+                    if r.status_code == 503:
+                        refused = r.json()["error"]["message"]
+                if seen_restarting and ready.status_code == 200:
+                    break
+                time.sleep(0.1)
+            assert seen_restarting, "/ready never reported the engine restarting"
+            assert "being restarted" in seen_restarting["errors"]["tiny"]
+            assert refused is None or "restarted" in refused
+            assert c.get("/ready").status_code == 200, "the engine was not restarted"
+            after = c.post("/v1/completions", json=body)
+            assert after.status_code == 200 and after.json()["choices"][0]["text"] == before
+            cluster = c.get("/admin/cluster").json()["models"][0]
+            assert cluster["state"] == "ready" and cluster["available"]
+    finally:
+        server.kill()

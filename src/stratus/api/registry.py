@@ -93,6 +93,23 @@ class ModelRegistry:
     def available(self, model: ServedModel) -> bool:
         return model.state == "ready" and model.replicas.healthy
 
+    def state_of(self, model: ServedModel) -> str:
+        """What /ready and /admin/cluster report: loading, ready, restarting (an engine process
+        died and is being replaced), failed (failed to load, or could not be restarted) or
+        unavailable (no replica can take requests right now)."""
+        if model.state != "ready":
+            return model.state
+        if model.replicas.healthy:
+            return "ready"
+        if model.replicas.gave_up():
+            return "failed"
+        problems = model.replicas.problems()
+        return "restarting" if any("being restarted" in p for p in problems) else "unavailable"
+
+    def given_up(self) -> list[str]:
+        """Models whose every replica died for good: /health fails so a supervisor restarts us."""
+        return [m.name for m in self.models.values() if m.state == "ready" and m.replicas.gave_up()]
+
     @property
     def ready(self) -> bool:
         return bool(self.models) and all(self.available(m) for m in self.models.values())
@@ -188,8 +205,14 @@ class ModelRegistry:
                 "model_failed",
             )
         if not model.replicas.healthy:
+            problems = model.replicas.problems()
+            if model.replicas.gave_up():
+                raise unavailable(
+                    f"The model '{name}' is unavailable: {'; '.join(problems)}.", 30, "model_failed"
+                )
+            why = f" ({'; '.join(problems)})" if problems else ""
             raise unavailable(
-                f"No replica of the model '{name}' is available right now; retry shortly.",
+                f"No replica of the model '{name}' is available right now{why}; retry shortly.",
                 retry_after,
                 "no_replica_available",
             )

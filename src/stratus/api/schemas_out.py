@@ -135,10 +135,10 @@ class DetokenizeResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "failed"]
 
 
 class ReadyResponse(BaseModel):
     status: Literal["ready", "loading", "failed"]
-    models: dict[str, Literal["loading", "ready", "failed"]]
+    models: dict[str, Literal["loading", "ready", "restarting", "unavailable", "failed"]]
     errors: dict[str, str] = {}

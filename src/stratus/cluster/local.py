@@ -37,9 +37,20 @@ class LocalReplica:
     async def start(self) -> None:
         await self.engine.start()
 
+    @property
+    def problem(self) -> str | None:
+        """Why the replica cannot serve right now (its engine is restarting, or gave up)."""
+        problem = getattr(self.engine, "problem", None)
+        return problem or (None if self.engine.healthy else "its engine is not running")
+
+    @property
+    def gave_up(self) -> bool:
+        """The engine died and could not be restarted: only a restart of the server helps."""
+        return getattr(self.engine, "state", None) == "failed"
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         if not self.engine.healthy:
-            raise ReplicaError(f"replica {self.id}: the engine is not running")
+            raise ReplicaError(f"replica {self.id}: {self.problem}")
         try:
             async for delta in self.engine.generate(request):
                 yield delta
@@ -48,7 +59,7 @@ class LocalReplica:
 
     async def probe(self) -> None:
         if not self.engine.healthy:
-            raise ReplicaError(f"replica {self.id}: the engine stopped")
+            raise ReplicaError(f"replica {self.id}: {self.problem}")
 
     def stats(self) -> EngineStats:
         return self.engine.stats()

@@ -147,6 +147,19 @@ class ReplicaSet:
     def healthy(self) -> bool:
         return any(e.available for e in self.entries.values())
 
+    def problems(self) -> list[str]:
+        """What replicas that know why they cannot serve say (an engine restarting, or given up)."""
+        found = []
+        for rid, entry in self.entries.items():
+            problem = getattr(entry.replica, "problem", None)
+            if problem:
+                found.append(f"replica {rid}: {problem}")
+        return found
+
+    def gave_up(self) -> bool:
+        """Every replica is dead for good: nothing short of restarting the server brings it back."""
+        return bool(self.entries) and all(getattr(e.replica, "gave_up", False) for e in self.entries.values())
+
     def prepare(self, request: GenerateRequest) -> list[int]:
         """Validate and tokenize without running anything; raises ValidationError."""
         return prepare_prompt(request, self.tokenizer, self.model_config.vocab_size, self.max_model_len)
@@ -174,6 +187,7 @@ class ReplicaSet:
                     "id": rid,
                     "kind": e.replica.kind,
                     "state": "draining" if e.draining else ("up" if e.available else "down"),
+                    "problem": getattr(e.replica, "problem", None),
                     "reachable": not e.unreachable,
                     "breaker": e.breaker.snapshot(),
                     "inflight": e.inflight,

@@ -4,13 +4,20 @@ The step loop (step_loop.py) owns the `LLMEngine`. It runs either in a thread of
 (`isolation="thread"`: quick to start, for tests and embedding) or in a process of its own
 (`isolation="process"`, what `stratus serve` uses, as vLLM's engine core does) so the HTTP event
 loop and the token loop never compete for one interpreter lock. Callers see the same interface.
+
+An engine process that dies (kill -9, the OOM killer, a crash in native code) fails the
+requests it held and is started again with backoff, warmed up, and serves again: `state` goes
+ready -> restarting -> ready. After `MAX_RESTART_ATTEMPTS` failed starts in a row it is
+"failed" for good, and the gateway's /health says so, so that a supervisor restarts the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +28,11 @@ from .llm_engine import LLMEngine
 from .step_loop import run_step_loop
 from .tokenizer import Tokenizer
 from .types import Delta, EngineStats, GenerateRequest, RequestFailed, SamplingParams, ValidationError
+
+log = logging.getLogger("stratus.engine")
+
+MAX_RESTART_ATTEMPTS = 5  # failed starts in a row before the engine is given up
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # before each attempt; the last repeats
 
 
 class EngineError(RuntimeError):
@@ -47,6 +59,13 @@ class Engine:
         self._transport = None
         self._failure: str | None = None  # set when the step loop's process died
         self._stats = self._core.stats() if self._core else EngineStats.empty()
+        self.state = "starting"  # starting | ready | restarting | failed
+        self.restarts = 0  # successful restarts after a death
+        self.restart_attempt = 0  # of the restart under way
+        self.last_death: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._restarter: asyncio.Task | None = None
+        self._closing = False
 
     @classmethod
     def from_pretrained(
@@ -63,27 +82,100 @@ class Engine:
 
     @property
     def healthy(self) -> bool:
-        return self._transport is not None and self._failure is None
+        return self._transport is not None and self._failure is None and self.state != "restarting"
+
+    @property
+    def problem(self) -> str | None:
+        """Why it cannot serve right now, in words for a 503 and /ready; None when it can."""
+        if self.state == "restarting":
+            return (
+                f"its engine process died ({self.last_death}) and is being restarted "
+                f"(attempt {self.restart_attempt} of {MAX_RESTART_ATTEMPTS})"
+            )
+        if self.state == "failed":
+            return f"its engine process died and could not be restarted: {self._failure}"
+        if self._failure is not None:
+            return f"its engine failed: {self._failure}"
+        return None
 
     @property
     def model_name_or_path(self) -> str:
         return str(self.path)
 
     async def start(self, warmup: bool = True) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._transport is None:
             if self.isolation == "thread":
                 self._transport = ThreadTransport(self._core, self._on_result)
             else:
                 from .process import ProcessTransport
 
-                self._transport = ProcessTransport(self.path, self.config, self._on_result)
-                await asyncio.to_thread(self._transport.wait_ready)
+                transport = ProcessTransport(self.path, self.config, self._on_result)
+                try:
+                    await asyncio.to_thread(transport.wait_ready)
+                except BaseException:
+                    await asyncio.to_thread(transport.stop)
+                    raise
+                self._transport = transport
         if warmup:  # the first steps pay for allocator and kernel setup; pay before /ready
-            params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
-            async for _ in self.generate(GenerateRequest(prompt_token_ids=[1, 2, 3, 4], params=params)):
-                pass
+            await self._warm_up()
+        self.state = "ready"
+
+    async def _warm_up(self) -> None:
+        params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+        async for _ in self.generate(GenerateRequest(prompt_token_ids=[1, 2, 3, 4], params=params)):
+            pass
+
+    def _died(self, why: str) -> None:
+        """On the event loop: the engine process is gone; start a new one in the background."""
+        if self._closing or self._restarter is not None:
+            return
+        log.error("engine process of %s died: %s; restarting it", self.path, why)
+        self.last_death = why
+        self.state = "restarting"
+        self._restarter = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        from .process import ProcessTransport
+
+        try:
+            for attempt in range(1, MAX_RESTART_ATTEMPTS + 1):
+                self.restart_attempt = attempt
+                await asyncio.sleep(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S)) - 1])
+                old, self._transport = self._transport, None
+                if old is not None:
+                    await asyncio.to_thread(old.stop)
+                started = time.perf_counter()
+                try:
+                    self._transport = ProcessTransport(self.path, self.config, self._on_result)
+                    await asyncio.to_thread(self._transport.wait_ready)
+                    self._failure = None
+                    await asyncio.wait_for(self._warm_up(), 120)
+                except Exception as exc:
+                    self._failure = f"restart attempt {attempt}: {type(exc).__name__}: {exc}"
+                    log.error("engine of %s: %s", self.path, self._failure)
+                    continue
+                self.restarts += 1
+                self.state = "ready"
+                log.info(
+                    "engine of %s restarted (attempt %d, %.1f s)",
+                    self.path,
+                    attempt,
+                    time.perf_counter() - started,
+                )
+                return
+            self.state = "failed"
+            log.critical(
+                "engine of %s could not be restarted after %d attempts; giving up", self.path, attempt
+            )
+        finally:
+            self._restarter = None
 
     async def shutdown(self) -> None:
+        self._closing = True
+        if self._restarter is not None:
+            self._restarter.cancel()
+            await asyncio.gather(self._restarter, return_exceptions=True)
         if self._transport is not None:
             await asyncio.to_thread(self._transport.stop)
             self._transport = None
@@ -154,6 +246,11 @@ class Engine:
             self._failure = result[1]
             for rid in list(self._streams):
                 self._send(rid, [EngineError(result[1])])
+            if self._loop is not None and self.isolation == "process":
+                try:
+                    self._loop.call_soon_threadsafe(self._died, result[1])
+                except RuntimeError:  # the event loop is closed: nobody to serve
+                    pass
 
     def _send(self, rid: str, items: list) -> None:
         target = self._streams.get(rid)

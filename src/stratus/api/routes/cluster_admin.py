@@ -130,7 +130,7 @@ async def cluster_status(request: Request, me: Principal = Depends(principal)) -
         models.append(
             {
                 "model": name,
-                "state": served.state,
+                "state": registry.state_of(served),
                 "available": registry.available(served),
                 "policy": replicas.router.policy,
                 "retries": replicas.retries,

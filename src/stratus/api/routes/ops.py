@@ -13,8 +13,17 @@ from stratus.api.streaming import JSONBody
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", summary="Liveness: the process is up", response_model=HealthResponse)
-async def health() -> JSONBody:
+@router.get(
+    "/health",
+    summary="Liveness: the process is up and no model's engine has died for good",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse, "description": "An engine could not be restarted"}},
+)
+async def health(request: Request) -> JSONBody:
+    # An engine process that dies is restarted in the background; only one that cannot be
+    # restarted fails liveness, so that a supervisor restarts the server.
+    if app_state(request).registry.given_up():
+        return JSONBody({"status": "failed"}, status_code=503)
     return JSONBody({"status": "ok"})
 
 
@@ -30,8 +39,12 @@ async def ready(request: Request) -> JSONBody:
     registry = state.registry
     body = {"status": registry.status, "models": {}, "errors": {}}
     if await state.hooks.may(request, request.state.ctx, "status.read"):
-        body["models"] = {m.name: m.state for m in registry.models.values()}
-        body["errors"] = {m.name: m.error for m in registry.models.values() if m.error}
+        body["models"] = {m.name: registry.state_of(m) for m in registry.models.values()}
+        body["errors"] = {
+            m.name: m.error or "; ".join(m.replicas.problems())
+            for m in registry.models.values()
+            if m.error or (m.state == "ready" and not registry.available(m) and m.replicas.problems())
+        }
     return JSONBody(body, status_code=200 if registry.ready else 503)
 
 
