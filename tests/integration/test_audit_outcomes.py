@@ -1,4 +1,5 @@
-"""Every outcome path leaves exactly one audit record; a failing audit write refuses the request."""
+"""Every outcome path leaves exactly one audit record (a stream two: opening and closing); a
+failing audit write refuses the request, streamed or not."""
 
 from __future__ import annotations
 
@@ -50,23 +51,36 @@ def server(tiny_engine, tmp_path_factory):
         yield live
 
 
-def records_for(server, request_id, wait: bool = True):
-    """The records of one request; a stream's is written just after its last byte, so wait."""
+def records_for(server, request_id, wait: bool = True, count: int = 1):
+    """The records of one request, once there are `count` of them; a stream's closing record is
+    written just after its last byte, so wait."""
+    found = []
     for _ in range(200 if wait else 1):
         found = [r for r in server.hooks.audit.log.records() if r.request_id == request_id]
-        if found:
+        if len(found) >= count:
             return found
         time.sleep(0.05)
-    return []
+    return found
 
 
-def chat(max_tokens=4, model=TINY_MODEL, stream=False):
+def chat(max_tokens=4, model=TINY_MODEL, stream=False, **extra):
     return {
         "model": model,
         "messages": [{"role": "user", "content": "audit me"}],
         "max_tokens": max_tokens,
         "stream": stream,
+        **extra,
     }
+
+
+def completion(max_tokens=4, stream=False, **extra):
+    return {"model": TINY_MODEL, "prompt": "audit me", "max_tokens": max_tokens, "stream": stream, **extra}
+
+
+def assert_opening(rec, request_id):
+    """A stream's opening record: written before its first byte, so it has no token counts."""
+    assert rec.request_id == request_id and rec.outcome == "streaming" and rec.status == 200
+    assert rec.prompt_tokens is None and rec.completion_tokens is None
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +108,7 @@ def viewer_key(server):
         ("admin change", "admin", "POST", "/admin/teams", {"name": "audited"}, 201, "ok"),
     ],
 )
-def test_each_outcome_leaves_exactly_one_record(
+def test_each_outcome_leaves_exactly_one_record_and_a_stream_two(
     server, viewer_key, case, key, method, path, body, status, outcome
 ):
     secret = {"admin": server.admin, "viewer": viewer_key}.get(key, key)
@@ -106,7 +120,12 @@ def test_each_outcome_leaves_exactly_one_record(
     if case == "admin change" and r.status_code == 200:
         status = 200
     assert r.status_code == status, r.text
-    (rec,) = records_for(server, headers["X-Request-Id"])
+    if case == "stream":  # an opening record before the first byte, the closing one after the last
+        opening, rec = records_for(server, headers["X-Request-Id"], count=2)
+        assert_opening(opening, headers["X-Request-Id"])
+        assert opening.seq < rec.seq and opening.principal == "admin" and opening.model == TINY_MODEL
+    else:
+        (rec,) = records_for(server, headers["X-Request-Id"])
     assert rec.status == status and rec.outcome == outcome
     assert rec.action.startswith(method + " ")
     assert rec.user_agent == "audit-test/1" and rec.client == "127.0.0.1"
@@ -129,16 +148,133 @@ def test_public_routes_are_not_audited(server):
     assert records_for(server, "audit-health", wait=False) == []
 
 
-def test_client_disconnect_mid_stream_leaves_one_record(server):
+def test_client_disconnect_mid_stream_leaves_opening_and_closing_records(server):
     headers = {"Authorization": f"Bearer {server.admin}", "X-Request-Id": "audit-disconnect"}
-    body = chat(max_tokens=200, stream=True)
+    body = chat(max_tokens=450, stream=True, ignore_eos=True)
     with (
         httpx.Client(base_url=server.url, timeout=60) as c,
         c.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r,
     ):
         next(r.iter_lines())
-    (rec,) = records_for(server, "audit-disconnect")
+        # The opening record was committed before the first byte: a gateway that dies now (the
+        # stream cut, no closing record ever written) still leaves the request in the trail.
+        opening, *_ = records_for(server, "audit-disconnect", wait=False)
+        assert_opening(opening, "audit-disconnect")
+    opening, rec = records_for(server, "audit-disconnect", count=2)
+    assert_opening(opening, "audit-disconnect")
     assert rec.outcome in ("client_disconnect", "ok")  # a tiny model may finish first
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", chat(stream=True, stream_options={"include_usage": True})),
+        ("/v1/completions", completion(stream=True, stream_options={"include_usage": True})),
+    ],
+    ids=["chat", "completions"],
+)
+def test_stream_has_an_opening_and_a_closing_record_and_the_chain_verifies(server, path, body):
+    rid = "audit-stream" + path.replace("/", "-")
+    headers = {"Authorization": f"Bearer {server.admin}", "X-Request-Id": rid}
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as c,
+        c.stream("POST", path, json=body, headers=headers) as r,
+    ):
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    usage = json.loads(lines[-2][len("data: ") :])["usage"]
+    opening, closing = records_for(server, rid, count=2)
+    assert_opening(opening, rid)
+    assert opening.action == closing.action == f"POST {path}" and opening.seq < closing.seq
+    assert closing.outcome == "ok" and closing.status == 200
+    assert closing.prompt_tokens == usage["prompt_tokens"] > 0
+    assert closing.completion_tokens == usage["completion_tokens"] > 0
+    report = verify(server.hooks.audit.log)
+    assert report.ok, report.problems
+
+
+def generated_tokens(server) -> float:
+    headers = {"Authorization": f"Bearer {server.admin}"}
+    for line in httpx.get(server.url + "/metrics", headers=headers, timeout=30).text.splitlines():
+        if line.startswith(f'stratus_generation_tokens_total{{model="{TINY_MODEL}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", chat(max_tokens=450, stream=True, ignore_eos=True)),
+        ("/v1/completions", completion(max_tokens=450, stream=True, ignore_eos=True)),
+    ],
+    ids=["chat", "completions"],
+)
+def test_failing_audit_write_refuses_a_stream(server, tiny_engine, monkeypatch, path, body):
+    """Disk full (or a constraint violation): a stream gets 503 audit_unavailable, not the stream,
+    and its generation is aborted; fail-open streams anyway and counts the lost records."""
+    recorder = server.hooks.audit
+
+    def broken(events, *args):
+        raise OSError("disk full")
+
+    rid = "audit-refused-stream" + path.replace("/", "-")
+    headers = {"Authorization": f"Bearer {server.admin}", "X-Request-Id": rid}
+    before = generated_tokens(server)
+    monkeypatch.setattr(recorder.log, "append_many", broken)
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        with c.stream("POST", path, json=body, headers=headers) as r:
+            text = r.read().decode()
+        assert r.status_code == 503, text
+        assert r.headers["content-type"].startswith("application/json") and "data:" not in text
+        assert json.loads(text)["error"]["code"] == "audit_unavailable"
+        assert r.headers["x-request-id"] == rid and r.headers["retry-after"] == "5"
+        # The generation was aborted, not run to its 450 tokens for nobody.
+        deadline = time.monotonic() + 30
+        while tiny_engine.stats().running or rid not in server.access_log.read_text():
+            assert time.monotonic() < deadline, "the refused stream's generation kept running"
+            time.sleep(0.05)
+        lost = recorder.lost
+        monkeypatch.setattr(recorder, "fail_open", True)
+        open_body = {**body, "max_tokens": 4, "ignore_eos": False}
+        open_headers = {**headers, "X-Request-Id": rid + "-open"}
+        with c.stream("POST", path, json=open_body, headers=open_headers) as r:
+            assert r.status_code == 200  # fail-open serves, and logs both lost records
+            assert [line for line in r.iter_lines() if line][-1] == "data: [DONE]"
+    deadline = time.monotonic() + 10
+    while recorder.lost < lost + 2:  # the opening and the closing record
+        assert time.monotonic() < deadline, recorder.lost
+        time.sleep(0.05)
+    monkeypatch.undo()
+    assert generated_tokens(server) - before < 450
+    assert records_for(server, rid, wait=False) == []
+    assert records_for(server, rid + "-open", wait=False) == []
+
+
+def test_stream_whose_opening_record_fails_is_recorded_as_refused_and_not_charged(server, monkeypatch):
+    """Only the opening write fails: the stream is refused with 503, and its own record says so,
+    with the prompt's tokens but no completion tokens (none reached the client)."""
+    recorder = server.hooks.audit
+    append_many = recorder.log.append_many
+
+    def fails_openings(events, *args):
+        if any(e.outcome == "streaming" for e in events):
+            raise OSError("disk full")
+        return append_many(events, *args)
+
+    monkeypatch.setattr(recorder.log, "append_many", fails_openings)
+    headers = {"Authorization": f"Bearer {server.admin}", "X-Request-Id": "audit-refused-opening"}
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.post(
+            "/v1/chat/completions", json=chat(max_tokens=450, stream=True, ignore_eos=True), headers=headers
+        )
+    assert r.status_code == 503 and r.json()["error"]["code"] == "audit_unavailable"
+    (rec,) = records_for(server, "audit-refused-opening")
+    assert rec.status == 503 and rec.outcome == "error"
+    assert rec.prompt_tokens > 0 and rec.completion_tokens == 0
+    monkeypatch.undo()
+    report = verify(server.hooks.audit.log)
+    assert report.ok, report.problems
 
 
 def test_failing_audit_write_refuses_the_request(server, monkeypatch):

@@ -2,11 +2,16 @@
 
     recorder = AuditRecorder(AuditLog(store, key), fail_open=False)
     await recorder.record(ctx)       # raises AuditUnavailable when the write fails (fail closed)
+    await recorder.open(ctx)         # a stream's opening record, before its first byte
 
 Fail closed is the default: the middleware writes the record before the response starts and
-answers 503 instead when the write fails. `--audit-fail-open` serves anyway and logs an
-error for every record lost. For a team with content logging on, the request's redacted prompt
-and completion go into the same transaction, encrypted (security/content_log.py).
+answers 503 instead when the write fails. A stream's outcome and token counts are known only
+after its last byte, so a stream has two records: an opening one (outcome "streaming"), written
+before its first byte, which refuses the stream with 503 when it cannot be written, and the
+closing one with the final outcome, written after its last byte. A stream cut by a gateway crash
+still has its opening record. `--audit-fail-open` serves anyway and logs an error for every
+record lost. For a team with content logging on, the request's redacted prompt and completion go
+into the same transaction as its (closing) record, encrypted (security/content_log.py).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from stratus.security.audit_writer import AuditWriter
 from stratus.security.content_log import CONTENT_ROUTES, ContentLog, content_text
 
 log = logging.getLogger("stratus.audit")
+
+
+STREAMING = "streaming"  # the outcome of a stream's opening record
 
 
 class AuditUnavailable(Exception):
@@ -78,6 +86,21 @@ def event_for(ctx: RequestContext) -> AuditEvent:
     )
 
 
+def opening_event_for(ctx: RequestContext) -> AuditEvent:
+    """A stream's opening record: who, what, which model, status 200, outcome "streaming". No
+    token counts (the closing record has them), so summing a column counts a request once."""
+    event = event_for(ctx)
+    event.outcome = STREAMING
+    event.prompt_tokens = event.completion_tokens = None
+    return event
+
+
+def recorder_of(hooks: object) -> AuditRecorder | None:
+    """The recorder of a gateway's hooks (AuthHooks, also behind MeteredHooks); None if unaudited."""
+    recorder = getattr(hooks, "audit", None)
+    return recorder if isinstance(recorder, AuditRecorder) else None
+
+
 class AuditRecorder:
     def __init__(
         self,
@@ -105,6 +128,13 @@ class AuditRecorder:
         if not ctx.authenticating:
             return
         await self.write(event_for(ctx), await self._content(ctx))
+
+    async def open(self, ctx: RequestContext) -> None:
+        """A stream's opening record, written before its first byte: raises AuditUnavailable
+        when the write fails (fail closed). Its content, if logged, goes with the closing record."""
+        if not ctx.authenticating:
+            return
+        await self.write(opening_event_for(ctx))
 
     async def _content(self, ctx: RequestContext) -> str | None:
         """The redacted text to log with this request's record, if its team logs content."""

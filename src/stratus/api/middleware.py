@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stratus.api.audit import audit_unavailable
+from stratus.api.audit import AuditUnavailable, audit_unavailable, recorder_of
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
 from stratus.observe.access_log import AccessLog
@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from stratus.api.state import AppState
 
 log = logging.getLogger("stratus.api")
+
+
+class StreamRefused(Exception):
+    """Raised from `send` into a stream refused with 503 (its opening audit record could not be
+    written), so that its producer stops and closes its generation. Ends in the middleware."""
 
 
 class RequestContextMiddleware:
@@ -39,40 +44,59 @@ class RequestContextMiddleware:
         ctx = RequestContext.from_scope(scope)
         scope.setdefault("state", {})["ctx"] = ctx
         request_id_header = (b"x-request-id", ctx.request_id.encode())
-        recorded = refused = False
+        recorded = refused = streaming = False
         first_byte: float | None = None
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal recorded, refused, first_byte
+            nonlocal recorded, refused, streaming, first_byte
             if refused:
+                if streaming:  # stop the producer: its cleanup aborts the generation
+                    raise StreamRefused
                 return
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
                 first_byte = time.perf_counter() - ctx.started
-                # A complete response is recorded before its first byte leaves, so a failed audit
-                # write can still refuse it (fail closed); a stream is recorded after its last byte.
-                if not _is_stream(message):
+                # Fail closed: nothing leaves before a record is committed. A complete response is
+                # recorded here; a stream gets its opening record here (its first token is already
+                # in) and its closing record, with the outcome and token counts, after its last byte.
+                if _is_stream(message):
+                    streaming = True
+                    written = await self._open(scope, ctx)
+                else:
                     recorded = True
-                    if not await self._record(scope, ctx, refusable=True):
-                        refused = True
-                        ctx.status, ctx.outcome = 503, "error"
-                        response = audit_unavailable().response()
-                        response.raw_headers.append(request_id_header)
-                        await response(scope, receive, send)
-                        return
+                    written = await self._record(scope, ctx, refusable=True)
+                if not written:
+                    refused = True
+                    ctx.status, ctx.outcome = 503, "error"
+                    response = audit_unavailable().response()
+                    response.raw_headers.append(request_id_header)
+                    await response(scope, receive, send)
+                    return
                 extra = [(k.encode(), v.encode()) for k, v in ctx.response_headers.items()]
                 message["headers"] = [*message.get("headers", []), request_id_header, *extra]
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if not refused:
+                if ctx.status is None:
+                    ctx.status = 500
+                ctx.outcome = "error"
+                raise
+            # The client has its 503. StreamRefused (Starlette re-raises it as a RuntimeError once
+            # the response has started) ends here; anything else is logged, not re-raised.
+            if not _caused_by(exc, StreamRefused):
+                log.exception("error after refusing request %s", ctx.request_id)
         except BaseException:
             if ctx.status is None:
                 ctx.status = 500
             ctx.outcome = "error"
             raise
         finally:
-            await self._finish(scope, ctx, recorded, first_byte)
+            if refused:  # a stopped stream's cleanup calls itself a client disconnect
+                ctx.status, ctx.outcome = 503, "error"
+            await self._finish(scope, ctx, recorded, first_byte, streaming and not refused)
 
     def _settle(self, scope: Scope, ctx: RequestContext) -> None:
         route = scope.get("route")
@@ -82,21 +106,46 @@ class RequestContextMiddleware:
         if ctx.outcome == "ok" and ctx.status >= 400:
             ctx.outcome = "error"
 
-    async def _record(self, scope: Scope, ctx: RequestContext, refusable: bool) -> bool:
+    async def _record(
+        self, scope: Scope, ctx: RequestContext, refusable: bool, streamed: bool = False
+    ) -> bool:
         """Step 8's record; False when it failed and the response can still be refused."""
         self._settle(scope, ctx)
         try:
             await self.state.hooks.record(ctx)
         except Exception:
-            log.exception("record hook failed for request %s", ctx.request_id)
+            if streamed:  # delivered already: only its opening record is in the trail
+                log.exception("closing audit record of stream %s failed", ctx.request_id)
+            else:
+                log.exception("record hook failed for request %s", ctx.request_id)
             return not refusable
         return True
 
+    async def _open(self, scope: Scope, ctx: RequestContext) -> bool:
+        """A stream's opening record; False when it failed and the stream is to be refused."""
+        recorder = recorder_of(self.state.hooks)
+        if recorder is None:  # an unaudited gateway (--no-auth)
+            return True
+        self._settle(scope, ctx)
+        try:
+            await recorder.open(ctx)  # fail-open: logs and counts a lost record, never raises
+        except AuditUnavailable:
+            return False  # logged by the recorder
+        except Exception:
+            log.exception("opening audit record failed for stream %s", ctx.request_id)
+            return False
+        return True
+
     async def _finish(
-        self, scope: Scope, ctx: RequestContext, recorded: bool, first_byte: float | None
+        self,
+        scope: Scope,
+        ctx: RequestContext,
+        recorded: bool,
+        first_byte: float | None,
+        streamed: bool = False,
     ) -> None:
-        if not recorded:
-            await self._record(scope, ctx, refusable=False)
+        if not recorded:  # a stream's closing record, or a request that never got a response
+            await self._record(scope, ctx, refusable=False, streamed=streamed)
         self._settle(scope, ctx)
         status = ctx.status
         # Only served models become label values: clients choose ctx.model, and an unbounded
@@ -108,6 +157,15 @@ class RequestContextMiddleware:
                 self.access_log.write(ctx, first_byte, time.perf_counter() - ctx.started)
             except OSError:
                 log.exception("access log write failed for request %s", ctx.request_id)
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, kind):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _is_stream(message: Message) -> bool:

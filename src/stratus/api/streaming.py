@@ -4,7 +4,10 @@ The first delta is awaited before the 200 goes out, so a request the engine refu
 proper 4xx instead of an error inside a stream. After that, each delta becomes one `data:` event;
 `data: [DONE]` ends the stream. An error mid-stream is logged and sent as a `data:` event with
 the OpenAI error envelope. A client that disconnects cancels the stream, which closes the
-engine generators (abort) and still accounts for the tokens generated.
+engine generators (abort) and still accounts for the tokens generated. The stream's opening
+audit record is written as its 200 starts (api/middleware.py); when that fails the client gets
+503 instead, and the stream is stopped before its first event: aborted, with no completion
+tokens charged (none reached the client).
 """
 
 from __future__ import annotations
@@ -114,13 +117,16 @@ async def _events(
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     outcome = None
+    sent = False  # an event reached the client (a stream refused with 503 stops before any)
     try:
         for chunk in fmt.start_chunks(len(gen.choices)):
             yield event(chunk)
+            sent = True
         item = first
         while item is not None:
             for chunk in fmt.delta_chunks(*item):
                 yield event(chunk)
+                sent = True
             item = await anext(deltas, None)
         # Charge and write the ledger row before the end of the stream reaches the client: a
         # stream the client saw finish is in the ledger even if the gateway dies right after.
@@ -135,6 +141,8 @@ async def _events(
         yield DONE
     except (asyncio.CancelledError, GeneratorExit):
         outcome = "client_disconnect"
+        if not sent:
+            gen.withheld = True  # the client got no tokens: charge the prompt only
         raise
     except Exception as exc:
         outcome = "error"
