@@ -37,8 +37,8 @@ import uvicorn
 
 from stratus.api import create_app
 from stratus.api.auth import AuthHooks, build_access
+from stratus.audit.log import AuditEvent, AuditLog
 from stratus.config import Settings
-from stratus.security.audit import AuditEvent, AuditLog
 from stratus.security.bootstrap import bootstrap
 from stratus.security.keys import generate
 from stratus.store import Store, database_url

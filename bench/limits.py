@@ -45,11 +45,11 @@ REPO = common.REPO
 sys.path.insert(0, str(REPO))
 
 from stratus.api import create_app  # noqa: E402
-from stratus.api.metering import meter_of  # noqa: E402
 from stratus.api.pipeline import Principal, RequestContext, RequestHooks, Usage  # noqa: E402
 from stratus.config import Settings  # noqa: E402
-from stratus.security.limiter_memory import MemoryLimiter  # noqa: E402
-from stratus.security.limits import LimitRule, parse_prices, plan_request  # noqa: E402
+from stratus.limits.memory import MemoryLimiter  # noqa: E402
+from stratus.limits.rules import LimitRule, parse_prices, plan_request  # noqa: E402
+from stratus.limits.stage import meter_of  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 
 MODEL = "bench"
@@ -182,7 +182,7 @@ async def rate(url: str, body: dict, n: int, concurrency: int) -> float:
 
 
 async def via_redis(url: str, n: int) -> dict:
-    from stratus.security.limiter_redis import RedisLimiter
+    from stratus.limits.redis import RedisLimiter
 
     limiter = RedisLimiter(url)  # a cluster node's URL gives a cluster client
     try:

@@ -159,7 +159,7 @@ def audit_export(data_dir: Path) -> bytes:
     """`stratus audit export` of a gateway's data directory (empty if it never audited)."""
     from click.testing import CliRunner
 
-    from stratus.cli import main
+    from stratus.cli.main import main
 
     if not (data_dir / "audit.key").exists() or not (data_dir / "stratus.db").exists():
         return b""

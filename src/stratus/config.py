@@ -77,7 +77,7 @@ class Settings:
     alert_z: float = 4.0  # z-score over a key's own baseline that raises an alert
     alert_interval: float = 60.0  # seconds per baseline sample
     alert_suspend: bool = False  # suspend a key whose anomaly alert fires, until an admin reinstates it
-    # limits and usage (security/limits.py)
+    # limits and usage (limits/rules.py)
     metering: bool | None = None  # limits + usage ledger; None: on with access control, off without
     redis_url: str | None = field(default=None, repr=False)  # shared limit counters; default in process
     limits_fail_open: bool = False  # Redis down: per-process limits instead of 503
@@ -303,7 +303,7 @@ def _check(s: Settings) -> None:
     if s.jwt_issuer:
         _check_jwt(s)
     if s.model_prices:
-        from stratus.security.limits import parse_prices
+        from stratus.limits.rules import parse_prices
 
         try:
             parse_prices(s.model_prices)

@@ -12,8 +12,8 @@ import pytest
 from stratus.api import create_app
 from stratus.api.auth import AuthHooks, build_access
 from stratus.api.errors import APIError
+from stratus.audit.verify import verify
 from stratus.config import Settings
-from stratus.security.audit_verify import verify
 from stratus.security.bootstrap import bootstrap
 from stratus.security.keys import generate
 from tests import issued

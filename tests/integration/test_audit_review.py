@@ -16,13 +16,13 @@ from click.testing import CliRunner
 
 from stratus.api import create_app
 from stratus.api.auth import AuthHooks, build_access
-from stratus.cli import main
+from stratus.audit.redact import redact
+from stratus.audit.webhook import verify
+from stratus.cli.main import main
 from stratus.config import Settings
 from stratus.security.bootstrap import bootstrap
 from stratus.security.keys import generate
-from stratus.security.redact import redact
 from stratus.security.secrets import SecretStore, load_keyring, rotate
-from stratus.security.webhook import verify
 from tests import issued
 from tests.conftest import TINY_MODEL
 from tests.live_server import LiveServer

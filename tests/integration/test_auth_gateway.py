@@ -15,10 +15,10 @@ from jwt.algorithms import ECAlgorithm
 
 from stratus.api import create_app
 from stratus.api.auth import AuthHooks, build_access
+from stratus.audit.log import AuditLog
+from stratus.audit.verify import verify
 from stratus.config import Settings
 from stratus.security import keys
-from stratus.security.audit import AuditLog
-from stratus.security.audit_verify import verify
 from stratus.security.bootstrap import bootstrap
 from stratus.store import Store, apikeys, database_url
 from tests import issued
@@ -110,7 +110,7 @@ def test_every_bad_credential_gets_the_same_401(http, api_server):
 def test_cli_against_a_running_server(api_server, admin_key, monkeypatch):
     from click.testing import CliRunner
 
-    from stratus.cli import main
+    from stratus.cli.main import main
 
     monkeypatch.setenv("STRATUS_API_KEY", admin_key)
     run = CliRunner()

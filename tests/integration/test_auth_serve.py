@@ -6,7 +6,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from stratus.cli import _access_hooks, main
+from stratus.cli.main import _access_hooks, main
 from stratus.config import Settings
 from stratus.security import keys
 from tests import issued

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from openai import OpenAI
 
-from stratus.cli import main
+from stratus.cli.main import main
 from stratus.config import Settings
 from stratus.security.keys import generate
 from tests import issued

@@ -161,7 +161,7 @@ def test_worker_refuses_plain_http_off_loopback(secret):
 
 def test_mutual_tls_between_gateway_and_worker(secret, tmp_path):
     from stratus.cluster.worker_replica import client_tls
-    from stratus.security.tls import issue
+    from stratus.net.tls import issue
 
     ca = issue("stratus test CA", [], is_ca=True)
     files = {"ca.pem": ca[0]}

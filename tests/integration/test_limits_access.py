@@ -70,7 +70,7 @@ def test_usage_visibility_and_limit_rights_follow_roles(http, base_url):
 def test_stratus_usage_and_limits_commands(base_url, admin_key):
     from click.testing import CliRunner
 
-    from stratus.cli import main
+    from stratus.cli.main import main
 
     runner = CliRunner()
     env = {"STRATUS_API_KEY": admin_key, "STRATUS_URL": base_url}
@@ -100,7 +100,7 @@ def test_keys_and_teams_commands_set_limits(http, base_url, admin_key):
     not set is revoked again."""
     from click.testing import CliRunner
 
-    from stratus.cli import main
+    from stratus.cli.main import main
 
     s = uuid.uuid4().hex[:6]
     team, bad_team, owner, lead = f"lt-{s}", f"lt-bad-{s}", f"lo-{s}", f"ll-{s}"

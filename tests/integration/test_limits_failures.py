@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 from stratus.api import create_app
-from stratus.api.metering import meter_of
 from stratus.api.pipeline import OPEN_ACCESS
 from stratus.config import Settings
+from stratus.limits.stage import meter_of
 from stratus.store import usage as ledger
 from tests.conftest import TINY_MODEL
 from tests.live_server import LiveServer

@@ -17,9 +17,9 @@ import openai
 import pytest
 
 from stratus.api import create_app
-from stratus.api.metering import meter_of
 from stratus.api.pipeline import Principal, RequestHooks
 from stratus.config import Settings
+from stratus.limits.stage import meter_of
 from stratus.store import usage as ledger
 from tests.conftest import TINY_MODEL
 from tests.live_server import LiveServer

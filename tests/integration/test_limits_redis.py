@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 
-from stratus.security.limits import COUNTER_PREFIX
+from stratus.limits.rules import COUNTER_PREFIX
 from stratus.store import Store, database_url
 from stratus.store import usage as ledger
 from tests.live_server import ServeProcess

@@ -10,9 +10,9 @@ import asyncio
 import pytest
 from redis.crc import key_slot
 
+from stratus.limits.redis import RedisLimiter
+from stratus.limits.rules import COUNTER_PREFIX, LimiterUnavailable, LimitRule, plan_request
 from stratus.security.identity import Principal
-from stratus.security.limiter_redis import RedisLimiter
-from stratus.security.limits import COUNTER_PREFIX, LimiterUnavailable, LimitRule, plan_request
 from tests.redis_server import RedisServers
 
 pytestmark = pytest.mark.timeout(120)

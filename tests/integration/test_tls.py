@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from stratus.cli import build_server
+from stratus.cli.main import build_server
 from stratus.config import Settings
 from tests.conftest import TINY_MODEL
 
@@ -141,7 +141,7 @@ def test_self_signed_certificate_pinned_by_the_client_with_hsts(tmp_path, tiny_c
 
 
 def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path, tiny_checkpoint):
-    from stratus.security.tls import issue
+    from stratus.net.tls import issue
 
     ca_cert, ca_key = issue("test client CA", [], is_ca=True)
     (tmp_path / "ca.pem").write_bytes(ca_cert)

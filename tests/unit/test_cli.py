@@ -2,7 +2,7 @@
 
 from click.testing import CliRunner
 
-from stratus.cli import banner, main
+from stratus.cli.main import banner, main
 from stratus.config import Settings
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 import stratus
-from stratus.api import auth, metering, upstream_proxy
+from stratus.api import auth, upstream_proxy
 from stratus.api.errors import install_error_handlers
 from stratus.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from stratus.api.openapi import build_openapi
@@ -44,6 +44,7 @@ from stratus.api.routes import (
 from stratus.api.security_headers import SecurityHeadersMiddleware
 from stratus.api.state import AppState
 from stratus.config import Settings
+from stratus.limits import stage as metering
 from stratus.observe.metrics import Metrics
 
 if TYPE_CHECKING:

@@ -22,22 +22,22 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from stratus.api import guard
-from stratus.api.audit import AuditRecorder, recorder_for
 from stratus.api.errors import APIError
-from stratus.api.guard import Review, guard_for
 from stratus.api.pipeline import OPEN_ACCESS, RequestContext, RequestHooks
 from stratus.api.registry import model_not_found
+from stratus.audit import guard
+from stratus.audit.anomaly import Guard
+from stratus.audit.guard import Review, guard_for
+from stratus.audit.recorder import AuditRecorder, recorder_for
+from stratus.audit.suspension import Suspensions
+from stratus.audit.webhook import AlertWebhook
 from stratus.security import errors as sec
 from stratus.security import rbac
 from stratus.security.access import AccessControl
-from stratus.security.anomaly import Guard
 from stratus.security.bootstrap import ENV_VAR, bootstrap
 from stratus.security.identity import Principal
 from stratus.security.jwt import IssuerConfig, JWTVerifier, parse_role_map
 from stratus.security.secrets import SecretStore
-from stratus.security.suspension import Suspensions
-from stratus.security.webhook import AlertWebhook
 from stratus.store import Store, StoreUnavailable, database_url
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class AuthHooks(RequestHooks):
         self._served: list[str] | dict = []
         self.audit: AuditRecorder | None = None
         self.anomaly: Guard | None = None
-        self.review = Review()  # after an alert: webhook, suspension (api/guard.py)
+        self.review = Review()  # after an alert: webhook, suspension (audit/guard.py)
 
     def close(self) -> None:
         if self.audit is not None:
@@ -97,8 +97,8 @@ class AuthHooks(RequestHooks):
         self._served = state.registry.models  # a live view: names of the served models
         settings = state.settings
         store = self.access.store
-        self.audit = audit = recorder_for(settings, store)  # step 8 (api/audit.py)
-        self.anomaly = guard_for(settings)  # step 2 (api/guard.py)
+        self.audit = audit = recorder_for(settings, store)  # step 8 (audit/recorder.py)
+        self.anomaly = guard_for(settings)  # step 2 (audit/guard.py)
         ttl = settings.auth_cache_ttl
         self.review = Review(
             suspensions=Suspensions(store, ttl=ttl),

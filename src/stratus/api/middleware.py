@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stratus.api.audit import AuditUnavailable, audit_unavailable, recorder_of
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
+from stratus.audit.recorder import AuditUnavailable, audit_unavailable, recorder_of
 from stratus.observe.access_log import AccessLog
 
 if TYPE_CHECKING:

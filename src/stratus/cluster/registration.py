@@ -30,9 +30,9 @@ import httpx
 
 from stratus.cluster.aio import maybe_await
 from stratus.cluster.replica import ReplicaError
-from stratus.cluster.urls import check_http_url
 from stratus.cluster.worker_replica import WorkerReplica
 from stratus.config import MODEL_NAME_RE
+from stratus.net.urls import check_http_url
 
 log = logging.getLogger("stratus.cluster")
 

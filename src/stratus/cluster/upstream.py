@@ -26,7 +26,7 @@ import httpx
 
 from stratus.cluster.breaker import CircuitBreaker
 from stratus.cluster.router import NoReplicaAvailable, Router
-from stratus.cluster.urls import check_http_url
+from stratus.net.urls import check_http_url
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RETRY_STATUSES = {401, 403, 404, 408, 409, 429}  # the gateway's problem with that upstream, or busy

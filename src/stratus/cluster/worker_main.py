@@ -24,7 +24,7 @@ from stratus.cluster import wire
 from stratus.cluster.registration import Heartbeat
 from stratus.cluster.worker_server import WorkerState, create_worker_app
 from stratus.engine.config import EngineConfig
-from stratus.security.tls import uvicorn_options
+from stratus.net.tls import uvicorn_options
 
 log = logging.getLogger("stratus.worker")
 

@@ -175,7 +175,7 @@ class SecretStore:
 
 
 def reencrypt_content(store: Store, ring: Keyring, batch: int = 500) -> int:
-    """Logged content (security/content_log.py) under the current key, a batch per transaction."""
+    """Logged content (audit/content_log.py) under the current key, a batch per transaction."""
     count, last = 0, 0
     c = audit_content.c
     while True:

@@ -1,4 +1,4 @@
-"""The audit trail's tables (security/audit.py writes them; migration 0002 creates them).
+"""The audit trail's tables (audit/log.py writes them; migration 0002 creates them).
 
 audit_events  one row per audited request or admin action, in append order (`id`); `seq` is the
               record's place in the hash chain, `prev_mac` the MAC of the record before it and

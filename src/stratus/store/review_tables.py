@@ -1,4 +1,4 @@
-"""Tables for content logging and key suspension (security/content_log.py, security/suspension.py;
+"""Tables for content logging and key suspension (audit/content_log.py, audit/suspension.py;
 migration 0005 creates them).
 
 content_logging  one row per team whose prompts and completions are logged (no row: off, the

@@ -10,7 +10,7 @@ usage_ledger   one row per generation request: when, who (key, user, team), mode
                and latency. Status of an admitted request: ok | error | client_disconnect |
                aborted; of one refused after authentication: refused_<HTTP status>
                (refused_429 a limit, refused_400 bad input, refused_503 ...), with zero tokens
-rate_limits    the limit rules (security/limits.py: LimitRule), one per scope/subject/model
+rate_limits    the limit rules (limits/rules.py: LimitRule), one per scope/subject/model
 """
 
 from __future__ import annotations

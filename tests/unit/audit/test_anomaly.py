@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stratus.security.anomaly import AlertPolicy, Guard, LockoutPolicy, Observation
+from stratus.audit.anomaly import AlertPolicy, Guard, LockoutPolicy, Observation
 
 
 class Clock:

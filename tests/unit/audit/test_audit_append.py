@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from stratus.security.audit import EVENT_FIELDS, AuditEvent, AuditLog, canonical
-from stratus.security.audit_verify import verify
+from stratus.audit.log import EVENT_FIELDS, AuditEvent, AuditLog, canonical
+from stratus.audit.verify import verify
 from stratus.store import Store, StoreUnavailable, database_url
 from tests.pg import scratch_database
 

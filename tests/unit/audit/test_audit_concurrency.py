@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from stratus.security.audit import AuditEvent, AuditLog
-from stratus.security.audit_verify import verify
+from stratus.audit.log import AuditEvent, AuditLog
+from stratus.audit.verify import verify
 from stratus.store import Store, database_url
 from tests.pg import scratch_database
 

@@ -8,9 +8,9 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from stratus.cli import main
-from stratus.security.audit import AuditEvent, AuditLog
-from stratus.security.audit_key import load_audit_key
+from stratus.audit.key import load_audit_key
+from stratus.audit.log import AuditEvent, AuditLog
+from stratus.cli.main import main
 from stratus.store import Store, database_url
 
 N = 6

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from stratus.security.audit import AuditEvent, AuditLog
-from stratus.security.audit_verify import last_checkpoint, verify
-from stratus.security.audit_writer import AuditWriter
+from stratus.audit.log import AuditEvent, AuditLog
+from stratus.audit.verify import last_checkpoint, verify
+from stratus.audit.writer import AuditWriter
 from stratus.store import Store, database_url
 
 

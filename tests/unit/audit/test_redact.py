@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from stratus.security.content_log import content_text
+from stratus.audit.content_log import content_text
+from stratus.audit.redact import luhn_ok, redact
 from stratus.security.keys import generate
-from stratus.security.redact import luhn_ok, redact
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,15 +8,15 @@ import secrets
 import pytest
 import sqlalchemy as sa
 
+from stratus.audit.content_log import ContentLog, content_text
+from stratus.audit.log import AuditEvent, AuditLog
+from stratus.audit.suspension import Suspensions
+from stratus.audit.verify import verify
 from stratus.security import admin, admin_keys
 from stratus.security.access import AccessControl
-from stratus.security.audit import AuditEvent, AuditLog
-from stratus.security.audit_verify import verify
 from stratus.security.bootstrap import bootstrap
-from stratus.security.content_log import ContentLog, content_text
 from stratus.security.errors import NotFound
 from stratus.security.secrets import SecretError, SecretStore, decrypt, load_keyring, rotate
-from stratus.security.suspension import Suspensions
 from stratus.store import Store, database_url
 from stratus.store.review_tables import audit_content
 from tests.pg import scratch_database

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from stratus.cli import main
+from stratus.cli.main import main
 from stratus.security.secrets import SecretError, SecretStore, load_keyring
 from stratus.store import Store, database_url
 

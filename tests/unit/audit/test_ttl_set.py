@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from stratus.security.ttl_set import TTLSet
+from stratus.audit.ttl_set import TTLSet
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -2,9 +2,9 @@
 
 import pytest
 
+from stratus.audit.webhook import SECRET_NAME, AlertWebhook, check_url, shown, sign, verify
 from stratus.security.errors import Invalid
 from stratus.security.secrets import SecretStore, load_keyring
-from stratus.security.webhook import SECRET_NAME, AlertWebhook, check_url, shown, sign, verify
 from stratus.store import Store, database_url
 
 pytestmark = pytest.mark.timeout(30)

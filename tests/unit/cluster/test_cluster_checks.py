@@ -75,7 +75,7 @@ def test_plain_http_to_a_remote_worker_only_when_allowed(url):
 def test_a_worker_refuses_a_plain_http_gateway_off_loopback(tmp_path):
     from click.testing import CliRunner
 
-    from stratus.cli import main
+    from stratus.cli.main import main
     from stratus.config import demo_model_path
 
     if not (demo_model_path() / "config.json").is_file():

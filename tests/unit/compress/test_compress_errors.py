@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from stratus.cli import main
+from stratus.cli.main import main
 from stratus.compress import CompressError, CompressSpec, compress
 from stratus.compress import checkpoint as checkpoint_module
 from stratus.engine import CheckpointError, EngineConfig, LLMEngine

@@ -68,7 +68,7 @@ def test_the_setting_is_validated():
 def test_a_bad_rate_on_the_command_line_is_a_usage_error(command, tmp_path):
     from click.testing import CliRunner
 
-    from stratus.cli import main
+    from stratus.cli.main import main
 
     env = {"STRATUS_CLUSTER_SECRET": "s" * 40, "STRATUS_DATA_DIR": str(tmp_path)}
     args = [command, "--model", "demo=models/demo", "--max-tokens-per-second", "-1"]

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from stratus.limits.meter import Meter
+from stratus.limits.rules import COUNTER_PREFIX, LimitRule, plan_request
 from stratus.security.identity import Principal
-from stratus.security.limits import COUNTER_PREFIX, LimitRule, plan_request
-from stratus.security.meter import Meter
 
 pytestmark = pytest.mark.timeout(60)
 names = st.text(min_size=1, max_size=40)  # braces included: a subject's own {..} must not matter

@@ -8,7 +8,7 @@ import contextlib
 
 import pytest
 
-from stratus.security.ledger_writer import LedgerWriter
+from stratus.limits.ledger import LedgerWriter
 from stratus.store import Store, database_url
 from stratus.store import usage as ledger
 from tests.pg import scratch_database

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stratus.security.limiter_memory import MemoryLimiter
-from stratus.security.limits import Item, LimitRule
+from stratus.limits.memory import MemoryLimiter
+from stratus.limits.rules import Item, LimitRule
 from tests.redis_server import RedisServers, delete_prefix, started_redis, unique_prefix
 
 pytestmark = pytest.mark.timeout(180)
@@ -82,7 +82,7 @@ def redis_url(request, tmp_path_factory):
 @given(ops)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_redis_limiter_stays_within_bounds(redis_url, sequence):
-    from stratus.security.limiter_redis import RedisLimiter
+    from stratus.limits.redis import RedisLimiter
 
     prefix = "{" + unique_prefix() + "}:"  # one hash slot, as the gateway's counters are
 

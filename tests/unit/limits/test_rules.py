@@ -6,8 +6,7 @@ import calendar
 
 import pytest
 
-from stratus.security.identity import Principal
-from stratus.security.limits import (
+from stratus.limits.rules import (
     LimitInvalid,
     LimitRule,
     cost_micro_usd,
@@ -18,6 +17,7 @@ from stratus.security.limits import (
     refusal_message,
     validate_rule,
 )
+from stratus.security.identity import Principal
 
 ALICE = Principal(user="alice", team="ml", key_id="key_a", models=None)
 

@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from stratus.api.deps import app_state, parse_body, principal
 from stratus.api.errors import APIError, ErrorResponse
 from stratus.api.streaming import JSONBody
+from stratus.audit.webhook import shown
 from stratus.security.identity import Principal
-from stratus.security.webhook import shown
 
 log = logging.getLogger("stratus.audit")
 

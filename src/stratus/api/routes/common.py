@@ -11,7 +11,7 @@ from stratus.api.deps import Gateway
 from stratus.api.errors import ErrorResponse
 from stratus.api.pipeline import Usage
 from stratus.api.streaming import JSONBody
-from stratus.security.content_log import completions_of
+from stratus.audit.content_log import completions_of
 
 _DESCRIPTIONS = {
     400: "Invalid request: malformed JSON, a wrong type or value, or a prompt that does not fit",

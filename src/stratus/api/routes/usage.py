@@ -24,12 +24,12 @@ from starlette.responses import Response
 
 from stratus.api.deps import app_state, parse_body, principal
 from stratus.api.errors import APIError
-from stratus.api.metering import meter_of
 from stratus.api.routes.common import errors
 from stratus.api.streaming import JSONBody
+from stratus.limits.rules import LimitInvalid, validate_rule
+from stratus.limits.stage import meter_of
 from stratus.security import rbac
 from stratus.security.identity import Principal
-from stratus.security.limits import LimitInvalid, validate_rule
 from stratus.store import usage as ledger
 
 router = APIRouter(tags=["usage"])

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import click
 import httpx
 
-from stratus.limit_flags import checked_rule, describe, given, limit_flags
+from stratus.cli.limit_flags import checked_rule, describe, given, limit_flags
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -448,7 +448,7 @@ def teams_limits(team, model, clear, url, cacert, as_json, **limits) -> None:
     _limits_command("team", team, model, clear, limits, Client(url, cacert), as_json)
 
 
-# -- limits of keys and teams (the rules behind /admin/limits, security/limits.py) -----------------
+# -- limits of keys and teams (the rules behind /admin/limits, limits/rules.py) -----------------
 
 
 def _limits_command(scope, subject, model, clear, limits, client: Client, as_json: bool) -> None:

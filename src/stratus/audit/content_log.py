@@ -1,12 +1,12 @@
 """Content logging per team (off by default): the prompt and completion text of audited requests,
-redacted (security/redact.py) before it is stored and AES-GCM encrypted under the master key.
+redacted (audit/redact.py) before it is stored and AES-GCM encrypted under the master key.
 
     log = ContentLog(store, data_dir="data", ttl=2.0)
     log.set_enabled("ml", True, by="admin")          # an admin's change (audited as a request)
     text = content_text(body, completions)            # redacted JSON, or None (nothing to log)
     log.read(request_id="...")                        # decrypted, for admins and auditors
 
-The text is written in the audit record's own transaction (security/audit.py) and bound to the
+The text is written in the audit record's own transaction (audit/log.py) and bound to the
 record's place in the chain: its ciphertext's associated data is `audit_content/<seq>`, so a
 ciphertext moved to another record does not open. `stratus secrets rotate` re-encrypts it with
 the other secrets. Only a key bound to a team (`principal.team`) can be logged: content logging
@@ -20,10 +20,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from stratus.audit.redact import redact
+from stratus.audit.ttl_set import TTLSet
 from stratus.security.errors import NotFound
-from stratus.security.redact import redact
 from stratus.security.secrets import Keyring, decrypt, load_keyring
-from stratus.security.ttl_set import TTLSet
 from stratus.store import Store
 from stratus.store.directory import get_team
 from stratus.store.review_tables import audit_content, content_aad, content_logging

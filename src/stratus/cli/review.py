@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import click
 
-from stratus.admin_cli import Client, _connection, _show, _when, keys, teams
+from stratus.cli.admin import Client, _connection, _show, _when, keys, teams
 
 
 @click.group()

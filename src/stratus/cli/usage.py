@@ -20,8 +20,8 @@ import sys
 import click
 import httpx
 
-from stratus.admin_cli import DEFAULT_URL
-from stratus.limit_flags import given, limit_flags
+from stratus.cli.admin import DEFAULT_URL
+from stratus.cli.limit_flags import given, limit_flags
 
 
 def limit_options(func):

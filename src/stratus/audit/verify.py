@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stratus.security.audit import GENESIS, AuditLog, AuditRecord, head_sig, record_mac
+from stratus.audit.log import GENESIS, AuditLog, AuditRecord, head_sig, record_mac
 
 CHECKPOINT_FILE = "audit-checkpoints.jsonl"
 

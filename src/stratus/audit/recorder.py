@@ -11,7 +11,7 @@ before its first byte, which refuses the stream with 503 when it cannot be writt
 closing one with the final outcome, written after its last byte. A stream cut by a gateway crash
 still has its opening record. `--audit-fail-open` serves anyway and logs an error for every
 record lost. For a team with content logging on, the request's redacted prompt and completion go
-into the same transaction as its (closing) record, encrypted (security/content_log.py).
+into the same transaction as its (closing) record, encrypted (audit/content_log.py).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
-from stratus.security.audit import AuditEvent, AuditLog, detail
-from stratus.security.audit_writer import AuditWriter
-from stratus.security.content_log import CONTENT_ROUTES, ContentLog, content_text
+from stratus.audit.content_log import CONTENT_ROUTES, ContentLog, content_text
+from stratus.audit.log import AuditEvent, AuditLog, detail
+from stratus.audit.writer import AuditWriter
 
 log = logging.getLogger("stratus.audit")
 
@@ -176,8 +176,8 @@ class AuditRecorder:
 def recorder_for(settings, store) -> AuditRecorder:
     """The recorder a gateway with access control uses: its key from STRATUS_AUDIT_KEY or the
     data directory's audit.key, its records in the access-control store."""
-    from stratus.security.audit_key import load_audit_key
-    from stratus.security.audit_verify import CHECKPOINT_FILE
+    from stratus.audit.key import load_audit_key
+    from stratus.audit.verify import CHECKPOINT_FILE
 
     audit = AuditLog(store, load_audit_key(settings.data_dir))
     content = ContentLog(store, settings.data_dir, ttl=settings.auth_cache_ttl)

@@ -4,7 +4,7 @@
     stratus serve --no-local-models ...              # the gateway, with the same secret
     stratus worker --model demo=models/demo --port 8101 --gateway http://127.0.0.1:8000
 
-`stratus upstreams add|list|remove` (OpenAI-compatible upstreams) live in upstreams_cli.py.
+`stratus upstreams add|list|remove` (OpenAI-compatible upstreams) live in cli/upstreams.py.
 """
 
 from __future__ import annotations
@@ -138,13 +138,13 @@ def worker(model_spec: str, **flags: Any) -> None:
     """
     from pathlib import Path
 
-    from stratus.cli import _bind
+    from stratus.cli.main import _bind
     from stratus.cluster.secret import ClusterSecretError, load_cluster_secret
-    from stratus.cluster.urls import check_http_url, is_loopback
     from stratus.cluster.worker_main import WorkerOptions, build_worker
     from stratus.cluster.worker_replica import client_tls
     from stratus.config import ConfigError, parse_model_spec
     from stratus.engine.config import EngineConfig
+    from stratus.net.urls import check_http_url, is_loopback
 
     try:
         name, path = parse_model_spec(model_spec)
@@ -221,6 +221,6 @@ def register(main: click.Group, engine_options) -> None:
     for option in reversed(_WORKER_OPTIONS):
         command = option(command)
     main.add_command(click.command(name="worker")(command))
-    from stratus.upstreams_cli import upstreams
+    from stratus.cli.upstreams import upstreams
 
     main.add_command(upstreams)

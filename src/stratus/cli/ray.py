@@ -85,7 +85,7 @@ def _parse_target(target: str) -> tuple[str, int]:
 
 
 def _scale_command():
-    from stratus.admin_cli import Client, _connection, _show
+    from stratus.cli.admin import Client, _connection, _show
 
     @cluster.command("scale")
     @click.argument("target", metavar="MODEL=N")
@@ -110,7 +110,7 @@ def _scale_command():
 
 
 def _status_command():
-    from stratus.admin_cli import Client, _connection, _show
+    from stratus.cli.admin import Client, _connection, _show
 
     @cluster.command("status")
     @_connection

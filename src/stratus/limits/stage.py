@@ -3,7 +3,7 @@
     hooks = metering.wrap(AuthHooks(access), settings, access.store)   # what create_app does
 
 `MeteredHooks` delegates identify, guard, authorize and record to the hooks it wraps, and adds
-step 4 (admit: security/meter.py reserves the worst case atomically; a refusal is a 429 with
+step 4 (admit: limits/meter.py reserves the worst case atomically; a refusal is a 429 with
 Retry-After and the x-ratelimit-* headers) and step 7 (account: the reservation becomes the
 delivered count and a ledger row). A generation request refused after identification (a 429, a
 400 for bad input, a 503) gets a ledger row too, with status refused_<HTTP status> and no tokens. A reservation that no generation settled (a response-cache
@@ -22,10 +22,10 @@ from fastapi import Request
 
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext, RequestHooks, Usage
+from stratus.limits.memory import MemoryLimiter
+from stratus.limits.meter import LimitExceeded, Meter, Ticket
+from stratus.limits.rules import LimiterUnavailable, parse_prices
 from stratus.security.identity import ANONYMOUS, Principal
-from stratus.security.limiter_memory import MemoryLimiter
-from stratus.security.limits import LimiterUnavailable, parse_prices
-from stratus.security.meter import LimitExceeded, Meter, Ticket
 from stratus.store import Store, database_url
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class MeteredHooks(RequestHooks):
 
 def build_limiter(settings: Settings):
     if settings.redis_url:
-        from stratus.security.limiter_redis import RedisLimiter
+        from stratus.limits.redis import RedisLimiter
 
         return RedisLimiter(settings.redis_url)
     return MemoryLimiter()

@@ -5,12 +5,12 @@
 
 Each record's MAC covers its canonical form (every field, its `seq` and the MAC of the record
 before it), so changing, removing, adding or moving a record breaks the chain at that point
-(security/audit_verify.py finds where). The head row is updated first in every append: that
+(audit/verify.py finds where). The head row is updated first in every append: that
 serialises writers (SQLite's write lock, a PostgreSQL row lock) and marks how long the chain is.
 
 A record holds who, what, on which model, the outcome, token counts and where from: never a
 secret and never prompt or completion text (`detail` takes small structured facts only). For a
-team with content logging on (security/content_log.py) the redacted text goes, encrypted, into
+team with content logging on (audit/content_log.py) the redacted text goes, encrypted, into
 `audit_content` in the same transaction, bound to the record's seq.
 """
 

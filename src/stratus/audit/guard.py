@@ -7,7 +7,7 @@ to the guard.
                                                     # audited, sent to the webhook, keys suspended
 
 Sources are the client address ("addr:10.0.0.7") and the public prefix of a presented key
-("key:sk-stratus-3f9a0c1d2b4e"); security/anomaly.py holds the policy.
+("key:sk-stratus-3f9a0c1d2b4e"); audit/anomaly.py holds the policy.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 
-from stratus.api.audit import AuditRecorder, _host
 from stratus.api.errors import APIError
 from stratus.api.pipeline import RequestContext
-from stratus.security.anomaly import AlertPolicy, Event, Guard, LockoutPolicy, Observation
-from stratus.security.audit import AuditEvent, detail
+from stratus.audit.anomaly import AlertPolicy, Event, Guard, LockoutPolicy, Observation
+from stratus.audit.log import AuditEvent, detail
+from stratus.audit.recorder import AuditRecorder, _host
+from stratus.audit.suspension import Suspensions
+from stratus.audit.webhook import AlertWebhook
 from stratus.security.identity import Principal
-from stratus.security.suspension import Suspensions
-from stratus.security.webhook import AlertWebhook
 
 log = logging.getLogger("stratus.audit")
 

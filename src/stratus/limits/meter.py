@@ -5,13 +5,13 @@
     ...
     await meter.settle(ticket, prompt_tokens=12, completion_tokens=37, status="ok", ...)
 
-admit   plans the counters of every applicable rule (security/limits.py) and reserves the worst
+admit   plans the counters of every applicable rule (limits/rules.py) and reserves the worst
         case (prompt + max_tokens, and its cost) in one atomic limiter call
 settle  turns the reservation into the real charge (what was delivered), frees the concurrency
         slot, and writes the ledger row; awaited before the end of a response is sent, so a
         response the client saw complete is in the ledger even if the gateway is killed after
 
-The api layer (api/metering.py) turns LimitExceeded into a 429 and LimiterUnavailable into a 503.
+The api layer (limits/stage.py) turns LimitExceeded into a 429 and LimiterUnavailable into a 503.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from stratus.security.identity import Principal
-from stratus.security.ledger_writer import LedgerWriter
-from stratus.security.limiter_memory import MemoryLimiter
-from stratus.security.limits import (
+from stratus.limits.ledger import LedgerWriter
+from stratus.limits.memory import MemoryLimiter
+from stratus.limits.rules import (
     COUNTER_PREFIX,
     QUOTA_KINDS,
     LimiterUnavailable,
@@ -37,6 +36,7 @@ from stratus.security.limits import (
     refusal_message,
     retry_after,
 )
+from stratus.security.identity import Principal
 from stratus.store import Store, StoreUnavailable
 from stratus.store import usage as ledger
 

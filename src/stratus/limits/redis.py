@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from stratus.security.limits import Decision, Item, LimiterUnavailable
+from stratus.limits.rules import Decision, Item, LimiterUnavailable
 
 # KEYS: counters. ARGV: amount, limit, ttl for each. Returns {allowed, refused index, values...}.
 ACQUIRE = """

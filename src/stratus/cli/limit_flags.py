@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from stratus.security.limits import LIMIT_FIELDS, LimitInvalid, validate_rule
+from stratus.limits.rules import LIMIT_FIELDS, LimitInvalid, validate_rule
 
 # field, flag names (the first is the one messages use), type, help
 FLAGS: list[tuple[str, tuple[str, ...], type, str]] = [

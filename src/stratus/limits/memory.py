@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 
-from stratus.security.limits import Decision, Item
+from stratus.limits.rules import Decision, Item
 
 
 class MemoryLimiter:

@@ -20,8 +20,8 @@ import queue
 import threading
 from collections.abc import Callable
 
-from stratus.security.audit import AuditEvent, AuditLog, AuditRecord
-from stratus.security.audit_verify import write_checkpoint
+from stratus.audit.log import AuditEvent, AuditLog, AuditRecord
+from stratus.audit.verify import write_checkpoint
 from stratus.security.secrets import Keyring
 
 log = logging.getLogger("stratus.audit")

@@ -19,8 +19,8 @@ from pathlib import Path
 import click
 import orjson
 
-from stratus.admin_cli import parse_duration
-from stratus.store_cli import open_store, store_options
+from stratus.cli.admin import parse_duration
+from stratus.cli.store import open_store, store_options
 
 
 def _store_options(func):
@@ -34,9 +34,9 @@ def _store_options(func):
 
 
 def _open(data_dir: str, database_url: str | None, checkpoints: str | None):
-    from stratus.security.audit import AuditLog
-    from stratus.security.audit_key import AuditKeyError, load_audit_key
-    from stratus.security.audit_verify import CHECKPOINT_FILE
+    from stratus.audit.key import AuditKeyError, load_audit_key
+    from stratus.audit.log import AuditLog
+    from stratus.audit.verify import CHECKPOINT_FILE
 
     try:
         key = load_audit_key(data_dir)
@@ -70,8 +70,8 @@ def verify(data_dir: str, database_url: str | None, checkpoints: str | None) -> 
     """Check every record's MAC and chain link, the head, and the newest checkpoint.
 
     Exit status 0 when intact, 1 when tampered (the first problem is named first)."""
-    from stratus.security.audit_verify import last_checkpoint
-    from stratus.security.audit_verify import verify as check
+    from stratus.audit.verify import last_checkpoint
+    from stratus.audit.verify import verify as check
 
     log, cp_path = _open(data_dir, database_url, checkpoints)
     try:
@@ -107,7 +107,7 @@ def export(
     out: str | None,
 ) -> None:
     """Write records as JSON lines (oldest first) and append a checkpoint of the chain head."""
-    from stratus.security.audit_verify import write_checkpoint
+    from stratus.audit.verify import write_checkpoint
 
     log, cp_path = _open(data_dir, database_url, checkpoints)
     start = parse_since(since) if since else None
@@ -133,7 +133,7 @@ def export(
 @_store_options
 def checkpoint(data_dir: str, database_url: str | None, checkpoints: str | None) -> None:
     """Append the chain head (seq and MAC, signed) to the checkpoint file."""
-    from stratus.security.audit_verify import write_checkpoint
+    from stratus.audit.verify import write_checkpoint
 
     log, cp_path = _open(data_dir, database_url, checkpoints)
     cp = write_checkpoint(log, cp_path)

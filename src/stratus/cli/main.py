@@ -19,8 +19,8 @@ from typing import Any
 import click
 
 import stratus
-from stratus.cluster.urls import is_loopback
 from stratus.config import ConfigError, Settings, load_settings, parse_model_spec
+from stratus.net.urls import is_loopback
 
 ENGINE_HELP = {
     "dtype": "Weights and activations: auto (float32 on CPU), float32, bfloat16 or float16.",
@@ -233,9 +233,9 @@ def _default(name: str) -> Any:
     default=None,
     help="Suspend a key whose anomaly alert fires until an admin reinstates it. [default: off]",
 )
-@__import__("stratus.usage_cli", fromlist=["limit_options"]).limit_options  # limits, metering
-@__import__("stratus.cluster_cli", fromlist=["cluster_options"]).cluster_options  # workers
-@__import__("stratus.ray_cli", fromlist=["ray_options"]).ray_options  # Ray replicas
+@__import__("stratus.cli.usage", fromlist=["limit_options"]).limit_options  # limits, metering
+@__import__("stratus.cli.cluster", fromlist=["cluster_options"]).cluster_options  # workers
+@__import__("stratus.cli.ray", fromlist=["ray_options"]).ray_options  # Ray replicas
 @_engine_options
 @click.option(
     "--config",
@@ -328,7 +328,7 @@ def build_server(settings: Settings):
     import uvicorn
 
     from stratus.api import create_app
-    from stratus.security.tls import uvicorn_options
+    from stratus.net.tls import uvicorn_options
 
     if not settings.auth and not is_loopback(settings.host):
         raise click.ClickException(
@@ -341,7 +341,7 @@ def build_server(settings: Settings):
             "127.0.0.1, or pass --allow-insecure-http when a TLS proxy sits in front"
         )
     if settings.tls_self_signed and not (settings.tls_cert and settings.tls_key):
-        from stratus.security.tls import ensure_self_signed, self_signed_hosts
+        from stratus.net.tls import ensure_self_signed, self_signed_hosts
 
         cert, key = ensure_self_signed(settings.data_dir, self_signed_hosts(settings.host))
         settings.tls_cert, settings.tls_key = str(cert), str(key)
@@ -417,14 +417,14 @@ def run_server(settings: Settings) -> int:
     return 0
 
 
-main.add_command(__import__("stratus.compress.cli", fromlist=["compress"]).compress)  # stratus compress
-__import__("stratus.admin_cli", fromlist=["register"]).register(main)  # stratus keys|users|teams
-__import__("stratus.usage_cli", fromlist=["register"]).register(main)  # stratus usage|limits
-main.add_command(__import__("stratus.audit_cli", fromlist=["audit"]).audit)  # stratus audit
-main.add_command(__import__("stratus.secrets_cli", fromlist=["secrets"]).secrets)  # stratus secrets
-__import__("stratus.ray_cli", fromlist=["register"]).register(main)  # stratus cluster scale
-__import__("stratus.cluster_cli", fromlist=["register"]).register(main, _engine_options)  # worker, upstreams
-__import__("stratus.review_cli", fromlist=["register"]).register(main)  # lockouts|alerts, keys reinstate
+main.add_command(__import__("stratus.cli.compress", fromlist=["compress"]).compress)  # stratus compress
+__import__("stratus.cli.admin", fromlist=["register"]).register(main)  # stratus keys|users|teams
+__import__("stratus.cli.usage", fromlist=["register"]).register(main)  # stratus usage|limits
+main.add_command(__import__("stratus.cli.audit", fromlist=["audit"]).audit)  # stratus audit
+main.add_command(__import__("stratus.cli.secrets", fromlist=["secrets"]).secrets)  # stratus secrets
+__import__("stratus.cli.ray", fromlist=["register"]).register(main)  # stratus cluster scale
+__import__("stratus.cli.cluster", fromlist=["register"]).register(main, _engine_options)  # worker, upstreams
+__import__("stratus.cli.review", fromlist=["register"]).register(main)  # lockouts|alerts, keys reinstate
 
 if __name__ == "__main__":
     main()

@@ -17,8 +17,8 @@ import time
 
 import sqlalchemy as sa
 
+from stratus.audit.ttl_set import TTLSet
 from stratus.security.errors import NotFound
-from stratus.security.ttl_set import TTLSet
 from stratus.store import Store
 from stratus.store.apikeys import get_key
 from stratus.store.review_tables import key_suspensions
