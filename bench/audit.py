@@ -36,11 +36,13 @@ import sqlalchemy as sa
 import uvicorn
 
 from stratus.api import create_app
-from stratus.api.auth import AuthHooks, build_access
+from stratus.api.auth import build_access
+from stratus.api.pipeline import Pipeline
 from stratus.audit.log import AuditEvent, AuditLog
 from stratus.config import Settings
 from stratus.security.bootstrap import bootstrap
 from stratus.security.keys import generate
+from stratus.security.stage import IdentityStage
 from stratus.store import Store, database_url
 
 TMPFS = "/dev/shm"
@@ -150,15 +152,19 @@ def gateway(requests: int, rounds: int = 6, where: str | None = None) -> dict:
         access = build_access(settings)
         key = generate().secret
         bootstrap(access.store, key)
-        hooks = AuthHooks(access)
-        app = create_app(settings, hooks=hooks)
+        app = create_app(settings, identity=IdentityStage(access))
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
-        recorder = app.state.stratus.hooks.audit
+        state = app.state.stratus
+        recorder = state.audit.recorder
+        pipelines = {
+            "on": state.pipeline,
+            "off": Pipeline([s for s in state.pipeline.stages if s is not state.audit]),
+        }
         inside: list[float] = []  # time spent in the record step itself (event, commit, hand-offs)
         timing = False
         record = recorder.record
@@ -187,7 +193,7 @@ def gateway(requests: int, rounds: int = 6, where: str | None = None) -> dict:
                 timing = True
                 for _ in range(rounds):
                     for mode in ("on", "off"):
-                        hooks.audit = recorder if mode == "on" else None
+                        state.pipeline = pipelines[mode]
                         c0 = time.process_time()
                         for _ in range(requests // rounds):
                             t = time.perf_counter()
@@ -197,12 +203,12 @@ def gateway(requests: int, rounds: int = 6, where: str | None = None) -> dict:
                         cpu[mode] += time.process_time() - c0
                 timing = False
                 for mode in ("on", "off"):  # 16 clients at once: group commit shares the fsyncs
-                    hooks.audit = recorder if mode == "on" else None
+                    state.pipeline = pipelines[mode]
                     t0 = time.perf_counter()
                     samples[f"{mode}_16_clients"] = concurrent(c.base_url, key, 16, requests // 4)
                     walls[f"{mode}_16_clients"] = time.perf_counter() - t0
         finally:
-            hooks.audit = recorder
+            state.pipeline = pipelines["on"]
             server.should_exit = True
             thread.join(10)
         out = {}

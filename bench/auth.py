@@ -9,7 +9,7 @@ In one run:
 (a) in process, against a real store (SQLite in a temp dir; PostgreSQL too when
     STRATUS_TEST_DATABASE_URL or 127.0.0.1:5432 answers), each call timed on its own, p50/p99:
     - cached key:   AccessControl.cached (SHA-256 of the token, one LRU lookup)
-    - auth step:    the gateway's identify + authorize hooks on a prepared request (bearer parse,
+    - auth step:    the gateway's identity stage (identify + authorize) on a prepared request (bearer parse,
                     cached verification, the route's permission, the model check): what auth
                     adds to a request once its key is cached (target: p50 < 0.2 ms)
     - uncached key: AccessControl.authenticate with the cache off (a joined lookup of the secret,
@@ -20,7 +20,7 @@ In one run:
 (b) the gateway: three uvicorn servers in child processes on loopback, each answering
     GET /v1/models for the same model list:
     - no-auth:   the open gateway (`--no-auth`)
-    - auth:      the access-control hooks only (identify + authorize)
+    - auth:      the identity stage only (identify + authorize)
     - serve:     what `stratus serve` runs by default: auth plus the steps that need it
                  (audit record, anomaly guard, limits and usage metering)
     One request at a time, round-robin over the three (so the busy machine weighs on all alike):
@@ -51,13 +51,15 @@ sys.path.insert(0, str(REPO))
 import common  # noqa: E402  (bench/common.py)
 
 from stratus.api import create_app  # noqa: E402
-from stratus.api.auth import AuthHooks, build_access  # noqa: E402
-from stratus.api.pipeline import OPEN_ACCESS, RequestContext, RequestHooks  # noqa: E402
+from stratus.api.auth import build_access  # noqa: E402
+from stratus.api.pipeline import Pipeline  # noqa: E402
 from stratus.config import Settings  # noqa: E402
+from stratus.request.context import RequestContext  # noqa: E402
 from stratus.security import admin, admin_keys  # noqa: E402
 from stratus.security.access import AccessControl  # noqa: E402
 from stratus.security.bootstrap import bootstrap  # noqa: E402
 from stratus.security.jwt import IssuerConfig, JWTVerifier  # noqa: E402
+from stratus.security.stage import OPEN_ACCESS, IdentityStage  # noqa: E402
 from stratus.store import Store  # noqa: E402
 
 MODELS = {f"model-{i}": f"/nonexistent/model-{i}" for i in range(4)}  # listed, never loaded
@@ -98,10 +100,8 @@ class _Route:
 
 def auth_step(access: AccessControl, secret: str):
     """identify + authorize exactly as the gateway runs them, on one prepared request."""
-    from starlette.requests import Request
-
-    hooks = AuthHooks(access)
-    hooks._served = MODELS
+    identity = IdentityStage(access)
+    identity._served = MODELS
     scope = {
         "type": "http",
         "method": "GET",
@@ -114,11 +114,12 @@ def auth_step(access: AccessControl, secret: str):
 
     def run():
         ctx = RequestContext.from_scope(scope)
-        request = Request(scope)
+        ctx.route = _Route.path
 
         async def steps():
-            ctx.principal = await hooks.identify(request, ctx)
-            await hooks.authorize(ctx, "model-1")
+            await identity.identify(ctx)
+            await identity.authorize(ctx, None)
+            await identity.authorize(ctx, "model-1")
 
         loop.run_until_complete(steps())
 
@@ -172,9 +173,11 @@ def asgi_requests(n: int, tmp: Path) -> dict:
     access, secret = world(f"sqlite:///{tmp / 'asgi' / 'stratus.db'}")
     settings = Settings(models=MODELS, data_dir=str(tmp / "asgi"), lockout_failures=0)
     apps = {
-        "no-auth": create_app(settings, hooks=OPEN_ACCESS),
-        "auth": create_app(settings, hooks=AuthOnly(access)),
+        "no-auth": create_app(settings, identity=OPEN_ACCESS),
+        "auth": create_app(settings, identity=IdentityStage(access)),
     }
+    auth = apps["auth"].state.stratus
+    auth.pipeline = Pipeline([auth.pipeline.stages[0]])  # identify + authorize only
     samples: dict[str, list[float]] = {mode: [] for mode in apps}
 
     async def run():
@@ -231,22 +234,6 @@ def drop_postgres(url: str) -> None:
 # -- (b) the gateway ------------------------------------------------------------------------------
 
 
-class AuthOnly(RequestHooks):
-    """identify + authorize of access control, without the steps that other issues add."""
-
-    def __init__(self, access: AccessControl):
-        self.inner = AuthHooks(access)
-
-    def bind(self, state) -> None:
-        self.inner._served = state.registry.models
-
-    async def identify(self, request, ctx):
-        return await self.inner.identify(request, ctx)
-
-    async def authorize(self, ctx, model):
-        await self.inner.authorize(ctx, model)
-
-
 def child(mode: str, data_dir: str, port_file: str) -> None:
     """Serve one gateway until killed (run as `bench/auth.py --child MODE DATA PORTFILE`)."""
     import socket
@@ -255,11 +242,12 @@ def child(mode: str, data_dir: str, port_file: str) -> None:
 
     settings = Settings(models=MODELS, data_dir=data_dir, lockout_failures=0, log_level="warning")
     if mode == "no-auth":
-        hooks = OPEN_ACCESS
+        app = create_app(settings, identity=OPEN_ACCESS)
     else:
         access = build_access(settings)
-        hooks = AuthHooks(access) if mode == "serve" else AuthOnly(access)
-    app = create_app(settings, hooks=hooks)
+        app = create_app(settings, identity=IdentityStage(access))
+        if mode != "serve":  # identify + authorize only, without limits and audit
+            app.state.stratus.pipeline = Pipeline([app.state.stratus.pipeline.stages[0]])
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)

@@ -14,10 +14,10 @@ In one run:
     7 counters), one at a time (latency p50/p99) and 64 in flight (throughput); in process
     (MemoryLimiter), through Redis (RedisLimiter: one Lua script call each way), and through a
     three-node Redis Cluster on loopback that the benchmark starts (all counters in one slot).
-(b) the hooks alone: MeteredHooks.admit (the limit cost) and .account (reconcile + the ledger
+(b) the stage alone: LimitsStage.admit (the limit cost) and .settle (reconcile + the ledger
     row, an fsync'd SQLite insert) per request, p50/p99, against the default SQLite store.
 (c) the gateway: the same small completion (token-id prompt, max_tokens 1) through one live
-    gateway whose hooks are swapped between limits+ledger on and off, one request at a time,
+    gateway whose pipeline is swapped between limits+ledger on and off, one request at a time,
     interleaved (on, off, off, on, ...), as latency p50/p99; then 32 concurrent clients, as
     requests/s (best of two rounds each).
 
@@ -45,11 +45,14 @@ REPO = common.REPO
 sys.path.insert(0, str(REPO))
 
 from stratus.api import create_app  # noqa: E402
-from stratus.api.pipeline import Principal, RequestContext, RequestHooks, Usage  # noqa: E402
+from stratus.api.pipeline import Pipeline  # noqa: E402
 from stratus.config import Settings  # noqa: E402
 from stratus.limits.memory import MemoryLimiter  # noqa: E402
 from stratus.limits.rules import LimitRule, parse_prices, plan_request  # noqa: E402
-from stratus.limits.stage import meter_of  # noqa: E402
+from stratus.limits.stage import LimitsStage  # noqa: E402
+from stratus.request.context import RequestContext, Usage  # noqa: E402
+from stratus.request.stage import Stage  # noqa: E402
+from stratus.security.identity import Principal  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 
 MODEL = "bench"
@@ -96,28 +99,28 @@ async def decisions(limiter, n: int, in_flight: int = 64) -> dict:
     }
 
 
-class Anyone(RequestHooks):
-    async def identify(self, request, ctx):
-        return PRINCIPAL
+class Anyone(Stage):
+    async def identify(self, ctx):
+        ctx.principal = PRINCIPAL
 
 
 async def hook_costs(n: int, data_dir: str) -> dict:
     app = create_app(
-        Settings(metering=True, data_dir=data_dir, model_prices=f"{MODEL}=0.5/1.5"), hooks=Anyone()
+        Settings(metering=True, data_dir=data_dir, model_prices=f"{MODEL}=0.5/1.5"), identity=Anyone()
     )
-    hooks = app.state.stratus.hooks
-    meter_of(hooks).static_rules = list(RULES)
+    pipeline = app.state.stratus.pipeline
+    app.state.stratus.meter.static_rules = list(RULES)
     admit, account = [], []
     for i in range(n):
         ctx = RequestContext(request_id=f"r{i}", method="POST", path="/v1/completions", client=None)
         ctx.principal, ctx.model = PRINCIPAL, MODEL
         t = time.perf_counter()
-        await hooks.admit(ctx, 100, 200)
+        await pipeline.admit(ctx, 100, 200)
         t2 = time.perf_counter()
-        await hooks.account(ctx, Usage(prompt_tokens=100, completion_tokens=150))
+        await pipeline.settle(ctx, Usage(prompt_tokens=100, completion_tokens=150))
         admit.append(t2 - t)
         account.append(time.perf_counter() - t2)
-        await hooks.record(ctx)  # step 8, as the gateway calls it: forgets the reservation
+        await pipeline.record(ctx)  # as the gateway calls it last: forgets the reservation
     return {
         "admit_p50_ms": round(common.pct(admit, 0.5) * 1e3, 3),
         "admit_p99_ms": round(common.pct(admit, 0.99) * 1e3, 3),
@@ -127,16 +130,19 @@ async def hook_costs(n: int, data_dir: str) -> dict:
 
 
 def gateway(path: Path, n: int, concurrency: int, data_dir: str) -> dict:
-    """One live gateway; limits+ledger on or off by swapping its hooks between requests, so both
+    """One live gateway; limits+ledger on or off by swapping its pipeline between requests, so both
     sides share one server, one event loop and one engine."""
     settings = Settings(
         models={MODEL: str(path)}, engine_isolation="thread", metering=True, data_dir=data_dir
     )
-    app = create_app(settings, hooks=Anyone())
+    app = create_app(settings, identity=Anyone())
     state = app.state.stratus
-    metered = state.hooks
-    meter_of(metered).static_rules = list(RULES)
-    hooks = {"on": metered, "off": metered.inner}
+    metered = state.pipeline
+    state.meter.static_rules = list(RULES)
+    pipelines = {
+        "on": metered,
+        "off": Pipeline([s for s in metered.stages if not isinstance(s, LimitsStage)]),
+    }
     body = {"model": MODEL, "prompt": [5, 6, 7], "max_tokens": 1}
     lat: dict[str, list[float]] = {"on": [], "off": []}
     rates: dict[str, list[float]] = {"on": [], "off": []}
@@ -146,7 +152,7 @@ def gateway(path: Path, n: int, concurrency: int, data_dir: str) -> dict:
         with httpx.Client(timeout=60) as c:
             for i in range(n + 20):
                 for name in ("on", "off") if i % 2 else ("off", "on"):
-                    state.hooks = hooks[name]
+                    state.pipeline = pipelines[name]
                     t = time.perf_counter()
                     r = c.post(url, json=body)
                     if i >= 20:
@@ -154,9 +160,9 @@ def gateway(path: Path, n: int, concurrency: int, data_dir: str) -> dict:
                     assert r.status_code == 200, r.text
         for _ in range(2):
             for name in ("on", "off"):
-                state.hooks = hooks[name]
+                state.pipeline = pipelines[name]
                 rates[name].append(asyncio.run(rate(url, body, n, concurrency)))
-        state.hooks = metered
+        state.pipeline = metered
     return {
         name: {
             "p50_ms": round(common.pct(lat[name], 0.5) * 1e3, 2),

@@ -72,9 +72,10 @@ def auth_headers(admin_key) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def api_server(tiny_checkpoint, tmp_path_factory, admin_key):
     from stratus.api import create_app
-    from stratus.api.auth import AuthHooks, build_access
+    from stratus.api.auth import build_access
     from stratus.config import Settings
     from stratus.security.bootstrap import bootstrap
+    from stratus.security.stage import IdentityStage
 
     data_dir = issued.data_dir_of(tmp_path_factory.mktemp("gateway-data"))
     settings = Settings(
@@ -87,7 +88,7 @@ def api_server(tiny_checkpoint, tmp_path_factory, admin_key):
     )
     access = build_access(settings)
     bootstrap(access.store, admin_key)
-    server = LiveServer(create_app(settings, hooks=AuthHooks(access))).start()
+    server = LiveServer(create_app(settings, identity=IdentityStage(access))).start()
     try:
         server.wait_ready()
         yield server

@@ -10,12 +10,13 @@ import httpx
 import pytest
 
 from stratus.api import create_app
-from stratus.api.auth import AuthHooks, build_access
-from stratus.api.errors import APIError
+from stratus.api.auth import build_access
 from stratus.audit.verify import verify
 from stratus.config import Settings
+from stratus.request.errors import APIError
 from stratus.security.bootstrap import bootstrap
 from stratus.security.keys import generate
+from stratus.security.stage import IdentityStage
 from tests import issued
 from tests.conftest import TINY_MODEL
 from tests.live_server import LiveServer
@@ -23,7 +24,7 @@ from tests.live_server import LiveServer
 pytestmark = pytest.mark.timeout(180)
 
 
-class AdmitForTests(AuthHooks):
+class AdmitForTests(IdentityStage):
     """Real identity and audit; admission refuses two magic token budgets (limits are issue 5)."""
 
     async def admit(self, ctx, prompt_tokens, max_tokens):
@@ -42,11 +43,11 @@ def server(tiny_engine, tmp_path_factory):
     access = build_access(settings)
     admin = issued.record(generate().secret)
     bootstrap(access.store, admin)
-    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, hooks=AdmitForTests(access))
+    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, identity=AdmitForTests(access))
     with LiveServer(app) as live:
         live.wait_ready()
         live.admin = admin
-        live.hooks = app.state.stratus.hooks
+        live.state = app.state.stratus
         live.access_log = data_dir / "access.jsonl"
         yield live
 
@@ -56,7 +57,7 @@ def records_for(server, request_id, wait: bool = True, count: int = 1):
     written just after its last byte, so wait."""
     found = []
     for _ in range(200 if wait else 1):
-        found = [r for r in server.hooks.audit.log.records() if r.request_id == request_id]
+        found = [r for r in server.state.audit.recorder.log.records() if r.request_id == request_id]
         if len(found) >= count:
             return found
         time.sleep(0.05)
@@ -190,7 +191,7 @@ def test_stream_has_an_opening_and_a_closing_record_and_the_chain_verifies(serve
     assert closing.outcome == "ok" and closing.status == 200
     assert closing.prompt_tokens == usage["prompt_tokens"] > 0
     assert closing.completion_tokens == usage["completion_tokens"] > 0
-    report = verify(server.hooks.audit.log)
+    report = verify(server.state.audit.recorder.log)
     assert report.ok, report.problems
 
 
@@ -213,7 +214,7 @@ def generated_tokens(server) -> float:
 def test_failing_audit_write_refuses_a_stream(server, tiny_engine, monkeypatch, path, body):
     """Disk full (or a constraint violation): a stream gets 503 audit_unavailable, not the stream,
     and its generation is aborted; fail-open streams anyway and counts the lost records."""
-    recorder = server.hooks.audit
+    recorder = server.state.audit.recorder
 
     def broken(events, *args):
         raise OSError("disk full")
@@ -254,7 +255,7 @@ def test_failing_audit_write_refuses_a_stream(server, tiny_engine, monkeypatch, 
 def test_stream_whose_opening_record_fails_is_recorded_as_refused_and_not_charged(server, monkeypatch):
     """Only the opening write fails: the stream is refused with 503, and its own record says so,
     with the prompt's tokens but no completion tokens (none reached the client)."""
-    recorder = server.hooks.audit
+    recorder = server.state.audit.recorder
     append_many = recorder.log.append_many
 
     def fails_openings(events, *args):
@@ -273,12 +274,12 @@ def test_stream_whose_opening_record_fails_is_recorded_as_refused_and_not_charge
     assert rec.status == 503 and rec.outcome == "error"
     assert rec.prompt_tokens > 0 and rec.completion_tokens == 0
     monkeypatch.undo()
-    report = verify(server.hooks.audit.log)
+    report = verify(server.state.audit.recorder.log)
     assert report.ok, report.problems
 
 
 def test_failing_audit_write_refuses_the_request(server, monkeypatch):
-    recorder = server.hooks.audit
+    recorder = server.state.audit.recorder
 
     def broken(events):
         raise OSError("disk full")
@@ -299,7 +300,7 @@ def test_failing_audit_write_refuses_the_request(server, monkeypatch):
 
 
 def test_chain_of_the_live_gateway_verifies(server):
-    report = verify(server.hooks.audit.log)
+    report = verify(server.state.audit.recorder.log)
     assert report.ok, report.problems
     assert report.records > 10
 
@@ -325,5 +326,5 @@ def test_access_log_line_matches_the_audit_record_and_holds_no_secret(server):
     assert line["status"] == 200 and line["model"] == TINY_MODEL and line["path"] == "/v1/chat/completions"
     assert line["completion_tokens"] == rec.completion_tokens and line["duration_ms"] >= line["first_byte_ms"]
     assert server.admin not in text and "zebra-prompt-47" not in text
-    exported = json.dumps([r.to_json() for r in server.hooks.audit.log.records()])
+    exported = json.dumps([r.to_json() for r in server.state.audit.recorder.log.records()])
     assert server.admin not in exported and "zebra-prompt-47" not in exported

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from stratus.api import create_app
-from stratus.api.auth import AuthHooks, build_access
+from stratus.api.auth import build_access
 from stratus.audit.redact import redact
 from stratus.audit.webhook import verify
 from stratus.cli.main import main
@@ -23,6 +23,7 @@ from stratus.config import Settings
 from stratus.security.bootstrap import bootstrap
 from stratus.security.keys import generate
 from stratus.security.secrets import SecretStore, load_keyring, rotate
+from stratus.security.stage import IdentityStage
 from tests import issued
 from tests.conftest import TINY_MODEL
 from tests.live_server import LiveServer
@@ -50,12 +51,12 @@ def server(tiny_engine, tmp_path_factory):
     access = build_access(settings)
     admin = issued.record(generate().secret)
     bootstrap(access.store, admin)
-    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, hooks=AuthHooks(access))
+    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, identity=IdentityStage(access))
     with LiveServer(app) as live:
         live.wait_ready()
         live.admin = admin
-        live.hooks = app.state.stratus.hooks
-        live.hooks.review.webhook.backoff = 0.01  # retries without long pauses
+        live.state = app.state.stratus
+        live.state.audit.review.webhook.backoff = 0.01  # retries without long pauses
         live.data_dir = data_dir
         yield live
 
@@ -146,7 +147,7 @@ def test_content_logging_is_off_by_default_then_redacted_and_encrypted(server):
     assert b"Tell me a tale" not in blob  # stored encrypted, not just redacted
 
     # `stratus secrets rotate`'s work: the content is re-encrypted and the server still reads it
-    box = SecretStore(server.hooks.access.store, load_keyring(server.data_dir))
+    box = SecretStore(server.state.access.store, load_keyring(server.data_dir))
     old_key = box.ring.current
     new_key, count = rotate(box)
     assert new_key != old_key and count >= 2
@@ -265,7 +266,7 @@ def test_alert_webhook_is_signed_retried_and_never_blocks(server):
 
         receiver.calls.clear()
         receiver.fail = 100  # never succeeds: bounded retries, then given up
-        hook = server.hooks.review.webhook
+        hook = server.state.audit.review.webhook
         failed = hook.failed
         fail_logins(server, "127.0.0.22")
         receiver.wait(hook.attempts)

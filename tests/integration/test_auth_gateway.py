@@ -14,12 +14,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from stratus.api import create_app
-from stratus.api.auth import AuthHooks, build_access
+from stratus.api.auth import build_access
 from stratus.audit.log import AuditLog
 from stratus.audit.verify import verify
 from stratus.config import Settings
 from stratus.security import keys
 from stratus.security.bootstrap import bootstrap
+from stratus.security.stage import IdentityStage
 from stratus.store import Store, apikeys, database_url
 from tests import issued
 from tests.conftest import TINY_MODEL
@@ -148,7 +149,7 @@ def test_cli_against_a_running_server(api_server, admin_key, monkeypatch):
 
 def gateway(settings, access=None):
     access = access or build_access(settings)
-    app = create_app(settings, hooks=AuthHooks(access))
+    app = create_app(settings, identity=IdentityStage(access))
     return app, access
 
 
@@ -423,18 +424,18 @@ def test_shutdown_drains_the_audit_writer(tmp_path):
     store closes: the trail of the last requests verifies afterwards."""
     app, access = gateway(settings_for(tmp_path))
     root = issued.record(bootstrap(access.store).generated_secret)
-    hooks = app.state.stratus.hooks
+    audit = app.state.stratus.audit.recorder
 
     async def scenario():
         async with app.router.lifespan_context(app):
             assert await status(app, root) == 200
-            assert hooks.audit.writer._thread.is_alive()
+            assert audit.writer._thread.is_alive()
 
     asyncio.run(scenario())
-    assert not hooks.audit.writer._thread.is_alive()
+    assert not audit.writer._thread.is_alive()
     store = Store.open(database_url(settings_for(tmp_path).data_dir))
     try:
-        log = AuditLog(store, hooks.audit.log.key)
+        log = AuditLog(store, audit.log.key)
         assert any(r.request_id for r in log.records())  # the whoami request's record landed
         assert verify(log).ok
     finally:

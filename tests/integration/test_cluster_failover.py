@@ -14,8 +14,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from stratus.api.pipeline import OPEN_ACCESS
 from stratus.config import Settings, demo_model_path
+from stratus.security.stage import OPEN_ACCESS
 from tests import issued
 from tests.live_server import LiveServer
 from tests.waiting import wait_for
@@ -33,8 +33,9 @@ PROMPT = "Tell me a story about a brave little fox who"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, admin_key):
     from stratus.api import create_app
-    from stratus.api.auth import AuthHooks, build_access
+    from stratus.api.auth import build_access
     from stratus.security.bootstrap import bootstrap
+    from stratus.security.stage import IdentityStage
 
     secret = issued.record(secrets.token_urlsafe(32))
     settings = Settings(  # no model of its own: every replica of "demo" is a worker
@@ -44,12 +45,12 @@ def cluster(tmp_path_factory, admin_key):
     )
     access = build_access(settings)
     bootstrap(access.store, admin_key)
-    app = create_app(settings, hooks=AuthHooks(access))
+    app = create_app(settings, identity=IdentityStage(access))
     registry = app.state.stratus.registry
     gateway = LiveServer(app).start()
     # A second gateway (open, loopback only) that the same workers also register with.
     open_settings = Settings(cluster_secret=secret, local_models=False, auth=False)
-    second = LiveServer(create_app(open_settings, hooks=OPEN_ACCESS)).start()
+    second = LiveServer(create_app(open_settings, identity=OPEN_ACCESS)).start()
     # At most 150 tokens/s each, so a 400-token stream is surely still running when its worker dies.
     args = ("--engine-isolation", "thread", "--gateway", gateway.url, "--heartbeat-interval", "0.5")
     args += ("--gateway", second.url, "--max-tokens-per-second", "150")
@@ -99,7 +100,7 @@ def test_registration_needs_the_cluster_secret(cluster):
         assert r.status_code == 400, r.text
     assert set(registry.models["demo"].replicas.entries) == {w.id for w in workers}
     # Membership changes and refused callers are audited; accepted heartbeats are not.
-    audit = gateway.app.state.stratus.hooks.audit.log
+    audit = gateway.app.state.stratus.audit.recorder.log
     seen = {
         (r.action.rsplit("/", 1)[-1], r.outcome, r.status, r.model)
         for r in audit.records()

@@ -35,10 +35,11 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.
 from openai import AsyncOpenAI  # noqa: E402
 
 from stratus.api import create_app  # noqa: E402
-from stratus.api.auth import AuthHooks, build_access  # noqa: E402
+from stratus.api.auth import build_access  # noqa: E402
 from stratus.config import Settings  # noqa: E402
 from stratus.engine import EngineConfig  # noqa: E402
 from stratus.security.bootstrap import bootstrap  # noqa: E402
+from stratus.security.stage import IdentityStage  # noqa: E402
 from tests import issued  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 
@@ -95,7 +96,7 @@ def ray_gateway(ray_nodes, tmp_path_factory, admin_key):
     )
     access = build_access(settings)
     bootstrap(access.store, admin_key)
-    server = LiveServer(create_app(settings, hooks=AuthHooks(access)), drain_timeout=10).start()
+    server = LiveServer(create_app(settings, identity=IdentityStage(access)), drain_timeout=10).start()
     try:
         server.wait_ready(timeout=240)
         _wait(lambda: len(_cluster(server).replicas["demo"]) == 2, 60, "both demo replicas registered")

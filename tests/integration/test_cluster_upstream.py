@@ -49,14 +49,15 @@ def upstream(tiny_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, admin_key):
     from stratus.api import create_app
-    from stratus.api.auth import AuthHooks, build_access
+    from stratus.api.auth import build_access
     from stratus.security.bootstrap import bootstrap
+    from stratus.security.stage import IdentityStage
 
     data = issued.data_dir_of(tmp_path_factory.mktemp("upstream-gw"))
     settings = Settings(data_dir=str(data), local_models=False)  # "remote" lives upstream only
     access = build_access(settings)
     bootstrap(access.store, admin_key)
-    app = create_app(settings, hooks=AuthHooks(access))
+    app = create_app(settings, identity=IdentityStage(access))
     server = LiveServer(app).start()
     try:
         yield server, data

@@ -7,11 +7,12 @@ import openai
 import pytest
 
 from stratus.api import create_app
-from stratus.api.auth import AuthHooks, build_access
+from stratus.api.auth import build_access
 from stratus.compress import CompressSpec, compress
 from stratus.config import Settings
 from stratus.engine import EngineConfig, GenerateRequest, LLMEngine, SamplingParams
 from stratus.security.bootstrap import bootstrap
+from stratus.security.stage import IdentityStage
 from tests import issued
 from tests.live_server import LiveServer
 
@@ -45,7 +46,7 @@ def test_quantized_checkpoints_serve_through_the_api(tiny_checkpoint, tmp_path, 
     )
     access = build_access(settings)  # access control on, as `stratus serve` runs
     bootstrap(access.store, admin_key)
-    with LiveServer(create_app(settings, hooks=AuthHooks(access))) as server:
+    with LiveServer(create_app(settings, identity=IdentityStage(access))) as server:
         server.wait_ready(READY_S)
         with httpx.Client(base_url=server.url, timeout=60, headers=auth_headers) as http:
             listed = {m["id"] for m in http.get("/v1/models").json()["data"]}
@@ -91,7 +92,7 @@ def test_quantized_demo_model_serves_through_the_openai_client(tmp_path, admin_k
     access = build_access(settings)
     bootstrap(access.store, admin_key)
     prompt = "It is a truth universally acknowledged, that"
-    with LiveServer(create_app(settings, hooks=AuthHooks(access))) as server:
+    with LiveServer(create_app(settings, identity=IdentityStage(access))) as server:
         server.wait_ready(READY_S)
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=admin_key, max_retries=0)
         assert {m.id for m in client.models.list()} == set(paths)

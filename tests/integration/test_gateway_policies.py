@@ -7,20 +7,21 @@ import httpx
 import pytest
 
 from stratus.api import create_app
-from stratus.api.pipeline import Principal, RequestHooks
 from stratus.config import Settings
 from stratus.engine import EngineConfig
+from stratus.request.stage import Stage
+from stratus.security.identity import Principal
 from tests.conftest import TINY_MODEL
 from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.timeout(180)
 
 
-class TeamFromHeader(RequestHooks):
+class TeamFromHeader(Stage):
     """Stands in for real identity (a later issue): the caller's team comes from a header."""
 
-    async def identify(self, request, ctx):
-        return Principal(user="u", team=request.headers.get("x-team"), models=None)
+    async def identify(self, ctx):
+        ctx.principal = Principal(user="u", team=ctx.header("x-team"), models=None)
 
 
 def counter(client, name):
@@ -34,7 +35,7 @@ def counter(client, name):
 @pytest.fixture(scope="module")
 def cached_server(tiny_engine):
     settings = Settings(response_cache_size=16)
-    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, hooks=TeamFromHeader())
+    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, identity=TeamFromHeader())
     with LiveServer(app) as server:
         server.wait_ready()
         yield server

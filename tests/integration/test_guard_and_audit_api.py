@@ -6,10 +6,11 @@ import httpx
 import pytest
 
 from stratus.api import create_app
-from stratus.api.auth import AuthHooks, build_access
+from stratus.api.auth import build_access
 from stratus.config import Settings
 from stratus.security.bootstrap import bootstrap
 from stratus.security.keys import generate
+from stratus.security.stage import IdentityStage
 from tests import issued
 from tests.conftest import TINY_MODEL
 from tests.live_server import LiveServer
@@ -24,7 +25,7 @@ def server(tiny_engine, tmp_path_factory):
     access = build_access(settings)
     admin = issued.record(generate().secret)
     bootstrap(access.store, admin)
-    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, hooks=AuthHooks(access))
+    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, identity=IdentityStage(access))
     with LiveServer(app) as live:
         live.wait_ready()
         live.admin = admin

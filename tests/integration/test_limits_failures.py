@@ -8,9 +8,8 @@ import httpx
 import pytest
 
 from stratus.api import create_app
-from stratus.api.pipeline import OPEN_ACCESS
 from stratus.config import Settings
-from stratus.limits.stage import meter_of
+from stratus.security.stage import OPEN_ACCESS
 from stratus.store import usage as ledger
 from tests.conftest import TINY_MODEL
 from tests.live_server import LiveServer
@@ -21,8 +20,8 @@ NOWHERE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 def gateway(tiny_engine, data_dir, fail_open: bool) -> LiveServer:
     settings = Settings(metering=True, data_dir=str(data_dir), redis_url=NOWHERE, limits_fail_open=fail_open)
-    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, hooks=OPEN_ACCESS)
-    meter = meter_of(app.state.stratus.hooks)
+    app = create_app(settings, engines={TINY_MODEL: tiny_engine}, identity=OPEN_ACCESS)
+    meter = app.state.stratus.meter
     with meter.store.begin() as conn:
         ledger.put_limit(conn, {"scope": "model", "subject": TINY_MODEL, "rpm": 1}, time.time(), "test")
     return LiveServer(app)
@@ -32,7 +31,7 @@ BODY = {"model": TINY_MODEL, "prompt": "hi", "max_tokens": 2}
 
 
 def rows_of(server: LiveServer) -> list[dict]:
-    with meter_of(server.app.state.stratus.hooks).store.connect() as conn:
+    with server.app.state.stratus.meter.store.connect() as conn:
         return [dict(r) for r in conn.execute(ledger.usage_ledger.select()).mappings()]
 
 

@@ -17,9 +17,9 @@ import openai
 import pytest
 
 from stratus.api import create_app
-from stratus.api.pipeline import Principal, RequestHooks
 from stratus.config import Settings
-from stratus.limits.stage import meter_of
+from stratus.request.stage import Stage
+from stratus.security.identity import Principal
 from stratus.store import usage as ledger
 from tests.conftest import TINY_MODEL
 from tests.live_server import LiveServer
@@ -29,14 +29,14 @@ BROKEN = "broken"
 MAX = 4  # completion tokens per request (ignore_eos: every admitted request uses exactly these)
 
 
-class UserFromHeader(RequestHooks):
+class UserFromHeader(Stage):
     """Identity for these tests: user and team from headers (access control has its own tests)."""
 
-    async def identify(self, request, ctx):
-        return Principal(
-            user=request.headers.get("x-user", "u"),
-            team=request.headers.get("x-team"),
-            key_id=request.headers.get("x-key"),
+    async def identify(self, ctx):
+        ctx.principal = Principal(
+            user=ctx.header("x-user") or "u",
+            team=ctx.header("x-team"),
+            key_id=ctx.header("x-key"),
             models=None,
             roles=frozenset({"admin"}),
         )
@@ -66,14 +66,14 @@ def server(tiny_engine, tmp_path_factory):
         metering=True, data_dir=str(tmp_path_factory.mktemp("limits-data")), model_prices="tiny=1/2"
     )
     engines = {TINY_MODEL: tiny_engine, BROKEN: BrokenEngine(tiny_engine)}
-    app = create_app(settings, engines=engines, hooks=UserFromHeader())
+    app = create_app(settings, engines=engines, identity=UserFromHeader())
     with LiveServer(app) as live:
         live.wait_ready()
         yield live
 
 
 def meter(server):
-    return meter_of(server.app.state.stratus.hooks)
+    return server.app.state.stratus.meter
 
 
 def set_rule(server, **rule):

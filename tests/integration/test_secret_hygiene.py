@@ -9,10 +9,11 @@ import logging
 import httpx
 
 from stratus.api import create_app
-from stratus.api.auth import AuthHooks, build_access
+from stratus.api.auth import build_access
 from stratus.config import Settings
 from stratus.security import keys
 from stratus.security.bootstrap import bootstrap
+from stratus.security.stage import IdentityStage
 from tests import issued
 
 
@@ -20,7 +21,7 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path, caplog):
     data = issued.data_dir_of(tmp_path / "data")
     settings = Settings(models={"m": "/nonexistent"}, data_dir=str(data), lockout_failures=0)
     access = build_access(settings)
-    app = create_app(settings, hooks=AuthHooks(access))
+    app = create_app(settings, identity=IdentityStage(access))
     secrets = [issued.record(keys.generate().secret)]
     bootstrap(access.store, secrets[0])
 

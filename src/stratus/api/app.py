@@ -7,8 +7,9 @@ The app starts listening at once (/health answers) and loads its models in the b
 /ready turns 200 when every model is loaded and warm. Engines passed in through `engines=`
 are used as they are and left running at shutdown (the caller owns them).
 
-Access control is on unless `settings.auth` is False: without `hooks=`, the app opens the store
-named by the settings (api/auth.py: default_hooks). `hooks=OPEN_ACCESS` is the open gateway.
+Access control is on unless `settings.auth` is False: without `identity=`, the app opens the store
+named by the settings (api/auth.py: default_identity). `identity=OPEN_ACCESS` is the open gateway.
+The request path's stages are composed in api/pipeline.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from stratus.api import auth, upstream_proxy
 from stratus.api.errors import install_error_handlers
 from stratus.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from stratus.api.openapi import build_openapi
-from stratus.api.pipeline import RequestHooks
+from stratus.api.pipeline import build_pipeline
 from stratus.api.registry import ModelRegistry
 from stratus.api.response_cache import ResponseCache
 from stratus.api.routes import (
@@ -44,8 +45,9 @@ from stratus.api.routes import (
 from stratus.api.security_headers import SecurityHeadersMiddleware
 from stratus.api.state import AppState
 from stratus.config import Settings
-from stratus.limits import stage as metering
 from stratus.observe.metrics import Metrics
+from stratus.request.stage import Stage
+from stratus.security.stage import IdentityStage
 
 if TYPE_CHECKING:
     from stratus.engine import Engine
@@ -62,7 +64,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     engines: dict[str, Engine] | None = None,
-    hooks: RequestHooks | None = None,
+    identity: Stage | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
     # With --ray-address every model is served by Ray actors, placed once the app starts; with
@@ -75,18 +77,18 @@ def create_app(
     cache = None
     if settings.response_cache_size > 0:
         cache = ResponseCache(settings.response_cache_size, settings.response_cache_ttl)
-    hooks = hooks if hooks is not None else auth.default_hooks(settings)
-    access = hooks.access if isinstance(hooks, auth.AuthHooks) else None
-    hooks = metering.wrap(hooks, settings, access.store if access is not None else None)
+    identity = identity if identity is not None else auth.default_identity(settings)
+    access = identity.access if isinstance(identity, IdentityStage) else None
+    pipeline = build_pipeline(settings, identity, access)
     state = AppState(
         settings=settings,
         registry=registry,
         metrics=Metrics(registry.stats),
-        hooks=hooks,
+        pipeline=pipeline,
         cache=cache,
         access=access,
     )
-    hooks.bind(state)
+    pipeline.bind(state)
     if settings.ray_address:
         from stratus.cluster.ray_cluster import RayCluster
 
@@ -111,7 +113,7 @@ def create_app(
             await registry.shutdown()
             # The audit writer drains before the store it writes to closes (off the event loop:
             # it waits for a commit).
-            await asyncio.to_thread(hooks.close)
+            await asyncio.to_thread(pipeline.close)
             if state.access is not None:
                 state.access.store.close()
 
@@ -132,7 +134,7 @@ def create_app(
     app.include_router(cluster_admin.router)
     internal.mount(app, settings, registry)  # /internal/v1/workers when a cluster secret is set
     if access is not None:  # OpenAI-compatible upstreams: registered by admins, keys encrypted
-        app.state.upstreams = upstream_proxy.Upstreams(
+        state.upstreams = upstream_proxy.Upstreams(
             access.store, upstream_proxy.secret_store(access.store, settings.data_dir)
         )
         app.include_router(upstreams.router)

@@ -1,29 +1,30 @@
-"""FastAPI dependencies: the request path's steps as functions a route asks for.
+"""FastAPI dependencies: the request path's steps as values a route asks for by type.
 
-    async def endpoint(request: Request, gw: Gateway = Depends(gateway)):
+    async def endpoint(request: Request, gw: GatewayDep):
         body, raw = await parse_body(request, ChatCompletionRequest)
-        engine = await gw.route(body.model)           # 3 authorize + 5 route
-        await gw.admit(prompt_tokens, max_tokens)       # 4 admit
-        ...                                             # 6 generate, 7 account (gw.account)
+        engine = await gw.route(body.model)             # authorize the model, route
+        await gw.admit(prompt_tokens, max_tokens)       # admit
+        ...                                             # generate; settle (gw.settle)
 
-Steps 1 (identify) and 2 (guard) run in `request_context` before the body is even read, so an
-unauthenticated caller learns nothing about the body's validity. Step 8 (record) runs in
-`middleware.RequestContextMiddleware` after the response. The hooks themselves are plain
-functions on `pipeline.RequestHooks`; security code never needs to import FastAPI.
+screen, identify and the route's authorization run in `request_context` before the body is
+even read, so an unauthenticated caller learns nothing about the body's validity. record runs
+in `middleware.RequestContextMiddleware` after the response. The steps themselves are the
+stages that api/pipeline.py composes; none of them imports FastAPI.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from stratus.api.errors import APIError, unavailable, validation_message
-from stratus.api.pipeline import RequestContext, Usage
+from stratus.api.errors import validation_message
 from stratus.api.state import AppState
+from stratus.request.context import RequestContext, Usage
+from stratus.request.errors import APIError, unavailable
 from stratus.security.access import AccessControl
 from stratus.security.identity import Principal
 
@@ -37,15 +38,20 @@ def app_state(request: Request) -> AppState:
     return request.app.state.stratus
 
 
-async def request_context(request: Request) -> RequestContext:
-    """Steps 1 and 2: who is calling, and should they be stopped outright."""
+StateDep = Annotated[AppState, Depends(app_state)]
+
+
+async def request_context(request: Request, state: StateDep) -> RequestContext:
+    """screen, identify, authorize the route: who is calling, and may they call it at all."""
     ctx: RequestContext = request.state.ctx
-    if ctx.principal is None:
-        ctx.authenticating = True
-        hooks = app_state(request).hooks
-        ctx.principal = await hooks.identify(request, ctx)
-        await hooks.guard(request, ctx)
+    if not ctx.authenticating:
+        route = request.scope.get("route")
+        ctx.route = getattr(route, "path", None) or ctx.path
+        await state.pipeline.identify(ctx)
     return ctx
+
+
+ContextDep = Annotated[RequestContext, Depends(request_context)]
 
 
 class Gateway:
@@ -64,7 +70,7 @@ class Gateway:
     async def authorize(self, model: str | None = None) -> None:
         if model is not None:
             self.ctx.model = model
-        await self.state.hooks.authorize(self.ctx, model)
+        await self.state.pipeline.authorize(self.ctx, model)
 
     async def route(self, model: str, generating: bool = True) -> ReplicaSet:
         """Steps 3 and 5: may the caller use `model`, and which engine serves it. A request that
@@ -85,28 +91,33 @@ class Gateway:
         return engine
 
     async def admit(self, prompt_tokens: int, max_tokens: int) -> None:
-        """Step 4: limits, quota and budget for what this request may use."""
-        await self.state.hooks.admit(self.ctx, prompt_tokens, max_tokens)
+        """admit: limits, quota and budget for what this request may use."""
+        await self.state.pipeline.admit(self.ctx, prompt_tokens, max_tokens)
 
-    async def account(self, usage: Usage) -> None:
-        """Step 7: charge what was actually used."""
-        self.ctx.usage = usage
-        await self.state.hooks.account(self.ctx, usage)
-
-
-async def gateway(request: Request, ctx: RequestContext = Depends(request_context)) -> Gateway:
-    return Gateway(request, ctx, app_state(request))
+    async def settle(self, usage: Usage) -> None:
+        """settle: charge what was actually delivered."""
+        await self.state.pipeline.settle(self.ctx, usage)
 
 
-async def principal(ctx: RequestContext = Depends(request_context)) -> Principal:
-    """The identified caller (steps 1 and 2 done)."""
+async def gateway(request: Request, ctx: ContextDep, state: StateDep) -> Gateway:
+    return Gateway(request, ctx, state)
+
+
+GatewayDep = Annotated[Gateway, Depends(gateway)]
+
+
+async def principal(ctx: ContextDep) -> Principal:
+    """The identified caller (screen, identify and the route's authorization done)."""
     assert ctx.principal is not None
     return ctx.principal
 
 
-def access_control(request: Request) -> AccessControl:
+PrincipalDep = Annotated[Principal, Depends(principal)]
+
+
+def access_control(state: StateDep) -> AccessControl:
     """The access control behind /admin/*; 404 when the server runs without it (--no-auth)."""
-    access = app_state(request).access
+    access = state.access
     if access is None:
         raise APIError(
             404,
@@ -114,6 +125,9 @@ def access_control(request: Request) -> AccessControl:
             code="auth_disabled",
         )
     return access
+
+
+AccessDep = Annotated[AccessControl, Depends(access_control)]
 
 
 async def parse_body(request: Request, model: type[M]) -> tuple[M, dict]:

@@ -8,82 +8,16 @@ traceback here and reach the client only as a generic 500 that carries the reque
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from stratus.security.keys import redact
+from stratus.request.errors import APIError
 
 log = logging.getLogger("stratus.api")
-
-# status -> OpenAI error type
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "server_error",
-    503: "server_error",
-}
-
-
-class APIError(Exception):
-    """An error with a client-facing message; raise it anywhere in the request path."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        type: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        message = redact(message)  # a key a client sent where it did not belong is not echoed
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.type = type or ERROR_TYPES.get(status, "invalid_request_error")
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def response(self) -> Response:
-        return Response(
-            orjson.dumps(self.body()),
-            status_code=self.status,
-            media_type="application/json",
-            headers=self.headers,
-        )
-
-
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
-
-
-def unavailable(message: str, retry_after: int = 1, code: str = "overloaded") -> APIError:
-    return APIError(503, message, code=code, headers={"Retry-After": str(retry_after)})
 
 
 class ErrorDetail(BaseModel):
@@ -159,7 +93,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    request_id = getattr(request.state, "request_id", None)
+    ctx = getattr(request.state, "ctx", None)  # RequestContextMiddleware's, if it ran
+    request_id = ctx.request_id if ctx is not None else None
     log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
     return internal_error(request_id).response()
 

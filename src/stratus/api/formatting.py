@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from stratus.api.generation import Choice
-from stratus.api.pipeline import Usage
 from stratus.engine.types import Delta, TokenLogprob
+from stratus.request.context import Usage
 
 
 def usage_dict(usage: Usage) -> dict:

@@ -20,12 +20,12 @@ import anyio
 from fastapi import Request
 
 from stratus.api.deps import Gateway
-from stratus.api.errors import APIError, unavailable
-from stratus.api.pipeline import Usage
 from stratus.api.prompts import engine_error
 from stratus.cluster.merge import merge_streams
 from stratus.cluster.replica import ReplicaError
 from stratus.engine.types import Delta, GenerateRequest, TokenLogprob, ValidationError
+from stratus.request.context import Usage
+from stratus.request.errors import APIError, unavailable
 
 if TYPE_CHECKING:
     from stratus.cluster.replica_set import ReplicaSet
@@ -138,7 +138,7 @@ class Generation:
         if self.outcome in ("client_disconnect", "aborted"):
             metrics.aborted.labels(model, self.outcome).inc()
         with anyio.CancelScope(shield=True):
-            await self.gw.account(usage)
+            await self.gw.settle(usage)
 
 
 async def until_disconnected(request: Request, awaitable: Awaitable[T]) -> T:

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stratus.api.errors import APIError
-from stratus.api.pipeline import RequestContext
-from stratus.audit.recorder import AuditUnavailable, audit_unavailable, recorder_of
+from stratus.audit.recorder import AuditUnavailable, audit_unavailable
 from stratus.observe.access_log import AccessLog
+from stratus.request.context import RequestContext
+from stratus.request.errors import APIError
 
 if TYPE_CHECKING:
     from stratus.api.state import AppState
@@ -112,7 +112,7 @@ class RequestContextMiddleware:
         """Step 8's record; False when it failed and the response can still be refused."""
         self._settle(scope, ctx)
         try:
-            await self.state.hooks.record(ctx)
+            await self.state.pipeline.record(ctx)
         except Exception:
             if streamed:  # delivered already: only its opening record is in the trail
                 log.exception("closing audit record of stream %s failed", ctx.request_id)
@@ -123,12 +123,12 @@ class RequestContextMiddleware:
 
     async def _open(self, scope: Scope, ctx: RequestContext) -> bool:
         """A stream's opening record; False when it failed and the stream is to be refused."""
-        recorder = recorder_of(self.state.hooks)
-        if recorder is None:  # an unaudited gateway (--no-auth)
+        audit = self.state.audit
+        if audit is None:  # an unaudited gateway (--no-auth)
             return True
         self._settle(scope, ctx)
         try:
-            await recorder.open(ctx)  # fail-open: logs and counts a lost record, never raises
+            await audit.open_stream(ctx)  # fail-open: logs and counts a lost record, never raises
         except AuditUnavailable:
             return False  # logged by the recorder
         except Exception:

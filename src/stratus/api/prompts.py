@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stratus.api.errors import APIError, bad_request
 from stratus.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from stratus.engine.types import SamplingParams, ValidationError
+from stratus.request.errors import APIError, bad_request
 
 if TYPE_CHECKING:
     from stratus.engine import Engine

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from stratus.api.errors import APIError, unavailable
 from stratus.cluster.local import LocalReplica
 from stratus.cluster.replica_set import ReplicaSet
+from stratus.request.errors import model_not_found, unavailable
 
 if TYPE_CHECKING:
     from stratus.cluster.replica import Replica
@@ -51,17 +51,6 @@ class ServedModel:
             if isinstance(replica, LocalReplica):
                 return replica.engine
         return None
-
-
-def model_not_found(name: str, available: list[str]) -> APIError:
-    """The 404 for a model; `available` is what the caller may use (never other models' names)."""
-    listed = ", ".join(sorted(available)) or "none"
-    return APIError(
-        404,
-        f"The model '{name}' does not exist. Models served here: {listed}.",
-        param="model",
-        code="model_not_found",
-    )
 
 
 class ModelRegistry:

@@ -23,15 +23,15 @@ from fastapi import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from stratus.api.errors import APIError
 from stratus.api.generation import (
     ClientDisconnected,
     Generation,
     check_engine_failure,
     until_disconnected,
 )
-from stratus.api.pipeline import Usage
 from stratus.engine.types import Delta
+from stratus.request.context import Usage
+from stratus.request.errors import APIError
 
 log = logging.getLogger("stratus.api")
 

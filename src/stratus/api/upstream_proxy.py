@@ -26,11 +26,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from stratus.api.deps import Gateway
-from stratus.api.errors import APIError, unavailable
-from stratus.api.pipeline import Usage
 from stratus.api.streaming import DONE, JSONBody, SSEResponse, event
 from stratus.cluster.router import request_work
 from stratus.cluster.upstream import Opened, Upstream, UpstreamFailed, UpstreamPool
+from stratus.request.context import Usage
+from stratus.request.errors import APIError, unavailable
 from stratus.store import Store
 from stratus.store import upstreams as table
 
@@ -128,7 +128,7 @@ async def maybe_proxy(
     request: Request, gw: Gateway, path: str, body: BaseModel, raw: dict
 ) -> Response | None:
     """The response if `body.model` is an upstream model (and no replica here serves it), else None."""
-    upstreams: Upstreams | None = getattr(request.app.state, "upstreams", None)
+    upstreams = gw.state.upstreams
     model = body.model  # type: ignore[attr-defined]
     if upstreams is None or model in gw.state.registry.models or not await upstreams.serves(model):
         return None
@@ -147,14 +147,14 @@ async def maybe_proxy(
         )
     except UpstreamFailed as exc:
         log.warning("request %s: %s", gw.ctx.request_id, exc)
-        await gw.account(Usage())
+        await gw.settle(Usage())
         raise unavailable(
             f"{exc}; retry shortly.", gw.state.settings.retry_after, "upstream_unavailable"
         ) from None
     status = opened.response.status_code
     if status >= 400:  # the client's own mistake, as the upstream judged it
         error = await _error_of(opened)
-        await gw.account(Usage())
+        await gw.settle(Usage())
         raise APIError(400, error, code="upstream_rejected")
     if not body.stream:  # type: ignore[attr-defined]
         return await _complete(gw, opened, model, prompt_estimate)
@@ -178,12 +178,12 @@ async def _complete(gw: Gateway, opened: Opened, model: str, prompt_estimate: in
             raise ValueError("not an object")
     except Exception as exc:
         await opened.close(0, False)
-        await gw.account(Usage(prompt_tokens=prompt_estimate))
+        await gw.settle(Usage(prompt_tokens=prompt_estimate))
         log.warning("request %s: upstream %s failed: %s", gw.ctx.request_id, opened.upstream.name, exc)
         raise unavailable("The upstream failed while answering; retry.", 2, "upstream_failed") from None
     usage = _usage(data.get("usage"), prompt_estimate, 0)
     await opened.close(usage.completion_tokens, True)
-    await gw.account(usage)
+    await gw.settle(usage)
     data["model"] = model
     return JSONBody(data)
 
@@ -246,4 +246,4 @@ async def _events(
         with anyio.CancelScope(shield=True):
             usage = _usage(reported, prompt_estimate, counted)
             await opened.close(usage.completion_tokens, ok)
-            await gw.account(usage)
+            await gw.settle(usage)

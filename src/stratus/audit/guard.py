@@ -17,13 +17,13 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 
-from stratus.api.errors import APIError
-from stratus.api.pipeline import RequestContext
 from stratus.audit.anomaly import AlertPolicy, Event, Guard, LockoutPolicy, Observation
 from stratus.audit.log import AuditEvent, detail
 from stratus.audit.recorder import AuditRecorder, _host
 from stratus.audit.suspension import Suspensions
 from stratus.audit.webhook import AlertWebhook
+from stratus.request.context import RequestContext
+from stratus.request.errors import APIError
 from stratus.security.identity import Principal
 
 log = logging.getLogger("stratus.audit")

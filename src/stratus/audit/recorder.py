@@ -20,11 +20,11 @@ import asyncio
 import logging
 from pathlib import Path
 
-from stratus.api.errors import APIError
-from stratus.api.pipeline import RequestContext
 from stratus.audit.content_log import CONTENT_ROUTES, ContentLog, content_text
 from stratus.audit.log import AuditEvent, AuditLog, detail
 from stratus.audit.writer import AuditWriter
+from stratus.request.context import RequestContext
+from stratus.request.errors import APIError
 
 log = logging.getLogger("stratus.audit")
 
@@ -93,12 +93,6 @@ def opening_event_for(ctx: RequestContext) -> AuditEvent:
     event.outcome = STREAMING
     event.prompt_tokens = event.completion_tokens = None
     return event
-
-
-def recorder_of(hooks: object) -> AuditRecorder | None:
-    """The recorder of a gateway's hooks (AuthHooks, also behind MeteredHooks); None if unaudited."""
-    recorder = getattr(hooks, "audit", None)
-    return recorder if isinstance(recorder, AuditRecorder) else None
 
 
 class AuditRecorder:

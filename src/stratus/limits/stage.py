@@ -1,13 +1,12 @@
-"""Limits and usage at the gateway: the admit and account hooks around any other hooks.
+"""Limits and usage in the request path: admit, settle, and the ledger row at record.
 
-    hooks = metering.wrap(AuthHooks(access), settings, access.store)   # what create_app does
-
-`MeteredHooks` delegates identify, guard, authorize and record to the hooks it wraps, and adds
-step 4 (admit: limits/meter.py reserves the worst case atomically; a refusal is a 429 with
-Retry-After and the x-ratelimit-* headers) and step 7 (account: the reservation becomes the
-delivered count and a ledger row). A generation request refused after identification (a 429, a
-400 for bad input, a 503) gets a ledger row too, with status refused_<HTTP status> and no tokens. A reservation that no generation settled (a response-cache
-hit, an error before the engine started) is settled with what ctx.usage says at the record step.
+admit   limits/meter.py reserves the worst case atomically; a refusal is a 429 with Retry-After
+        and the x-ratelimit-* headers; the reservation (a Ticket) travels on ctx.ticket
+settle  the reservation becomes the delivered count and a ledger row
+record  a reservation that no generation settled (a response-cache hit, an error before the
+        engine started) is settled with what ctx.usage says; a generation request refused after
+        identification (a 429, a 400 for bad input, a 503) gets a ledger row with status
+        refused_<HTTP status> and no tokens
 
 Metering is on with access control, off with --no-auth unless `metering` is set true.
 """
@@ -18,18 +17,16 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from fastapi import Request
-
-from stratus.api.errors import APIError
-from stratus.api.pipeline import RequestContext, RequestHooks, Usage
 from stratus.limits.memory import MemoryLimiter
 from stratus.limits.meter import LimitExceeded, Meter, Ticket
 from stratus.limits.rules import LimiterUnavailable, parse_prices
-from stratus.security.identity import ANONYMOUS, Principal
+from stratus.request.context import RequestContext, Usage
+from stratus.request.errors import APIError
+from stratus.request.stage import Stage
+from stratus.security.identity import ANONYMOUS
 from stratus.store import Store, database_url
 
 if TYPE_CHECKING:
-    from stratus.api.state import AppState
     from stratus.config import Settings
 
 log = logging.getLogger("stratus.limits")
@@ -66,35 +63,15 @@ def refusal_status(ctx: RequestContext) -> str:
     return "client_disconnect" if ctx.outcome == "client_disconnect" else f"refused_{ctx.status}"
 
 
-class MeteredHooks(RequestHooks):
-    def __init__(self, inner: RequestHooks, meter: Meter):
-        self.inner = inner
+class LimitsStage(Stage):
+    """admit reserves the worst case (the ticket travels on the request context), settle turns it
+    into what was delivered, and record settles what no generation did and writes the ledger row
+    of a refused generation request."""
+
+    def __init__(self, meter: Meter):
         self.meter = meter
-        self._tickets: dict[int, Ticket] = {}  # id(ctx) -> the reservation of an admitted request
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)  # e.g. `access` of AuthHooks
-
-    def bind(self, state: AppState) -> None:
-        self.inner.bind(state)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    async def may(self, request: Request, ctx: RequestContext, permission: str) -> bool:
-        return await self.inner.may(request, ctx, permission)
-
-    async def identify(self, request: Request, ctx: RequestContext) -> Principal:
-        return await self.inner.identify(request, ctx)
-
-    async def guard(self, request: Request, ctx: RequestContext) -> None:
-        await self.inner.guard(request, ctx)
-
-    async def authorize(self, ctx: RequestContext, model: str | None) -> None:
-        await self.inner.authorize(ctx, model)
 
     async def admit(self, ctx: RequestContext, prompt_tokens: int, max_tokens: int) -> None:
-        await self.inner.admit(ctx, prompt_tokens, max_tokens)
         principal = ctx.principal or ANONYMOUS
         try:
             ticket = await self.meter.admit(principal, ctx.model or "", prompt_tokens, max_tokens)
@@ -102,34 +79,30 @@ class MeteredHooks(RequestHooks):
             raise too_many(exc) from None
         except LimiterUnavailable as exc:
             raise limiter_down(str(exc)) from None
-        self._tickets[id(ctx)] = ticket
+        ctx.ticket = ticket
         ctx.response_headers.update(ticket.headers)  # x-ratelimit-* on the response, as OpenAI does
 
-    async def account(self, ctx: RequestContext, usage: Usage) -> None:
+    async def settle(self, ctx: RequestContext, usage: Usage) -> None:
         await self._settle(ctx, usage)
-        await self.inner.account(ctx, usage)
 
     async def record(self, ctx: RequestContext) -> None:
         # record runs exactly once per request, last: the ticket is dropped here, not when settled,
         # so an admitted request that failed is never mistaken for a refused one
-        ticket = self._tickets.pop(id(ctx), None)
-        try:
-            if ticket is not None:
-                await self._settle(ctx, ctx.usage or Usage(), ticket)
-            elif refused_generation(ctx):
-                await self.meter.refused(
-                    ctx.principal or ANONYMOUS,
-                    ctx.model or "",
-                    request_id=ctx.request_id,
-                    status=refusal_status(ctx),
-                    started_at=ctx.started_at,
-                    latency_s=time.perf_counter() - ctx.started,
-                )
-        finally:
-            await self.inner.record(ctx)
+        ticket, ctx.ticket = ctx.ticket, None
+        if ticket is not None:
+            await self._settle(ctx, ctx.usage or Usage(), ticket)
+        elif refused_generation(ctx):
+            await self.meter.refused(
+                ctx.principal or ANONYMOUS,
+                ctx.model or "",
+                request_id=ctx.request_id,
+                status=refusal_status(ctx),
+                started_at=ctx.started_at,
+                latency_s=time.perf_counter() - ctx.started,
+            )
 
     async def _settle(self, ctx: RequestContext, usage: Usage, ticket: Ticket | None = None) -> None:
-        ticket = ticket or self._tickets.get(id(ctx))
+        ticket = ticket or ctx.ticket
         if ticket is None:
             return
         await self.meter.settle(  # a no-op for a ticket already settled
@@ -151,11 +124,12 @@ def build_limiter(settings: Settings):
     return MemoryLimiter()
 
 
-def wrap(hooks: RequestHooks, settings: Settings, store: Store | None) -> RequestHooks:
-    """`hooks` with limits and the usage ledger, if metering is on for these settings."""
+def limits_stage(settings: Settings, store: Store | None) -> LimitsStage | None:
+    """The limits stage, if metering is on for these settings (on with access control, off with
+    --no-auth unless `metering` is set true)."""
     enabled = settings.metering if settings.metering is not None else store is not None
     if not enabled:
-        return hooks
+        return None
     if store is None:
         store = Store.open(database_url(settings.data_dir, settings.database_url))
     meter = Meter(
@@ -164,8 +138,4 @@ def wrap(hooks: RequestHooks, settings: Settings, store: Store | None) -> Reques
         prices=parse_prices(settings.model_prices),
         fail_open=settings.limits_fail_open,
     )
-    return MeteredHooks(hooks, meter)
-
-
-def meter_of(hooks: RequestHooks) -> Meter | None:
-    return hooks.meter if isinstance(hooks, MeteredHooks) else None
+    return LimitsStage(meter)

@@ -2,9 +2,9 @@
 
 from stratus.api.formatting import ChatFormat, CompletionFormat
 from stratus.api.generation import Choice
-from stratus.api.pipeline import Usage
 from stratus.api.schemas_out import ChatCompletion, ChatCompletionChunk, Completion
 from stratus.engine.types import Delta, TokenLogprob
+from stratus.request.context import Usage
 
 LP = [TokenLogprob(5, "ab", -0.5, [(5, "ab", -0.5), (6, "c", -1.5)])]
 USAGE = Usage(prompt_tokens=3, completion_tokens=2, cached_tokens=1)

@@ -24,9 +24,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from stratus.api.deps import app_state, parse_body, principal
-from stratus.api.errors import APIError, ErrorResponse
+from stratus.api.errors import ErrorResponse
 from stratus.api.streaming import JSONBody
+from stratus.audit.stage import AuditStage
 from stratus.audit.webhook import shown
+from stratus.request.errors import APIError
 from stratus.security.identity import Principal
 
 log = logging.getLogger("stratus.audit")
@@ -52,11 +54,11 @@ def _body(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _hooks(request: Request):
-    hooks = app_state(request).hooks
-    if getattr(hooks, "audit", None) is None:
+def _audit(request: Request) -> AuditStage:
+    audit = app_state(request).audit
+    if audit is None:
         raise APIError(404, "Auditing is off on this server (--no-auth).", code="audit_disabled")
-    return hooks
+    return audit
 
 
 @router.get("/audit", summary="Audit records, newest first, filtered", dependencies=[Depends(principal)])
@@ -72,7 +74,7 @@ async def audit_records(
     # Record ids are 64-bit integers in the store; a larger number is a 400, not a driver error.
     before_id: int | None = Query(None, ge=1, le=2**63 - 1),
 ) -> JSONBody:
-    log = _hooks(request).audit.log
+    log = _audit(request).recorder.log
     records = await asyncio.to_thread(
         log.query,
         principal=principal,
@@ -91,7 +93,7 @@ async def audit_records(
 
 @router.get("/alerts", summary="Lockouts in force and recent alerts", dependencies=[Depends(principal)])
 async def alerts(request: Request) -> JSONBody:
-    guard = _hooks(request).anomaly
+    guard = _audit(request).anomaly
     events = [asdict(e) for e in reversed(guard.events)] if guard is not None else []
     lockouts = guard.lockouts() if guard is not None else []
     return JSONBody({"lockouts": lockouts, "alerts": events}, headers=NO_STORE)
@@ -112,14 +114,14 @@ async def audit_content(
     seq: int | None = Query(None, ge=1, description="The audit record's seq"),
     limit: int = Query(100, ge=1, le=1000),
 ) -> JSONBody:
-    content = _hooks(request).audit.content
+    content = _audit(request).recorder.content
     data = await asyncio.to_thread(content.read, request_id=request_id, seq=seq, limit=limit)
     return JSONBody({"data": data}, headers=NO_STORE)
 
 
 @router.get("/content-logging", summary="Teams whose content is logged", dependencies=[Depends(principal)])
 async def content_logging_teams(request: Request) -> JSONBody:
-    content = _hooks(request).audit.content
+    content = _audit(request).recorder.content
     return JSONBody({"data": await asyncio.to_thread(content.list_enabled)}, headers=NO_STORE)
 
 
@@ -136,7 +138,7 @@ class ContentLoggingSet(BaseModel):
 )
 async def set_content_logging(name: str, request: Request, me: Principal = Depends(principal)) -> JSONBody:
     body, _ = await parse_body(request, ContentLoggingSet)
-    content = _hooks(request).audit.content
+    content = _audit(request).recorder.content
     result = await asyncio.to_thread(content.set_enabled, name, body.enabled, me.user, time.time())
     log.warning("content logging %s for team %s by %s", "ON" if body.enabled else "off", name, me.user)
     return JSONBody(result, headers=NO_STORE)
@@ -147,7 +149,7 @@ async def set_content_logging(name: str, request: Request, me: Principal = Depen
 
 @router.get("/lockouts", summary="Sources locked out after failed logins", dependencies=[Depends(principal)])
 async def lockouts(request: Request) -> JSONBody:
-    guard = _hooks(request).anomaly
+    guard = _audit(request).anomaly
     return JSONBody({"data": guard.lockouts() if guard is not None else []}, headers=NO_STORE)
 
 
@@ -158,7 +160,7 @@ async def lockouts(request: Request) -> JSONBody:
     dependencies=[Depends(principal)],
 )
 async def unlock(source: str, request: Request) -> JSONBody:
-    guard = _hooks(request).anomaly
+    guard = _audit(request).anomaly
     if guard is None or not any(lock["source"] == source for lock in guard.lockouts()):
         raise APIError(
             404,
@@ -172,7 +174,7 @@ async def unlock(source: str, request: Request) -> JSONBody:
 
 @router.get("/suspensions", summary="Keys suspended after an alert", dependencies=[Depends(principal)])
 async def suspensions(request: Request) -> JSONBody:
-    found = _hooks(request).review.suspensions
+    found = _audit(request).review.suspensions
     return JSONBody({"data": await asyncio.to_thread(found.list)}, headers=NO_STORE)
 
 
@@ -183,7 +185,7 @@ async def suspensions(request: Request) -> JSONBody:
     dependencies=[Depends(principal)],
 )
 async def reinstate(key_id: str, request: Request) -> JSONBody:
-    found = _hooks(request).review.suspensions
+    found = _audit(request).review.suspensions
     if not await asyncio.to_thread(found.reinstate, key_id):
         raise APIError(409, f"Key '{key_id}' is not suspended.", code="conflict")
     log.warning("key %s reinstated", key_id)
@@ -203,7 +205,7 @@ class WebhookSet(BaseModel):
     "/alerts/webhook", summary="Whether an alert webhook is set, and where", dependencies=[Depends(principal)]
 )
 async def get_webhook(request: Request) -> JSONBody:
-    hook = _hooks(request).review.webhook
+    hook = _audit(request).review.webhook
     config = await asyncio.to_thread(hook.config)
     shown_url = shown(config["url"]) if config else None
     return JSONBody({"configured": config is not None, "url": shown_url}, headers=NO_STORE)
@@ -218,7 +220,7 @@ async def get_webhook(request: Request) -> JSONBody:
 )
 async def set_webhook(request: Request) -> JSONBody:
     body, _ = await parse_body(request, WebhookSet)
-    hook = _hooks(request).review.webhook
+    hook = _audit(request).review.webhook
     secret = body.secret or random.token_urlsafe(32)
     await asyncio.to_thread(hook.configure, body.url, secret)
     out = {"configured": True, "url": shown(body.url)}
@@ -231,6 +233,6 @@ async def set_webhook(request: Request) -> JSONBody:
     "/alerts/webhook", summary="Remove the alert webhook (admins; audited)", dependencies=[Depends(principal)]
 )
 async def delete_webhook(request: Request) -> JSONBody:
-    hook = _hooks(request).review.webhook
+    hook = _audit(request).review.webhook
     removed = await asyncio.to_thread(hook.clear)
     return JSONBody({"configured": False, "removed": removed}, headers=NO_STORE)

@@ -8,7 +8,6 @@ from starlette.responses import Response
 from stratus.api.deps import Gateway, gateway, parse_body
 from stratus.api.formatting import ChatFormat
 from stratus.api.generation import Generation
-from stratus.api.ids import new_id
 from stratus.api.prompts import chat_prompt_ids, fit_max_tokens, sampling_params
 from stratus.api.routes.common import (
     GENERATION_ERRORS,
@@ -21,6 +20,7 @@ from stratus.api.schemas_out import ChatCompletion, ChatCompletionChunk
 from stratus.api.streaming import complete, stream
 from stratus.api.upstream_proxy import maybe_proxy
 from stratus.engine.types import GenerateRequest
+from stratus.request.ids import new_id
 
 router = APIRouter(tags=["openai"])
 ROUTE = "/v1/chat/completions"

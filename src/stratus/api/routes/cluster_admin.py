@@ -20,10 +20,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from stratus.api.deps import app_state, parse_body, principal
-from stratus.api.errors import APIError, ErrorResponse
+from stratus.api.errors import ErrorResponse
 from stratus.api.streaming import JSONBody
 from stratus.cluster.ray_cluster import ScaleError
 from stratus.cluster.ray_config import MAX_REPLICAS
+from stratus.request.errors import APIError
 from stratus.security.identity import Principal
 
 log = logging.getLogger("stratus.cluster")

@@ -9,9 +9,9 @@ from starlette.responses import Response
 
 from stratus.api.deps import Gateway
 from stratus.api.errors import ErrorResponse
-from stratus.api.pipeline import Usage
 from stratus.api.streaming import JSONBody
 from stratus.audit.content_log import completions_of
+from stratus.request.context import Usage
 
 _DESCRIPTIONS = {
     400: "Invalid request: malformed JSON, a wrong type or value, or a prompt that does not fit",
@@ -98,7 +98,7 @@ class CacheSlot:
         state.metrics.cache_hits.labels(model).inc()
         self.gw.ctx.completions = completions_of(hit)  # for content logging, as a generation sets it
         u = hit.get("usage") or {}
-        await self.gw.account(
+        await self.gw.settle(
             Usage(
                 prompt_tokens=u.get("prompt_tokens", 0),
                 completion_tokens=u.get("completion_tokens", 0),

@@ -10,7 +10,6 @@ from starlette.responses import Response
 from stratus.api.deps import Gateway, gateway, parse_body
 from stratus.api.formatting import CompletionFormat
 from stratus.api.generation import Generation
-from stratus.api.ids import new_id
 from stratus.api.prompts import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
     completion_prompt_ids,
@@ -28,6 +27,7 @@ from stratus.api.schemas_out import Completion
 from stratus.api.streaming import complete, stream
 from stratus.api.upstream_proxy import maybe_proxy
 from stratus.engine.types import GenerateRequest, SamplingParams
+from stratus.request.ids import new_id
 
 router = APIRouter(tags=["openai"])
 ROUTE = "/v1/completions"

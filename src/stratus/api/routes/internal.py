@@ -13,13 +13,13 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
-from stratus.api.errors import APIError
 from stratus.api.registry import ModelRegistry
 from stratus.cluster.registration import PREFIX, RegistrationError, WorkerDirectory
 from stratus.cluster.secret import ENV_VAR, load_cluster_secret
 from stratus.cluster.worker_replica import client_tls
 from stratus.cluster.worker_server import UNAUTHORIZED_CODE, UNAUTHORIZED_MESSAGE, check_secret
 from stratus.config import Settings
+from stratus.request.errors import APIError
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 

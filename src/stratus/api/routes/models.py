@@ -57,7 +57,7 @@ async def get_model(model_id: str, gw: Gateway = Depends(gateway)) -> JSONBody:
 
 
 async def upstream_models(gw: Gateway) -> set[str]:
-    upstreams = getattr(gw.request.app.state, "upstreams", None)
+    upstreams = gw.state.upstreams
     return (await upstreams.current()).models() if upstreams is not None else set()
 
 

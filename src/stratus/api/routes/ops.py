@@ -38,7 +38,7 @@ async def ready(request: Request) -> JSONBody:
     state = app_state(request)
     registry = state.registry
     body = {"status": registry.status, "models": {}, "errors": {}}
-    if await state.hooks.may(request, request.state.ctx, "status.read"):
+    if await state.pipeline.may(request.state.ctx, "status.read"):
         body["models"] = {m.name: registry.state_of(m) for m in registry.models.values()}
         body["errors"] = {
             m.name: m.error or "; ".join(m.replicas.problems())

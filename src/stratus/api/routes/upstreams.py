@@ -17,10 +17,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stratus.api.deps import access_control, app_state, parse_body, principal
-from stratus.api.errors import APIError, ErrorResponse
+from stratus.api.errors import ErrorResponse
 from stratus.api.streaming import JSONBody
 from stratus.cluster.upstream import NAME_RE, check_base_url
 from stratus.config import MODEL_NAME_RE
+from stratus.request.errors import APIError
 from stratus.security.access import AccessControl
 from stratus.security.identity import Principal
 from stratus.store import Conflict
@@ -105,7 +106,7 @@ async def add_upstream(
         raise APIError(
             409, f"The model '{body.model}' is served by replicas here; pick another name.", param="model"
         )
-    upstreams = request.app.state.upstreams
+    upstreams = app_state(request).upstreams
 
     def write() -> dict:
         box = upstreams.secrets()
@@ -136,7 +137,7 @@ async def remove_upstream(
     me: Principal = Depends(principal),
     access: AccessControl = Depends(access_control),
 ) -> JSONBody:
-    upstreams = request.app.state.upstreams
+    upstreams = app_state(request).upstreams
 
     def delete() -> bool:
         with access.store.begin() as conn:

@@ -23,11 +23,10 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
 from stratus.api.deps import app_state, parse_body, principal
-from stratus.api.errors import APIError
 from stratus.api.routes.common import errors
 from stratus.api.streaming import JSONBody
 from stratus.limits.rules import LimitInvalid, validate_rule
-from stratus.limits.stage import meter_of
+from stratus.request.errors import APIError
 from stratus.security import rbac
 from stratus.security.identity import Principal
 from stratus.store import usage as ledger
@@ -50,7 +49,7 @@ class _Any(BaseModel):
 
 
 def _meter(request: Request):
-    meter = meter_of(app_state(request).hooks)
+    meter = app_state(request).meter
     if meter is None or meter.store is None:
         raise APIError(
             404,

@@ -1,0 +1,92 @@
+"""What the gateway knows about one request as it moves through the stages."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from stratus.request.ids import new_id
+from stratus.security.identity import Principal
+from stratus.security.keys import display_prefix, lookup_of
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    from_response_cache: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@dataclass
+class RequestContext:
+    """One request, as every stage sees it. Created by the API layer from the ASGI scope."""
+
+    request_id: str
+    method: str
+    path: str
+    client: str | None
+    started: float = field(default_factory=time.perf_counter)  # for durations
+    started_at: float = field(default_factory=time.time)  # wall clock, for records
+    principal: Principal | None = None  # set by identify
+    route: str | None = None  # the route template, e.g. /v1/models/{model_id}
+    model: str | None = None
+    status: int | None = None
+    outcome: str = "ok"  # ok | error | client_disconnect | aborted
+    usage: Usage | None = None
+    error: str | None = None  # the client-facing message of an error response
+    response_headers: dict[str, str] = field(default_factory=dict)  # sent with the response (x-ratelimit-*)
+    user_agent: str | None = None
+    credential_prefix: str | None = None  # public prefix of a presented API key (never the secret)
+    authenticating: bool = False  # identify was reached: the request gets an audit record
+    body: dict | None = None  # the parsed JSON body; read only by content logging (off by default)
+    completions: list[str] | None = None  # generated texts, likewise only for content logging
+    failovers: list[dict] = field(default_factory=list)  # replica retries/migrations, for the audit
+    # The Authorization header as sent: read once here, by every stage (never logged or shown).
+    authorization: str | None = field(default=None, repr=False)
+    # The request's headers as the ASGI server gave them (for stages that read their own).
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False)
+    # The limits stage's reservation for this request (limits/meter.py Ticket), until settled.
+    ticket: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_scope(cls, scope: dict) -> RequestContext:
+        raw = scope.get("headers") or []
+        headers = dict(raw)
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID_RE.match(given) else new_id()
+        client = scope.get("client")
+        agent = headers.get(b"user-agent")
+        authorization = headers.get(b"authorization")
+        return cls(
+            request_id=request_id,
+            method=scope.get("method", ""),
+            path=scope.get("path", ""),
+            client=f"{client[0]}:{client[1]}" if client else None,
+            user_agent=agent.decode("latin-1")[:256] if agent else None,
+            credential_prefix=_key_prefix(authorization),
+            authorization=authorization.decode("latin-1") if authorization is not None else None,
+            headers=raw,
+        )
+
+    def header(self, name: str) -> str | None:
+        """The first value of a request header (name in lower case), or None."""
+        key = name.encode("latin-1")
+        return next((v.decode("latin-1") for k, v in self.headers if k == key), None)
+
+
+def _key_prefix(authorization: bytes | None) -> str | None:
+    if not authorization or len(authorization) > 300:
+        return None
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    lookup = lookup_of(token.strip()) if scheme.lower() == "bearer" else None
+    return display_prefix(lookup) if lookup else None
