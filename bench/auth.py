@@ -59,6 +59,7 @@ from stratus.security import admin, admin_keys  # noqa: E402
 from stratus.security.access import AccessControl  # noqa: E402
 from stratus.security.bootstrap import bootstrap  # noqa: E402
 from stratus.security.jwt import IssuerConfig, JWTVerifier  # noqa: E402
+from stratus.security.keys import key_prefix  # noqa: E402
 from stratus.security.stage import OPEN_ACCESS, IdentityStage  # noqa: E402
 from stratus.store import Store  # noqa: E402
 
@@ -113,7 +114,7 @@ def auth_step(access: AccessControl, secret: str):
     loop = asyncio.new_event_loop()
 
     def run():
-        ctx = RequestContext.from_scope(scope)
+        ctx = RequestContext.from_scope(scope, key_prefix)
         ctx.route = _Route.path
 
         async def steps():

@@ -16,6 +16,7 @@ from stratus.audit.recorder import AuditUnavailable, audit_unavailable
 from stratus.observe.access_log import AccessLog
 from stratus.request.context import RequestContext
 from stratus.request.errors import APIError
+from stratus.security.keys import key_prefix
 
 if TYPE_CHECKING:
     from stratus.api.state import AppState
@@ -41,7 +42,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = RequestContext.from_scope(scope)
+        ctx = RequestContext.from_scope(scope, key_prefix)
         scope.setdefault("state", {})["ctx"] = ctx
         request_id_header = (b"x-request-id", ctx.request_id.encode())
         recorded = refused = streaming = False

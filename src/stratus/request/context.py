@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratus.request.ids import new_id
-from stratus.security.identity import Principal
-from stratus.security.keys import display_prefix, lookup_of
+
+if TYPE_CHECKING:
+    from stratus.security.identity import Principal
 
 
 @dataclass
@@ -59,7 +61,10 @@ class RequestContext:
     ticket: Any = field(default=None, repr=False)
 
     @classmethod
-    def from_scope(cls, scope: dict) -> RequestContext:
+    def from_scope(
+        cls, scope: dict, key_prefix: Callable[[str], str | None] = lambda _: None
+    ) -> RequestContext:
+        """`key_prefix`: the public prefix of an API key in a bearer token (security/keys.py)."""
         raw = scope.get("headers") or []
         headers = dict(raw)
         given = headers.get(b"x-request-id", b"").decode("latin-1")
@@ -73,7 +78,7 @@ class RequestContext:
             path=scope.get("path", ""),
             client=f"{client[0]}:{client[1]}" if client else None,
             user_agent=agent.decode("latin-1")[:256] if agent else None,
-            credential_prefix=_key_prefix(authorization),
+            credential_prefix=_credential_prefix(authorization, key_prefix),
             authorization=authorization.decode("latin-1") if authorization is not None else None,
             headers=raw,
         )
@@ -84,9 +89,8 @@ class RequestContext:
         return next((v.decode("latin-1") for k, v in self.headers if k == key), None)
 
 
-def _key_prefix(authorization: bytes | None) -> str | None:
+def _credential_prefix(authorization: bytes | None, key_prefix: Callable[[str], str | None]) -> str | None:
     if not authorization or len(authorization) > 300:
         return None
     scheme, _, token = authorization.decode("latin-1").partition(" ")
-    lookup = lookup_of(token.strip()) if scheme.lower() == "bearer" else None
-    return display_prefix(lookup) if lookup else None
+    return key_prefix(token.strip()) if scheme.lower() == "bearer" else None

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from stratus.security.keys import redact
+from stratus.names import redact_keys
 
 # status -> OpenAI error type
 ERROR_TYPES = {
@@ -43,7 +43,7 @@ class APIError(Exception):
         type: str | None = None,
         headers: dict[str, str] | None = None,
     ):
-        message = redact(message)  # a key a client sent where it did not belong is not echoed
+        message = redact_keys(message)  # a key a client sent where it did not belong is not echoed
         super().__init__(message)
         self.status = status
         self.message = message

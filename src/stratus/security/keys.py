@@ -23,9 +23,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from stratus.names import KEY_PREFIX
 from stratus.security.identity import Principal
 
-KEY_PREFIX = "sk-stratus-"
 LOOKUP_HEX_CHARS = 12
 SECRET_BYTES = 32  # 256 bits
 KEY_RE = re.compile(r"sk-stratus-([0-9a-f]{12})_([A-Za-z0-9_-]{43,128})")  # fullmatch only
@@ -67,16 +67,6 @@ def lookup_of(token: str) -> str | None:
         return None
     m = KEY_RE.fullmatch(token)
     return m.group(1) if m else None
-
-
-_KEY_ANYWHERE = re.compile(r"sk-stratus-([0-9a-f]{12})_[A-Za-z0-9_-]+")
-
-
-def redact(text: str) -> str:
-    """`text` with the secret half of every stratus key in it replaced (the public prefix stays)."""
-    if KEY_PREFIX not in text:
-        return text
-    return _KEY_ANYWHERE.sub(lambda m: f"{KEY_PREFIX}{m.group(1)}_[redacted]", text)
 
 
 def looks_like_key(token: str) -> bool:
@@ -177,3 +167,9 @@ class VerificationCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def key_prefix(token: str) -> str | None:
+    """The public prefix of an API key presented as a bearer token (None: not a key)."""
+    lookup = lookup_of(token)
+    return display_prefix(lookup) if lookup else None
