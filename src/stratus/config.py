@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from stratus.engine.config import EngineConfig
+from stratus.names import MODEL_NAME_RE
 
 ENV_PREFIX = "STRATUS_"
 DEFAULT_CONFIG_FILE = "stratus.toml"
 DEMO_MODEL_NAME = "demo"
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 
 
 class ConfigError(ValueError):

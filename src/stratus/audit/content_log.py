@@ -18,16 +18,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sqlalchemy as sa
-
 from stratus.audit.redact import redact
 from stratus.audit.ttl_set import TTLSet
 from stratus.security.errors import NotFound
 from stratus.security.secrets import Keyring, decrypt, load_keyring
-from stratus.store import Store
+from stratus.store import Store, review_tables
 from stratus.store.directory import get_team
-from stratus.store.review_tables import audit_content, content_aad, content_logging
-from stratus.store.tables import teams
+from stratus.store.review_tables import content_aad
 
 CONTENT_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -91,9 +88,8 @@ class ContentLog:
         return self._ring is not None
 
     def _enabled_teams(self) -> set[str]:
-        query = sa.select(teams.c.name).join(content_logging, content_logging.c.team_id == teams.c.id)
         with self.store.connect() as conn:
-            return set(conn.execute(query).scalars())
+            return review_tables.content_logged_teams(conn)
 
     def enabled(self, team: str | None) -> bool:
         return team is not None and team in self.teams
@@ -103,35 +99,18 @@ class ContentLog:
             found = get_team(conn, team)
             if found is None:
                 raise NotFound(f"No team named '{team}'.", field="name")
-            conn.execute(content_logging.delete().where(content_logging.c.team_id == found.id))
-            if enabled:
-                conn.execute(content_logging.insert().values(team_id=found.id, enabled_at=now, enabled_by=by))
+            review_tables.set_content_logging(conn, found.id, enabled, by, now)
         (self.teams.add if enabled else self.teams.discard)(team)
         return {"team": team, "content_logging": enabled}
 
     def list_enabled(self) -> list[dict]:
-        c = content_logging.c
-        query = (
-            sa.select(teams.c.name, c.enabled_at, c.enabled_by)
-            .join(content_logging, c.team_id == teams.c.id)
-            .order_by(teams.c.name)
-        )
         with self.store.connect() as conn:
-            return [
-                {"team": r.name, "enabled_at": r.enabled_at, "enabled_by": r.enabled_by}
-                for r in conn.execute(query)
-            ]
+            return review_tables.content_logging_list(conn)
 
     def read(self, *, request_id: str | None = None, seq: int | None = None, limit: int = 100) -> list[dict]:
         """Logged content, newest first, decrypted (the caller has checked audit.read)."""
-        c = audit_content.c
-        query = sa.select(audit_content).order_by(c.id.desc()).limit(limit)
-        if request_id is not None:
-            query = query.where(c.request_id == request_id)
-        if seq is not None:
-            query = query.where(c.seq == seq)
         with self.store.connect() as conn:
-            rows = conn.execute(query).all()
+            rows = review_tables.content_rows(conn, request_id=request_id, seq=seq, limit=limit)
         return [
             {
                 "seq": r.seq,

@@ -17,7 +17,6 @@ team with content logging on (audit/content_log.py) the redacted text goes, encr
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import hmac
 import json
@@ -26,14 +25,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import NamedTuple
 
 import orjson
-import sqlalchemy as sa
 
 from stratus.security.secrets import Keyring, encrypt
-from stratus.store import Conflict, Store, StoreError, StoreUnavailable, redact_url
-from stratus.store.audit_tables import audit_events, audit_head
+from stratus.store import Store, connection_lost, driver_error
+from stratus.store.audit_tables import append_sql, events_after, find_events, read_head
 from stratus.store.review_tables import content_aad
 
 GENESIS = "0" * 64
@@ -98,37 +95,9 @@ def head_sig(key: bytes, seq: int, mac: str) -> str:
     return hmac.new(key, f"head|{seq}|{mac}".encode(), hashlib.sha256).hexdigest()
 
 
-class _SQL(NamedTuple):
-    lock_head: str
-    genesis: str
-    insert_event: str
-    insert_content: str
-    move_head: str
-
-
+# The order of the append's row tuples, and so of the columns its statements name.
 _EVENT_COLUMNS = ("seq", *EVENT_FIELDS, "prev_mac", "mac")
 _CONTENT_COLUMNS = ("seq", "request_id", "at", "team", "principal", "ciphertext", "key_id")
-
-
-@functools.cache
-def _sql(paramstyle: str) -> _SQL:
-    """The append's statements as driver SQL, built once per paramstyle. The append runs them on
-    the driver's cursor, inside the Store's transaction: SQLAlchemy's per-statement work
-    (compiling, binding, result set-up) cost more CPU than SQLite's own insert and commit."""
-    mark = "?" if paramstyle == "qmark" else "%s"  # sqlite3: qmark; psycopg: format/pyformat
-
-    def insert(table: str, columns: tuple[str, ...]) -> str:
-        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
-
-    return _SQL(
-        # A no-op update that takes the write lock and returns the head it locked.
-        lock_head="UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, mac",
-        genesis=f"INSERT INTO audit_head (id, seq, mac, sig) VALUES (1, 0, {mark}, {mark}) "
-        "ON CONFLICT DO NOTHING",  # SQLite 3.24+ and PostgreSQL 9.5+
-        insert_event=insert("audit_events", _EVENT_COLUMNS),
-        insert_content=insert("audit_content", _CONTENT_COLUMNS),
-        move_head=f"UPDATE audit_head SET seq = {mark}, mac = {mark}, sig = {mark} WHERE id = 1",
-    )
 
 
 def detail(**facts) -> str:
@@ -144,9 +113,9 @@ class AuditLog:
         self._lock = threading.Lock()  # one writer per process; the head row orders processes
         self._conn = None  # see _connection()
         self._engine = None  # the engine self._conn came from
-        dialect = store.engine.dialect
-        self._dbapi = dialect.loaded_dbapi
-        self._sql = _sql(dialect.paramstyle)
+        self._dbapi = store.dbapi
+        # Driver SQL, built once (store/audit_tables.py): the append runs it on the driver's cursor.
+        self._sql = append_sql(store.paramstyle, _EVENT_COLUMNS, _CONTENT_COLUMNS)
 
     def append(self, event: AuditEvent) -> AuditRecord:
         return self.append_many([event])[0]
@@ -166,8 +135,7 @@ class AuditLog:
                 try:
                     head = self._lock_head(conn)
                 except self._dbapi.Error as exc:
-                    lost = (self._dbapi.OperationalError, self._dbapi.InterfaceError)
-                    if not isinstance(exc, lost) or self._engine.dialect.name == "sqlite":
+                    if not connection_lost(self._dbapi, exc) or self._engine.dialect.name == "sqlite":
                         raise  # SQLite has no server to drop it: "locked" already waited its timeout
                     # Nothing was written yet: a connection the server dropped while it sat idle
                     # gets one fresh try (as the pool's pre-ping would have given it).
@@ -181,7 +149,7 @@ class AuditLog:
             except BaseException as exc:
                 if conn is not None:
                     self._drop(conn)  # rolls back; the next append starts on a fresh connection
-                mapped = _store_error(self.store, self._dbapi, exc)
+                mapped = driver_error(self.store.url, self._dbapi, exc)
                 if mapped is None:
                     raise
                 raise mapped from exc
@@ -251,25 +219,19 @@ class AuditLog:
 
     def head(self) -> tuple[int, str, str] | None:
         with self.store.connect() as conn:
-            row = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1)).first()
-        return (row.seq, row.mac, row.sig) if row else None
+            return read_head(conn)
 
     def records(self, batch: int = 1000) -> Iterator[AuditRecord]:
         """Every stored record in append (id) order, read in batches."""
         last = 0
         while True:
             with self.store.connect() as conn:
-                rows = conn.execute(
-                    sa.select(audit_events)
-                    .where(audit_events.c.id > last)
-                    .order_by(audit_events.c.id)
-                    .limit(batch)
-                ).all()
+                rows = events_after(conn, last, batch)
             for row in rows:
-                yield AuditRecord(**row._asdict())
+                yield AuditRecord(**row)
             if len(rows) < batch:
                 return
-            last = rows[-1].id
+            last = rows[-1]["id"]
 
     def query(
         self,
@@ -284,24 +246,19 @@ class AuditLog:
         before_id: int | None = None,
     ) -> list[AuditRecord]:
         """Newest first, filtered; `before_id` pages back through older records."""
-        c = audit_events.c
-        query = sa.select(audit_events).order_by(c.id.desc()).limit(limit)
-        for column, value in (
-            (c.principal, principal),
-            (c.action, action),
-            (c.model, model),
-            (c.outcome, outcome),
-        ):
-            if value is not None:
-                query = query.where(column == value)
-        if since is not None:
-            query = query.where(c.at >= since)
-        if until is not None:
-            query = query.where(c.at < until)
-        if before_id is not None:
-            query = query.where(c.id < before_id)
         with self.store.connect() as conn:
-            return [AuditRecord(**row._asdict()) for row in conn.execute(query)]
+            rows = find_events(
+                conn,
+                principal=principal,
+                action=action,
+                model=model,
+                outcome=outcome,
+                since=since,
+                until=until,
+                limit=limit,
+                before_id=before_id,
+            )
+        return [AuditRecord(**row) for row in rows]
 
 
 def _content_row(ring: Keyring | None, event: AuditEvent, seq: int, text: str) -> tuple:
@@ -310,16 +267,3 @@ def _content_row(ring: Keyring | None, event: AuditEvent, seq: int, text: str) -
     token = encrypt(ring, content_aad(seq), text)
     # In _CONTENT_COLUMNS' order.
     return (seq, event.request_id, event.at, event.team, event.principal, token, ring.current)
-
-
-def _store_error(store: Store, dbapi, exc: BaseException) -> Exception | None:
-    """A driver error from the raw append as the Store's own exceptions name it (None: as is)."""
-    if isinstance(exc, StoreError):
-        return None
-    # sa.exc.*: from the pool, opening a connection (SQLAlchemy has wrapped the driver's error)
-    lost = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
-    if isinstance(exc, (*lost, dbapi.OperationalError, dbapi.InterfaceError)):
-        return StoreUnavailable(f"database {redact_url(store.url)} unavailable: {type(exc).__name__}")
-    if isinstance(exc, dbapi.IntegrityError):
-        return Conflict("violates a rule of the database")
-    return None

@@ -15,13 +15,10 @@ from __future__ import annotations
 import json
 import time
 
-import sqlalchemy as sa
-
 from stratus.audit.ttl_set import TTLSet
 from stratus.security.errors import NotFound
-from stratus.store import Store
+from stratus.store import Store, review_tables
 from stratus.store.apikeys import get_key
-from stratus.store.review_tables import key_suspensions
 
 
 class Suspensions:
@@ -31,39 +28,30 @@ class Suspensions:
 
     def _load(self) -> set[str]:
         with self.store.connect() as conn:
-            return set(conn.execute(sa.select(key_suspensions.c.key_id)).scalars())
+            return review_tables.suspended_key_ids(conn)
 
     def suspend(self, key_id: str, reason: str, detail: dict | None = None) -> bool:
         """True if the key was newly suspended (False: it already was, or no longer exists)."""
-        row = {
-            "key_id": key_id,
-            "reason": reason[:64],
-            "detail": json.dumps(detail or {}, sort_keys=True),
-            "suspended_at": time.time(),
-        }
+        facts = json.dumps(detail or {}, sort_keys=True)
+        now = time.time()
         with self.store.begin() as conn:
             if get_key(conn, key_id) is None:
                 return False
-            exists = conn.execute(
-                sa.select(key_suspensions.c.key_id).where(key_suspensions.c.key_id == key_id)
-            ).first()
-            if exists is None:
-                conn.execute(key_suspensions.insert().values(**row))
+            added = review_tables.add_suspension(conn, key_id, reason[:64], facts, now)
         self.ids.add(key_id)
-        return exists is None
+        return added
 
     def reinstate(self, key_id: str) -> bool:
         with self.store.begin() as conn:
             if get_key(conn, key_id) is None:
                 raise NotFound(f"No API key with id '{key_id}'.", field="key_id")
-            lifted = conn.execute(key_suspensions.delete().where(key_suspensions.c.key_id == key_id)).rowcount
+            lifted = review_tables.lift_suspension(conn, key_id)
         self.ids.discard(key_id)
-        return bool(lifted)
+        return lifted
 
     def list(self) -> list[dict]:
-        c = key_suspensions.c
         with self.store.connect() as conn:
-            rows = conn.execute(sa.select(key_suspensions).order_by(c.suspended_at.desc())).all()
+            rows = review_tables.suspensions(conn)
         return [
             {
                 "key_id": r.key_id,

@@ -21,15 +21,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from stratus.cluster.aio import maybe_await
 from stratus.cluster.ray_config import MAX_REPLICAS, RayModelSpec, build_specs
 from stratus.cluster.ray_connect import connect_within
 from stratus.engine import EngineConfig
-
-if TYPE_CHECKING:
-    from stratus.config import Settings
 
 log = logging.getLogger("stratus.cluster")
 
@@ -80,6 +78,31 @@ def desired_replicas(current: int, depth: float, spec: RayModelSpec, policy: Aut
 ReplicaFactory = Callable[[RayModelSpec], Any]  # builds one (not yet started) RayReplica
 
 
+class RaySettings(Protocol):
+    """What `RayCluster.from_settings` reads: config.Settings has all of it (cluster/ does not
+    import config, so the settings are described here rather than named)."""
+
+    @property
+    def ray_address(self) -> str | None: ...
+    @property
+    def replicas(self) -> str | None: ...
+    @property
+    def replica_resources(self) -> str | None: ...
+    @property
+    def min_replicas(self) -> str | None: ...
+    @property
+    def max_replicas(self) -> str | None: ...
+    @property
+    def autoscale_target(self) -> float: ...
+    @property
+    def autoscale_cooldown(self) -> float: ...
+    @property
+    def engine(self) -> EngineConfig: ...
+    @property
+    def engine_isolation(self) -> str: ...
+    def model_paths(self) -> dict[str, Path]: ...
+
+
 class RayCluster:
     def __init__(
         self,
@@ -114,7 +137,7 @@ class RayCluster:
         self.started = False  # the initial replicas are placed; scale requests are taken
 
     @classmethod
-    def from_settings(cls, settings: Settings, registry: ReplicaRegistry) -> RayCluster:
+    def from_settings(cls, settings: RaySettings, registry: ReplicaRegistry) -> RayCluster:
         """Every model of `settings` served by Ray actors (`stratus serve --ray-address`)."""
         assert settings.ray_address
         specs = build_specs(

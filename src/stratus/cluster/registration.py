@@ -31,7 +31,7 @@ import httpx
 from stratus.cluster.aio import maybe_await
 from stratus.cluster.replica import ReplicaError
 from stratus.cluster.worker_replica import WorkerReplica
-from stratus.config import MODEL_NAME_RE
+from stratus.names import MODEL_NAME_RE
 from stratus.net.urls import check_http_url
 
 log = logging.getLogger("stratus.cluster")

@@ -17,7 +17,6 @@ the algorithm, and `iss`, `aud`, `exp` (required) and `nbf` are checked with a s
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
@@ -31,6 +30,7 @@ import httpx
 import jwt as pyjwt
 from jwt.algorithms import get_default_algorithms
 
+from stratus.net.urls import is_loopback
 from stratus.security.errors import Unauthenticated, Unavailable
 from stratus.security.rbac import GLOBAL_ROLES, TEAM_ROLES
 
@@ -96,15 +96,6 @@ def parse_role_map(text: str | None) -> dict[str, str]:
     return out
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
 class JWKSource:
     """An issuer's signing keys, from a URL (re-fetched periodically and on an unknown kid) or a file."""
 
@@ -116,7 +107,7 @@ class JWKSource:
         self.is_url = location.startswith(("https://", "http://"))
         if self.is_url:
             parsed = urlparse(location)
-            if parsed.scheme != "https" and not _is_loopback(parsed.hostname):
+            if parsed.scheme != "https" and not is_loopback(parsed.hostname):
                 raise ValueError(f"JWKS URL {location} must use https (plain http only on loopback)")
         elif not Path(location).is_file():
             raise ValueError(f"JWKS file {location} does not exist")

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from sqlalchemy.engine import Connection
-
 from stratus.security.identity import Principal
 from stratus.security.rbac import ADMIN, AUDITOR, MEMBER, TEAM_ADMIN, VIEWER
-from stratus.store import directory
+from stratus.store import Connection, directory
 from stratus.store.records import ApiKey, User
 
 ALL_MODELS = "*"  # a grant of "*" is every model served

@@ -22,13 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from stratus.store import Store
-from stratus.store.review_tables import audit_content, content_aad
-from stratus.store.secret_tables import stored_secrets
+from stratus.store import Store, review_tables, secret_tables
+from stratus.store.review_tables import content_aad
 
 ENV_VAR = "STRATUS_MASTER_KEY"
 KEY_FILE = "master.key"
@@ -127,48 +125,34 @@ class SecretStore:
     def put(self, name: str, value: str) -> None:
         self.ring.reload()  # a rotation elsewhere may have made a newer key current
         token = encrypt(self.ring, name, value)
-        row = {"ciphertext": token, "key_id": self.ring.current, "updated_at": time.time()}
+        key_id, now = self.ring.current, time.time()
         with self.store.begin() as conn:
-            updated = conn.execute(
-                stored_secrets.update().where(stored_secrets.c.name == name).values(**row)
-            ).rowcount
-            if not updated:
-                conn.execute(stored_secrets.insert().values(name=name, **row))
+            secret_tables.put_secret(conn, name, token, key_id, now)
 
     def get(self, name: str) -> str | None:
         with self.store.connect() as conn:
-            token = conn.execute(
-                sa.select(stored_secrets.c.ciphertext).where(stored_secrets.c.name == name)
-            ).scalar()
+            token = secret_tables.secret_ciphertext(conn, name)
         return None if token is None else decrypt(self.ring, name, token)
 
     def names(self) -> list[str]:
         with self.store.connect() as conn:
-            return list(
-                conn.execute(sa.select(stored_secrets.c.name).order_by(stored_secrets.c.name)).scalars()
-            )
+            return secret_tables.secret_names(conn)
 
     def delete(self, name: str) -> bool:
         with self.store.begin() as conn:
-            return bool(conn.execute(stored_secrets.delete().where(stored_secrets.c.name == name)).rowcount)
+            return secret_tables.delete_secret(conn, name)
 
     def reencrypt_all(self) -> int:
         """Every value under the current key, one row per transaction (readers never block)."""
         count = 0
         for name in self.names():
             with self.store.begin() as conn:
-                row = conn.execute(sa.select(stored_secrets).where(stored_secrets.c.name == name)).first()
+                row = secret_tables.get_secret_row(conn, name)
                 if row is None or row.key_id == self.ring.current:
                     continue
                 plain = decrypt(self.ring, name, row.ciphertext)
-                conn.execute(
-                    stored_secrets.update()
-                    .where(stored_secrets.c.name == name)
-                    .values(
-                        ciphertext=encrypt(self.ring, name, plain),
-                        key_id=self.ring.current,
-                        updated_at=time.time(),
-                    )
+                secret_tables.update_secret(
+                    conn, name, encrypt(self.ring, name, plain), self.ring.current, time.time()
                 )
             count += 1
         return count
@@ -177,23 +161,13 @@ class SecretStore:
 def reencrypt_content(store: Store, ring: Keyring, batch: int = 500) -> int:
     """Logged content (audit/content_log.py) under the current key, a batch per transaction."""
     count, last = 0, 0
-    c = audit_content.c
     while True:
         with store.begin() as conn:
-            rows = conn.execute(
-                sa.select(c.id, c.seq, c.ciphertext, c.key_id)
-                .where(c.id > last, c.key_id != ring.current)
-                .order_by(c.id)
-                .limit(batch)
-            ).all()
+            rows = review_tables.content_not_under(conn, ring.current, last, batch)
             for row in rows:
                 name = content_aad(row.seq)
                 plain = decrypt(ring, name, row.ciphertext)
-                conn.execute(
-                    audit_content.update()
-                    .where(c.id == row.id)
-                    .values(ciphertext=encrypt(ring, name, plain), key_id=ring.current)
-                )
+                review_tables.set_content_ciphertext(conn, row.id, encrypt(ring, name, plain), ring.current)
         count += len(rows)
         if len(rows) < batch:
             return count

@@ -16,12 +16,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from stratus.store.errors import Conflict, StoreUnavailable
+from stratus.store.errors import Conflict, StoreError, StoreUnavailable
 
 SQLITE_FILE = "stratus.db"
 CONNECT_TIMEOUT_S = 5
@@ -101,6 +102,17 @@ class Store:
     def backend(self) -> str:
         return self.engine.dialect.name
 
+    @property
+    def dbapi(self) -> Any:
+        """The driver module under the engine (sqlite3, psycopg), for code that runs statements on
+        a raw connection (`engine.raw_connection()`) and catches the driver's own errors."""
+        return self.engine.dialect.loaded_dbapi
+
+    @property
+    def paramstyle(self) -> str:
+        """How that driver marks a bound parameter: "qmark" (?) or "format"/"pyformat" (%s)."""
+        return self.engine.dialect.paramstyle
+
     def migrate(self) -> None:
         from stratus.store.migrate import upgrade
 
@@ -134,6 +146,26 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def driver_error(url: str, dbapi: Any, error: BaseException) -> StoreError | None:
+    """An error from a raw connection (`Store.dbapi`'s) or from taking one from the pool, as the
+    Store's own exceptions name it, the way `Store.begin()` would; None: not one to translate."""
+    if isinstance(error, StoreError):
+        return None
+    # exc.*: from the pool, opening a connection (SQLAlchemy has wrapped the driver's error)
+    lost = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)
+    if isinstance(error, (*lost, dbapi.OperationalError, dbapi.InterfaceError)):
+        return StoreUnavailable(f"database {redact_url(url)} unavailable: {type(error).__name__}")
+    if isinstance(error, dbapi.IntegrityError):
+        return Conflict("violates a rule of the database")
+    return None
+
+
+def connection_lost(dbapi: Any, error: BaseException) -> bool:
+    """Whether a driver error may mean the connection is gone (the server dropped it, or it
+    cannot be reached), as opposed to a statement the database refused."""
+    return isinstance(error, (dbapi.OperationalError, dbapi.InterfaceError))
 
 
 def _constraint_message(e: exc.IntegrityError) -> str:
