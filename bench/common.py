@@ -232,7 +232,7 @@ def make_workload(
 
 
 def vllm_env(threads_bind: str = "0-1") -> dict:
-    """Environment for vLLM's CPU build on this machine (see /work/shared/NOTES.md)."""
+    """Environment for vLLM's CPU build on this machine (docs/BENCHMARKS.md says how it is installed)."""
     env = dict(os.environ)
     env.update(
         VLLM_CPU_OMP_THREADS_BIND=threads_bind,  # both cores to the worker (default keeps one back)

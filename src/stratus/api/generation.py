@@ -1,4 +1,4 @@
-"""Step 6, generate: run a request's engine generations and keep its timing and usage.
+"""The generate step: run a request's engine generations and keep its timing and usage.
 
 A completions request with several prompts runs one engine generation per prompt, merged into
 one stream whose choice indices are `prompt_index * n + choice`. Whoever consumes the deltas,
@@ -112,7 +112,7 @@ class Generation:
         )
 
     async def finish(self, outcome: str | None = None) -> None:
-        """Metrics and step 7 (account), once, however the generation ended. Shielded from
+        """Metrics and the settle step, once, however the generation ended. Shielded from
         cancellation: a client that left still pays for what was generated."""
         if self._finished:
             return

@@ -110,7 +110,7 @@ class RequestContextMiddleware:
     async def _record(
         self, scope: Scope, ctx: RequestContext, refusable: bool, streamed: bool = False
     ) -> bool:
-        """Step 8's record; False when it failed and the response can still be refused."""
+        """The record step; False when it failed and the response can still be refused."""
         self._settle(scope, ctx)
         try:
             await self.state.pipeline.record(ctx)

@@ -132,11 +132,11 @@ async def maybe_proxy(
     model = body.model  # type: ignore[attr-defined]
     if upstreams is None or model in gw.state.registry.models or not await upstreams.serves(model):
         return None
-    await gw.authorize(model)  # step 3; the caller learns nothing of the upstream before this
+    await gw.authorize(model)  # authorize; the caller learns nothing of the upstream before this
     n = getattr(body, "n", 1) or 1
     requested = raw.get("max_completion_tokens") or raw.get("max_tokens") or DEFAULT_MAX_TOKENS
     prompt_estimate = _estimate_prompt_tokens(raw)
-    await gw.admit(prompt_estimate, requested * n)  # step 4
+    await gw.admit(prompt_estimate, requested * n)  # admit
     payload = _forwarded(body, raw)
     wants_usage = bool(body.include_usage()) if body.stream else False  # type: ignore[attr-defined]
     if body.stream:  # type: ignore[attr-defined]

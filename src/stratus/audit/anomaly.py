@@ -1,4 +1,4 @@
-"""Step 2's guard: lockouts after authentication-failure bursts, and per-key anomaly alerts.
+"""The screen step's guard: lockouts after authentication-failure bursts, and per-key anomaly alerts.
 
     guard = Guard(LockoutPolicy(failures=30, window=60, base=30), AlertPolicy(z=4.0, interval=60))
     guard.locked(["addr:10.0.0.7", "key:sk-stratus-3f9a0c1d2b4e"])   # seconds left, or 0

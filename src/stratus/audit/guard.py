@@ -1,4 +1,4 @@
-"""Step 2 at the gateway: refuse locked-out sources and suspended keys, and feed finished requests
+"""The screen and identify steps of the audit stage: refuse locked-out sources and suspended keys, and feed finished requests
 to the guard.
 
     check(guard, ctx)                       # before identify: 429 while a source is locked

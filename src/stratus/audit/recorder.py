@@ -1,4 +1,4 @@
-"""Step 8's audit record: one per request that reached step 1, built from its RequestContext.
+"""The record step's audit record: one per request that reached identify, built from its RequestContext.
 
     recorder = AuditRecorder(AuditLog(store, key), fail_open=False)
     await recorder.record(ctx)       # raises AuditUnavailable when the write fails (fail closed)

@@ -1,4 +1,4 @@
-"""Step 4 (admit) and step 7 (account) without HTTP: limits, reservations and the usage ledger.
+"""The admit and settle steps without HTTP: limits, reservations and the usage ledger.
 
     meter = Meter(store, limiter=MemoryLimiter(), prices=parse_prices("tiny=0.5/1.5"))
     ticket = await meter.admit(principal, "tiny", prompt_tokens=12, max_tokens=100)  # LimitExceeded

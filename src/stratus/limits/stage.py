@@ -49,7 +49,7 @@ def limiter_down(why: str) -> APIError:
     )
 
 
-# the routes that generate (and pass step 4): each request to them gets one ledger row
+# the routes that generate (and pass the admit step): each request to them gets one ledger row
 GENERATION_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 

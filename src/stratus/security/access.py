@@ -1,4 +1,4 @@
-"""`AccessControl`: step 1 (who is calling) and the checks of step 3, as plain functions.
+"""`AccessControl`: identify (who is calling) and the checks of authorize, as plain functions.
 
     access = AccessControl(Store.open(url), cache_ttl=2.0, jwt=JWTVerifier([...]))
     principal = access.cached(token) or access.authenticate(token)   # Unauthenticated, Unavailable
@@ -34,7 +34,7 @@ class AccessControl:
         self.cache = keys.VerificationCache(cache_ttl)
         self.jwt = jwt
 
-    # -- step 1 -----------------------------------------------------------------------------------
+    # -- identify ---------------------------------------------------------------------------------
 
     def cached(self, token: str | None) -> Principal | None:
         """The principal for a token verified within the cache TTL; None means "ask authenticate".
@@ -131,7 +131,7 @@ class AccessControl:
         self.cache.put(token_digest, principal, expires_at - time.time())
         return principal
 
-    # -- step 3 -----------------------------------------------------------------------------------
+    # -- authorize --------------------------------------------------------------------------------
 
     @staticmethod
     def check_route(principal: Principal, method: str, path: str) -> None:

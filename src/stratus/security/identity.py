@@ -1,4 +1,4 @@
-"""`Principal`: who is calling, with every right their credential carries, decided at step 1.
+"""`Principal`: who is calling, with every right their credential carries, decided at identify.
 
 A principal is built once per credential (security/access.py) and cached for a few seconds;
 every later decision (rbac.authorize, the model check, usage and audit) reads only this object.
