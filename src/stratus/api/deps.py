@@ -14,7 +14,8 @@ stages that api/pipeline.py composes; none of them imports FastAPI.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import Depends, Request
@@ -152,3 +153,22 @@ async def parse_body(request: Request, model: type[M]) -> tuple[M, dict]:
     except PydanticValidationError as exc:
         message, param = validation_message(exc.errors(include_url=False))
         raise APIError(400, message, param=param) from None
+
+
+@dataclass(slots=True)
+class Parsed(Generic[M]):
+    """A validated JSON body and the raw object it came from (the response cache keys on it)."""
+
+    body: M
+    raw: dict
+
+
+def parsed(model: type[M]) -> Any:
+    """A dependency: the request body validated as `model`, read after the caller is identified
+    (the route's gateway dependency runs first). Use it as
+    `body: Annotated[Parsed[ChatCompletionRequest], parsed(ChatCompletionRequest)]`."""
+
+    async def read(request: Request, ctx: ContextDep) -> Parsed[M]:
+        return Parsed(*await parse_body(request, model))
+
+    return Depends(read)

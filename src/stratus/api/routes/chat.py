@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from stratus.api.deps import Gateway, gateway, parse_body
+from stratus.api.deps import GatewayDep, Parsed, parsed
 from stratus.api.formatting import ChatFormat
 from stratus.api.generation import Generation
 from stratus.api.prompts import chat_prompt_ids, fit_max_tokens, sampling_params
@@ -38,8 +40,12 @@ ROUTE = "/v1/chat/completions"
     },
     openapi_extra=json_body(ChatCompletionRequest),
 )
-async def chat_completions(request: Request, gw: Gateway = Depends(gateway)) -> Response:
-    body, raw = await parse_body(request, ChatCompletionRequest)
+async def chat_completions(
+    request: Request,
+    gw: GatewayDep,
+    parsed_body: Annotated[Parsed[ChatCompletionRequest], parsed(ChatCompletionRequest)],
+) -> Response:
+    body, raw = parsed_body.body, parsed_body.raw
     if (proxied := await maybe_proxy(request, gw, "/chat/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
     engine = await gw.route(body.model)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from stratus.api.deps import Gateway, gateway, parse_body
+from stratus.api.deps import GatewayDep, Parsed, parsed
 from stratus.api.formatting import CompletionFormat
 from stratus.api.generation import Generation
 from stratus.api.prompts import (
@@ -43,8 +44,12 @@ ROUTE = "/v1/completions"
     },
     openapi_extra=json_body(CompletionRequest),
 )
-async def completions(request: Request, gw: Gateway = Depends(gateway)) -> Response:
-    body, raw = await parse_body(request, CompletionRequest)
+async def completions(
+    request: Request,
+    gw: GatewayDep,
+    parsed_body: Annotated[Parsed[CompletionRequest], parsed(CompletionRequest)],
+) -> Response:
+    body, raw = parsed_body.body, parsed_body.raw
     if (proxied := await maybe_proxy(request, gw, "/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
     engine = await gw.route(body.model)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
 
-from stratus.api.deps import Gateway, gateway, parse_body
+from fastapi import APIRouter
+
+from stratus.api.deps import GatewayDep, Parsed, parsed
 from stratus.api.prompts import check_token_ids, render_chat
 from stratus.api.routes.common import errors, json_body
 from stratus.api.schemas import DetokenizeRequest, TokenizeRequest
@@ -21,8 +23,10 @@ router = APIRouter(tags=["tokenizer"])
     responses=errors(400, 404, 413, 500, 503),
     openapi_extra=json_body(TokenizeRequest),
 )
-async def tokenize(request: Request, gw: Gateway = Depends(gateway)) -> JSONBody:
-    body, _ = await parse_body(request, TokenizeRequest)
+async def tokenize(
+    gw: GatewayDep, parsed_body: Annotated[Parsed[TokenizeRequest], parsed(TokenizeRequest)]
+) -> JSONBody:
+    body = parsed_body.body
     engine = await gw.route(body.model, generating=False)
     tok = engine.tokenizer
     if body.messages is not None:
@@ -45,8 +49,10 @@ async def tokenize(request: Request, gw: Gateway = Depends(gateway)) -> JSONBody
     responses=errors(400, 404, 413, 500, 503),
     openapi_extra=json_body(DetokenizeRequest),
 )
-async def detokenize(request: Request, gw: Gateway = Depends(gateway)) -> JSONBody:
-    body, _ = await parse_body(request, DetokenizeRequest)
+async def detokenize(
+    gw: GatewayDep, parsed_body: Annotated[Parsed[DetokenizeRequest], parsed(DetokenizeRequest)]
+) -> JSONBody:
+    body = parsed_body.body
     engine = await gw.route(body.model, generating=False)
     check_token_ids(engine, body.tokens, "tokens")
     return JSONBody({"prompt": engine.tokenizer.decode(body.tokens)})
