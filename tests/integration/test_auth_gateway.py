@@ -440,3 +440,13 @@ def test_shutdown_drains_the_audit_writer(tmp_path):
         assert verify(log).ok
     finally:
         store.close()
+
+
+def test_two_authorization_headers_are_no_credential(http, api_server, admin_key):
+    junk = "Bearer sk-stratus-000000000000_" + "x" * 43
+    with httpx.Client(base_url=api_server.url, timeout=30) as c:
+        for pair in ([f"Bearer {admin_key}", junk], [junk, f"Bearer {admin_key}"]):
+            headers = [("Authorization", value) for value in pair]
+            r = c.get("/admin/whoami", headers=headers)
+            assert r.status_code == 401, (pair, r.text)
+        assert c.get("/admin/whoami", headers={"Authorization": f"Bearer {admin_key}"}).status_code == 200

@@ -72,6 +72,10 @@ class RequestContext:
         client = scope.get("client")
         agent = headers.get(b"user-agent")
         authorization = headers.get(b"authorization")
+        if sum(1 for name, _ in raw if name == b"authorization") > 1:
+            # Layers that read the first and the last header would disagree on who is calling:
+            # several credentials are no credential (the usual 401), and charge no key's lockout.
+            authorization = None
         return cls(
             request_id=request_id,
             method=scope.get("method", ""),
