@@ -335,3 +335,37 @@ def test_client_urls_never_reach_the_upstream(gateway, admin_key):
     )
     assert not set(sneaky) & set(sent) and elsewhere.url not in registered.requests[0].body.decode()
     assert sent["model"] == "u" and sent["messages"] == CHAT["messages"]
+
+
+def test_a_request_without_max_tokens_forwards_the_reserved_cap(gateway, admin_key):
+    """Admission reserves a default cap for a request that names none; the upstream must be held
+    to it, or a tokens-per-minute limit is overspent by whatever the upstream chooses."""
+    from stratus.api.upstream_proxy import DEFAULT_MAX_TOKENS
+    from tests.recording_server import RecordingServer
+
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "x",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+    gw, _ = gateway
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with (
+        RecordingServer(lambda _r: (200, "application/json", orjson.dumps(answer))) as upstream,
+        httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c,
+    ):
+        body = {"name": "capped", "model": "capped", "base_url": upstream.url + "/v1", "upstream_model": "u"}
+        assert c.post("/admin/upstreams", json=body).status_code == 201
+        try:
+            chat = {"model": "capped", "messages": [{"role": "user", "content": "hi"}]}
+            assert c.post("/v1/chat/completions", json=chat).status_code == 200
+            chat["max_tokens"] = 7
+            assert c.post("/v1/chat/completions", json=chat).status_code == 200
+        finally:
+            c.delete("/admin/upstreams/capped")
+    sent = [r.json() for r in upstream.requests]
+    assert sent[0]["max_tokens"] == DEFAULT_MAX_TOKENS
+    assert sent[1]["max_tokens"] == 7

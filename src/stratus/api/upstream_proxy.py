@@ -138,6 +138,9 @@ async def maybe_proxy(
     prompt_estimate = _estimate_prompt_tokens(raw)
     await gw.admit(prompt_estimate, requested * n)  # admit
     payload = _forwarded(body, raw)
+    if "max_tokens" not in payload and "max_completion_tokens" not in payload:
+        # What admit reserved is the most the caller may get: the upstream is held to it too.
+        payload["max_tokens"] = requested
     wants_usage = bool(body.include_usage()) if body.stream else False  # type: ignore[attr-defined]
     if body.stream:  # type: ignore[attr-defined]
         payload["stream_options"] = {"include_usage": True}
