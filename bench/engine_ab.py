@@ -4,7 +4,7 @@ process, alternating rounds (A B, then B A, ...), so that slow minutes on a nois
 every variant alike. Prints each round and the median and best of each variant.
 
     .venv/bin/python bench/engine_ab.py --model 100m --rounds 6 \
-        --variant one-batch: --variant split:split_steps=true
+        --variant kernel: --variant torch:native_kernels=false
     .venv/bin/python bench/engine_ab.py --model demo --variant kernel: --variant torch:native_kernels=false
 
 A variant is NAME:KEY=JSON,KEY=JSON (EngineConfig fields over the engine_throughput settings).

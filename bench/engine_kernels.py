@@ -11,7 +11,8 @@
     then the same contexts in consecutive blocks: per-row SDPA in place against the C kernel.
 
 (c) a packed linear of the ~100M model on two threads over M rows against one thread over M / 2
-    rows: a step as one batch on both cores against two halves on a thread each (split_step.py).
+    rows: a step as one batch on both cores against two halves on a thread each (the engine's
+    former split steps, removed once one batch with the C decode kernel measured faster).
 
 Times in (a) and (b) are CPU time of the calling thread (one torch thread), best of many alternated repeats:
 on a shared machine that is steadier than wall time (other processes do not count).

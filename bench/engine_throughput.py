@@ -84,7 +84,7 @@ def warm_up(engine, work, vocab: int) -> None:
 
 
 def parse_settings(pairs) -> dict:
-    """KEY=JSON strings as EngineConfig overrides: ["split_steps=true"] -> {"split_steps": True}."""
+    """KEY=JSON strings as EngineConfig overrides: ["native_kernels=false"] -> {"native_kernels": False}."""
     settings = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
@@ -577,7 +577,7 @@ def bench_model(name: str, args, bandwidth: dict, stamp: str) -> dict:
         flush=True,
     )
     engine_config = stratus_engine_config(args.max_num_batched_tokens, max_len)
-    engine_config |= parse_settings(args.set)  # --set split_steps=true: an A/B of one engine knob
+    engine_config |= parse_settings(args.set)  # --set native_kernels=false: an A/B of one engine knob
     base = {"model": str(path), "workload": work.to_json(), "vocab_size": config["vocab_size"]}
     logs = common.RESULTS_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -784,7 +784,7 @@ def main() -> int:
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="override a stratus EngineConfig field, e.g. --set split_steps=true (repeatable)",
+        help="override a stratus EngineConfig field, e.g. --set native_kernels=false (repeatable)",
     )
     p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="stratus token budget per step")
     p.add_argument("--vllm-max-num-batched-tokens", type=int, default=None, help="default: vLLM's own")

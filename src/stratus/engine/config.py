@@ -147,9 +147,6 @@ class EngineConfig:
     max_model_len: int | None = None  # context window; default: the model's
     enable_prefix_caching: bool = True
     num_threads: int | None = None  # torch intra-op threads on CPU
-    # On a CPU with 2+ threads, run a step's batch as two halves on two threads (split_step.py):
-    # off by default since decode attention runs in the C kernel (docs/ENGINE.md, "Threads").
-    split_steps: bool = False
     # Float32 decode attention on a CPU in the C kernel of kernels/decode_attention.c, built on
     # first use (native.py); without a C compiler the PyTorch path runs instead.
     native_kernels: bool = True

@@ -13,7 +13,6 @@ from .model import AttentionBatch, DecodeSlice, LlamaModel, PagedDecodes, Prefil
 from .packed_linear import pack_linears, packing_available
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
-from .split_step import SplitStep
 from .weights import load_weights
 
 
@@ -55,10 +54,6 @@ class ModelRunner:
             and self.dtype == torch.float32
             and native.decode_attention_kernel() is not None
         )
-        threads = torch.get_num_threads()
-        self.split = None
-        if config.split_steps and self.device.type == "cpu" and threads >= 2:  # see split_step.py
-            self.split = SplitStep(model_config, threads, self.dtype)
 
     def _pool_blocks(self, model_config: ModelConfig, config: EngineConfig) -> int:
         if config.num_kv_blocks:
@@ -77,12 +72,6 @@ class ModelRunner:
     def block_tables(self, seqs: list[Sequence], length: int) -> torch.Tensor:
         """[len(seqs), W] the blocks holding positions 0..length-1 of each sequence (padded with 0)."""
         return block_table_tensor([s.block_table for s in seqs], length, self.block_size, self.device)
-
-    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor | None]:
-        """Compute the batch; returns the sequences that reached their last token and their logits."""
-        if self.split is not None:
-            return self.split.run(self._run, batch)
-        return self._run(batch)
 
     def _paged_decodes(self, decodes: list[tuple[Sequence, int]]) -> PagedDecodes | None:
         """All decode rows, for the C kernel: each row's block table and context length."""
@@ -125,8 +114,9 @@ class ModelRunner:
             )
         return in_place + gathered, slices, groups
 
-    @torch.inference_mode()  # per thread: the second half of a split step runs on its own
-    def _run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor | None]:
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor | None]:
+        """Compute the batch; returns the sequences that reached their last token and their logits."""
         # Decodes first (rows [0, len(decodes)), in the order their attention plan gives).
         decodes = [(seq, n) for seq, n in batch.items if n == 1]
         if self.native_decode:

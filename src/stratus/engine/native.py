@@ -2,12 +2,12 @@
 compiler, cached, and loaded with ctypes.
 
 ctypes keeps the build light (no PyTorch headers, about two seconds with gcc) and releases the
-GIL for each call (the gateway's threads, and split steps' two halves, keep running). The kernel
-shares its work among PyTorch's own OpenMP threads (see OPENMP_FLAGS). When there is no
-compiler, or the build fails, `decode_attention_kernel()` returns None and the engine keeps its
-PyTorch path (logged once). `EngineConfig.native_kernels` (`--no-native-kernels`, or
-STRATUS_NATIVE_KERNELS=0 for `stratus serve`) turns them off; STRATUS_KERNEL_CACHE moves the
-cache (default: $XDG_CACHE_HOME/stratus/kernels, else ~/.cache/stratus/kernels).
+GIL for each call (the gateway's threads keep running). The kernel shares its work among
+PyTorch's own OpenMP threads (see OPENMP_FLAGS). When there is no compiler, or the build fails,
+`decode_attention_kernel()` returns None and the engine keeps its PyTorch path (logged once).
+`EngineConfig.native_kernels` (`--no-native-kernels`, or STRATUS_NATIVE_KERNELS=0 for
+`stratus serve`) turns them off; STRATUS_KERNEL_CACHE moves the cache (default:
+$XDG_CACHE_HOME/stratus/kernels, else ~/.cache/stratus/kernels).
 """
 
 from __future__ import annotations

@@ -112,30 +112,3 @@ def test_async_concurrent_requests_are_independent(llama_dir):
     together, alone = asyncio.run(scenario())
     assert together == alone
 
-
-def test_split_steps_give_the_same_outputs_as_one_batch(llama_dir):
-    """On a CPU with 2 threads a step's batch runs as two halves on two threads (split_step.py):
-    greedy and seeded outputs are the same as computing it as one batch."""
-    prompts = make_prompts(10, 12)
-
-    def outputs(split: bool):
-        engine = LLMEngine(llama_dir, EngineConfig(kv_cache_memory_mb=8, num_threads=2, split_steps=split))
-        assert (engine.runner.split is not None) is split
-        halves = []
-        if split:
-            real = engine.runner.split.halves
-            engine.runner.split.halves = lambda batch: halves.append(real(batch)) or halves[-1]
-        greedy_out = run_all(engine, prompts, 24)
-        seeded = SamplingParams(max_tokens=16, temperature=0.9, top_p=0.9, seed=5, n=2)
-        engine.add_request(GenerateRequest(prompt_token_ids=prompts["r0"], params=seeded, request_id="s"))
-        for rid, ids in list(prompts.items())[1:6]:  # enough company for the seeded one to be split
-            engine.add_request(GenerateRequest(prompt_token_ids=ids, params=greedy(16), request_id=rid + "b"))
-        sampled = {}
-        while engine.has_work():
-            for delta in engine.step():
-                sampled.setdefault((delta.request_id, delta.index), []).extend(delta.token_ids)
-        if split:
-            assert any(h is not None for h in halves)  # some steps really ran as two halves
-        return greedy_out, sampled
-
-    assert outputs(split=True) == outputs(split=False)
