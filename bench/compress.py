@@ -14,7 +14,7 @@ Per model (demo: models/demo; 100m: the random ~100M-parameter Llama of bench/co
 - bf16: the same weights saved in bfloat16, run in bfloat16;
 - int8, int4: `stratus compress --method int8 | int4` (group 128, head kept in float32);
 - int4+head: int4 with `--quantize-head` (the output head in int4 too).
-Each variant runs in a fresh process: load time (LLMEngine construction), then decode tokens/s
+Each variant runs in a fresh process: load time (EngineCore construction), then decode tokens/s
 at batch 1 and batch 16 (64 new tokens each, greedy, best of --repeats runs; only decode steps
 are timed) and prefill tokens/s (one 512-token prompt), best over --rounds processes run round
 robin over the variants. With --interleave all variants load into one process (load time: a
@@ -127,10 +127,10 @@ def worker(path: Path, dtype: str, threads: int, tokens: int, repeats: int) -> d
 
     torch.set_num_threads(threads)
     from stratus.compress.evaluate import decode_speed, file_bytes
-    from stratus.engine import EngineConfig, LLMEngine
+    from stratus.engine import EngineConfig, EngineCore
 
     start = time.perf_counter()
-    engine = LLMEngine(
+    engine = EngineCore(
         path,
         EngineConfig(
             dtype=dtype,
@@ -256,16 +256,16 @@ def interleaved(variants: dict, threads: int, tokens: int, rounds: int) -> dict:
 
     torch.set_num_threads(threads)
     from stratus.compress.evaluate import decode_speed, file_bytes
-    from stratus.engine import EngineConfig, LLMEngine
+    from stratus.engine import EngineConfig, EngineCore
 
     engines, load_s = {}, {}
     for variant, (path, dtype) in variants.items():
         config = EngineConfig(
             dtype=dtype, kv_cache_memory_mb=256, max_model_len=1024, enable_prefix_caching=False
         )
-        LLMEngine(path, config)  # the first load of a checkpoint also pays for the page cache
+        EngineCore(path, config)  # the first load of a checkpoint also pays for the page cache
         start = time.perf_counter()
-        engines[variant] = (path, LLMEngine(path, config))
+        engines[variant] = (path, EngineCore(path, config))
         load_s[variant] = round(time.perf_counter() - start, 3)
     prompt = next(iter(engines.values()))[1].tokenizer.encode("It is a truth universally acknowledged, that")
     rows = {

@@ -48,7 +48,7 @@ def main() -> None:
 
     torch.set_num_threads(THREADS)
     from stratus.engine.config import EngineConfig
-    from stratus.engine.llm_engine import LLMEngine
+    from stratus.engine.core import EngineCore
 
     path = resolve_model(args.model)
     if path is None:
@@ -58,7 +58,7 @@ def main() -> None:
     work = common.make_workload(args.requests, vocab, (16, 256), (32, 256), max_len, seed=0)
     base = stratus_engine_config(2048, max_len)
     variants = dict(parse_variant(v) for v in args.variant)
-    engines = {name: LLMEngine(str(path), EngineConfig(**(base | o))) for name, o in variants.items()}
+    engines = {name: EngineCore(str(path), EngineConfig(**(base | o))) for name, o in variants.items()}
 
     def run(engine, prompts, max_tokens, tag) -> float:
         seconds, tokens, _ = run_offline(engine, prompts, max_tokens, tag)

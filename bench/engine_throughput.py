@@ -11,7 +11,7 @@ What it measures, per model:
 
 (a) offline throughput: N requests (64) of random token ids with mixed prompt and output
     lengths, greedy, ignore_eos, every engine on 2 threads; output tokens/s, excluding load:
-    - stratus: `LLMEngine`, all requests added, then `step()` until idle (run twice);
+    - stratus: `EngineCore`, all requests added, then `step()` until idle (run twice);
     - transformers: `generate` as a user would batch it: left padding, one batch (or
       --hf-batch-size), max_new_tokens = the batch's largest max_tokens; only the tokens each
       request asked for count as output (the padded tail is reported as well);
@@ -109,13 +109,13 @@ def worker_stratus(spec: dict) -> dict:
 
     torch.set_num_threads(THREADS)
     from stratus.engine.config import EngineConfig
-    from stratus.engine.llm_engine import LLMEngine
+    from stratus.engine.core import EngineCore
     from stratus.engine.types import GenerateRequest, SamplingParams
 
     work = common.Workload.from_json(spec["workload"])
     vocab = spec["vocab_size"]
     t0 = time.perf_counter()
-    engine = LLMEngine(spec["model"], EngineConfig(**spec["engine_config"]))
+    engine = EngineCore(spec["model"], EngineConfig(**spec["engine_config"]))
     load_s = time.perf_counter() - t0
 
     def run(prompts, max_tokens, tag):
@@ -176,11 +176,11 @@ def worker_stratus(spec: dict) -> dict:
 
 
 def profile_stratus(engine, run, work, vocab) -> dict:
-    """Time each part of `LLMEngine.step` by wrapping the engine's functions from outside (the
+    """Time each part of `EngineCore.step` by wrapping the engine's functions from outside (the
     engine is untouched), on the offline workload and on one stream. Seconds per part."""
     import torch.nn.functional as F
 
-    import stratus.engine.llm_engine as llm_mod
+    import stratus.engine.core as core_mod
     import stratus.engine.model as model_mod
     import stratus.engine.tokenizer as tok_mod
 
@@ -217,8 +217,8 @@ def profile_stratus(engine, run, work, vocab) -> dict:
     wrap(model, "logits", "lm_head + .float()")
     wrap(model.rope, "forward", "rope")  # the cos/sin lookup, once per forward
     wrap(model_mod, "apply_rope_", "rope")  # the rotation of q and k, once per layer
-    wrap(llm_mod, "sample", "sample (argmax, .tolist)")
-    wrap(llm_mod, "apply_penalties", "apply_penalties")
+    wrap(core_mod, "sample", "sample (argmax, .tolist)")
+    wrap(core_mod, "apply_penalties", "apply_penalties")
     wrap(engine, "_append_token", "_append_token (incl. detokenize)")
     wrap(tok_mod.IncrementalDetokenizer, "push", "detokenizer.push")
     wrap(engine.blocks, "commit_full_blocks", "blocks.commit_full_blocks")

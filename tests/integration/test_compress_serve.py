@@ -10,7 +10,7 @@ from stratus.api import create_app
 from stratus.api.auth import build_access
 from stratus.compress import CompressSpec, compress
 from stratus.config import Settings
-from stratus.engine import EngineConfig, GenerateRequest, LLMEngine, SamplingParams
+from stratus.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
 from stratus.security.bootstrap import bootstrap
 from stratus.security.stage import IdentityStage
 from tests import issued
@@ -23,7 +23,7 @@ DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 
 
 def engine_completion(path, prompt: str, max_tokens: int) -> str:
-    engine = LLMEngine(path, EngineConfig(kv_cache_memory_mb=16))
+    engine = EngineCore(path, EngineConfig(kv_cache_memory_mb=16))
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     engine.add_request(GenerateRequest(prompt=prompt, params=params, request_id="r"))
     ids = []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from stratus.engine import LLMEngine
+from stratus.engine import EngineCore
 
 from .generation import batched_logits, generate, windows
 
@@ -33,7 +33,7 @@ class LayerInputs:
 
 
 def calibration_sequences(
-    engine: LLMEngine, text_file: Path | None, tokens: int, seed: int
+    engine: EngineCore, text_file: Path | None, tokens: int, seed: int
 ) -> list[list[int]]:
     window = min(WINDOW, engine.max_model_len)
     if text_file is not None:
@@ -46,7 +46,7 @@ def calibration_sequences(
     return [prompt + s for s in samples]
 
 
-def capture_inputs(engine: LLMEngine, sequences: list[list[int]]) -> list[LayerInputs]:
+def capture_inputs(engine: EngineCore, sequences: list[list[int]]) -> list[LayerInputs]:
     """Run the sequences through the engine's model and keep every linear layer's input."""
     model = engine.runner.model
     seen: dict[tuple[int, str], list[torch.Tensor]] = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stratus.engine import GenerateRequest, LLMEngine, SamplingParams
+from stratus.engine import EngineCore, GenerateRequest, SamplingParams
 
 from .generation import batched_logits, generate, open_engine, windows
 
@@ -63,7 +63,7 @@ def file_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
 
 
-def perplexity(engine: LLMEngine, ids: list[int], window: int) -> tuple[float, int]:
+def perplexity(engine: EngineCore, ids: list[int], window: int) -> tuple[float, int]:
     """(perplexity, tokens scored) of `ids`, in windows of `window` tokens."""
     chunks = windows(ids, min(window, engine.max_model_len))
     nll, count = 0.0, 0
@@ -74,7 +74,7 @@ def perplexity(engine: LLMEngine, ids: list[int], window: int) -> tuple[float, i
     return float(torch.exp(torch.tensor(nll / count))), count
 
 
-def top1(engine: LLMEngine, sequences: list[list[int]]) -> list[torch.Tensor]:
+def top1(engine: EngineCore, sequences: list[list[int]]) -> list[torch.Tensor]:
     out: list[torch.Tensor] = [None] * len(sequences)  # type: ignore[list-item]
     for i, logits in batched_logits(engine, sequences):
         out[i] = logits.argmax(dim=-1).cpu()
@@ -86,7 +86,7 @@ def agreement(reference: list[torch.Tensor], other: list[torch.Tensor]) -> float
     return same / sum(len(a) for a in reference)
 
 
-def decode_speed(engine: LLMEngine, batch: int, new_tokens: int, prompt: list[int]) -> float:
+def decode_speed(engine: EngineCore, batch: int, new_tokens: int, prompt: list[int]) -> float:
     """Generated tokens per second over the decode steps of `batch` sequences."""
     generate(engine, [prompt], 4)  # warm-up
     for i in range(batch):

@@ -1,4 +1,4 @@
-"""Driving an `LLMEngine` for compression work: open one, generate, take logits in batches."""
+"""Driving an `EngineCore` for compression work: open one, generate, take logits in batches."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
-from stratus.engine import EngineConfig, GenerateRequest, LLMEngine, SamplingParams
+from stratus.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
 
 POOL_TOKENS = 4096  # KV slots of an evaluation engine: enough for 16 x 256 or a few windows
 MAX_CONTEXT = 1024  # evaluation never needs a longer context
 
 
-def open_engine(path: Path, pool_tokens: int = POOL_TOKENS, block_size: int = 16) -> LLMEngine:
+def open_engine(path: Path, pool_tokens: int = POOL_TOKENS, block_size: int = 16) -> EngineCore:
     from stratus.engine.config import ModelConfig
 
     context = min(ModelConfig.from_dir(Path(path)).max_position_embeddings, MAX_CONTEXT)
@@ -25,11 +25,11 @@ def open_engine(path: Path, pool_tokens: int = POOL_TOKENS, block_size: int = 16
         max_num_batched_tokens=max(512, context),
         enable_prefix_caching=False,
     )
-    return LLMEngine(path, config)
+    return EngineCore(path, config)
 
 
 def generate(
-    engine: LLMEngine,
+    engine: EngineCore,
     prompts: list[list[int]],
     max_tokens: int,
     temperature: float = 0.0,
@@ -51,7 +51,7 @@ def generate(
     return [out[str(i)] for i in range(len(prompts))]
 
 
-def batched_logits(engine: LLMEngine, sequences: list[list[int]], budget: int = 2048):
+def batched_logits(engine: EngineCore, sequences: list[list[int]], budget: int = 2048):
     """Yield (sequence index, logits [len, vocab]) for every sequence, a few sequences per pass."""
     batch: list[int] = []
     size = 0

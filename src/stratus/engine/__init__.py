@@ -1,8 +1,8 @@
 """One model replica: load a Hugging Face checkpoint and generate with continuous batching."""
 
 from .config import CheckpointError, EngineConfig, ModelConfig
+from .core import EngineCore
 from .engine import Engine, EngineError
-from .llm_engine import LLMEngine
 from .types import (
     Delta,
     EngineStats,
@@ -18,10 +18,10 @@ __all__ = [
     "Delta",
     "Engine",
     "EngineConfig",
+    "EngineCore",
     "EngineError",
     "EngineStats",
     "GenerateRequest",
-    "LLMEngine",
     "ModelConfig",
     "RequestFailed",
     "SamplingParams",

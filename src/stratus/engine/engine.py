@@ -1,6 +1,6 @@
 """The async face of one replica: `generate()` streams deltas while a step loop runs beside it.
 
-The step loop (step_loop.py) owns the `LLMEngine`. It runs either in a thread of this process
+The step loop (step_loop.py) owns the `EngineCore` (core.py). It runs either in a thread of this process
 (`isolation="thread"`: quick to start, for tests and embedding) or in a process of its own
 (`isolation="process"`, what `stratus serve` uses, as vLLM's engine core does) so the HTTP event
 loop and the token loop never compete for one interpreter lock. Callers see the same interface.
@@ -23,8 +23,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from .config import EngineConfig, ModelConfig
+from .core import EngineCore
 from .inputs import context_window, prepare_prompt
-from .llm_engine import LLMEngine
+from .messages import AbortRequest, AddRequest, Command, Deltas, Died, RequestError, Result, Stats, Stop
 from .step_loop import run_step_loop
 from .tokenizer import Tokenizer
 from .types import Delta, EngineStats, GenerateRequest, RequestFailed, SamplingParams, ValidationError
@@ -46,9 +47,9 @@ class Engine:
         self.path = Path(path)
         self.config = config or EngineConfig()
         self.isolation = isolation
-        self._core: LLMEngine | None = None
+        self._core: EngineCore | None = None
         if isolation == "thread":
-            self._core = LLMEngine(self.path, self.config)
+            self._core = EngineCore(self.path, self.config)
             self.model_config = self._core.model_config
             self.tokenizer = self._core.tokenizer
         else:  # the child loads the weights; this side needs only what validation reads
@@ -74,7 +75,7 @@ class Engine:
         return cls(path, config, isolation)
 
     @property
-    def core(self) -> LLMEngine:
+    def core(self) -> EngineCore:
         """The engine core, reachable only with thread isolation (tests and offline use)."""
         if self._core is None:
             raise RuntimeError("the engine core lives in another process")
@@ -199,7 +200,7 @@ class Engine:
             raise ValidationError(f"request id {rid!r} is already running", "request_id")
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[rid] = (asyncio.get_running_loop(), stream)
-        self._transport.send(("add", request, prompt_ids))
+        self._transport.send(AddRequest(request, prompt_ids))
         remaining = request.params.n
         try:
             while remaining:
@@ -213,44 +214,37 @@ class Engine:
         finally:
             self._streams.pop(rid, None)
             if remaining and self._transport is not None:
-                self._transport.send(("abort", rid))
+                self._transport.send(AbortRequest(rid))
 
     async def abort(self, request_id: str) -> None:
         if self._transport is not None:
-            self._transport.send(("abort", request_id))
+            self._transport.send(AbortRequest(request_id))
 
     def stats(self) -> EngineStats:
         return self._stats
 
-    def _on_result(self, result: tuple) -> None:
+    def _on_result(self, result: Result | Died) -> None:
         """Called on the transport's thread with each result of the step loop."""
-        kind = result[0]
-        if kind == "stats":
-            self._stats = result[1]
-        elif kind == "deltas":
-            by_request: dict[str, list] = defaultdict(list)
-            for delta in result[1]:
-                by_request[delta.request_id].append(delta)
-            for rid, items in by_request.items():
-                self._send(rid, items)
-        elif kind == "error":
-            _, rid, error_kind, message, param = result
-            if error_kind == "validation":
-                exc: Exception = ValidationError(message, param)
-            elif error_kind == "request":
-                exc = RequestFailed(message)
-            else:
-                exc = EngineError(message)
-            self._send(rid, [exc])
-        elif kind == "died":
-            self._failure = result[1]
-            for rid in list(self._streams):
-                self._send(rid, [EngineError(result[1])])
-            if self._loop is not None and self.isolation == "process":
-                try:
-                    self._loop.call_soon_threadsafe(self._died, result[1])
-                except RuntimeError:  # the event loop is closed: nobody to serve
-                    pass
+        match result:
+            case Stats(stats):
+                self._stats = stats
+            case Deltas(deltas):
+                by_request: dict[str, list] = defaultdict(list)
+                for delta in deltas:
+                    by_request[delta.request_id].append(delta)
+                for rid, items in by_request.items():
+                    self._send(rid, items)
+            case RequestError():
+                self._send(result.request_id, [_exception(result)])
+            case Died(message):
+                self._failure = message
+                for rid in list(self._streams):
+                    self._send(rid, [EngineError(message)])
+                if self._loop is not None and self.isolation == "process":
+                    try:
+                        self._loop.call_soon_threadsafe(self._died, message)
+                    except RuntimeError:  # the event loop is closed: nobody to serve
+                        pass
 
     def _send(self, rid: str, items: list) -> None:
         target = self._streams.get(rid)
@@ -263,6 +257,17 @@ class Engine:
             self._streams.pop(rid, None)
 
 
+def _exception(error: RequestError) -> Exception:
+    """What the caller of `generate` raises for an error of the step loop."""
+    match error.kind:
+        case "validation":
+            return ValidationError(error.message, error.param)
+        case "request":
+            return RequestFailed(error.message)
+        case _:
+            return EngineError(error.message)
+
+
 def _put_all(stream: asyncio.Queue, items: list) -> None:
     for item in items:
         stream.put_nowait(item)
@@ -271,7 +276,7 @@ def _put_all(stream: asyncio.Queue, items: list) -> None:
 class ThreadTransport:
     """Runs the step loop in a daemon thread of this process."""
 
-    def __init__(self, core: LLMEngine, on_result):
+    def __init__(self, core: EngineCore, on_result):
         self._inbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(
             target=run_step_loop, args=(core, self._next, on_result), name="stratus-engine", daemon=True
@@ -284,9 +289,9 @@ class ThreadTransport:
         except queue.Empty:
             return None
 
-    def send(self, command: tuple) -> None:
+    def send(self, command: Command) -> None:
         self._inbox.put(command)
 
     def stop(self) -> None:
-        self._inbox.put(("stop",))
+        self._inbox.put(Stop())
         self._thread.join(10)

@@ -1,4 +1,5 @@
-"""Run the step loop in a child process; commands and results cross multiprocessing queues."""
+"""Run the step loop in a child process; commands and results (messages.py) cross
+multiprocessing queues."""
 
 from __future__ import annotations
 
@@ -9,30 +10,31 @@ import threading
 from pathlib import Path
 
 from .config import EngineConfig
+from .messages import Command, Died, LoadFailed, Ready, Stop, Stopped
 
 
 def _child_main(path: str, config: EngineConfig, commands, results) -> None:
-    from .llm_engine import LLMEngine
+    from .core import EngineCore
     from .step_loop import run_step_loop
 
     try:
-        core = LLMEngine(path, config)
+        core = EngineCore(path, config)
     except Exception as exc:  # report load failures to the parent instead of dying silently
-        results.put(("load_failed", f"{type(exc).__name__}: {exc}"))
+        results.put(LoadFailed(f"{type(exc).__name__}: {exc}"))
         return
-    results.put(("ready", core.runner.num_blocks))
+    results.put(Ready(core.runner.num_blocks))
     parent = os.getppid()
 
     def next_command(timeout):
         if os.getppid() != parent:  # the parent was killed (kill -9): nobody reads our results
-            return ("stop",)
+            return Stop()
         try:
             return commands.get(timeout=timeout) if timeout else commands.get_nowait()
         except queue.Empty:
             return None
 
     run_step_loop(core, next_command, results.put)
-    results.put(("stopped",))
+    results.put(Stopped())
 
 
 class ProcessTransport:
@@ -63,31 +65,31 @@ class ProcessTransport:
                         self._failure or f"engine process exited with code {self.process.exitcode}"
                     )
                     self._ready.set()
-                    self._on_result(("died", self._failure))
+                    self._on_result(Died(self._failure))
                     return
                 continue
-            kind = result[0]
-            if kind == "ready":
-                self._ready.set()
-            elif kind == "load_failed":
-                self._failure = result[1]
-                self._ready.set()
-            elif kind == "stopped":
-                return
-            else:
-                self._on_result(result)
+            match result:
+                case Ready():
+                    self._ready.set()
+                case LoadFailed(message):
+                    self._failure = message
+                    self._ready.set()
+                case Stopped():
+                    return
+                case _:
+                    self._on_result(result)
 
     def wait_ready(self) -> None:
         self._ready.wait()
         if self._failure:
             raise RuntimeError(f"the engine process failed to load the model: {self._failure}")
 
-    def send(self, command: tuple) -> None:
+    def send(self, command: Command) -> None:
         self._commands.put(command)
 
     def stop(self) -> None:
         if self.process.is_alive():
-            self._commands.put(("stop",))
+            self._commands.put(Stop())
             self.process.join(10)
         if self.process.is_alive():
             self.process.kill()

@@ -1,4 +1,4 @@
-"""The loop that owns an `LLMEngine`: take commands between steps, step, publish results.
+"""The loop that owns an `EngineCore`: take commands between steps, step, publish results.
 
 It is the same loop whether it runs in a thread or in a process of its own; only the way
 commands arrive (`next_command`) and results leave (`publish`) differs.
@@ -9,19 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from .llm_engine import LLMEngine
+from .core import EngineCore
+from .messages import AbortRequest, AddRequest, Command, Deltas, RequestError, Result, Stats, Stop
 from .types import ValidationError
 
 log = logging.getLogger("stratus.engine")
 
-# Commands: ("add", GenerateRequest, prompt_ids) | ("abort", request_id) | ("stop",)
-# Results:  ("deltas", [Delta]) | ("error", request_id, kind, message, param) | ("stats", EngineStats)
-#   error kinds: "validation" (refused), "request" (this request failed), "engine" (the step failed)
-Command = tuple
 NextCommand = Callable[[float | None], Command | None]  # timeout None: don't wait
-Publish = Callable[[tuple], None]
+Publish = Callable[[Result], None]
 
 STATS_INTERVAL_S = 0.1
 
@@ -48,7 +44,7 @@ class Pacer:
             self.ready_at = max(self.ready_at, started) + tokens / self.rate
 
 
-def run_step_loop(core: LLMEngine, next_command: NextCommand, publish: Publish) -> None:
+def run_step_loop(core: EngineCore, next_command: NextCommand, publish: Publish) -> None:
     last_stats = 0.0
     rate = core.config.max_tokens_per_second
     pacer = Pacer(rate) if rate else None
@@ -58,7 +54,7 @@ def run_step_loop(core: LLMEngine, next_command: NextCommand, publish: Publish) 
             wait = pacer.delay(time.monotonic()) or None  # take commands while pacing
         command = next_command(wait)
         while command is not None:
-            if command[0] == "stop":
+            if isinstance(command, Stop):
                 return
             _apply(core, command, publish)
             command = next_command(None)
@@ -73,31 +69,30 @@ def run_step_loop(core: LLMEngine, next_command: NextCommand, publish: Publish) 
                 if pacer is not None:
                     pacer.stepped(started, core.generated_tokens_total - produced)
                 for rid, why in core.take_failures().items():
-                    publish(("error", rid, "request", why, None))
+                    publish(RequestError(rid, "request", why))
         except Exception as exc:  # a bug must not hang every caller: fail what is in flight
             log.exception("engine step failed; failing in-flight requests")
             for rid in list(core.requests):
                 core.abort(rid)
-                publish(("error", rid, "engine", f"engine failure: {type(exc).__name__}", None))
+                publish(RequestError(rid, "engine", f"engine failure: {type(exc).__name__}"))
         now = time.monotonic()
         # Stats go out before the deltas they include, so a caller that has seen a request
         # finish also sees it counted.
         if now - last_stats >= STATS_INTERVAL_S or not core.has_work():
-            publish(("stats", core.stats()))
+            publish(Stats(core.stats()))
             last_stats = now
         if deltas:
-            publish(("deltas", deltas))
+            publish(Deltas(deltas))
 
 
-def _apply(core: LLMEngine, command: Command, publish: Publish) -> None:
-    kind: Any = command[0]
-    if kind == "add":
-        _, request, prompt_ids = command
-        try:
-            core.add_request(request, prompt_ids)
-        except ValidationError as exc:
-            publish(("error", request.request_id, "validation", str(exc), exc.param))
-    elif kind == "abort":
-        deltas = core.abort(command[1])
-        if deltas:
-            publish(("deltas", deltas))
+def _apply(core: EngineCore, command: AddRequest | AbortRequest, publish: Publish) -> None:
+    match command:
+        case AddRequest(request, prompt_ids):
+            try:
+                core.add_request(request, prompt_ids)
+            except ValidationError as exc:
+                publish(RequestError(request.request_id, "validation", str(exc), exc.param))
+        case AbortRequest(request_id):
+            deltas = core.abort(request_id)
+            if deltas:
+                publish(Deltas(deltas))

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from stratus.cli.main import main
 from stratus.compress import CompressError, CompressSpec, compress
 from stratus.compress import checkpoint as checkpoint_module
-from stratus.engine import CheckpointError, EngineConfig, LLMEngine
+from stratus.engine import CheckpointError, EngineConfig, EngineCore
 
 
 def run(*args):
@@ -89,11 +89,11 @@ def test_engine_rejects_a_damaged_quantized_checkpoint(rand_dir, tmp_path):
     config["quantization"]["group_size"] = 64  # no longer matches the stored tensors
     (dst / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"q_proj\.scales has shape"):
-        LLMEngine(dst, EngineConfig(kv_cache_memory_mb=16))
+        EngineCore(dst, EngineConfig(kv_cache_memory_mb=16))
     config["quantization"]["group_size"] = 100
     (dst / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="group_size 100 not supported"):
-        LLMEngine(dst, EngineConfig(kv_cache_memory_mb=16))
+        EngineCore(dst, EngineConfig(kv_cache_memory_mb=16))
 
 
 def test_evaluate_only_needs_an_existing_pair(rand_dir, tmp_path):

@@ -9,14 +9,14 @@ from safetensors import safe_open
 from stratus.compress import CompressSpec, EvalOptions, compress
 from stratus.compress.prune import is_two_four
 from stratus.compress.quantize import dequantize
-from stratus.engine import EngineConfig, GenerateRequest, LLMEngine, SamplingParams
+from stratus.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
 from stratus.engine.quant import Int4Linear, Int8Linear
 
 PROMPTS = [[0, 5, 9, 42, 100, 7, 300, 11, 12, 13], [0, 1, 2, 3], [0, 77, 78, 79, 80, 81]]
 
 
 def engine(path):
-    return LLMEngine(path, EngineConfig(kv_cache_memory_mb=16))
+    return EngineCore(path, EngineConfig(kv_cache_memory_mb=16))
 
 
 def greedy(eng, prompts, n=12):
@@ -92,7 +92,7 @@ def test_continuous_batching_matches_one_at_a_time(rand_dir, tmp_path, method):
 def test_bfloat16_engine_runs_a_quantized_checkpoint(rand_dir, tmp_path):
     dst = tmp_path / "int4"
     compress(rand_dir, dst, CompressSpec("int4", group_size=32))
-    half = LLMEngine(dst, EngineConfig(kv_cache_memory_mb=16, dtype="bfloat16"))
+    half = EngineCore(dst, EngineConfig(kv_cache_memory_mb=16, dtype="bfloat16"))
     full = engine(dst)
     a, b = full.prompt_logits(PROMPTS[:1])[0], half.prompt_logits(PROMPTS[:1])[0]
     assert (a - b).abs().max() <= 0.1 * a.abs().max()

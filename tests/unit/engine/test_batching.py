@@ -2,14 +2,14 @@
 
 import asyncio
 
-from stratus.engine import Engine, EngineConfig, GenerateRequest, LLMEngine, SamplingParams
+from stratus.engine import Engine, EngineConfig, EngineCore, GenerateRequest, SamplingParams
 
 
 def greedy(max_tokens: int) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
 
 
-def run_all(engine: LLMEngine, prompts: dict[str, list[int]], max_tokens: int) -> dict[str, list[int]]:
+def run_all(engine: EngineCore, prompts: dict[str, list[int]], max_tokens: int) -> dict[str, list[int]]:
     for rid, ids in prompts.items():
         engine.add_request(GenerateRequest(prompt_token_ids=ids, params=greedy(max_tokens), request_id=rid))
     out: dict[str, list[int]] = {rid: [] for rid in prompts}
@@ -27,10 +27,10 @@ def test_more_sequences_than_the_pool_holds_all_complete_exactly(llama_dir):
     prompts = make_prompts(8, 20)
     alone = {}
     for rid, ids in prompts.items():
-        solo = LLMEngine(llama_dir, EngineConfig(num_kv_blocks=16, max_model_len=128))
+        solo = EngineCore(llama_dir, EngineConfig(num_kv_blocks=16, max_model_len=128))
         alone |= run_all(solo, {rid: ids}, 60)
     # 8 sequences of ~100 tokens need ~56 blocks; the pool has 16 (it fits one context window).
-    engine = LLMEngine(
+    engine = EngineCore(
         llama_dir, EngineConfig(num_kv_blocks=16, max_model_len=128, max_num_batched_tokens=64)
     )
     together = run_all(engine, prompts, 60)
@@ -41,27 +41,27 @@ def test_more_sequences_than_the_pool_holds_all_complete_exactly(llama_dir):
 
 def test_chunked_prefill_matches_single_shot(llama_dir):
     prompt = {"long": [(11 * j) % 500 + 7 for j in range(300)], "short": [9, 8, 7, 6]}
-    whole = LLMEngine(llama_dir, EngineConfig(kv_cache_memory_mb=8, max_num_batched_tokens=1024))
-    chunked = LLMEngine(llama_dir, EngineConfig(kv_cache_memory_mb=8, max_num_batched_tokens=32))
+    whole = EngineCore(llama_dir, EngineConfig(kv_cache_memory_mb=8, max_num_batched_tokens=1024))
+    chunked = EngineCore(llama_dir, EngineConfig(kv_cache_memory_mb=8, max_num_batched_tokens=32))
     assert run_all(chunked, prompt, 20) == run_all(whole, prompt, 20)
 
 
 def test_prefix_cache_reuses_a_512_token_prefix(llama_dir):
     prefix = [(13 * j) % 500 + 7 for j in range(512)]
-    engine = LLMEngine(llama_dir, EngineConfig(kv_cache_memory_mb=8))
+    engine = EngineCore(llama_dir, EngineConfig(kv_cache_memory_mb=8))
     first = run_all(engine, {"a": prefix + [1, 2, 3]}, 16)["a"]
     hits_before = engine.stats().prefix_cache_hits
     second = run_all(engine, {"b": prefix + [4, 5, 6]}, 16)["b"]
     stats = engine.stats()
     assert stats.prefix_cache_hits - hits_before == 512  # 32 full blocks of 16 tokens
     assert stats.prefix_hit_rate > 0.45
-    uncached = LLMEngine(llama_dir, EngineConfig(kv_cache_memory_mb=8, enable_prefix_caching=False))
+    uncached = EngineCore(llama_dir, EngineConfig(kv_cache_memory_mb=8, enable_prefix_caching=False))
     assert run_all(uncached, {"b": prefix + [4, 5, 6]}, 16)["b"] == second
     assert run_all(uncached, {"a": prefix + [1, 2, 3]}, 16)["a"] == first
 
 
 def test_prefix_cache_evicts_lru_when_the_pool_is_needed(llama_dir):
-    engine = LLMEngine(llama_dir, EngineConfig(num_kv_blocks=10, max_model_len=128))
+    engine = EngineCore(llama_dir, EngineConfig(num_kv_blocks=10, max_model_len=128))
     run_all(engine, {"a": list(range(10, 74))}, 4)  # leaves 4 cached full blocks
     assert len(engine.blocks.cached) == 4
     run_all(engine, {"b": list(range(100, 228 - 8))}, 8)  # needs the whole pool
@@ -111,4 +111,3 @@ def test_async_concurrent_requests_are_independent(llama_dir):
 
     together, alone = asyncio.run(scenario())
     assert together == alone
-

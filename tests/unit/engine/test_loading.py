@@ -7,7 +7,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from stratus.engine import CheckpointError, EngineConfig, LLMEngine, ValidationError
+from stratus.engine import CheckpointError, EngineConfig, EngineCore, ValidationError
 from stratus.engine.tokenizer import Tokenizer
 
 
@@ -19,7 +19,7 @@ def ckpt(llama_dir, tmp_path):
 
 
 def load(path):
-    return LLMEngine(path, EngineConfig(kv_cache_memory_mb=8))
+    return EngineCore(path, EngineConfig(kv_cache_memory_mb=8))
 
 
 def edit_config(path, **changes):
@@ -66,7 +66,7 @@ def test_corrupt_safetensors(ckpt):
 
 def test_pool_smaller_than_context_window_is_refused(llama_dir):
     with pytest.raises(ValueError, match="KV cache pool holds 32 tokens"):
-        LLMEngine(llama_dir, EngineConfig(num_kv_blocks=2))
+        EngineCore(llama_dir, EngineConfig(num_kv_blocks=2))
 
 
 def test_chat_template_renders_and_reads_chat_template_jinja(ckpt):

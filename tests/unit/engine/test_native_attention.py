@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_batching import make_prompts, run_all  # same directory (pytest puts it on sys.path)
 
-from stratus.engine import EngineConfig, LLMEngine, native
+from stratus.engine import EngineConfig, EngineCore, native
 from stratus.engine.model_runner import ModelRunner
 
 pytestmark = pytest.mark.skipif(
@@ -156,7 +156,7 @@ def test_engine_outputs_are_the_same_with_and_without_the_kernel(llama_dir):
     prompts = make_prompts(8, 20)
 
     def outputs(kernel: bool):
-        engine = LLMEngine(
+        engine = EngineCore(
             llama_dir,
             EngineConfig(
                 num_kv_blocks=24, max_model_len=128, max_num_batched_tokens=64, native_kernels=kernel

@@ -40,9 +40,9 @@ def test_pack_swaps_plain_linears_but_not_a_tied_head():
 
 
 def test_engine_packs_float32_on_cpu_only(llama_dir):
-    from stratus.engine import EngineConfig, LLMEngine
+    from stratus.engine import EngineConfig, EngineCore
 
-    fp32 = LLMEngine(llama_dir, EngineConfig(num_kv_blocks=16, max_model_len=64))
+    fp32 = EngineCore(llama_dir, EngineConfig(num_kv_blocks=16, max_model_len=64))
     assert isinstance(fp32.runner.model.layers[0].mlp.gate_up_proj, PackedLinear)
-    bf16 = LLMEngine(llama_dir, EngineConfig(num_kv_blocks=16, max_model_len=64, dtype="bfloat16"))
+    bf16 = EngineCore(llama_dir, EngineConfig(num_kv_blocks=16, max_model_len=64, dtype="bfloat16"))
     assert type(bf16.runner.model.layers[0].mlp.gate_up_proj) is nn.Linear

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stratus.engine import EngineConfig, GenerateRequest, LLMEngine, SamplingParams
+from stratus.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams
 from tests.checkpoints import build_checkpoint, load_hf_model
 
 PROMPTS = [
@@ -13,7 +13,7 @@ PROMPTS = [
 ]
 
 
-def run_to_completion(engine: LLMEngine) -> dict[str, list[int]]:
+def run_to_completion(engine: EngineCore) -> dict[str, list[int]]:
     tokens: dict[str, list[int]] = {}
     while engine.has_work():
         for delta in engine.step():
@@ -25,7 +25,7 @@ def run_to_completion(engine: LLMEngine) -> dict[str, list[int]]:
 def test_logits_and_greedy_match_transformers(arch, arch_dirs):
     path = arch_dirs[arch]
     hf = load_hf_model(path)
-    engine = LLMEngine(path, EngineConfig(kv_cache_memory_mb=16))
+    engine = EngineCore(path, EngineConfig(kv_cache_memory_mb=16))
     prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
     assert len({len(p) for p in prompts}) == len(prompts)  # different lengths, one batch
 
@@ -49,10 +49,10 @@ def test_logits_and_greedy_match_transformers(arch, arch_dirs):
 
 
 def test_loaded_config_reflects_checkpoint(arch_dirs):
-    engine = LLMEngine(arch_dirs["llama3"], EngineConfig(kv_cache_memory_mb=16))
+    engine = EngineCore(arch_dirs["llama3"], EngineConfig(kv_cache_memory_mb=16))
     assert engine.model_config.rope_scaling["rope_type"] == "llama3"
     assert engine.model_config.num_kv_heads < engine.model_config.num_heads  # GQA
-    qwen = LLMEngine(arch_dirs["qwen2"], EngineConfig(kv_cache_memory_mb=16))
+    qwen = EngineCore(arch_dirs["qwen2"], EngineConfig(kv_cache_memory_mb=16))
     assert qwen.model_config.attention_bias and qwen.model_config.tie_word_embeddings
     assert qwen.runner.model.lm_head.weight is qwen.runner.model.embed_tokens.weight
 
@@ -65,10 +65,10 @@ def test_half_precision_checkpoints(dtype, tmp_path):
     ids = [0, 5, 9, 42, 100, 7]
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0]
-    exact = LLMEngine(path, EngineConfig(kv_cache_memory_mb=16, dtype="float32")).prompt_logits([ids])[0]
+    exact = EngineCore(path, EngineConfig(kv_cache_memory_mb=16, dtype="float32")).prompt_logits([ids])[0]
     assert (ref - exact).abs().max().item() <= 1e-4
     name = "bfloat16" if dtype == torch.bfloat16 else "float16"
-    half = LLMEngine(path, EngineConfig(kv_cache_memory_mb=16, dtype=name))
+    half = EngineCore(path, EngineConfig(kv_cache_memory_mb=16, dtype=name))
     assert half.runner.kv_caches[0][0].dtype == dtype
     # Half precision rounds every activation; 0.1 absolute on logits of magnitude ~5.
     assert (ref - half.prompt_logits([ids])[0]).abs().max().item() <= 0.1

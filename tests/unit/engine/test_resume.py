@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stratus.engine import EngineConfig, GenerateRequest, LLMEngine, SamplingParams, ValidationError
+from stratus.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams, ValidationError
 
 DEMO = Path(__file__).resolve().parents[3] / "models" / "demo"
 PROMPT = "It is a truth universally acknowledged, that"
@@ -14,7 +14,7 @@ PROMPT = "It is a truth universally acknowledged, that"
 
 @pytest.fixture(scope="module")
 def engine():
-    return LLMEngine(DEMO, EngineConfig(kv_cache_memory_mb=16))
+    return EngineCore(DEMO, EngineConfig(kv_cache_memory_mb=16))
 
 
 def run(engine, request: GenerateRequest) -> dict[int, list[tuple[list[int], str, str | None]]]:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stratus.engine import EngineConfig, GenerateRequest, LLMEngine, SamplingParams, ValidationError
+from stratus.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams, ValidationError
 from stratus.engine.sampler import filter_logits
 from stratus.engine.sequence import Sequence
 from stratus.engine.tokenizer import IncrementalDetokenizer
@@ -11,7 +11,7 @@ from stratus.engine.tokenizer import IncrementalDetokenizer
 
 @pytest.fixture(scope="module")
 def engine(llama_dir):
-    return LLMEngine(llama_dir, EngineConfig(kv_cache_memory_mb=8))
+    return EngineCore(llama_dir, EngineConfig(kv_cache_memory_mb=8))
 
 
 def generate(engine, prompt="Simple is better", **params):

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError as SchemaError
 
-import stratus.engine.llm_engine as llm_engine
+import stratus.engine.core as engine_core
 from stratus.api.schemas import ChatCompletionRequest
-from stratus.engine import EngineConfig, GenerateRequest, LLMEngine, SamplingParams, ValidationError
+from stratus.engine import EngineConfig, EngineCore, GenerateRequest, SamplingParams, ValidationError
 from stratus.engine.sampler import apply_penalties, sample
 from stratus.engine.sequence import Sequence
 from stratus.engine.tokenizer import IncrementalDetokenizer
@@ -20,7 +20,7 @@ from stratus.engine.tokenizer import IncrementalDetokenizer
 
 @pytest.fixture(scope="module")
 def engine(llama_dir):
-    return LLMEngine(llama_dir, EngineConfig(kv_cache_memory_mb=8))
+    return EngineCore(llama_dir, EngineConfig(kv_cache_memory_mb=8))
 
 
 def run(engine, requests):
@@ -59,14 +59,14 @@ def test_underflowing_temperature_and_penalty_do_not_stop_the_batch(engine):
 
 
 def test_a_row_whose_sampling_fails_fails_alone(engine, monkeypatch):
-    real_sample = llm_engine.sample
+    real_sample = engine_core.sample
 
     def poisoned(logits, seqs, generator):
         if any(s.request_id == "poison" for s in seqs):
             raise RuntimeError("probability tensor contains inf")
         return real_sample(logits, seqs, generator)
 
-    monkeypatch.setattr(llm_engine, "sample", poisoned)
+    monkeypatch.setattr(engine_core, "sample", poisoned)
     alone, _ = run(engine, [req("alone", temperature=0)])
     got, failures = run(engine, [req("poison", temperature=1.0, n=2), req("victim", temperature=0)])
     assert set(failures) == {"poison"}

@@ -1,4 +1,9 @@
-"""The synchronous engine core: admit requests, run steps, turn sampled tokens into deltas."""
+"""The synchronous engine core: admit requests, run steps, turn sampled tokens into deltas.
+
+`EngineCore` owns the scheduler and the model runner; `Engine` (engine.py), the async face of a
+replica, drives one through the step loop (step_loop.py). Offline work (compression,
+benchmarks, tests) uses it directly.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from .types import (
 log = logging.getLogger("stratus.engine")
 
 
-class LLMEngine:
+class EngineCore:
     def __init__(self, path: str | Path, config: EngineConfig | None = None):
         self.path = Path(path)
         if not self.path.is_dir():

@@ -1,0 +1,102 @@
+"""The messages between `Engine` (engine.py) and the step loop that owns its `EngineCore`.
+
+Commands go to the step loop (step_loop.py); results come back from it. With process isolation
+(process.py) both cross multiprocessing queues, so every message pickles: a frozen dataclass of
+plain fields. The engine process adds its own lifecycle messages (`Ready`, `LoadFailed`,
+`Stopped`), which its transport consumes; of those only `Died` reaches `Engine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .types import Delta, EngineStats, GenerateRequest
+
+# -- commands: Engine -> step loop ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AddRequest:
+    """Admit a request whose prompt the caller has already validated and tokenized."""
+
+    request: GenerateRequest
+    prompt_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRequest:
+    """Stop a request now; its closing deltas are published."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """End the step loop."""
+
+
+Command = AddRequest | AbortRequest | Stop
+
+# -- results: step loop -> Engine ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Deltas:
+    """New output of one step (or the closing deltas of an abort), in the core's order."""
+
+    deltas: list[Delta]
+
+
+# "validation": the request was refused (ValidationError); "request": this request failed while
+# being computed, the others go on (RequestFailed); "engine": the step failed (EngineError).
+ErrorKind = Literal["validation", "request", "engine"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestError:
+    """One request ended in an error."""
+
+    request_id: str
+    kind: ErrorKind
+    message: str
+    param: str | None = None  # the offending field of a validation error
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    stats: EngineStats
+
+
+Result = Deltas | RequestError | Stats
+
+# -- the engine process's lifecycle (process.py) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The child loaded the model; its KV pool has `num_blocks` blocks."""
+
+    num_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailed:
+    """The child could not load the model."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The child's step loop ended after a `Stop`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Died:
+    """The engine process is gone (its transport noticed); every request in flight is lost."""
+
+    message: str
+
+
+ProcessMessage = Result | Ready | LoadFailed | Stopped
