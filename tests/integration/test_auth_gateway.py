@@ -304,7 +304,8 @@ def test_oidc_tokens_through_the_gateway(tmp_path):
             await admin.put("/admin/teams/ml/models/m")
         async with client(app, token) as dana:
             who = (await dana.get("/admin/whoami")).json()
-            assert (who["user"], who["via"], who["team"], who["models"]) == ("dana", "jwt", "ml", ["m"])
+            assert (who["via"], who["team"], who["models"]) == ("jwt", "ml", ["m"])
+            assert who["user"].startswith("oidc:") and who["user"].endswith(":dana")  # namespaced
             assert (await dana.get("/v1/models")).json()["data"][0]["id"] == "m"
             assert (await dana.get("/admin/users")).status_code == 403
             r = await dana.post("/admin/keys", json={"name": "mine"})  # not a stored user: name an owner

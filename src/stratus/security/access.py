@@ -120,7 +120,9 @@ class AccessControl:
             raise Unavailable(str(exc)) from None
         expires_at = float(claims["exp"])
         principal = build_principal(
-            user=str(claim(claims, issuer.user_claim)),
+            # Namespaced: a token whose subject is "admin" is not the stored user "admin", and
+            # two issuers' subjects never meet (usage, limits and the audit trail key on it).
+            user=f"oidc:{issuer.issuer}:{claim(claims, issuer.user_claim)}",
             roles=roles,
             memberships=teams,
             team=next(iter(teams)) if len(teams) == 1 else None,

@@ -243,7 +243,7 @@ def test_claims_map_to_roles_teams_and_the_teams_grants(tmp_path, jwks, keypairs
 
     dev = access.authenticate(token(keypairs, groups=["ml-devs", "unmapped"]))
     assert (dev.user, dev.via, dev.team, dev.roles, dev.models) == (
-        "alice",
+        f"oidc:{ISSUER}:alice",
         "jwt",
         "ml",
         {"member"},
@@ -257,3 +257,15 @@ def test_claims_map_to_roles_teams_and_the_teams_grants(tmp_path, jwks, keypairs
     assert nobody.roles == frozenset() and nobody.models == frozenset()
     assert dev.expires_at is not None  # a key it creates may not outlive the token
     store.close()
+
+
+def test_a_token_subject_is_not_a_stored_user(tmp_path, jwks, keypairs):
+    """A token with sub "admin" is a principal of its issuer, never the stored user "admin": its
+    usage, limits and audit records are its own."""
+    store = Store.open(f"sqlite:///{issued.data_dir_of(tmp_path) / 'stratus.db'}")
+    access = AccessControl(store, jwt=JWTVerifier([issuer_config(jwks.url)]))
+    stored_admin = access.authenticate(issued.record(bootstrap(store).generated_secret))
+    assert stored_admin.user == "admin"
+    impostor = access.authenticate(token(keypairs, sub="admin", groups=[]))
+    assert impostor.user == f"oidc:{ISSUER}:admin" and impostor.user != stored_admin.user
+    assert impostor.roles != stored_admin.roles
