@@ -73,9 +73,10 @@ class Gateway:
             self.ctx.model = model
         await self.state.pipeline.authorize(self.ctx, model)
 
-    async def route(self, model: str, generating: bool = True) -> ReplicaSet:
-        """Steps 3 and 5: may the caller use `model`, and which engine serves it. A request that
-        will generate is refused with 503 while the engine's queue is over its bound."""
+    async def route(self, model: str, generating: bool = True, sequences: int = 1) -> ReplicaSet:
+        """authorize and route: may the caller use `model`, and which engine serves it. A request
+        that will generate `sequences` sequences (prompts x n) is refused with 503 when they
+        would take the engine's queue over its bound (counted in sequences, not requests)."""
         await self.authorize(model)
         settings = self.state.settings
         engine = self.state.registry.engine(model, settings.retry_after, self.visible)
@@ -83,9 +84,9 @@ class Gateway:
             return engine
         stats = engine.stats()  # None until a process engine reports its first numbers
         waiting = stats.waiting if stats is not None else 0
-        if waiting >= settings.max_waiting:
+        if waiting and waiting + sequences > settings.max_waiting:
             raise unavailable(
-                f"The server is overloaded: {waiting} requests are waiting for model '{model}'. "
+                f"The server is overloaded: {waiting} sequences are waiting for model '{model}'. "
                 f"Retry after {settings.retry_after} s.",
                 settings.retry_after,
             )

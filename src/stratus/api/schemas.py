@@ -17,6 +17,9 @@ from stratus.engine.types import MIN_TEMPERATURE
 MAX_N = 16
 MAX_STOP = 16
 MAX_LOGPROBS = 20
+# Prompts x n of one request: each is a sequence in the engine's queue, and one request must not
+# fill the queue that every tenant shares.
+MAX_SEQUENCES = 64
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -182,6 +185,12 @@ class CompletionRequest(_GenerationRequest):
             )
         if self.echo and self.logprobs is not None:
             raise ParamError("echo", "echo together with logprobs is not supported (no prompt logprobs)")
+        if (sequences := len(self.prompts()) * self.n) > MAX_SEQUENCES:
+            raise ParamError(
+                "n",
+                f"{len(self.prompts())} prompts with n={self.n} are {sequences} sequences; one request "
+                f"may ask for at most {MAX_SEQUENCES} (split it into several requests)",
+            )
         return self
 
     def prompts(self) -> list[str] | list[list[int]]:

@@ -69,3 +69,14 @@ def test_tokenize_needs_exactly_one_input():
     _, param = message_for(TokenizeRequest, {"model": "m"})
     assert param == "prompt"
     assert TokenizeRequest.model_validate({"model": "m", "prompt": "x"}).prompt == "x"
+
+
+def test_prompts_times_n_is_capped_per_request():
+    from stratus.api.schemas import MAX_SEQUENCES
+
+    body = {"model": "m", "prompt": ["p"] * 64, "n": 16}
+    with pytest.raises(ValidationError) as err:
+        CompletionRequest.model_validate(body)
+    assert "1024 sequences" in str(err.value) and str(MAX_SEQUENCES) in str(err.value)
+    CompletionRequest.model_validate({**body, "n": 1})  # 64 sequences: fine
+    CompletionRequest.model_validate({**body, "prompt": ["p"] * 4})  # 4 x 16: fine

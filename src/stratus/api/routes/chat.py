@@ -48,7 +48,7 @@ async def chat_completions(
     body, raw = parsed_body.body, parsed_body.raw
     if (proxied := await maybe_proxy(request, gw, "/chat/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
-    engine = await gw.route(body.model)
+    engine = await gw.route(body.model, sequences=body.n)
     prompt_ids = chat_prompt_ids(engine, body.messages)
     requested, max_param = body.requested_max_tokens()
     max_tokens = fit_max_tokens(
