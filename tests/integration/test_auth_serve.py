@@ -6,7 +6,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from stratus.cli.main import _access_hooks, main
+from stratus.cli.main import main
+from stratus.cli.serve import access_hooks as _access_hooks
 from stratus.config import Settings
 from stratus.security import keys
 from tests import issued

@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from stratus.cli.main import build_server
+from stratus.cli.serve import build_server
 from stratus.config import Settings
 from tests.conftest import TINY_MODEL
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import click
 import orjson
 
-from stratus.cli.admin import parse_duration
-from stratus.cli.store import open_store, store_options
+from stratus.cli.common import open_store, parse_duration, store_options
 
 
 def _store_options(func):

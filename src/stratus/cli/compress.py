@@ -84,11 +84,11 @@ def compress(src: Path, dst: Path, method: str | None, **options) -> None:
     """
     import torch
 
-    from .checkpoint import CompressError
-    from .evaluate import EvalOptions
-    from .pipeline import compress as run_compress
-    from .pipeline import evaluate_pair
-    from .spec import CompressSpec
+    from stratus.compress.checkpoint import CompressError
+    from stratus.compress.evaluate import EvalOptions
+    from stratus.compress.pipeline import compress as run_compress
+    from stratus.compress.pipeline import evaluate_pair
+    from stratus.compress.spec import CompressSpec
 
     if options["threads"]:
         torch.set_num_threads(options["threads"])
@@ -125,7 +125,7 @@ def compress(src: Path, dst: Path, method: str | None, **options) -> None:
 
 
 def _eval_options(options: dict, cls):
-    from .evaluate import DEFAULT_PROMPTS
+    from stratus.compress.evaluate import DEFAULT_PROMPTS
 
     eval_text = options["eval_text"]
     if eval_text is None and DEFAULT_EVAL_TEXT.is_file():

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from stratus.cli.store import open_store, store_options
+from stratus.cli.common import open_store, store_options
 
 
 def _box(data_dir: str, database_url: str | None):

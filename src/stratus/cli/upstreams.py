@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from stratus.cli.store import open_store, store_options
+from stratus.cli.common import open_store, store_options
 
 
 @click.group()

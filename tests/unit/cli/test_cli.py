@@ -2,7 +2,8 @@
 
 from click.testing import CliRunner
 
-from stratus.cli.main import banner, main
+from stratus.cli.main import main
+from stratus.cli.serve import banner
 from stratus.config import Settings
 
 
