@@ -17,7 +17,6 @@ _KEY_ANYWHERE = re.compile(r"sk-stratus-([0-9a-f]{12})_[A-Za-z0-9_-]+")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 
 
-
 def redact_keys(text: str) -> str:
     """`text` with the secret half of every stratus key in it replaced (the public prefix stays):
     for anything a client chose that may be echoed or stored (error messages, model names)."""
