@@ -328,3 +328,23 @@ def test_access_log_line_matches_the_audit_record_and_holds_no_secret(server):
     assert server.admin not in text and "zebra-prompt-47" not in text
     exported = json.dumps([r.to_json() for r in server.state.audit.recorder.log.records()])
     assert server.admin not in exported and "zebra-prompt-47" not in exported
+
+
+def test_ready_fails_while_the_audit_trail_cannot_be_written(server, monkeypatch):
+    """Every request is refused while audit writes fail: /ready says so (503) until one succeeds."""
+    recorder = server.state.audit.recorder
+    real = recorder.log.append_many
+
+    def broken(events, *args):
+        raise OSError("disk full")
+
+    admin = {"Authorization": f"Bearer {server.admin}"}
+    with httpx.Client(base_url=server.url, timeout=60, headers=admin) as c:
+        assert c.get("/ready").status_code == 200
+        monkeypatch.setattr(recorder.log, "append_many", broken)
+        assert c.get("/v1/models").status_code == 503  # refused: its record could not be written
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and "audit" in ready.json()["errors"]
+        monkeypatch.setattr(recorder.log, "append_many", real)
+        assert c.get("/v1/models").status_code == 200
+        assert c.get("/ready").status_code == 200

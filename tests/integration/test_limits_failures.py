@@ -35,17 +35,22 @@ def rows_of(server: LiveServer) -> list[dict]:
         return [dict(r) for r in conn.execute(ledger.usage_ledger.select()).mappings()]
 
 
-def test_redis_down_fails_closed_with_503(tiny_engine, tmp_path):
+def test_redis_down_fails_closed_with_503(tiny_engine, tmp_path, caplog):
     with gateway(tiny_engine, tmp_path, fail_open=False) as server:
         server.wait_ready()
-        r = httpx.post(server.url + "/v1/completions", json=BODY, timeout=60)
+        with caplog.at_level("ERROR", logger="stratus.limits"):
+            r = httpx.post(server.url + "/v1/completions", json=BODY, timeout=60)
+            httpx.post(server.url + "/v1/completions", json=BODY, timeout=60)
         recorded = rows_of(server)
+    # The outage is logged once, not once per refused request.
+    outage = [m for m in caplog.messages if "rate limiter unavailable" in m]
+    assert len(outage) == 1, caplog.messages
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "limiter_unavailable"
     assert "Redis" in r.json()["error"]["message"] and r.headers["retry-after"]
     assert [(row["status"], row["prompt_tokens"], row["completion_tokens"]) for row in recorded] == [
         ("refused_503", 0, 0)
-    ]  # the refused request's ledger row, with nothing charged
+    ] * 2  # the refused requests' ledger rows, with nothing charged
 
 
 def test_redis_down_fails_open_to_per_process_limits(tiny_engine, tmp_path):

@@ -19,6 +19,7 @@ from stratus.security.access import AccessControl
 if TYPE_CHECKING:
     from stratus.api.upstream_proxy import Upstreams
     from stratus.cluster.ray_cluster import RayCluster
+    from stratus.cluster.registration import WorkerDirectory
 
 
 @dataclass
@@ -31,6 +32,7 @@ class AppState:
     access: AccessControl | None = None  # users, keys and grants; None with --no-auth
     upstreams: Upstreams | None = None  # OpenAI-compatible upstreams; with access control only
     ray_cluster: RayCluster | None = None  # with --ray-address
+    workers: WorkerDirectory | None = None  # `stratus worker`s that registered; with a cluster secret
 
     @property
     def audit(self) -> AuditStage | None:

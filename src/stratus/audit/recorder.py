@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from stratus.audit.content_log import CONTENT_ROUTES, ContentLog, content_text
@@ -108,6 +109,7 @@ class AuditRecorder:
         self.fail_open = fail_open
         self.content = content  # teams with content logging on, and the logged text
         self.lost = 0  # records not written while failing open
+        self.failing_since: float | None = None  # when writes started failing (None: they work)
 
     def close(self) -> None:
         """At gateway shutdown: write what is queued, then give the database connection back.
@@ -149,10 +151,18 @@ class AuditRecorder:
         # Off the event loop: redacting a prompt near the body limit takes a fraction of a second.
         return await asyncio.to_thread(content_text, ctx.body, ctx.completions)
 
+    @property
+    def healthy(self) -> bool:
+        """False while writes fail (since the last one failed, none succeeded): /ready says so,
+        so that a load balancer stops sending requests that would all be refused."""
+        return self.failing_since is None
+
     async def write(self, event: AuditEvent, content: str | None = None) -> None:
         try:
             await self.writer.write(event, content)
         except Exception as exc:
+            if self.failing_since is None:
+                self.failing_since = time.time()
             if not self.fail_open:
                 log.error("audit write failed (%s): refusing the request", type(exc).__name__)
                 raise AuditUnavailable from exc
@@ -165,6 +175,10 @@ class AuditRecorder:
                 type(exc).__name__,
                 self.lost,
             )
+        else:
+            if self.failing_since is not None:
+                log.warning("audit writes succeed again after %.1f s", time.time() - self.failing_since)
+                self.failing_since = None
 
 
 def recorder_for(settings, store) -> AuditRecorder:

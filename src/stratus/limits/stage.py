@@ -68,19 +68,42 @@ class LimitsStage(Stage):
     into what was delivered, and record settles what no generation did and writes the ledger row
     of a refused generation request."""
 
+    OUTAGE_LOG_EVERY_S = 30.0  # while the limiter is down, one log line per this many seconds
+
     def __init__(self, meter: Meter):
         self.meter = meter
+        self.down_since: float | None = None  # when the limiter became unreachable
+        self._logged_at = 0.0
 
     async def admit(self, ctx: RequestContext, prompt_tokens: int, max_tokens: int) -> None:
         principal = ctx.principal or ANONYMOUS
         try:
             ticket = await self.meter.admit(principal, ctx.model or "", prompt_tokens, max_tokens)
         except LimitExceeded as exc:
+            self._limiter_up()
             raise too_many(exc) from None
         except LimiterUnavailable as exc:
+            self._limiter_down(str(exc))
             raise limiter_down(str(exc)) from None
+        self._limiter_up()
         ctx.ticket = ticket
         ctx.response_headers.update(ticket.headers)  # x-ratelimit-* on the response, as OpenAI does
+
+    def _limiter_down(self, why: str) -> None:
+        """An outage refuses every request (fail closed); say so, but not once per request."""
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            log.error("rate limiter unavailable (%s): refusing requests until it is back", why)
+            self._logged_at = now
+        elif now - self._logged_at >= self.OUTAGE_LOG_EVERY_S:
+            log.error("rate limiter still unavailable after %.0f s (%s)", now - self.down_since, why)
+            self._logged_at = now
+
+    def _limiter_up(self) -> None:
+        if self.down_since is not None:
+            log.warning("rate limiter back after %.1f s", time.monotonic() - self.down_since)
+            self.down_since = None
 
     async def settle(self, ctx: RequestContext, usage: Usage) -> None:
         await self._settle(ctx, usage)

@@ -93,10 +93,8 @@ def _schema() -> dict:
 async def scale(request: Request, me: Principal = Depends(principal)) -> JSONBody:
     body, _ = await parse_body(request, ScaleRequest)
     state = app_state(request)
-    ctx = getattr(request.state, "ctx", None)
-    if ctx is not None:
-        ctx.model = body.model[:128]  # the audit record names what was scaled
-    cluster = getattr(state, "ray_cluster", None)
+    request.state.ctx.model = body.model[:128]  # the audit record names what was scaled
+    cluster = state.ray_cluster
     if cluster is None:
         raise APIError(
             409,

@@ -13,6 +13,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
+from stratus.api.deps import app_state
 from stratus.api.registry import ModelRegistry
 from stratus.cluster.registration import PREFIX, RegistrationError, WorkerDirectory
 from stratus.cluster.secret import ENV_VAR, load_cluster_secret
@@ -25,7 +26,8 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
 async def _directory(request: Request) -> WorkerDirectory:
-    directory: WorkerDirectory = request.app.state.workers
+    directory = app_state(request).workers
+    assert directory is not None  # the router is mounted only with a directory
     if not check_secret(request.headers.get("authorization"), directory.secret):
         request.state.ctx.authenticating = True  # a refused caller of the cluster API is audited
         raise APIError(
@@ -95,6 +97,6 @@ def mount(app: FastAPI, settings: Settings, registry: ModelRegistry) -> WorkerDi
         first_token_timeout=settings.worker_first_token_timeout,
         insecure_http=settings.insecure_worker_http,
     )
-    app.state.workers = directory
+    app.state.stratus.workers = directory
     app.include_router(router)
     return directory

@@ -45,7 +45,13 @@ async def ready(request: Request) -> JSONBody:
             for m in registry.models.values()
             if m.error or (m.state == "ready" and not registry.available(m) and m.replicas.problems())
         }
-    return JSONBody(body, status_code=200 if registry.ready else 503)
+    # Every request would be refused (fail closed) while the audit trail cannot be written.
+    audit_ok = state.audit is None or state.audit.recorder.healthy or state.audit.recorder.fail_open
+    if not audit_ok:
+        body["status"] = "failed"
+        if body["models"]:  # the caller may read status
+            body["errors"]["audit"] = "the audit trail cannot be written; requests are refused"
+    return JSONBody(body, status_code=200 if registry.ready and audit_ok else 503)
 
 
 @router.get(
