@@ -37,20 +37,22 @@ async def ready(request: Request) -> JSONBody:
     """Everyone gets the status; model names and errors only callers allowed to read status."""
     state = app_state(request)
     registry = state.registry
-    body = {"status": registry.status, "models": {}, "errors": {}}
-    if await state.pipeline.may(request.state.ctx, "status.read"):
-        body["models"] = {m.name: registry.state_of(m) for m in registry.models.values()}
-        body["errors"] = {
+    may_read = await state.pipeline.may(request.state.ctx, "status.read")
+    models: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    if may_read:
+        models = {m.name: registry.state_of(m) for m in registry.models.values()}
+        problems = {
             m.name: m.error or "; ".join(m.replicas.problems())
             for m in registry.models.values()
             if m.error or (m.state == "ready" and not registry.available(m) and m.replicas.problems())
         }
     # Every request would be refused (fail closed) while the audit trail cannot be written.
     audit_ok = state.audit is None or state.audit.recorder.healthy or state.audit.recorder.fail_open
-    if not audit_ok:
-        body["status"] = "failed"
-        if body["models"]:  # the caller may read status
-            body["errors"]["audit"] = "the audit trail cannot be written; requests are refused"
+    if not audit_ok and may_read:
+        problems["audit"] = "the audit trail cannot be written; requests are refused"
+    status = registry.status if audit_ok else "failed"
+    body = {"status": status, "models": models, "errors": problems}
     return JSONBody(body, status_code=200 if registry.ready and audit_ok else 503)
 
 
