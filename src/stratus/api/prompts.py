@@ -8,6 +8,7 @@ so the error names the field the client actually sent.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from stratus.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
@@ -37,15 +38,47 @@ def render_chat(engine: Engine, messages: list[ChatMessage], add_generation_prom
         raise engine_error(exc) from None
 
 
-def chat_prompt_ids(engine: Engine, messages: list[ChatMessage]) -> list[int]:
-    return engine.tokenizer.encode(render_chat(engine, messages), add_special_tokens=False)
+# Texts longer than this are rendered and tokenized in a worker thread: a few MB take seconds,
+# and every other client would wait on the event loop meanwhile. Shorter ones are not worth the
+# thread hop (tens of microseconds).
+OFF_LOOP_CHARS = 32_768
 
 
-def completion_prompt_ids(engine: Engine, req: CompletionRequest) -> list[list[int]]:
+def check_text_fits(engine: Engine, chars: int, param: str) -> None:
+    """Refuse, without tokenizing it, a text too long for the context window whatever its
+    tokens: each token stands for at most `max_token_chars` characters (x2 for normalizers)."""
+    tokenizer = engine.tokenizer
+    limit = engine.max_model_len * 2 * getattr(tokenizer, "max_token_chars", 1 << 30)
+    if chars > limit:
+        raise APIError(
+            400,
+            f"The {param} is {chars} characters, more than this model's context window of "
+            f"{engine.max_model_len} tokens can hold. Shorten the {param}.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+async def off_loop_if_long(chars: int, fn, *args):
+    return await asyncio.to_thread(fn, *args) if chars > OFF_LOOP_CHARS else fn(*args)
+
+
+async def chat_prompt_ids(engine: Engine, messages: list[ChatMessage]) -> list[int]:
+    chars = sum(len(m.text()) for m in messages)
+    check_text_fits(engine, chars, "messages")
+
+    def work() -> list[int]:
+        return engine.tokenizer.encode(render_chat(engine, messages), add_special_tokens=False)
+
+    return await off_loop_if_long(chars, work)
+
+
+async def completion_prompt_ids(engine: Engine, req: CompletionRequest) -> list[list[int]]:
     out = []
     for prompt in req.prompts():
         if isinstance(prompt, str):
-            out.append(engine.tokenizer.encode(prompt, add_special_tokens=True))
+            check_text_fits(engine, len(prompt), "prompt")
+            out.append(await off_loop_if_long(len(prompt), engine.tokenizer.encode, prompt, True))
         else:
             check_token_ids(engine, prompt, "prompt")
             out.append(list(prompt))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from pathlib import Path
@@ -63,6 +64,12 @@ class Tokenizer:
                 self._compiled = env.from_string(template)
             except TemplateError as exc:
                 raise CheckpointError(f"{path}: chat template does not compile ({exc})") from exc
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for (its longest vocabulary entry): a text
+        of n characters is at least n / max_token_chars tokens, known without tokenizing it."""
+        return max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1) or 1
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids

@@ -49,7 +49,7 @@ async def chat_completions(
     if (proxied := await maybe_proxy(request, gw, "/chat/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
     engine = await gw.route(body.model, sequences=body.n)
-    prompt_ids = chat_prompt_ids(engine, body.messages)
+    prompt_ids = await chat_prompt_ids(engine, body.messages)
     requested, max_param = body.requested_max_tokens()
     max_tokens = fit_max_tokens(
         engine, len(prompt_ids), requested, prompt_param="messages", max_param=max_param, default=None

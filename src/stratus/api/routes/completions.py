@@ -53,7 +53,7 @@ async def completions(
     if (proxied := await maybe_proxy(request, gw, "/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
     engine = await gw.route(body.model, sequences=len(body.prompts()) * body.n)
-    prompts = completion_prompt_ids(engine, body)
+    prompts = await completion_prompt_ids(engine, body)
     max_tokens = min(
         fit_max_tokens(
             engine,
