@@ -348,3 +348,25 @@ def test_ready_fails_while_the_audit_trail_cannot_be_written(server, monkeypatch
         monkeypatch.setattr(recorder.log, "append_many", real)
         assert c.get("/v1/models").status_code == 200
         assert c.get("/ready").status_code == 200
+
+
+def test_a_key_sent_where_it_does_not_belong_is_not_stored(server):
+    """A key pasted into the model name, the path or the User-Agent: the audit trail, the ledger
+    and the access log keep only its public prefix."""
+    secret = server.admin
+    headers = {"Authorization": f"Bearer {secret}", "User-Agent": f"curl {secret}"}
+    with httpx.Client(base_url=server.url, timeout=60, headers=headers) as c:
+        r = c.post("/v1/chat/completions", json=chat(model=secret))
+        assert r.status_code == 404 and secret not in r.text
+        rid = r.headers["x-request-id"]
+        r = c.get(f"/v1/models/{secret}")
+        assert r.status_code == 404
+        path_rid = r.headers["x-request-id"]
+    records = records_for(server, rid) + records_for(server, path_rid)
+    stored = json.dumps([rec.to_json() for rec in records])
+    assert secret not in stored and "[redacted]" in stored
+    deadline = time.monotonic() + 10
+    while path_rid not in server.access_log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert secret not in server.access_log.read_text()

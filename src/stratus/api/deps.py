@@ -24,6 +24,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from stratus.api.errors import validation_message
 from stratus.api.state import AppState
+from stratus.names import redact_keys
 from stratus.request.context import RequestContext, Usage
 from stratus.request.errors import APIError, unavailable
 from stratus.security.access import AccessControl
@@ -70,7 +71,7 @@ class Gateway:
 
     async def authorize(self, model: str | None = None) -> None:
         if model is not None:
-            self.ctx.model = model
+            self.ctx.model = redact_keys(model)  # a key sent as the model name is not recorded
         await self.state.pipeline.authorize(self.ctx, model)
 
     async def route(self, model: str, generating: bool = True, sequences: int = 1) -> ReplicaSet:

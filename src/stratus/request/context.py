@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from stratus.names import redact_keys
 from stratus.request.ids import new_id
 
 if TYPE_CHECKING:
@@ -79,9 +80,11 @@ class RequestContext:
         return cls(
             request_id=request_id,
             method=scope.get("method", ""),
-            path=scope.get("path", ""),
+            # A key pasted into the URL or the User-Agent by mistake is not stored whole in the
+            # audit trail, the ledger or the access log.
+            path=redact_keys(scope.get("path", "")),
             client=f"{client[0]}:{client[1]}" if client else None,
-            user_agent=agent.decode("latin-1")[:256] if agent else None,
+            user_agent=redact_keys(agent.decode("latin-1")[:256]) if agent else None,
             credential_prefix=_credential_prefix(authorization, key_prefix),
             authorization=authorization.decode("latin-1") if authorization is not None else None,
             headers=raw,
