@@ -141,13 +141,23 @@ def when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with control characters shown as escapes: names, models and user agents are
+    chosen by clients, and an escape sequence in them must not reach an operator's terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def show(data: Any, as_json: bool, lines) -> None:
-    """`data` as indented JSON with --json, else each line `lines(data)` yields."""
+    """`data` as indented JSON with --json (control characters escaped by JSON), else each line
+    `lines(data)` yields, made terminal-safe."""
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         for line in lines(data):
-            click.echo(line)
+            click.echo(terminal_safe(line))
 
 
 # -- limit flags: `stratus limits set`, `stratus keys create|limits`, `stratus teams create|limits` --

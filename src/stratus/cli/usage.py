@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from stratus.cli.common import cacert_option, request, url_option
+from stratus.cli.common import cacert_option, request, terminal_safe, url_option
 
 
 @click.command()
@@ -33,14 +33,17 @@ def usage(by: str, since: str | None, until: str | None, fmt: str, url: str, cac
     params.update({k: v for k, v in (("since", since), ("until", until)) if v})
     r = request(url, cacert, "GET", "/admin/usage", params=params)
     if fmt == "csv":
-        sys.stdout.write(r.text)
+        sys.stdout.write(terminal_safe(r.text) if sys.stdout.isatty() else r.text)
         return
     data = r.json()
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
         return
     columns = [*data["by"], "requests", "refused", "prompt_tokens", "completion_tokens", "cost_usd"]
-    rows = [[str(row.get(c) if row.get(c) is not None else "-") for c in columns] for row in data["data"]]
+    rows = [
+        [terminal_safe(str(row.get(c) if row.get(c) is not None else "-")) for c in columns]
+        for row in data["data"]
+    ]
     widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
     for line in [columns, *rows]:
         click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())

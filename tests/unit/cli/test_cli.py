@@ -68,3 +68,13 @@ def test_banner_shows_how_to_call():
     assert "listening on http://127.0.0.1:8123" in text
     assert "curl http://127.0.0.1:8123/v1/chat/completions" in text
     assert "OpenAI(base_url='http://127.0.0.1:8123/v1'" in text
+
+
+def test_client_chosen_text_cannot_drive_the_terminal():
+    from stratus.cli.common import terminal_safe
+
+    hostile = "model\x1b]0;pwned\x07\x1b[2J\r\x9b"
+    shown = terminal_safe(hostile)
+    assert not any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in shown)
+    assert shown.startswith("model") and "\\x1b" in shown
+    assert terminal_safe("plain text\tand tab") == "plain text\tand tab"
