@@ -36,6 +36,9 @@ class LockoutPolicy:
     window: float = 60.0
     base: float = 30.0
     max_lock: float = 3600.0
+    # Sources remembered at most (addresses and key prefixes are the client's to invent): past
+    # this, the quiet ones (no failure in the window, not locked) are forgotten first.
+    max_sources: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,28 @@ class Guard:
             s = self._sources.pop(source, None)
         return s is not None
 
+    def _forget_quiet(self, now: float) -> None:
+        policy = self.lockout
+        quiet = [
+            name
+            for name, s in self._sources.items()
+            if s.locked_until <= now and (not s.failures or s.failures[-1] <= now - policy.window)
+        ]
+        for name in quiet:
+            del self._sources[name]
+        if len(self._sources) >= policy.max_sources:  # all busy: drop the least recently failing
+            by_age = sorted(
+                self._sources,
+                key=lambda n: self._sources[n].failures[-1] if self._sources[n].failures else 0.0,
+            )
+            for name in by_age[: len(self._sources) - policy.max_sources // 2]:
+                if self._sources[name].locked_until <= now:
+                    del self._sources[name]
+
     def _failure(self, name: str, now: float) -> Event | None:
         policy = self.lockout
+        if name not in self._sources and len(self._sources) >= policy.max_sources:
+            self._forget_quiet(now)
         s = self._sources.setdefault(name, _Source())
         s.failures.append(now)
         while s.failures and s.failures[0] <= now - policy.window:

@@ -78,3 +78,18 @@ def test_new_model_and_many_addresses_alert():
     for i in range(2, 8):
         events += guard.observe(Observation(key, f"10.0.0.{i}", 200, model="a", at=2 + i))
     assert [e.kind for e in events] == ["many_addresses"]
+
+
+def test_the_lockout_tracker_forgets_quiet_sources():
+    """Addresses and key prefixes are the client's to invent: the tracker stays bounded, and a
+    locked source is never forgotten to make room."""
+    now = [1000.0]
+    guard = Guard(LockoutPolicy(failures=3, window=60, max_sources=50), clock=lambda: now[0])
+    for _ in range(3):
+        guard.observe(Observation(key=None, address="10.0.0.1", status=401, at=now[0]))
+    assert guard.locked(["addr:10.0.0.1"]) > 0
+    for i in range(500):
+        now[0] += 0.01
+        guard.observe(Observation(key=None, address=f"10.1.{i // 250}.{i % 250}", status=401, at=now[0]))
+    assert len(guard._sources) <= 50
+    assert guard.locked(["addr:10.0.0.1"]) > 0  # still locked out
