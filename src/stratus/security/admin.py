@@ -71,9 +71,26 @@ def _user(conn: Connection, actor: Principal, name: str, field: str = "name") ->
     raise NotFound(f"No user named '{name}'.", field=field)
 
 
-def _any_user(conn: Connection, name: str, field: str = "user") -> User:
+def in_reach(conn: Connection, actor: Principal, u: User, permission: str) -> bool:
+    """May the actor act on user `u` with `permission` at all: anyone, for those who hold it
+    everywhere (admins); otherwise only members of a team in which the actor holds it.
+
+    A team admin holds user, member and key management inside their team only, so the users they
+    may add to a team or mint keys for are the people already in a team they run (put there by an
+    admin, or created there). Without this, a team admin could enroll any user (the admin, an
+    auditor, another team's member) and then act as them."""
+    if rbac.has_permission(actor, permission, EVERYWHERE):
+        return True
+    return any(
+        rbac.has_permission(actor, permission, team_scope(t)) for t in directory.memberships_of(conn, u.id)
+    )
+
+
+def _reachable_user(conn: Connection, actor: Principal, name: str, field: str = "user") -> User:
+    """A user whose memberships the actor may change; anyone else gets the same 404 as a name that
+    does not exist, so team admins cannot probe the directory either."""
     found = directory.get_user(conn, name)
-    if found is None:
+    if found is None or not in_reach(conn, actor, found, USERS_MANAGE):
         raise NotFound(f"No user named '{name}'.", field=field)
     return found
 
@@ -227,7 +244,8 @@ def set_member(access: AccessControl, actor: Principal, team: str, user: str, ro
     validate.team_role(role)
     with transaction(access) as conn:
         t = _team(conn, actor, team)
-        u = _any_user(conn, user)
+        rbac.authorize(actor, TEAMS_MANAGE, team_scope(team))  # before the name is looked up
+        u = _reachable_user(conn, actor, user)
         current = directory.membership_role(conn, u.id, t.id)
         change = Change(
             after=membership_rights(conn, team, role),
@@ -244,7 +262,8 @@ def set_member(access: AccessControl, actor: Principal, team: str, user: str, ro
 def remove_member(access: AccessControl, actor: Principal, team: str, user: str) -> dict:
     with transaction(access) as conn:
         t = _team(conn, actor, team)
-        u = _any_user(conn, user)
+        rbac.authorize(actor, TEAMS_MANAGE, team_scope(team))  # before the name is looked up
+        u = _reachable_user(conn, actor, user)
         current = directory.membership_role(conn, u.id, t.id)
         if current is None:
             raise NotFound(f"'{user}' is not a member of team '{team}'.", field="user")

@@ -2,7 +2,8 @@
 
 A key's rights are what its owner would hold through it right now (principals.user_principal
 with the key's narrowing and team). Creating or rotating a key confers those rights on a new
-secret, so rbac.authorize checks them against the actor's, expiry included. The secret of a new
+secret, so rbac.authorize checks them against the actor's, expiry included; a key for someone else
+also acts as them, so the actor must cover its owner's whole rights too. The secret of a new
 key or rotation is returned once, here, and exists nowhere else afterwards.
 """
 
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from stratus.security import keys, rbac, validate, views
 from stratus.security.access import AccessControl
-from stratus.security.admin import label, transaction
+from stratus.security.admin import in_reach, label, transaction
 from stratus.security.errors import Conflict, Invalid, NotFound
 from stratus.security.identity import Principal
 from stratus.security.principals import IMPLIED_ROLES, user_principal
@@ -65,6 +66,13 @@ def _visible_key(conn: Connection, actor: Principal, key_id: str) -> ApiKey:
 def key_rights(conn: Connection, owner: User, key: ApiKey) -> Rights:
     p = user_principal(conn, owner, key, expires_at=key.expires_at)
     return Rights(rbac.rights_of(p, credential=True).atoms, key.expires_at, credential=True)
+
+
+def owner_rights(conn: Connection, owner: User) -> Rights:
+    """Everything the owner holds as themselves: global role, grants, every membership. A key for
+    someone else acts as them (its requests, usage and audit are theirs), so only an actor who
+    covers all of this may create or rotate one, however narrow the key itself is."""
+    return rbac.rights_of(user_principal(conn, owner), credential=False)
 
 
 def _draft(owner: User, team, name, roles, models, expires_at) -> ApiKey:
@@ -128,9 +136,13 @@ def create_key(
     if user is None and actor.via != "key":
         raise Invalid("This identity is not a stratus user; name the key's owner with 'user'.", field="user")
     owner_name = validate.name(user, "user", "user") if user is not None else actor.user
+    own = is_own(actor, owner_name)
+    perm, scope = _permission(actor, owner_name, team)
     with transaction(access) as conn:
+        rbac.authorize(actor, perm, None)  # held somewhere, before any name is looked up
         owner = directory.get_user(conn, owner_name)
-        if owner is None or owner.disabled:
+        # Someone the actor may not reach (see admin.in_reach) is refused as if they did not exist.
+        if owner is None or owner.disabled or not (own or in_reach(conn, actor, owner, KEYS_MANAGE)):
             raise NotFound(f"No active user named '{owner_name}'.", field="user")
         t = None
         if team is not None:
@@ -141,8 +153,8 @@ def create_key(
                 raise Invalid(f"User '{owner.name}' is not a member of team '{team}'.", field="team")
         draft = _draft(owner, t, name, roles, models, expires)
         _check_narrowing(conn, owner, draft)
-        perm, scope = _permission(actor, owner.name, team)
-        rbac.authorize(actor, perm, scope, Change(after=key_rights(conn, owner, draft)))
+        before = None if own else owner_rights(conn, owner)
+        rbac.authorize(actor, perm, scope, Change(after=key_rights(conn, owner, draft), before=before))
         new = keys.generate()
         key_id = keys.new_key_id()
         key_rows.create_key(
@@ -205,8 +217,9 @@ def rotate_key(
         if owner is None or owner.disabled:
             raise Conflict(f"The owner of key '{key_id}' is disabled; enable them first.")
         rights = key_rights(conn, owner, key)
+        before = rights if is_own(actor, key.owner) else owner_rights(conn, owner)
         perm, scope = _permission(actor, key.owner, key.team)
-        rbac.authorize(actor, perm, scope, Change(after=rights, before=rights))
+        rbac.authorize(actor, perm, scope, Change(after=rights, before=before))
         now = time.time()
         key_rows.retire_secrets(conn, key.id, now + grace)
         new = keys.generate()
