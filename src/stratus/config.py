@@ -49,6 +49,9 @@ class Settings:
     tls_client_ca: str | None = None  # demand client certificates signed by this CA (mutual TLS)
     drain_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM
     max_body_bytes: int = 4 * 1024 * 1024
+    # Proxies whose X-Forwarded-For / -Proto are believed (comma-separated addresses, or "*");
+    # empty: none, so a client cannot choose the address that lockouts and the audit record see.
+    forwarded_allow_ips: str = ""
     max_waiting: int = 256  # requests waiting in one engine's queue before 503
     retry_after: int = 2  # seconds, in the Retry-After header of a 503
     response_cache_size: int = 0  # entries in the exact-match response cache; 0: off

@@ -128,3 +128,11 @@ def test_errors_change_nothing(http):
         return [ln for ln in text.splitlines() if ln.startswith("stratus_generation_tokens_total")]
 
     assert tokens(before) == tokens(after)
+
+
+def test_oversized_headers_are_refused_with_431(http):
+    r = http.get("/v1/models", headers={"Authorization": "Bearer " + "x" * (1024 * 1024)})
+    err = envelope(r, 431)
+    assert err["code"] == "headers_too_large"
+    r = http.get("/v1/models", headers={f"x-pad-{i}": "y" * 4000 for i in range(10)})
+    envelope(r, 431)

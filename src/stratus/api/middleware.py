@@ -42,6 +42,9 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if _headers_too_large(scope):
+            await _HEADERS_TOO_LARGE.response()(scope, receive, send)
+            return
         ctx = RequestContext.from_scope(scope, key_prefix)
         scope.setdefault("state", {})["ctx"] = ctx
         request_id_header = (b"x-request-id", ctx.request_id.encode())
@@ -167,6 +170,25 @@ def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+MAX_HEADER_BYTES = 8 * 1024  # one header's value (a bearer token is under 200 bytes)
+MAX_HEADERS_BYTES = 32 * 1024  # all of them together
+
+_HEADERS_TOO_LARGE = APIError(
+    431,
+    f"Request headers are too large (at most {MAX_HEADER_BYTES} bytes each, {MAX_HEADERS_BYTES} in all).",
+    code="headers_too_large",
+)
+
+
+def _headers_too_large(scope: Scope) -> bool:
+    total = 0
+    for name, value in scope.get("headers") or ():
+        if len(value) > MAX_HEADER_BYTES:
+            return True
+        total += len(name) + len(value)
+    return total > MAX_HEADERS_BYTES
 
 
 def _is_stream(message: Message) -> bool:

@@ -213,6 +213,12 @@ def ray_options(func):
     help=f"Largest request body; bigger ones get 413. [default: {_default('max_body_bytes')}]",
 )
 @click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Proxies whose X-Forwarded-For is believed (comma-separated addresses, or '*'). "
+    "[default: none: the client address is the connection's]",
+)
+@click.option(
     "--max-waiting",
     type=int,
     default=None,
@@ -451,6 +457,8 @@ def build_server(settings: Settings):
         access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout,
         lifespan="on",
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         **uvicorn_options(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
     )
     return uvicorn.Server(config), sock

@@ -78,3 +78,22 @@ def test_client_chosen_text_cannot_drive_the_terminal():
     assert not any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in shown)
     assert shown.startswith("model") and "\\x1b" in shown
     assert terminal_safe("plain text\tand tab") == "plain text\tand tab"
+
+
+def test_forwarded_headers_are_believed_only_from_configured_proxies(tiny_checkpoint, tmp_path):
+    """uvicorn believes X-Forwarded-For from loopback by default; a client on this machine could
+    then pick the address that lockouts and the audit trail see. Only named proxies count."""
+    from stratus.cli.serve import build_server
+    from stratus.config import Settings
+
+    def config(**over):
+        settings = Settings(
+            models={"tiny": str(tiny_checkpoint)}, port=0, data_dir=str(tmp_path), auth=False, **over
+        )
+        server, sock = build_server(settings)
+        sock.close()
+        return server.config
+
+    assert config().proxy_headers is False
+    behind = config(forwarded_allow_ips="10.0.0.5")
+    assert behind.proxy_headers is True and behind.forwarded_allow_ips == "10.0.0.5"
