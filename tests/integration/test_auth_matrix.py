@@ -14,10 +14,11 @@ import httpx
 import pytest
 
 from stratus.api import create_app
-from stratus.api.auth import AuthHooks, build_access
+from stratus.api.auth import build_access
 from stratus.config import Settings
 from stratus.security import admin, admin_keys, keys, rbac
 from stratus.security.bootstrap import bootstrap
+from stratus.security.stage import IdentityStage
 from stratus.store import apikeys
 from tests import issued
 
@@ -158,7 +159,7 @@ class World:
         self.secrets["unknown"] = issued.record(keys.generate().secret)
         self.k_rot = f"/admin/keys/{key_for('mk', 'alpha')[0]}"
         self.k_rev = f"/admin/keys/{key_for('mk', 'alpha')[0]}"
-        self.app = create_app(settings, hooks=AuthHooks(access))
+        self.app = create_app(settings, identity=IdentityStage(access))
 
     def headers(self, who):
         return {"Authorization": f"Bearer {self.secrets[who]}"} if who != "anonymous" else {}

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from sqlalchemy.engine import Connection
-
 from stratus.security import rbac, validate, views
 from stratus.security.access import AccessControl
 from stratus.security.errors import Conflict, Invalid, NotFound, Unavailable
@@ -29,7 +27,7 @@ from stratus.security.rbac import (
     team_scope,
 )
 from stratus.store import Conflict as StoreConflict
-from stratus.store import StoreUnavailable, directory
+from stratus.store import Connection, StoreUnavailable, directory
 from stratus.store.records import Team, User
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from sqlalchemy.engine import Connection
-
 from stratus.security import keys, rbac, validate, views
 from stratus.security.access import AccessControl
 from stratus.security.admin import in_reach, label, transaction
@@ -29,8 +27,8 @@ from stratus.security.rbac import (
     Rights,
     team_scope,
 )
+from stratus.store import Connection, directory
 from stratus.store import apikeys as key_rows
-from stratus.store import directory
 from stratus.store.records import ApiKey, User
 
 
