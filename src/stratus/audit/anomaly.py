@@ -107,6 +107,18 @@ class _Key:
     many_alerted: bool = False
 
 
+def failure_sources(key: str | None, address: str | None) -> list[str]:
+    """What failed logins count against: the address, and a key prefix *from that address*. A key
+    prefix is public (it is in logs and on screens): counted alone, anyone could lock a victim's
+    key out with wrong secrets. Its secret half (256 bits) needs no lock against guessing."""
+    found = []
+    if address:
+        found.append(f"addr:{address}")
+    if key:
+        found.append(f"key:{key}@{address}" if address else f"key:{key}")
+    return found
+
+
 class Guard:
     def __init__(
         self,
@@ -186,14 +198,11 @@ class Guard:
         events: list[Event] = []
         with self._lock:
             if obs.status == 401 and self.lockout.failures > 0:
-                for name in (
-                    f"addr:{obs.address}" if obs.address else None,
-                    f"key:{obs.key}" if obs.key else None,
-                ):
+                for name in failure_sources(obs.key, obs.address):
                     if name and (event := self._failure(name, obs.at)):
                         events.append(event)
             elif obs.status < 400 and obs.key:
-                for name in (f"addr:{obs.address}", f"key:{obs.key}"):
+                for name in failure_sources(obs.key, obs.address):
                     if (s := self._sources.get(name)) is not None:
                         s.failures.clear()
             if obs.key and obs.status not in (401, 429):

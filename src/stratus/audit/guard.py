@@ -17,7 +17,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 
-from stratus.audit.anomaly import AlertPolicy, Event, Guard, LockoutPolicy, Observation
+from stratus.audit.anomaly import AlertPolicy, Event, Guard, LockoutPolicy, Observation, failure_sources
 from stratus.audit.log import AuditEvent, detail
 from stratus.audit.recorder import AuditRecorder, _host
 from stratus.audit.suspension import Suspensions
@@ -37,12 +37,7 @@ def guard_for(settings) -> Guard:
 
 
 def sources(ctx: RequestContext) -> list[str]:
-    found = []
-    if (host := _host(ctx.client)) is not None:
-        found.append(f"addr:{host}")
-    if ctx.credential_prefix:
-        found.append(f"key:{ctx.credential_prefix}")
-    return found
+    return failure_sources(ctx.credential_prefix, _host(ctx.client))
 
 
 def check(guard: Guard, ctx: RequestContext) -> None:
@@ -92,8 +87,10 @@ def event_record(event: Event) -> AuditEvent:
         action="auth.lockout" if kind == "lockout" else f"alert.{kind}",
         outcome="locked" if kind == "lockout" else "alert",
         at=event.at,
-        key_prefix=event.source[4:] if event.source.startswith("key:") else None,
-        client=event.source[5:] if event.source.startswith("addr:") else None,
+        key_prefix=event.source[4:].partition("@")[0] if event.source.startswith("key:") else None,
+        client=(
+            event.source[5:] if event.source.startswith("addr:") else (event.source.partition("@")[2] or None)
+        ),
         resource=event.source,
         detail=detail(**event.detail),
     )

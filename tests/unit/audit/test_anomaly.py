@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stratus.audit.anomaly import AlertPolicy, Guard, LockoutPolicy, Observation
+from stratus.audit.anomaly import AlertPolicy, Guard, LockoutPolicy, Observation, failure_sources
 
 
 class Clock:
@@ -29,12 +29,16 @@ def test_failure_burst_locks_the_address_with_exponential_backoff():
     assert guard.lockouts()[0]["source"] == "addr:10.0.0.9"
 
 
-def test_failures_against_one_key_prefix_lock_that_key_from_any_address():
+def test_failures_against_a_key_prefix_never_lock_the_key_for_other_addresses():
+    """A key's prefix is public: wrong secrets sent with a victim's prefix from many addresses must
+    not lock the victim out; the failing addresses are throttled instead."""
     guard = Guard(LockoutPolicy(failures=3, window=60, base=10))
-    for i in range(3):
-        guard.observe(Observation(key="sk-stratus-aaaaaaaaaaaa", address=f"10.0.1.{i}", status=401))
-    assert guard.locked(["key:sk-stratus-aaaaaaaaaaaa"]) > 0
-    assert guard.locked(["addr:10.0.1.0"]) == 0
+    victim = "sk-stratus-aaaaaaaaaaaa"
+    for i in range(30):
+        guard.observe(Observation(key=victim, address=f"10.0.1.{i % 10}", status=401))
+    assert guard.locked(failure_sources(victim, "10.0.9.9")) == 0  # the owner, elsewhere
+    assert guard.locked(failure_sources(victim, "10.0.1.0")) > 0  # an attacking address
+    assert guard.locked(["addr:10.0.1.0"]) > 0
 
 
 def test_spread_out_failures_do_not_lock():
