@@ -61,6 +61,16 @@ def test_usage_visibility_and_limit_rights_follow_roles(http, base_url):
         assert c.delete("/admin/limits", params={"scope": "team", "subject": team}).status_code == 200
     with client(other) as c:
         assert users_seen(c) == {other}
+    # A rule on a model the caller may not use is not shown: it would name that model.
+    secret_model = f"hidden-{s}"
+    _ok(http.put("/admin/limits", json={"scope": "model", "subject": secret_model, "rpm": 5}))
+    _ok(http.put("/admin/limits", json={"scope": "model", "subject": TINY_MODEL, "rpm": 500}))
+    with client(member) as c:
+        seen = {r["subject"] for r in _ok(c.get("/admin/limits"))["data"]}
+        assert TINY_MODEL in seen and secret_model not in seen
+    assert secret_model in {r["subject"] for r in _ok(http.get("/admin/limits"))["data"]}
+    for model in (secret_model, TINY_MODEL):
+        http.delete("/admin/limits", params={"scope": "model", "subject": model})
     with client(auditor) as c:  # auditors see every row, and may not set limits
         assert {lead, member, other} <= users_seen(c)
         assert c.put("/admin/limits", json={"scope": "team", "subject": team, "rpm": 5}).status_code == 403

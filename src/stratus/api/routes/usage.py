@@ -142,11 +142,15 @@ def _may_manage(p: Principal, rule: dict) -> None:
 
 
 def _applies_to(p: Principal, rule: dict) -> bool:
+    """Rules on the caller's own key, user or teams, and on models it may use: never a rule that
+    would name a model the caller may not know of."""
+    if rule["model"] is not None and not p.can_use(rule["model"]):
+        return False
     return (
         (rule["scope"] == "key" and rule["subject"] == p.key_id)
         or (rule["scope"] == "user" and rule["subject"] == p.user)
         or (rule["scope"] == "team" and (rule["subject"] in p.teams or rule["subject"] == p.team))
-        or rule["scope"] == "model"
+        or (rule["scope"] == "model" and p.can_use(rule["subject"]))
     )
 
 
