@@ -232,7 +232,13 @@ def revoke_key(access: AccessControl, actor: Principal, key_id: str) -> dict:
     with transaction(access) as conn:
         key = _visible_key(conn, actor, key_id)
         perm, scope = _permission(actor, key.owner, key.team)
-        rbac.authorize(actor, perm, scope)
+        # As for rotation: nobody revokes what is beyond their own rights (a team admin cannot
+        # cut off an admin's key because it happens to be bound to their team).
+        change = None
+        owner = directory.get_user(conn, key.owner)
+        if not is_own(actor, key.owner) and owner is not None:
+            change = Change(after=Rights(frozenset()), before=key_rights(conn, owner, key))
+        rbac.authorize(actor, perm, scope, change)
         key_rows.revoke_key(conn, key.id)
         view = views.key(key_rows.get_key(conn, key.id))
     access.forget_key(key.id)

@@ -111,3 +111,15 @@ def test_a_team_admin_of_two_teams_may_move_people_between_them(org):
     admin.set_member(access, lead, "ml", "other")  # other is in cv, which lead now runs too
     with pytest.raises(NotFound):
         admin.set_member(access, lead, "ml", "aud")
+
+
+def test_a_team_admin_cannot_revoke_a_key_beyond_their_rights(org):
+    """Revocation checks that the actor covers what the key holds, as rotation does: the admin's
+    key bound to ml stays; a teammate's ordinary key can be revoked."""
+    access, root, lead = org
+    admin.set_member(access, root, "ml", "admin")
+    admins_key, _ = admin_keys.create_key(access, root, "a", user="admin", team="ml")
+    with pytest.raises(Forbidden):
+        admin_keys.revoke_key(access, lead, admins_key["id"])
+    devs_key, _ = admin_keys.create_key(access, root, "d", user="dev", team="ml")
+    assert admin_keys.revoke_key(access, lead, devs_key["id"])["revoked_at"] is not None
