@@ -25,15 +25,21 @@ def engine_error(exc: ValidationError) -> APIError:
     return bad_request(str(exc), exc.param)
 
 
-def render_chat(engine: Engine, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
+def plain_messages(messages: list[ChatMessage]) -> list[dict]:
     plain = []
     for m in messages:
         item = {"role": m.role, "content": m.text()}
         if m.name:
             item["name"] = m.name
         plain.append(item)
+    return plain
+
+
+def render_chat(engine: Engine, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
     try:
-        return engine.tokenizer.apply_chat_template(plain, add_generation_prompt=add_generation_prompt)
+        return engine.tokenizer.apply_chat_template(
+            plain_messages(messages), add_generation_prompt=add_generation_prompt
+        )
     except ValidationError as exc:
         raise engine_error(exc) from None
 
@@ -68,7 +74,10 @@ async def chat_prompt_ids(engine: Engine, messages: list[ChatMessage]) -> list[i
     check_text_fits(engine, chars, "messages")
 
     def work() -> list[int]:
-        return engine.tokenizer.encode(render_chat(engine, messages), add_special_tokens=False)
+        try:
+            return engine.tokenizer.encode_chat(plain_messages(messages))
+        except ValidationError as exc:
+            raise engine_error(exc) from None
 
     return await off_loop_if_long(chars, work)
 

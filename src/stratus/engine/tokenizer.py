@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -122,6 +123,50 @@ class Tokenizer:
             )
         except TemplateError as exc:
             raise ValidationError(f"the chat template rejected these messages: {exc}", "messages") from exc
+
+    @functools.cached_property
+    def special_texts(self) -> tuple[str, ...]:
+        """The text of every added token ("<|im_start|>", "</s>", ...): in a message's content it
+        must stay text, or a user could forge a turn of another role."""
+        return tuple(t.content for t in self._tok.get_added_tokens_decoder().values() if t.content)
+
+    @functools.cached_property
+    def _literal(self) -> HFTokenizer:
+        """The same tokenizer, reading added-token text as plain text."""
+        literal = HFTokenizer.from_str(self._tok.to_str())
+        literal.encode_special_tokens = True
+        return literal
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of the rendered conversation. Control tokens come only from the template:
+        special-token text inside a message's content is encoded as the plain text it is."""
+        text = self.apply_chat_template(messages, add_generation_prompt)
+        contents = [m.get("content") if isinstance(m.get("content"), str) else "" for m in messages]
+        if not any(s in c for c in contents for s in self.special_texts):
+            return self.encode(text, add_special_tokens=False)  # nothing to forge: the usual path
+        # Render again with a marker for each content, then encode the template's own text with
+        # its control tokens and each content literally.
+        marked = [
+            {**m, "content": f"{_MARK}{i}{_MARK}"} if contents[i] else m for i, m in enumerate(messages)
+        ]
+        pieces = re.split(f"{_MARK}(\\d+){_MARK}", self.apply_chat_template(marked, add_generation_prompt))
+        if "".join(p if k % 2 == 0 else contents[int(p)] for k, p in enumerate(pieces)) != text:
+            raise ValidationError(
+                "a message contains special-token text, and this model's chat template changes "
+                "message content in a way that cannot keep it apart from its own control tokens; "
+                "remove the special-token text",
+                "messages",
+            )
+        ids: list[int] = []
+        for k, piece in enumerate(pieces):
+            if k % 2 == 0:
+                ids += self._tok.encode(piece, add_special_tokens=False).ids if piece else []
+            else:
+                ids += self._literal.encode(contents[int(piece)], add_special_tokens=False).ids
+        return ids
+
+
+_MARK = "\ue000"  # a private-use character: marks where a message's content goes in a rendering
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter
 
 from stratus.api.deps import GatewayDep, Parsed, parsed
-from stratus.api.prompts import check_token_ids, render_chat
+from stratus.api.prompts import check_token_ids, engine_error, plain_messages, render_chat
 from stratus.api.routes.common import errors, json_body
 from stratus.api.schemas import DetokenizeRequest, TokenizeRequest
 from stratus.api.schemas_out import DetokenizeResponse, TokenizeResponse
 from stratus.api.streaming import JSONBody
+from stratus.engine.types import ValidationError
 
 router = APIRouter(tags=["tokenizer"])
 
@@ -29,13 +30,18 @@ async def tokenize(
     body = parsed_body.body
     engine = await gw.route(body.model, generating=False)
     tok = engine.tokenizer
-    if body.messages is not None:
-        text = render_chat(engine, body.messages, body.add_generation_prompt)
-        special = bool(body.add_special_tokens)  # the template carries BOS
+    if body.messages is not None and not body.add_special_tokens:  # the template carries BOS
+        try:  # as a chat request is tokenized: control tokens only where the template put them
+            ids = tok.encode_chat(plain_messages(body.messages), body.add_generation_prompt)
+        except ValidationError as exc:
+            raise engine_error(exc) from None
+    elif body.messages is not None:
+        ids = tok.encode(
+            render_chat(engine, body.messages, body.add_generation_prompt), add_special_tokens=True
+        )
     else:
-        text = body.prompt or ""
         special = True if body.add_special_tokens is None else body.add_special_tokens
-    ids = tok.encode(text, add_special_tokens=special)
+        ids = tok.encode(body.prompt or "", add_special_tokens=special)
     out = {"count": len(ids), "max_model_len": engine.max_model_len, "tokens": ids}
     if body.return_token_strs:
         out["token_strs"] = [tok.id_to_token(t) for t in ids]
