@@ -70,6 +70,10 @@ class AuditWriter:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        # The head is pinned outside the database when the gateway starts and when it stops, and
+        # every `every` records between: a later rollback or emptying of the chain shows in verify.
+        if self.checkpoints:
+            self._checkpoint()
         stopping = False
         while not stopping:
             batch = [self._queue.get()]
@@ -98,6 +102,8 @@ class AuditWriter:
                 if last // self.every != (last - len(records)) // self.every:
                     self._checkpoint()  # before the callers resume: rare, and then deterministic
             _settle(batch, records, _done)
+        if self.checkpoints:
+            self._checkpoint()
 
     def _checkpoint(self) -> None:
         try:

@@ -81,6 +81,11 @@ def verify(data_dir: str, database_url: str | None, checkpoints: str | None) -> 
     report = check(log, cp)
     log.store.close()
     pinned = f", checkpoint seq {cp.seq}" if cp else ", no checkpoint"
+    if report.ok and report.records == 0:
+        # Nothing to check is not "intact": nothing was recorded yet, or every record was deleted
+        # before any checkpoint pinned them.
+        click.echo(f"audit: EMPTY: no records in the chain{pinned}; nothing was verified")
+        sys.exit(1)
     if report.ok:
         click.echo(f"audit: OK: {report.records} records, chain head seq {report.last_seq}{pinned}")
         return

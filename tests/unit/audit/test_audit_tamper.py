@@ -150,3 +150,40 @@ def test_key_file_is_private_and_a_wrong_key_fails_every_record(data_dir, monkey
     monkeypatch.setenv("STRATUS_AUDIT_KEY", "ab" * 32)
     code, out = verify(data_dir)
     assert code == 1 and "seq 1" in out
+
+
+def test_an_empty_trail_is_not_reported_intact(tmp_path, monkeypatch):
+    monkeypatch.delenv("STRATUS_AUDIT_KEY", raising=False)
+    Store.open(database_url(tmp_path)).close()
+    load_audit_key(tmp_path)
+    code, out = verify(tmp_path)
+    assert code == 1 and "EMPTY" in out and "OK" not in out
+
+
+def test_a_chain_emptied_after_the_gateway_stopped_is_caught(tmp_path, monkeypatch):
+    """The writer pins the head when it starts and when it stops: deleting every record (and the
+    head) afterwards is a truncation, not an empty trail."""
+    import asyncio
+
+    from stratus.audit.verify import CHECKPOINT_FILE
+    from stratus.audit.writer import AuditWriter
+
+    monkeypatch.delenv("STRATUS_AUDIT_KEY", raising=False)
+    store = Store.open(database_url(tmp_path))
+    log = AuditLog(store, load_audit_key(tmp_path))
+    writer = AuditWriter(log, checkpoints=tmp_path / CHECKPOINT_FILE, every=1000)
+
+    async def traffic():
+        for i in range(3):
+            await writer.write(
+                AuditEvent(action="GET /v1/models", outcome="ok", status=200, principal=f"u{i}")
+            )
+
+    asyncio.run(traffic())
+    assert writer.close()
+    store.close()
+    with db(tmp_path) as conn:
+        conn.execute("DELETE FROM audit_events")
+        conn.execute("DELETE FROM audit_head")
+    code, out = verify(tmp_path)
+    assert code == 1 and "tail was truncated: checkpoint" in out and "names seq 3" in out
