@@ -370,3 +370,36 @@ def test_a_key_sent_where_it_does_not_belong_is_not_stored(server):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert secret not in server.access_log.read_text()
+
+
+def test_a_response_refused_for_its_audit_record_is_not_charged(server, monkeypatch):
+    """Disk full: the complete response is refused with 503; its tokens were generated but never
+    delivered, so the ledger charges it as refused, with no completion tokens."""
+    from stratus.store import usage as ledger
+
+    recorder = server.state.audit.recorder
+
+    def broken(events, *args):
+        raise OSError("disk full")
+
+    rid = "audit-refused-uncharged"
+    headers = {"Authorization": f"Bearer {server.admin}", "X-Request-Id": rid}
+    monkeypatch.setattr(recorder.log, "append_many", broken)
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.post("/v1/chat/completions", json=chat(max_tokens=6, ignore_eos=True), headers=headers)
+    monkeypatch.undo()
+    assert r.status_code == 503 and r.json()["error"]["code"] == "audit_unavailable"
+    meter = server.state.meter
+    rows: list = []
+    deadline = time.monotonic() + 10
+    while not rows:
+        assert time.monotonic() < deadline, "no ledger row"
+        time.sleep(0.05)
+        with meter.store.connect() as conn:
+            table = ledger.usage_ledger
+            rows = [dict(x) for x in conn.execute(table.select().where(table.c.request_id == rid)).mappings()]
+    time.sleep(1.0)  # the ledger writer batches: any second row for this request would be in by now
+    with meter.store.connect() as conn:
+        rows = [dict(x) for x in conn.execute(table.select().where(table.c.request_id == rid)).mappings()]
+    assert [(row["status"], row["completion_tokens"]) for row in rows] == [("error", 0)], rows
+    assert rows[0]["prompt_tokens"] > 0  # the prompt was read: that much is charged

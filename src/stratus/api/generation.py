@@ -111,9 +111,11 @@ class Generation:
             cached_tokens=sum(self.cached_tokens),
         )
 
-    async def finish(self, outcome: str | None = None) -> None:
+    async def finish(self, outcome: str | None = None, *, deliver_later: bool = False) -> None:
         """Metrics and the settle step, once, however the generation ended. Shielded from
-        cancellation: a client that left still pays for what was generated."""
+        cancellation: a client that left still pays for what was generated. `deliver_later`: a
+        complete response, charged at the record step once the audit trail has accepted it (a
+        response refused for its audit record is not charged as delivered)."""
         if self._finished:
             return
         self._finished = True
@@ -137,6 +139,9 @@ class Generation:
         )
         if self.outcome in ("client_disconnect", "aborted"):
             metrics.aborted.labels(model, self.outcome).inc()
+        if deliver_later:
+            ctx.usage = usage
+            return
         with anyio.CancelScope(shield=True):
             await self.gw.settle(usage)
 

@@ -116,7 +116,7 @@ class RequestContextMiddleware:
         """The record step; False when it failed and the response can still be refused."""
         self._settle(scope, ctx)
         try:
-            await self.state.pipeline.record(ctx)
+            await self.state.pipeline.record(ctx, refusable)
         except Exception:
             if streamed:  # delivered already: only its opening record is in the trail
                 log.exception("closing audit record of stream %s failed", ctx.request_id)

@@ -77,13 +77,19 @@ class Pipeline:
         for s in self.stages:
             await s.settle(ctx, usage)
 
-    async def record(self, ctx: RequestContext) -> None:
-        """Every stage records, even after one failed; the first failure is raised at the end."""
+    async def record(self, ctx: RequestContext, refusable: bool = False) -> None:
+        """Every stage records, even after one failed; the first failure is raised at the end.
+        Last stage first: the audit decision comes before the charge, so a complete response
+        (`refusable`) refused because its audit record failed is charged as refused."""
         failure: BaseException | None = None
-        for s in self.stages:
+        for s in reversed(self.stages):
             try:
                 await s.record(ctx)
             except Exception as exc:
+                if failure is None and refusable:
+                    ctx.status, ctx.outcome = 503, "error"
+                    if ctx.usage is not None:  # generated, never delivered
+                        ctx.usage = Usage(ctx.usage.prompt_tokens, 0, ctx.usage.cached_tokens)
                 failure = failure or exc
         if failure is not None:
             raise failure
@@ -96,8 +102,8 @@ class Pipeline:
 
 
 def build_pipeline(settings: Settings, identity: Stage, access: AccessControl | None) -> Pipeline:
-    """identity first; then limits (metering on by default with access control); then audit,
-    which records last, after the ledger row is written."""
+    """identity first; then limits (metering on by default with access control); then audit.
+    record runs them last to first: the audit decision, then the charge."""
     stages: list[Stage] = [identity]
     limits: LimitsStage | None = limits_stage(settings, access.store if access is not None else None)
     if limits is not None:

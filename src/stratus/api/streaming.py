@@ -87,7 +87,7 @@ async def complete(request: Request, gen: Generation, fmt: Formatter) -> tuple[d
         gen.withheld = True
         await gen.finish("error")
         raise check_engine_failure(exc, gen.gw.ctx.request_id) from None
-    await gen.finish()
+    await gen.finish(deliver_later=True)
     body = fmt.response(choices, gen.usage())
     return body, JSONBody(body)
 

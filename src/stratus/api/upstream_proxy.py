@@ -186,7 +186,7 @@ async def _complete(gw: Gateway, opened: Opened, model: str, prompt_estimate: in
         raise unavailable("The upstream failed while answering; retry.", 2, "upstream_failed") from None
     usage = _usage(data.get("usage"), prompt_estimate, 0)
     await opened.close(usage.completion_tokens, True)
-    await gw.settle(usage)
+    gw.ctx.usage = usage  # charged at the record step, once the audit trail accepted the response
     data["model"] = model
     return JSONBody(data)
 

@@ -7,8 +7,9 @@ The gateway runs every request through the same steps, in this order:
     authorize  may the principal call this route (model None), use this model? security/stage.py
     admit      rate limits, quota and budget: reserve                         limits/stage.py
     (route and generate, or proxy: the API layer, cluster/ and engine/)
-    settle     charge what was delivered                                      limits/stage.py
-    record     once per request, whatever its outcome: ledger, audit record  limits/stage.py, audit/stage.py
+    settle     charge what a stream delivered                                 limits/stage.py
+    record     once per request, whatever its outcome: the audit record,     audit/stage.py, limits/stage.py
+               then the charge of a complete response and the ledger row
 
 A stage implements the steps it takes part in; the others are no-ops. api/pipeline.py composes
 the stages, in order, in one place. A step refuses a request by raising `APIError`.
