@@ -213,6 +213,15 @@ class ModelRegistry:
             for m in self.models.values()
         }
 
+    async def abort_all(self) -> int:
+        """At the drain deadline: abort what this process's engines still run (see cli/serve.py)."""
+        aborted = 0
+        for model in self.models.values():
+            engine = model.engine
+            if engine is not None:
+                aborted += await engine.abort_all()
+        return aborted
+
     async def shutdown(self) -> None:
         for model in self.models.values():
             try:

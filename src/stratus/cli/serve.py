@@ -461,7 +461,9 @@ def build_server(settings: Settings):
         forwarded_allow_ips=settings.forwarded_allow_ips or None,
         **uvicorn_options(settings.tls_cert, settings.tls_key, settings.tls_client_ca),
     )
-    return uvicorn.Server(config), sock
+    from stratus.api.server import DrainingServer
+
+    return DrainingServer(config, config.app.state.stratus.registry, settings.drain_timeout), sock
 
 
 def access_hooks(settings: Settings):

@@ -220,6 +220,14 @@ class Engine:
         if self._transport is not None:
             self._transport.send(AbortRequest(request_id))
 
+    async def abort_all(self) -> int:
+        """Stop every request in flight: each ends through the aborted path (finish_reason
+        "abort"), so its caller can still close it properly. Returns how many there were."""
+        running = list(self._streams)
+        for rid in running:
+            await self.abort(rid)
+        return len(running)
+
     def stats(self) -> EngineStats:
         return self._stats
 
