@@ -49,6 +49,7 @@ class Settings:
     tls_client_ca: str | None = None  # demand client certificates signed by this CA (mutual TLS)
     drain_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM
     max_body_bytes: int = 4 * 1024 * 1024
+    body_read_timeout: float = 30.0  # seconds for a request body to arrive, once the route reads it
     # Proxies whose X-Forwarded-For / -Proto are believed (comma-separated addresses, or "*");
     # empty: none, so a client cannot choose the address that lockouts and the audit record see.
     forwarded_allow_ips: str = ""

@@ -102,15 +102,21 @@ def test_body_over_the_limit_is_413(http, api_server):
     envelope(http.post("/v1/completions", content=chunks()), 413)
 
 
-def test_lying_content_length_is_413_without_reading_it(api_server):
-    host, port = "127.0.0.1", api_server.port
-    with socket.create_connection((host, port), timeout=10) as s:
-        s.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 999999999\r\n\r\n{"
-        )
-        head = s.recv(4096).decode()
-    assert head.startswith("HTTP/1.1 413")
+def test_lying_content_length_is_refused_without_reading_it(api_server, admin_key):
+    """Headers first: an unknown caller gets 401 and a known one 413, and neither waits for (or
+    holds) a body it announced as 1 GB."""
+
+    def head_of(authorization: bytes) -> str:
+        with socket.create_connection(("127.0.0.1", api_server.port), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + authorization
+                + b"Content-Length: 999999999\r\n\r\n{"
+            )
+            return s.recv(4096).decode()
+
+    assert head_of(b"").startswith("HTTP/1.1 401")
+    assert head_of(b"Authorization: Bearer " + admin_key.encode() + b"\r\n").startswith("HTTP/1.1 413")
 
 
 def test_unknown_route_and_method(http):

@@ -138,7 +138,9 @@ def create_app(
             access.store, upstream_proxy.secret_store(access.store, settings.data_dir)
         )
         app.include_router(upstreams.router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.body_read_timeout
+    )
     app.add_middleware(RequestContextMiddleware, state=state)  # sees every outcome
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: even a refusal gets the headers
     if state.access is not None:

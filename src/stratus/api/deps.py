@@ -21,6 +21,7 @@ import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from starlette.requests import ClientDisconnect
 
 from stratus.api.errors import validation_message
 from stratus.api.state import AppState
@@ -138,7 +139,12 @@ async def parse_body(request: Request, model: type[M]) -> tuple[M, dict]:
 
     Returns the validated model and the raw object (the response cache keys on the latter).
     """
-    raw = await request.body()
+    try:
+        raw = await request.body()  # bounded in size and time by BodyLimitMiddleware
+    except ClientDisconnect:
+        raise APIError(
+            499, "The client went away while sending the body.", code="client_disconnect"
+        ) from None
     if not raw.strip():
         raise APIError(400, "The request body is empty; send a JSON object.")
     try:

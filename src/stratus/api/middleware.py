@@ -6,6 +6,7 @@ through untouched and a client disconnect still reaches the endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -199,15 +200,19 @@ def _is_stream(message: Message) -> bool:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over `max_bytes` with 413, by Content-Length and by what actually arrives.
+    """Bounds a request body as the app reads it: over `max_bytes` (declared or sent) is a 413,
+    a body not all received within `read_timeout` seconds a 408.
 
-    The body is read here (the JSON endpoints read it whole anyway) and replayed to the app;
-    later `receive` calls go to the server, so disconnects are still seen downstream.
+    Nothing is read before the route asks for the body, and routes ask only once the caller is
+    identified: an unauthenticated caller is refused from its headers, holding no body memory,
+    and every refusal is an ordinary request error (audited, counted). Later `receive` calls
+    (disconnect watchers) pass straight through once the body is complete.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
 
     def _too_large(self) -> APIError:
         return APIError(
@@ -217,40 +222,47 @@ class BodyLimitMiddleware:
             code="request_too_large",
         )
 
+    def _too_slow(self) -> APIError:
+        return APIError(
+            408,
+            f"The request body did not arrive within {self.read_timeout:g} s; send it at once "
+            "(the server's --body-read-timeout sets the limit).",
+            code="request_timeout",
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        declared = None
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    await self._too_large().response()(scope, receive, send)
-                    return
-        chunks: list[bytes] = []
+                    declared = None
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.max_bytes:
-                await self._too_large().response()(scope, receive, send)
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        replayed = False
+        deadline: float | None = None
+        complete = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
+        async def bounded() -> Message:
+            nonlocal size, deadline, complete
+            if complete:
+                return await receive()
+            if declared is not None and declared > self.max_bytes:
+                raise self._too_large()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.read_timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                raise self._too_slow() from None
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    raise self._too_large()
+                complete = not message.get("more_body", False)
+            return message
 
-        await self.app(scope, replay, send)
+        await self.app(scope, bounded, send)

@@ -213,6 +213,12 @@ def ray_options(func):
     help=f"Largest request body; bigger ones get 413. [default: {_default('max_body_bytes')}]",
 )
 @click.option(
+    "--body-read-timeout",
+    type=float,
+    default=None,
+    help=f"Seconds for a request body to arrive; slower ones get 408. [default: {_default('body_read_timeout')}]",
+)
+@click.option(
     "--forwarded-allow-ips",
     default=None,
     help="Proxies whose X-Forwarded-For is believed (comma-separated addresses, or '*'). "
