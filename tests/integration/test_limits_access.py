@@ -202,3 +202,25 @@ def test_keys_and_teams_commands_set_limits(http, base_url, admin_key):
         k for k in _ok(http.get("/admin/keys", params={"user": lead}))["data"] if k["name"] == "lead-limited"
     ]
     assert [k["status"] for k in made_by_lead] == ["revoked"]
+
+
+def test_a_teamless_key_using_a_teams_grant_is_governed_by_that_team(http, base_url):
+    """The key is bound to no team and its user has no grant of their own: the model comes from
+    the team's grant, so the team's limits apply and its usage is the team's."""
+    s = uuid.uuid4().hex[:6]
+    team, user = f"grant-{s}", f"loose-{s}"
+    _ok(http.post("/admin/teams", json={"name": team}))
+    _ok(http.put(f"/admin/teams/{team}/models/{TINY_MODEL}"))
+    _ok(http.post("/admin/users", json={"name": user, "team": team}))
+    secret = issued.record(_ok(http.post("/admin/keys", json={"name": "k", "user": user}))["secret"])
+    _ok(http.put("/admin/limits", json={"scope": "team", "subject": team, "rpm": 1}))
+    try:
+        body = {"model": TINY_MODEL, "prompt": "hello", "max_tokens": 2}
+        with httpx.Client(base_url=base_url, timeout=60, headers={"Authorization": f"Bearer {secret}"}) as c:
+            assert c.post("/v1/completions", json=body).status_code == 200
+            second = c.post("/v1/completions", json=body)
+        assert second.status_code == 429 and team in second.json()["error"]["message"], second.text
+        teams = {row["team"] for row in _ok(http.get("/admin/usage", params={"by": "team"}))["data"]}
+        assert team in teams
+    finally:
+        http.delete("/admin/limits", params={"scope": "team", "subject": team})

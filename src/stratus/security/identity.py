@@ -21,6 +21,19 @@ class Principal:
     models: frozenset[str] | None = frozenset()  # models it may use; None: every model
     expires_at: float | None = None  # when the credential stops working (None: never)
     via: str = "none"  # key | jwt | none (no authentication: the open development gateway)
+    # Which models the user holds by a direct grant: a team-less credential using a model only a
+    # team's grant gives is governed (limits, content logging, usage) as that team's (team_for).
+    direct_models: frozenset[str] = frozenset()
+    team_models: tuple[tuple[str, frozenset[str]], ...] = ()  # (team, its grants), sorted by team
+
+    def team_for(self, model: str) -> str | None:
+        """The team a request for `model` belongs to: the credential's own, else (no team bound
+        and no direct grant) the first team, by name, whose grant lets it use the model."""
+        if self.team is not None or model in self.direct_models or "*" in self.direct_models:
+            return self.team
+        return next(
+            (t for t, granted in self.team_models if model in granted or "*" in granted), None
+        )  # "*": every model
 
     @property
     def tenant(self) -> str:

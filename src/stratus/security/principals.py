@@ -94,6 +94,8 @@ def build_principal(
         models=models,
         expires_at=expires_at,
         via=via,
+        direct_models=frozenset(direct_models),
+        team_models=tuple(sorted((t, frozenset((team_models or {}).get(t, ()))) for t in teams)),
     )
 
 

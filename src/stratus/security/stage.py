@@ -14,6 +14,7 @@ lets a request through when a check could not be made.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from stratus.request.context import RequestContext
@@ -109,6 +110,9 @@ class IdentityStage(Stage):
             self.access.check_model(principal, model)
         except sec.NotFound:
             raise model_not_found(model, principal.visible(list(self._served))) from None
+        team = principal.team_for(model)
+        if team != principal.team:  # a team's grant let it in: that team's limits and usage apply
+            ctx.principal = dataclasses.replace(principal, team=team)
 
     async def may(self, ctx: RequestContext, permission: str) -> bool:
         if bearer(ctx.authorization) is None:
