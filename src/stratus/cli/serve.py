@@ -457,8 +457,9 @@ def build_server(settings: Settings):
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     hooks = access_hooks(settings)
     sock = bind_socket(settings.host, settings.port)
+    app = create_app(settings, identity=hooks)
     config = uvicorn.Config(
-        create_app(settings, identity=hooks),
+        app,
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout,
@@ -469,7 +470,7 @@ def build_server(settings: Settings):
     )
     from stratus.api.server import DrainingServer
 
-    return DrainingServer(config, config.app.state.stratus.registry, settings.drain_timeout), sock
+    return DrainingServer(config, app.state.stratus.registry, settings.drain_timeout), sock
 
 
 def access_hooks(settings: Settings):

@@ -141,7 +141,7 @@ class Tokenizer:
         """Token ids of the rendered conversation. Control tokens come only from the template:
         special-token text inside a message's content is encoded as the plain text it is."""
         text = self.apply_chat_template(messages, add_generation_prompt)
-        contents = [m.get("content") if isinstance(m.get("content"), str) else "" for m in messages]
+        contents: list[str] = [c if isinstance(c := m.get("content"), str) else "" for m in messages]
         if not any(s in c for c in contents for s in self.special_texts):
             return self.encode(text, add_special_tokens=False)  # nothing to forge: the usual path
         # Render again with a marker for each content, then encode the template's own text with
