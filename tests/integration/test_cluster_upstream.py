@@ -297,25 +297,27 @@ def test_an_upstream_dying_mid_stream_ends_the_stream_with_an_error_event(
         fragile.kill()
 
 
+CANNED_ANSWER = {  # what a recording upstream answers every chat request with
+    "id": "c1",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "x",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+
+
 def test_client_urls_never_reach_the_upstream(gateway, admin_key):
     """The upstream is a recording HTTP server: it sees exactly the schema's fields, at the
     registered URL only, whatever URL-ish fields the client adds."""
     from stratus.api.schemas import ChatCompletionRequest
     from tests.recording_server import RecordingServer
 
-    answer = {
-        "id": "c1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "x",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-    }
     gw, _ = gateway
     admin = {"Authorization": f"Bearer {admin_key}"}
     with (
-        RecordingServer(lambda _r: (200, "application/json", orjson.dumps(answer))) as registered,
-        RecordingServer(lambda _r: (200, "application/json", orjson.dumps(answer))) as elsewhere,
+        RecordingServer(lambda _r: (200, "application/json", orjson.dumps(CANNED_ANSWER))) as registered,
+        RecordingServer(lambda _r: (200, "application/json", orjson.dumps(CANNED_ANSWER))) as elsewhere,
         httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c,
     ):
         body = {"name": "rec", "model": "recorded", "base_url": registered.url + "/v1", "upstream_model": "u"}
@@ -343,18 +345,10 @@ def test_a_request_without_max_tokens_forwards_the_reserved_cap(gateway, admin_k
     from stratus.api.upstream_proxy import DEFAULT_MAX_TOKENS
     from tests.recording_server import RecordingServer
 
-    answer = {
-        "id": "c1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "x",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-    }
     gw, _ = gateway
     admin = {"Authorization": f"Bearer {admin_key}"}
     with (
-        RecordingServer(lambda _r: (200, "application/json", orjson.dumps(answer))) as upstream,
+        RecordingServer(lambda _r: (200, "application/json", orjson.dumps(CANNED_ANSWER))) as upstream,
         httpx.Client(base_url=gw.url, headers=admin, timeout=60) as c,
     ):
         body = {"name": "capped", "model": "capped", "base_url": upstream.url + "/v1", "upstream_model": "u"}
