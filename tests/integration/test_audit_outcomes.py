@@ -403,3 +403,20 @@ def test_a_response_refused_for_its_audit_record_is_not_charged(server, monkeypa
         rows = [dict(x) for x in conn.execute(table.select().where(table.c.request_id == rid)).mappings()]
     assert [(row["status"], row["completion_tokens"]) for row in rows] == [("error", 0)], rows
     assert rows[0]["prompt_tokens"] > 0  # the prompt was read: that much is charged
+
+
+def test_a_response_whose_ledger_row_cannot_be_kept_is_refused(server, monkeypatch, tmp_path):
+    """Fail closed: the database refuses the row and the spool cannot take it either, so the
+    complete response is refused (503) rather than served unbilled."""
+    from stratus.store import usage as ledger
+
+    def broken(conn, row):
+        raise OSError("disk full")
+
+    writer = server.state.meter.writer
+    monkeypatch.setattr(ledger, "record", broken)
+    monkeypatch.setattr(writer, "spool", tmp_path / "missing-dir" / "spool.jsonl")
+    headers = {"Authorization": f"Bearer {server.admin}"}
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        r = c.post("/v1/chat/completions", json=chat(max_tokens=3), headers=headers)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "ledger_unavailable", r.text

@@ -50,6 +50,7 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["ctx"] = ctx
         request_id_header = (b"x-request-id", ctx.request_id.encode())
         recorded = refused = streaming = False
+        refusals: list[Exception] = []  # why a record step failed, for the 503 it turns into
         first_byte: float | None = None
 
         async def send_wrapper(message: Message) -> None:
@@ -69,11 +70,12 @@ class RequestContextMiddleware:
                     written = await self._open(scope, ctx)
                 else:
                     recorded = True
-                    written = await self._record(scope, ctx, refusable=True)
+                    written = await self._record(scope, ctx, refusable=True, failures=refusals)
                 if not written:
                     refused = True
                     ctx.status, ctx.outcome = 503, "error"
-                    response = audit_unavailable().response()
+                    why = refusals[0] if refusals else None
+                    response = (why if isinstance(why, APIError) else audit_unavailable()).response()
                     response.raw_headers.append(request_id_header)
                     await response(scope, receive, send)
                     return
@@ -112,13 +114,21 @@ class RequestContextMiddleware:
             ctx.outcome = "error"
 
     async def _record(
-        self, scope: Scope, ctx: RequestContext, refusable: bool, streamed: bool = False
+        self,
+        scope: Scope,
+        ctx: RequestContext,
+        refusable: bool,
+        streamed: bool = False,
+        failures: list[Exception] | None = None,
     ) -> bool:
-        """The record step; False when it failed and the response can still be refused."""
+        """The record step; False when it failed and the response can still be refused (the
+        failure is appended to `failures`: an APIError says what the 503 should say)."""
         self._settle(scope, ctx)
         try:
             await self.state.pipeline.record(ctx, refusable)
-        except Exception:
+        except Exception as exc:
+            if failures is not None:
+                failures.append(exc)
             if streamed:  # delivered already: only its opening record is in the trail
                 log.exception("closing audit record of stream %s failed", ctx.request_id)
             else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -69,6 +70,10 @@ class Ticket:
     settled: bool = False
 
 
+class LedgerUnavailable(Exception):
+    """A served request's ledger row is in neither the database nor the spool."""
+
+
 class Meter:
     def __init__(
         self,
@@ -78,6 +83,7 @@ class Meter:
         fail_open: bool = False,
         rules_ttl: float = 2.0,
         prefix: str = COUNTER_PREFIX,
+        spool: str | os.PathLike | None = None,
     ):
         self.store = store
         self.limiter = limiter
@@ -89,7 +95,8 @@ class Meter:
         self._rules: list[LimitRule] | None = None
         self._rules_at = 0.0
         self.static_rules: list[LimitRule] = []  # rules given in code (tests, benchmarks)
-        self.writer = LedgerWriter(store) if store is not None else None
+        # rows the database will not take wait in `spool` (a local file) and are replayed
+        self.writer = LedgerWriter(store, spool) if store is not None else None
 
     # -- rules --------------------------------------------------------------------------------
 
@@ -151,7 +158,8 @@ class Meter:
         started_at: float,
         latency_s: float,
     ) -> None:
-        """Charge what was delivered (once), then write the ledger row. Never raises."""
+        """Charge what was delivered (once), then write the ledger row. Raises LedgerUnavailable
+        only when the row is in neither the database nor the spool (the caller fails closed)."""
         if ticket.settled:
             return
         ticket.settled = True
@@ -172,7 +180,8 @@ class Meter:
                 prompt_tokens,
                 completion_tokens,
                 cost,
-            )
+            ),
+            must=True,
         )
 
     async def refused(
@@ -188,13 +197,16 @@ class Meter:
         """The ledger row of a request refused before admission: nothing reserved, nothing charged."""
         await self.write(_ledger_row(principal, model[:128], request_id, started_at, latency_s, status[:24]))
 
-    async def write(self, row: ledger.UsageRow) -> None:
+    async def write(self, row: ledger.UsageRow, must: bool = False) -> None:
+        """`must`: the row of a served request; raise LedgerUnavailable if it cannot be kept."""
         if self.writer is None:
             return
         try:
             await self.writer.write(row)
-        except Exception:
+        except Exception as exc:
             log.exception("usage ledger write failed for request %s", row.request_id)
+            if must:
+                raise LedgerUnavailable(f"the usage ledger cannot be written ({type(exc).__name__})") from exc
 
 
 def _ledger_row(

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stratus.limits.memory import MemoryLimiter
-from stratus.limits.meter import LimitExceeded, Meter, Ticket
+from stratus.limits.meter import LedgerUnavailable, LimitExceeded, Meter, Ticket
 from stratus.limits.rules import LimiterUnavailable, parse_prices
 from stratus.request.context import RequestContext, Usage
 from stratus.request.errors import APIError
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from stratus.config import Settings
 
 log = logging.getLogger("stratus.limits")
+
+LEDGER_SPOOL_FILE = "ledger-spool.jsonl"  # in the data directory: rows the database would not take
 
 
 def too_many(exc: LimitExceeded) -> APIError:
@@ -128,6 +131,17 @@ class LimitsStage(Stage):
         ticket = ticket or ctx.ticket
         if ticket is None:
             return
+        try:
+            await self._charge(ctx, usage, ticket)
+        except LedgerUnavailable as exc:  # fail closed: a complete response is refused (503)
+            raise APIError(
+                503,
+                "The usage ledger cannot be written, so the request was refused. Retry shortly.",
+                code="ledger_unavailable",
+                headers={"Retry-After": "5"},
+            ) from exc
+
+    async def _charge(self, ctx: RequestContext, usage: Usage, ticket: Ticket) -> None:
         await self.meter.settle(  # a no-op for a ticket already settled
             ticket,
             request_id=ctx.request_id,
@@ -160,5 +174,6 @@ def limits_stage(settings: Settings, store: Store | None) -> LimitsStage | None:
         build_limiter(settings),
         prices=parse_prices(settings.model_prices),
         fail_open=settings.limits_fail_open,
+        spool=Path(settings.data_dir) / LEDGER_SPOOL_FILE,
     )
     return LimitsStage(meter)

@@ -86,6 +86,13 @@ def record(conn: Connection, row: UsageRow) -> None:
     conn.execute(usage_ledger.insert().values(**asdict(row)))
 
 
+def has_row(conn: Connection, request_id: str, at: float, status: str) -> bool:
+    """Is this row (a request's row, by its time and status) already in the ledger?"""
+    c = usage_ledger.c
+    query = sa.select(c.id).where(c.request_id == request_id, c.time == at, c.status == status).limit(1)
+    return conn.execute(query).first() is not None
+
+
 def aggregate(
     conn: Connection,
     since: float,
