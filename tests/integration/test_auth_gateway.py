@@ -451,3 +451,12 @@ def test_two_authorization_headers_are_no_credential(http, api_server, admin_key
             r = c.get("/admin/whoami", headers=headers)
             assert r.status_code == 401, (pair, r.text)
         assert c.get("/admin/whoami", headers={"Authorization": f"Bearer {admin_key}"}).status_code == 200
+
+
+def test_ready_checks_a_credential_like_any_route(http, api_server, admin_key):
+    """/ready is no oracle for keys: a bad credential gets the usual 401 (counted towards
+    lockouts, audited); none gets the public status; a status reader gets the details."""
+    with httpx.Client(base_url=api_server.url, timeout=30) as c:
+        assert c.get("/ready", headers=bearer(keys.generate().secret)).status_code == 401
+        assert c.get("/ready").json()["models"] == {}
+        assert c.get("/ready", headers=bearer(admin_key)).json()["models"]

@@ -49,7 +49,8 @@ KEY_ADMINS = only(200, {"admin", "team_admin"}, member=404, viewer=404, wrong_te
 # (method, route template, concrete path, body, expected status by caller), in the order they run.
 MATRIX = [
     ("GET", "/health", "/health", None, every(200)),
-    ("GET", "/ready", "/ready", None, every(503)),
+    # /ready answers everyone, but a credential sent to it is checked: a bad one is the usual 401
+    ("GET", "/ready", "/ready", None, {**every(503), **{who: 401 for who in NO_CREDENTIAL[1:]}}),
     ("GET", "/openapi.json", "/openapi.json", None, every(200)),
     ("GET", "/docs", "/docs", None, every(200)),
     ("GET", "/docs/oauth2-redirect", "/docs/oauth2-redirect", None, every(200)),

@@ -34,10 +34,17 @@ async def health(request: Request) -> JSONBody:
     responses={503: {"model": ReadyResponse, "description": "Still loading, or a model failed"}},
 )
 async def ready(request: Request) -> JSONBody:
-    """Everyone gets the status; model names and errors only callers allowed to read status."""
+    """Everyone gets the status; model names and errors only callers allowed to read status. A
+    credential sent here is checked like on any route (lockouts, a 401 when bad, audited): /ready
+    is no place to test keys unseen."""
     state = app_state(request)
     registry = state.registry
-    may_read = await state.pipeline.may(request.state.ctx, "status.read")
+    ctx = request.state.ctx
+    may_read = False
+    if ctx.authorization is not None:
+        ctx.route = "/ready"
+        await state.pipeline.identify(ctx)
+        may_read = await state.pipeline.may(ctx, "status.read")
     models: dict[str, str] = {}
     problems: dict[str, str] = {}
     if may_read:
@@ -47,10 +54,9 @@ async def ready(request: Request) -> JSONBody:
             for m in registry.models.values()
             if m.error or (m.state == "ready" and not registry.available(m) and m.replicas.problems())
         }
-    # Every request would be refused (fail closed) while the audit trail cannot be written.
+    # Every request would be refused (fail closed) while the audit trail cannot be written (a
+    # caller who sent a credential is refused too: its /ready is audited).
     audit_ok = state.audit is None or state.audit.recorder.healthy or state.audit.recorder.fail_open
-    if not audit_ok and may_read:
-        problems["audit"] = "the audit trail cannot be written; requests are refused"
     status = registry.status if audit_ok else "failed"
     body = {"status": status, "models": models, "errors": problems}
     return JSONBody(body, status_code=200 if registry.ready and audit_ok else 503)
