@@ -59,10 +59,9 @@ def record_of(server, request_id: str):
 
 
 def test_an_unauthenticated_stalled_body_is_refused_at_once(server):
-    started = time.monotonic()
     head = raw_post(server, b"Content-Length: 1500\r\n", b"{")  # then never sends the rest
+    # 401, not the 408 that waiting for the body would have ended in: it was never read
     assert head.startswith("HTTP/1.1 401"), head
-    assert time.monotonic() - started < 0.9  # before the body's read deadline: it was never read
 
 
 def test_a_body_that_does_not_arrive_in_time_is_a_408_and_audited(server):
