@@ -25,7 +25,6 @@ from starlette.requests import ClientDisconnect
 
 from stratus.api.errors import validation_message
 from stratus.api.state import AppState
-from stratus.names import redact_keys
 from stratus.request.context import RequestContext, Usage
 from stratus.request.errors import APIError, unavailable
 from stratus.security.access import AccessControl
@@ -72,7 +71,7 @@ class Gateway:
 
     async def authorize(self, model: str | None = None) -> None:
         if model is not None:
-            self.ctx.model = redact_keys(model)  # a key sent as the model name is not recorded
+            self.ctx.name_model(model)
         await self.state.pipeline.authorize(self.ctx, model)
 
     async def route(self, model: str, generating: bool = True, sequences: int = 1) -> ReplicaSet:

@@ -53,8 +53,7 @@ OFF_LOOP_CHARS = 32_768
 def check_text_fits(engine: Engine, chars: int, param: str) -> None:
     """Refuse, without tokenizing it, a text too long for the context window whatever its
     tokens: each token stands for at most `max_token_chars` characters (x2 for normalizers)."""
-    tokenizer = engine.tokenizer
-    limit = engine.max_model_len * 2 * getattr(tokenizer, "max_token_chars", 1 << 30)
+    limit = engine.max_model_len * 2 * engine.tokenizer.max_token_chars
     if chars > limit:
         raise APIError(
             400,

@@ -92,8 +92,7 @@ class ModelRegistry:
             return "ready"
         if model.replicas.gave_up():
             return "failed"
-        problems = model.replicas.problems()
-        return "restarting" if any("being restarted" in p for p in problems) else "unavailable"
+        return "restarting" if model.replicas.restarting() else "unavailable"
 
     def given_up(self) -> list[str]:
         """Models whose every replica died for good: /health fails so a supervisor restarts us."""

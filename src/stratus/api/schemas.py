@@ -185,10 +185,11 @@ class CompletionRequest(_GenerationRequest):
             )
         if self.echo and self.logprobs is not None:
             raise ParamError("echo", "echo together with logprobs is not supported (no prompt logprobs)")
-        if (sequences := len(self.prompts()) * self.n) > MAX_SEQUENCES:
+        prompts = len(self.prompts())
+        if (sequences := prompts * self.n) > MAX_SEQUENCES:
             raise ParamError(
                 "n",
-                f"{len(self.prompts())} prompts with n={self.n} are {sequences} sequences; one request "
+                f"{prompts} prompts with n={self.n} are {sequences} sequences; one request "
                 f"may ask for at most {MAX_SEQUENCES} (split it into several requests)",
             )
         return self

@@ -37,6 +37,6 @@ def lockouts_list(url, cacert, as_json) -> None:
 @click.argument("source")
 @connection_options
 def lockouts_unlock(source, url, cacert, as_json) -> None:
-    """Lift the lockout of SOURCE (addr:ADDRESS or key:PREFIX, as `list` shows it)."""
+    """Lift the lockout of SOURCE (addr:ADDRESS or key:PREFIX@ADDRESS, as `list` shows it)."""
     data = Client(url, cacert).call("DELETE", f"/admin/lockouts/{quote(source, safe='')}")
     show(data, as_json, lambda d: [f"unlocked {d['source']}"])

@@ -44,6 +44,11 @@ class LocalReplica:
         return problem or (None if self.engine.healthy else "its engine is not running")
 
     @property
+    def restarting(self) -> bool:
+        """Its engine process died and is being replaced."""
+        return getattr(self.engine, "state", None) == "restarting"
+
+    @property
     def gave_up(self) -> bool:
         """The engine died and could not be restarted: only a restart of the server helps."""
         return getattr(self.engine, "state", None) == "failed"

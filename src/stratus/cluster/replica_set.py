@@ -156,6 +156,10 @@ class ReplicaSet:
                 found.append(f"replica {rid}: {problem}")
         return found
 
+    def restarting(self) -> bool:
+        """Some replica's engine is being replaced (it will come back by itself)."""
+        return any(getattr(e.replica, "restarting", False) for e in self.entries.values())
+
     def gave_up(self) -> bool:
         """Every replica is dead for good: nothing short of restarting the server brings it back."""
         return bool(self.entries) and all(getattr(e.replica, "gave_up", False) for e in self.entries.values())

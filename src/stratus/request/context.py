@@ -90,6 +90,11 @@ class RequestContext:
             headers=raw,
         )
 
+    def name_model(self, model: str) -> None:
+        """Record which model the request is about (audit, ledger, access log): bounded, and
+        a key sent as the model name by mistake is not stored whole."""
+        self.model = redact_keys(model[:128])
+
     def header(self, name: str) -> str | None:
         """The first value of a request header (name in lower case), or None."""
         key = name.encode("latin-1")

@@ -93,7 +93,7 @@ def _schema() -> dict:
 async def scale(request: Request, me: Principal = Depends(principal)) -> JSONBody:
     body, _ = await parse_body(request, ScaleRequest)
     state = app_state(request)
-    request.state.ctx.model = body.model[:128]  # the audit record names what was scaled
+    request.state.ctx.name_model(body.model)  # the audit record names what was scaled
     cluster = state.ray_cluster
     if cluster is None:
         raise APIError(

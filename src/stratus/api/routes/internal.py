@@ -42,7 +42,7 @@ def _audited(request: Request, body: dict) -> dict:
     ctx = request.state.ctx
     ctx.authenticating = True
     if isinstance(body.get("model"), str):
-        ctx.model = body["model"][:128]
+        ctx.name_model(body["model"])
     return body
 
 

@@ -126,7 +126,7 @@ async def add_upstream(
     except Conflict as exc:
         raise APIError(409, str(exc), param="name") from None
     await upstreams.refresh()
-    request.state.ctx.model = body.model  # the audit record names the model it serves
+    request.state.ctx.name_model(body.model)  # the audit record names the model it serves
     return JSONBody(_out(row), status_code=201, headers=NO_STORE)
 
 
