@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP   := $(VENV)/.installed-dev
 
-.PHONY: serve test install install-dev lint bench charts demo-model clean
+.PHONY: serve test fault install install-dev lint bench charts demo-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ serve: install
 
 test: install-dev
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The fault suite at full length (CI runs it in its short form within `make test`):
+# docs/RELIABILITY.md lists each scenario and its last figures.
+fault: install-dev
+	STRATUS_FAULT_FULL=1 $(BIN)/python -m pytest -q tests/fault $(PYTEST_ARGS)
 
 # Format, lint, the import rules (docs/ARCHITECTURE.md) and types; mypy-baseline.txt holds the
 # type errors the code had when the check was introduced: a new one fails, a fixed one is
