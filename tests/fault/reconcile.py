@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,10 +90,12 @@ async def call(
     body: dict,
     request_id: str,
     headers: dict[str, str] | None = None,
+    on_chunk: Callable[[Outcome, dict], None] | None = None,
 ) -> Outcome:
     """Send one completion or chat completion (streamed when `body["stream"]`) with this request
     id, and return what the client observed. Never raises for a transport error: a dropped
-    connection is an Outcome that is not complete."""
+    connection is an Outcome that is not complete. `on_chunk(outcome, chunk)` hears each event
+    of a stream as it arrives (`outcome.text` holds the text so far)."""
     headers = {**(headers or {}), "x-request-id": request_id}
     out = Outcome(stream=bool(body.get("stream")))
     try:
@@ -116,7 +119,6 @@ async def call(
                 out.complete = True
                 out.error = r.text
                 return out
-            parts = []
             async for line in r.aiter_lines():
                 if line == "data: [DONE]":
                     out.complete = out.error is None
@@ -127,11 +129,12 @@ async def call(
                 if "error" in chunk:
                     out.error = json.dumps(chunk["error"])
                     continue
-                parts.append(_choice_text(chunk))
+                out.text += _choice_text(chunk)
                 if chunk.get("usage"):
                     out.prompt_tokens = chunk["usage"]["prompt_tokens"]
                     out.completion_tokens = chunk["usage"]["completion_tokens"]
-            out.text = "".join(parts)
+                if on_chunk is not None:
+                    on_chunk(out, chunk)
     except (httpx.HTTPError, ValueError) as exc:  # a dropped connection, a body cut mid-JSON
         out.complete = False
         out.error = out.error or f"{type(exc).__name__}: {exc}"
