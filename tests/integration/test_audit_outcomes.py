@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(180)
 class AdmitForTests(IdentityStage):
     """Real identity and audit; admission refuses two magic token budgets (limits are issue 5)."""
 
-    async def admit(self, ctx, prompt_tokens, max_tokens):
+    async def admit(self, ctx, prompt_tokens, max_tokens, sequences=1):
         if max_tokens == 7:
             raise APIError(429, "Rate limit reached (test).", code="rate_limited")
         if max_tokens == 8:

@@ -121,6 +121,14 @@ def test_200_concurrent_requests_against_a_budget_admit_exactly_n(server):
     assert all(r["cost_micro_usd"] == 0 for r in recorded if r["status"] != "ok")
 
 
+def same_minute(needed_s: float = 10.0) -> None:
+    """Wait for the next UTC minute if fewer than `needed_s` seconds are left of this one, so a
+    test's requests fall in one requests-per-minute window."""
+    left = 60 - time.time() % 60
+    if left < needed_s:
+        time.sleep(left + 0.05)
+
+
 def counter_value(server, user, kind):
     m = meter(server)
     keys = [k for k in m.limiter._counters if f"user={user}/" in k and f":{kind}:" in k]
@@ -184,6 +192,7 @@ def test_streamed_aborted_and_failed_requests_are_charged_what_was_delivered(ser
 
 def test_429_headers_and_body_through_the_openai_client(server, monkeypatch):
     set_rule(server, scope="user", subject="sdk", rpm=2, tpm=10**6)
+    same_minute()
     client = openai.OpenAI(
         base_url=server.url + "/v1", api_key="unused", max_retries=0, default_headers={"x-user": "sdk"}
     )
@@ -207,9 +216,10 @@ def test_429_headers_and_body_through_the_openai_client(server, monkeypatch):
     assert response.headers["x-ratelimit-limit-requests"] == "2"
     assert response.headers["x-ratelimit-remaining-requests"] == "0"
     assert response.headers["x-ratelimit-reset-requests"].endswith("s")
-    assert response.headers["x-ratelimit-limit-tokens"] == "1000000"
-    assert int(response.headers["x-ratelimit-remaining-tokens"]) < 10**6
-    assert response.headers["x-ratelimit-reset-tokens"].endswith("s")
+    # refused before its body was read, it has no token figures; an admitted response has both
+    assert first.headers["x-ratelimit-limit-tokens"] == "1000000"
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) < 10**6
+    assert first.headers["x-ratelimit-reset-tokens"].endswith("s")
 
     # the client retries a 429 by itself, waiting what Retry-After says
     slept: list[float] = []
@@ -287,20 +297,23 @@ def test_bad_limits_are_400_and_usage_is_aggregated(server):
 def test_requests_refused_after_identification_get_a_ledger_row(server):
     """One row per request: refusals (a limit, bad input, an unknown model) with status and no
     tokens, counted as refused in the JSON and CSV totals; an admitted failure is not one."""
-    set_rule(server, scope="user", subject="refusee", rpm=1)
+    set_rule(server, scope="user", subject="refusee", rpm=3)
     h = {"x-user": "refusee", "x-team": "refusers"}
+    same_minute()
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        assert c.post("/v1/completions", json=body(), headers=h).status_code == 200
-        assert c.post("/v1/completions", json=body(), headers=h).status_code == 429
         assert c.post("/v1/completions", json=body(max_tokens=-3), headers=h).status_code == 400
         chat = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
         assert c.post("/v1/chat/completions", json=chat, headers=h).status_code == 404
+        assert c.post("/v1/completions", json=body(), headers=h).status_code == 200
+        assert c.post("/v1/completions", json=body(), headers=h).status_code == 429
         assert c.get("/v1/models", headers=h).status_code == 200  # not a generation: no row
         by_status = c.get("/admin/usage", params={"by": "user,status"}).json()["data"]
         csv_lines = c.get("/admin/usage", params={"by": "team", "format": "csv"}).text.splitlines()
     recorded = rows(server, "refusee")
-    assert [r["status"] for r in recorded] == ["ok", "refused_429", "refused_400", "refused_404"]
-    assert recorded[3]["model"] == "no-such-model" and recorded[1]["model"] == TINY_MODEL
+    assert [r["status"] for r in recorded] == ["refused_400", "refused_404", "ok", "refused_429"]
+    assert recorded[1]["model"] == "no-such-model"
+    assert recorded[3]["model"] == ""  # refused by rpm before its body (which names it) was read
+    recorded.insert(0, recorded.pop(2))  # the admitted one first
     assert all(r["prompt_tokens"] == r["completion_tokens"] == r["cost_micro_usd"] == 0 for r in recorded[1:])
     mine = {d["status"]: d for d in by_status if d["user"] == "refusee"}
     assert {s: (d["requests"], d["refused"]) for s, d in mine.items()} == {
@@ -312,3 +325,47 @@ def test_requests_refused_after_identification_get_a_ledger_row(server):
     assert mine["refused_429"]["total_tokens"] == 0
     ok_tokens = recorded[0]["prompt_tokens"] + recorded[0]["completion_tokens"]
     assert f"refusers,4,3,{recorded[0]['prompt_tokens']},{MAX},{ok_tokens}," in "\n".join(csv_lines)
+
+
+def test_a_request_counts_against_rpm_as_soon_as_its_caller_is_known(server):
+    """Requests refused for their input (bad values, a prompt longer than the context) were never
+    counted: a caller could make the gateway parse and tokenize without limit. They count now."""
+    set_rule(server, scope="user", subject="early", rpm=2)
+    h = {"x-user": "early"}
+    same_minute()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        bad = c.post("/v1/completions", json=body(max_tokens=-3), headers=h)
+        assert bad.status_code == 400
+        too_long = c.post("/v1/completions", json=body(prompt="count " * 5000), headers=h)
+        assert too_long.status_code == 400
+        refused = c.post("/v1/completions", json=body(), headers=h)
+    assert refused.status_code == 429
+    assert "requests per minute for user 'early'" in refused.json()["error"]["message"]
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert [r["status"] for r in rows(server, "early")] == ["refused_400", "refused_400", "refused_429"]
+
+
+def test_a_model_specific_rpm_counts_once_at_admission(server):
+    set_rule(server, scope="user", subject="permodel", rpm=5)
+    set_rule(server, scope="user", subject="permodel", model=TINY_MODEL, rpm=2)
+    h = {"x-user": "permodel"}
+    same_minute()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        statuses = [c.post("/v1/completions", json=body(), headers=h).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]  # the model's rule refuses; each request counted once
+    assert counter_value(server, "permodel", "rpm") == 3 + 2
+
+
+def test_concurrency_limits_count_sequences_not_requests(server):
+    """One request of prompts × n sequences holds that many of a concurrency limit."""
+    set_rule(server, scope="user", subject="fanout", concurrent=3)
+    h = {"x-user": "fanout"}
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        four = c.post("/v1/completions", json=body(n=4), headers=h)
+        two_by_two = c.post("/v1/completions", json=body(prompt=["a b", "c d"], n=2), headers=h)
+        three = c.post("/v1/completions", json=body(n=3), headers=h)
+    assert four.status_code == two_by_two.status_code == 429
+    message = four.json()["error"]["message"]
+    assert "concurrent sequences" in message and "this request needs 4" in message
+    assert three.status_code == 200 and len(three.json()["choices"]) == 3
+    assert counter_value(server, "fanout", "concurrent") == 0  # all three slots freed

@@ -93,9 +93,10 @@ class Gateway:
             )
         return engine
 
-    async def admit(self, prompt_tokens: int, max_tokens: int) -> None:
-        """admit: limits, quota and budget for what this request may use."""
-        await self.state.pipeline.admit(self.ctx, prompt_tokens, max_tokens)
+    async def admit(self, prompt_tokens: int, max_tokens: int, sequences: int = 1) -> None:
+        """admit: limits, quota and budget for what this request may use: `max_tokens` of all its
+        `sequences` (prompts × n) together."""
+        await self.state.pipeline.admit(self.ctx, prompt_tokens, max_tokens, sequences)
 
     async def settle(self, usage: Usage) -> None:
         """settle: charge what was actually delivered."""

@@ -68,9 +68,11 @@ class Pipeline:
         for s in self.stages:
             await s.authorize(ctx, model)
 
-    async def admit(self, ctx: RequestContext, prompt_tokens: int, max_tokens: int) -> None:
+    async def admit(
+        self, ctx: RequestContext, prompt_tokens: int, max_tokens: int, sequences: int = 1
+    ) -> None:
         for s in self.stages:
-            await s.admit(ctx, prompt_tokens, max_tokens)
+            await s.admit(ctx, prompt_tokens, max_tokens, sequences)
 
     async def settle(self, ctx: RequestContext, usage: Usage) -> None:
         ctx.usage = usage

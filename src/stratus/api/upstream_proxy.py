@@ -136,7 +136,7 @@ async def maybe_proxy(
     n = getattr(body, "n", 1) or 1
     requested = raw.get("max_completion_tokens") or raw.get("max_tokens") or DEFAULT_MAX_TOKENS
     prompt_estimate = _estimate_prompt_tokens(raw)
-    await gw.admit(prompt_estimate, requested * n)  # admit
+    await gw.admit(prompt_estimate, requested * n, n)  # admit
     payload = _forwarded(body, raw)
     if "max_tokens" not in payload and "max_completion_tokens" not in payload:
         # What admit reserved is the most the caller may get: the upstream is held to it too.

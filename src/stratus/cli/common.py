@@ -170,7 +170,7 @@ def show(data: Any, as_json: bool, lines) -> None:
 LIMIT_FLAGS: list[tuple[str, tuple[str, ...], type, str]] = [
     ("rpm", ("--rpm",), int, "Requests per minute."),
     ("tpm", ("--tpm",), int, "Tokens (prompt + completion) per minute."),
-    ("concurrent", ("--concurrent", "--concurrency"), int, "Requests in flight at once."),
+    ("concurrent", ("--concurrent", "--concurrency"), int, "Sequences in flight at once (prompts × n)."),
     ("tokens_per_day", ("--tokens-per-day", "--daily-tokens"), int, "Tokens per UTC day."),
     ("tokens_per_month", ("--tokens-per-month", "--monthly-tokens"), int, "Tokens per UTC month."),
     (

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from stratus.limits.ledger import LedgerWriter
@@ -27,11 +28,13 @@ from stratus.limits.memory import MemoryLimiter
 from stratus.limits.rules import (
     COUNTER_PREFIX,
     QUOTA_KINDS,
+    Item,
     LimiterUnavailable,
     LimitRule,
     Plan,
     Prices,
     cost_micro_usd,
+    plan_identified,
     plan_request,
     rate_headers,
     refusal_message,
@@ -123,29 +126,63 @@ class Meter:
 
     # -- admit and settle ---------------------------------------------------------------------
 
-    async def admit(self, principal: Principal, model: str, prompt_tokens: int, max_tokens: int) -> Ticket:
+    async def identified(self, principal: Principal) -> tuple[frozenset[str], dict[str, str]]:
+        """Count one request against the rpm limits that apply whatever the model, as soon as its
+        caller is known (before its body is read); raises LimitExceeded. Returns the rules that
+        counted it (give them to `admit` as `counted`) and the x-ratelimit-*-requests headers."""
         now = time.time()
+        items = plan_identified(await self.rules(), principal, now, self.prefix)
+        _, headers = await self._acquire(items, now)
+        return frozenset(item.rule.name for item in items), headers
+
+    async def admit(
+        self,
+        principal: Principal,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        *,
+        sequences: int = 1,
+        counted: Collection[str] = (),
+    ) -> Ticket:
+        """Reserve the worst case of one request: `max_tokens` of all its sequences, and
+        `sequences` (prompts × n) of the concurrency limits."""
+        now = time.time()
+        rules = await self.rules()
         plan = plan_request(
-            await self.rules(), principal, model, prompt_tokens, max_tokens, self.prices, now, self.prefix
+            rules,
+            principal,
+            model,
+            prompt_tokens,
+            max_tokens,
+            self.prices,
+            now,
+            self.prefix,
+            sequences=sequences,
+            counted=counted,
         )
-        limiter = self.limiter
-        if plan.items:
-            try:
-                decision = await limiter.acquire(plan.items)
-            except LimiterUnavailable:
-                if not self.fail_open:
-                    raise
-                log.warning("limiter unavailable; falling back to per-process limits (fail-open)")
-                limiter = self.fallback
-                decision = await limiter.acquire(plan.items)
-            headers = rate_headers(plan.items, decision.values, now)
-            if not decision.allowed:
-                item = plan.items[decision.refused]
-                wait = retry_after(item, now)
-                raise LimitExceeded(refusal_message(item, decision.current, now), item.kind, wait, headers)
-        else:
-            headers = {}
+        limiter, headers = await self._acquire(plan.items, now)
         return Ticket(principal, model, plan, limiter, headers)
+
+    async def _acquire(self, items: list[Item], now: float) -> tuple[object, dict[str, str]]:
+        """Charge `items` in one atomic limiter call: (the limiter that took them, rate headers)."""
+        limiter = self.limiter
+        if not items:
+            return limiter, {}
+        try:
+            decision = await limiter.acquire(items)
+        except LimiterUnavailable:
+            if not self.fail_open:
+                raise
+            log.warning("limiter unavailable; falling back to per-process limits (fail-open)")
+            limiter = self.fallback
+            decision = await limiter.acquire(items)
+        headers = rate_headers(items, decision.values, now)
+        if not decision.allowed:
+            item = items[decision.refused]
+            wait = retry_after(item, now)
+            raise LimitExceeded(refusal_message(item, decision.current, now), item.kind, wait, headers)
+        return limiter, headers
 
     async def settle(
         self,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import calendar
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
@@ -210,6 +211,7 @@ class Plan:
     items: list[Item]
     reserved_tokens: int
     reserved_cost: int
+    sequences: int = 1  # what the concurrency gauges hold for this request
 
     def reconcile(self, tokens: int, cost: int) -> list[tuple[str, int]]:
         """Counter changes that turn the reservation into the real charge (and free the slot)."""
@@ -220,8 +222,34 @@ class Plan:
             elif item.kind == "budget_usd_per_month":
                 changes.append((item.key, cost - self.reserved_cost))
             elif item.kind == "concurrent":
-                changes.append((item.key, -1))
+                changes.append((item.key, -self.sequences))
         return [(k, d) for k, d in changes if d != 0]
+
+
+def _item(rule: LimitRule, kind: str, limit: float, amount: int, now: float, prefix: str) -> Item:
+    win, ends = window(kind, now)
+    ttl = GAUGE_TTL_S if not ends else int(ends - now) + 61
+    return Item(f"{prefix}{rule.name}:{kind}:{win}", amount, int(limit), ttl, kind, rule, ends)
+
+
+def whatever_the_model(rule: LimitRule) -> bool:
+    """A rule that applies to its subject's requests for every model: it can be checked before the
+    request body (and so the model) is read."""
+    return rule.model is None and rule.scope != "model"
+
+
+def plan_identified(
+    rules: list[LimitRule], principal: Principal, now: float | None = None, prefix: str = COUNTER_PREFIX
+) -> list[Item]:
+    """The requests-per-minute counters one request charges as soon as its caller is known: those
+    of the rules that apply whatever the model. A request refused later (bad input, a prompt too
+    long) has still been counted."""
+    now = time.time() if now is None else now
+    return [
+        _item(rule, "rpm", rule.rpm, 1, now, prefix)
+        for rule in rules
+        if rule.rpm is not None and whatever_the_model(rule) and rule.applies(principal, "")
+    ]
 
 
 def plan_request(
@@ -233,8 +261,14 @@ def plan_request(
     prices: Prices,
     now: float | None = None,
     prefix: str = COUNTER_PREFIX,
+    *,
+    sequences: int = 1,
+    counted: Collection[str] = (),
 ) -> Plan:
-    """The counters of every rule that applies, charged with the worst case of this request."""
+    """The counters of every rule that applies, charged with the worst case of this request:
+    `max_tokens` is the whole request's (every sequence's), `sequences` what it holds of the
+    concurrency limits (prompts × n). `counted`: the rules whose rpm already counted this request
+    (`plan_identified`, when its caller was known)."""
     now = time.time() if now is None else now
     tokens = prompt_tokens + max_tokens
     cost = cost_micro_usd(prices, model, prompt_tokens, max_tokens)
@@ -243,14 +277,17 @@ def plan_request(
         if not rule.applies(principal, model):
             continue
         for kind, limit in rule.limits().items():
-            win, ends = window(kind, now)
-            amount = 1 if kind in ("rpm", "concurrent") else tokens
-            if kind == "budget_usd_per_month":
+            amount = tokens
+            if kind == "rpm":
+                if rule.name in counted:
+                    continue
+                amount = 1
+            elif kind == "concurrent":
+                amount = sequences
+            elif kind == "budget_usd_per_month":
                 amount, limit = cost, round(limit * 1e6)
-            ttl = GAUGE_TTL_S if not ends else int(ends - now) + 61
-            key = f"{prefix}{rule.name}:{kind}:{win}"
-            items.append(Item(key, amount, int(limit), ttl, kind, rule, ends))
-    return Plan(items, tokens, cost)
+            items.append(_item(rule, kind, limit, amount, now, prefix))
+    return Plan(items, tokens, cost, sequences)
 
 
 # -- what a refusal and an admitted response say --------------------------------------------------
@@ -258,7 +295,7 @@ def plan_request(
 _WHAT = {
     "rpm": "requests per minute",
     "tpm": "tokens per minute",
-    "concurrent": "concurrent requests",
+    "concurrent": "concurrent sequences (each prompt × n is one)",
     "tokens_per_day": "tokens per day",
     "tokens_per_month": "tokens per month",
     "budget_usd_per_month": "monthly spend budget",

@@ -1,12 +1,15 @@
-"""Limits and usage in the request path: admit, settle, and the ledger row at record.
+"""Limits and usage in the request path: count, admit, settle, and the ledger row at record.
 
-admit   limits/meter.py reserves the worst case atomically; a refusal is a 429 with Retry-After
-        and the x-ratelimit-* headers; the reservation (a Ticket) travels on ctx.ticket
-settle  the reservation becomes the delivered count and a ledger row
-record  a reservation that no generation settled (a response-cache hit, an error before the
-        engine started) is settled with what ctx.usage says; a generation request refused after
-        identification (a 429, a 400 for bad input, a 503) gets a ledger row with status
-        refused_<HTTP status> and no tokens
+authorize  a generation request is counted against the rpm limits that apply whatever the model
+           as soon as its caller is known, before its body is read
+admit      limits/meter.py reserves the worst case atomically (tokens of every sequence, and
+           prompts × n of the concurrency limits); a refusal is a 429 with Retry-After and the
+           x-ratelimit-* headers; the reservation (a Ticket) travels on ctx.ticket
+settle     the reservation becomes the delivered count and a ledger row
+record     a reservation that no generation settled (a response-cache hit, an error before the
+           engine started) is settled with what ctx.usage says; a generation request refused
+           after identification (a 429, a 400 for bad input, a 503) gets a ledger row with status
+           refused_<HTTP status> and no tokens
 
 Metering is on with access control, off with --no-auth unless `metering` is set true.
 """
@@ -15,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from stratus.limits.memory import MemoryLimiter
 from stratus.limits.meter import LedgerUnavailable, LimitExceeded, Meter, Ticket
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from stratus.config import Settings
 
 log = logging.getLogger("stratus.limits")
+T = TypeVar("T")
 
 LEDGER_SPOOL_FILE = "ledger-spool.jsonl"  # in the data directory: rows the database would not take
 
@@ -78,10 +83,37 @@ class LimitsStage(Stage):
         self.down_since: float | None = None  # when the limiter became unreachable
         self._logged_at = 0.0
 
-    async def admit(self, ctx: RequestContext, prompt_tokens: int, max_tokens: int) -> None:
+    async def authorize(self, ctx: RequestContext, model: str | None) -> None:
+        """A generation request counts against its caller's rpm limits as soon as the caller is
+        known and may call the route, before the body is read: one refused later for its input
+        (a prompt too long, bad JSON) has been counted all the same."""
+        if model is not None or ctx.route not in GENERATION_ROUTES or ctx.counted is not None:
+            return
         principal = ctx.principal or ANONYMOUS
+        ctx.counted, headers = await self._limited(self.meter.identified(principal))
+        ctx.response_headers.update(headers)
+
+    async def admit(
+        self, ctx: RequestContext, prompt_tokens: int, max_tokens: int, sequences: int = 1
+    ) -> None:
+        principal = ctx.principal or ANONYMOUS
+        ticket = await self._limited(
+            self.meter.admit(
+                principal,
+                ctx.model or "",
+                prompt_tokens,
+                max_tokens,
+                sequences=sequences,
+                counted=ctx.counted or (),
+            )
+        )
+        ctx.ticket = ticket
+        ctx.response_headers.update(ticket.headers)  # x-ratelimit-* on the response, as OpenAI does
+
+    async def _limited(self, call: Awaitable[T]) -> T:
+        """A limiter call: a refusal is a 429, an outage a 503 (fail closed), logged once."""
         try:
-            ticket = await self.meter.admit(principal, ctx.model or "", prompt_tokens, max_tokens)
+            result = await call
         except LimitExceeded as exc:
             self._limiter_up()
             raise too_many(exc) from None
@@ -89,8 +121,7 @@ class LimitsStage(Stage):
             self._limiter_down(str(exc))
             raise limiter_down(str(exc)) from None
         self._limiter_up()
-        ctx.ticket = ticket
-        ctx.response_headers.update(ticket.headers)  # x-ratelimit-* on the response, as OpenAI does
+        return result
 
     def _limiter_down(self, why: str) -> None:
         """An outage refuses every request (fail closed); say so, but not once per request."""

@@ -60,6 +60,8 @@ class RequestContext:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False)
     # The limits stage's reservation for this request (limits/meter.py Ticket), until settled.
     ticket: Any = field(default=None, repr=False)
+    # The limit rules whose requests-per-minute counted this request when its caller was known.
+    counted: frozenset[str] | None = None
 
     @classmethod
     def from_scope(

@@ -4,7 +4,8 @@ The gateway runs every request through the same steps, in this order:
 
     screen     before credentials are read: refuse a locked-out source        audit/stage.py
     identify   credentials -> ctx.principal; a suspended key is refused        security/stage.py, audit/stage.py
-    authorize  may the principal call this route (model None), use this model? security/stage.py
+    authorize  may the principal call this route (model None), use this model? security/stage.py;
+               a generation request is counted against rpm limits here         limits/stage.py
     admit      rate limits, quota and budget: reserve                         limits/stage.py
     (route and generate, or proxy: the API layer, cluster/ and engine/)
     settle     charge what a stream delivered                                 limits/stage.py
@@ -40,8 +41,10 @@ class Stage:
     async def authorize(self, ctx: RequestContext, model: str | None) -> None:
         """May ctx.principal call ctx.route (model None) or use `model`? (APIError 403/404)."""
 
-    async def admit(self, ctx: RequestContext, prompt_tokens: int, max_tokens: int) -> None:
-        """Limits, quota and budget for this many tokens (APIError 429)."""
+    async def admit(
+        self, ctx: RequestContext, prompt_tokens: int, max_tokens: int, sequences: int = 1
+    ) -> None:
+        """Limits, quota and budget for this many tokens and sequences (prompts × n) (APIError 429)."""
 
     async def settle(self, ctx: RequestContext, usage: Usage) -> None:
         """Charge the tokens actually delivered."""

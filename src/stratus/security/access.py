@@ -72,11 +72,12 @@ class AccessControl:
         try:
             with self.store.connect() as conn:
                 found = key_rows.find_credential(conn, lookup)
-                if found is None:
-                    raise self._refuse(token_digest, "unknown key")
+                # An unknown id pays the same comparison as a wrong secret, so how long a refusal
+                # takes does not tell an attacker which lookup ids exist.
+                matched = keys.matches(token_digest, found[0].hash if found else keys.UNKNOWN_KEY_HASH)
+                if found is None or not matched:
+                    raise self._refuse(token_digest, "wrong secret" if found else "unknown key")
                 secret, key, user = found
-                if not keys.matches(token_digest, secret.hash):
-                    raise self._refuse(token_digest, "wrong secret")
                 ends = [t for t in (key.expires_at, secret.expires_at) if t is not None]
                 expires_at = min(ends) if ends else None
                 if key.revoked_at is not None or (expires_at is not None and expires_at <= now):

@@ -77,6 +77,10 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+# Compared against when a lookup id is unknown: no SHA-256 hex digest equals it (not hex).
+UNKNOWN_KEY_HASH = "z" * 64
+
+
 def matches(token_digest: str, stored_hash: str) -> bool:
     """Constant-time comparison of the presented key's digest with the stored one."""
     return hmac.compare_digest(token_digest.encode("ascii"), stored_hash.encode("ascii"))

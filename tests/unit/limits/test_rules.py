@@ -12,6 +12,7 @@ from stratus.limits.rules import (
     cost_micro_usd,
     format_reset,
     parse_prices,
+    plan_identified,
     plan_request,
     rate_headers,
     refusal_message,
@@ -81,6 +82,30 @@ def test_reconcile_charges_what_was_delivered():
     assert changes[by_kind["tpm"]] == 17 - 60
     assert changes[by_kind["concurrent"]] == -1
     assert changes[by_kind["budget_usd_per_month"]] == 24 - 110
+
+
+def test_rpm_counted_at_identification_is_not_counted_again_at_admission():
+    rules = [
+        LimitRule("team", "ml", rpm=10),
+        LimitRule("team", "ml", model="tiny", rpm=2),  # needs the model: counted at admission
+        LimitRule("model", "tiny", rpm=50),  # likewise
+        LimitRule("user", "bob", rpm=1),  # not Alice's
+    ]
+    early = plan_identified(rules, ALICE, now=120.0)
+    assert [(it.rule.name, it.amount) for it in early] == [("team=ml/*", 1)]
+    counted = {it.rule.name for it in early}
+    admitted = plan_request(rules, ALICE, "tiny", 10, 20, {}, now=120.0, counted=counted)
+    assert sorted(it.rule.name for it in admitted.items) == ["model=tiny/*", "team=ml/tiny"]
+    everything = plan_request(rules, ALICE, "tiny", 10, 20, {}, now=120.0)
+    assert len(everything.items) == 3
+
+
+def test_concurrency_counts_sequences_and_frees_them_all():
+    rules = [LimitRule("team", "ml", concurrent=8, tpm=1000)]
+    plan = plan_request(rules, ALICE, "tiny", 10, 4 * 20, {}, now=0.0, sequences=4)
+    by_kind = {it.kind: it for it in plan.items}
+    assert by_kind["concurrent"].amount == 4 and by_kind["tpm"].amount == 90
+    assert dict(plan.reconcile(tokens=50, cost=0))[by_kind["concurrent"].key] == -4
 
 
 def test_headers_and_message():

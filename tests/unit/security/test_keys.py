@@ -120,3 +120,28 @@ def test_cache_forgets_a_users_credentials():
     cache.put("b1", Principal(user="b", key_id="k3"))
     cache.invalidate_user("a")
     assert [cache.get(d)[0] for d in ("a1", "a2", "b1")] == [False, False, True]
+
+
+def test_unknown_and_known_lookup_ids_take_the_same_refusal_path(tmp_path, monkeypatch):
+    """An unknown lookup id used to be refused before any comparison, a known one after it: a
+    timing difference that tells which ids exist. Both now pay one digest comparison."""
+    from stratus.security.access import AccessControl
+    from stratus.security.bootstrap import bootstrap
+    from stratus.security.errors import Unauthenticated
+    from stratus.store import Store
+
+    path = issued.data_dir_of(tmp_path) / "stratus.db"
+    Store.open(f"sqlite:///{path}").close()
+    access = AccessControl(Store(f"sqlite:///{path}"), cache_ttl=0)
+    known = issued.record(bootstrap(access.store).generated_secret)
+    compared: list[str] = []
+    real = keys.matches
+    monkeypatch.setattr(keys, "matches", lambda d, stored: compared.append(stored) or real(d, stored))
+    wrong_secret = issued.record(known[: known.index("_") + 1] + "A" * 43)
+    unknown_id = issued.record(keys.generate().secret)
+    for token in (wrong_secret, unknown_id):
+        with pytest.raises(Unauthenticated):
+            access.authenticate(token)
+    assert len(compared) == 2 and compared[1] == keys.UNKNOWN_KEY_HASH
+    assert not real(keys.digest(unknown_id), keys.UNKNOWN_KEY_HASH)
+    access.store.close()

@@ -55,7 +55,7 @@ async def chat_completions(
         engine, len(prompt_ids), requested, prompt_param="messages", max_param=max_param, default=None
     )
     params = sampling_params(body, max_tokens, body.logprobs_k())
-    await gw.admit(len(prompt_ids), max_tokens * body.n)
+    await gw.admit(len(prompt_ids), max_tokens * body.n, body.n)
 
     request_id = new_id()
     fmt = ChatFormat(request_id, body.model, body.logprobs, body.include_usage())

@@ -66,7 +66,9 @@ async def completions(
         for ids in prompts
     )
     params = sampling_params(body, max_tokens, body.logprobs)
-    await gw.admit(sum(len(ids) for ids in prompts), max_tokens * body.n * len(prompts))
+    await gw.admit(
+        sum(len(ids) for ids in prompts), max_tokens * body.n * len(prompts), body.n * len(prompts)
+    )
 
     request_id = new_id()
     echo = None
