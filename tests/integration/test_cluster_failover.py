@@ -1,9 +1,9 @@
-"""Two `stratus worker` processes behind a gateway: registration, kill -9 mid-stream, drain.
+"""Two `stratus worker` processes behind two gateways: registration, and who may register.
 
 The gateway runs in this process (a real uvicorn on loopback, access control on) with no model
 of its own: the workers register over HTTP with the cluster secret and become the replicas of
-model "demo". A greedy stream through the official openai client survives a kill -9 of the
-worker serving it with exactly the text an uninterrupted run gives.
+model "demo". A worker killed mid-stream, restarted and rejoining is the fault suite's
+(tests/fault/test_worker_killed.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import secrets
 
 import httpx
 import pytest
-from openai import OpenAI
 
 from stratus.config import Settings, demo_model_path
 from stratus.security.stage import OPEN_ACCESS
@@ -51,9 +50,8 @@ def cluster(tmp_path_factory, admin_key):
     # A second gateway (open, loopback only) that the same workers also register with.
     open_settings = Settings(cluster_secret=secret, local_models=False, auth=False)
     second = LiveServer(create_app(open_settings, identity=OPEN_ACCESS)).start()
-    # At most 150 tokens/s each, so a 400-token stream is surely still running when its worker dies.
     args = ("--engine-isolation", "thread", "--gateway", gateway.url, "--heartbeat-interval", "0.5")
-    args += ("--gateway", second.url, "--max-tokens-per-second", "150")
+    args += ("--gateway", second.url)
     workers = []
     try:
         workers = [WorkerProcess("demo", str(DEMO), secret, *args) for _ in range(2)]
@@ -110,57 +108,3 @@ def test_registration_needs_the_cluster_secret(cluster):
     assert ("register", "error", 400, "demo") in seen
     assert {("register", "denied", 401, None), ("heartbeat", "denied", 401, None)} <= seen
     assert not any(action == "heartbeat" and status == 200 for action, _, status, _ in seen)
-
-
-def test_kill_9_mid_stream_migrates_with_the_exact_greedy_text(cluster, admin_key):
-    gateway, registry, workers, *_ = cluster
-    client = OpenAI(base_url=gateway.url + "/v1", api_key=admin_key, max_retries=0, timeout=120)
-    admin = {"Authorization": f"Bearer {admin_key}"}
-    request = {
-        "model": "demo",
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": 400,
-        "temperature": 0,
-        "extra_body": {"ignore_eos": True},
-    }
-    expected = client.chat.completions.create(**request).choices[0].message.content
-    assert expected
-
-    replicas = registry.models["demo"].replicas
-    migrations = replicas.migrations
-    parts: list[str] = []
-    killed = None
-    stream = client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
-    usage = None
-    for chunk in stream:
-        if chunk.usage is not None:
-            usage = chunk.usage
-        if not chunk.choices:
-            continue
-        parts.append(chunk.choices[0].delta.content or "")
-        if killed is None and sum(1 for p in parts if p) == 5:
-            busy = [w for w in workers if replicas.entries[w.id].inflight > 0]
-            assert len(busy) == 1  # the one serving this stream
-            killed = busy[0]
-            killed.kill9()
-    assert killed is not None
-    assert "".join(parts) == expected  # no token lost or repeated
-    assert replicas.migrations == migrations + 1
-    assert usage is not None and usage.completion_tokens == 400
-
-    # The audit record of that request says it moved, from which worker, after how many tokens.
-    def migrated() -> list[dict]:
-        r = httpx.get(gateway.url + "/admin/audit", params={"model": "demo"}, headers=admin, timeout=30)
-        return [rec for rec in r.json()["data"] if "migrate" in str(rec.get("detail"))]
-
-    wait_for(lambda: migrated(), "the audit record of the migrated stream", 30)
-    record = migrated()[0]
-    assert killed.id in str(record["detail"]) and record["outcome"] == "ok"
-    # The dead worker stops heartbeating and is removed; the other one keeps serving.
-    wait_for(lambda: killed.id not in replicas.entries, "the killed worker removed", 30)
-    survivor = next(w for w in workers if w is not killed)
-    assert client.chat.completions.create(**request).choices[0].message.content == expected
-    # SIGTERM: the survivor deregisters (drained), exits 0, and is removed.
-    survivor.terminate()
-    assert survivor.proc.wait(60) == 0
-    wait_for(lambda: survivor.id not in replicas.entries, "the stopped worker removed", 30)
