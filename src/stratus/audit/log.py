@@ -134,17 +134,34 @@ class AuditLog:
                 conn = self._connection()
                 try:
                     head = self._lock_head(conn)
+                    out = self._append(conn, head, events, contents, ring)
                 except self._dbapi.Error as exc:
-                    if not connection_lost(self._dbapi, exc) or self._engine.dialect.name == "sqlite":
-                        raise  # SQLite has no server to drop it: "locked" already waited its timeout
-                    # Nothing was written yet: a connection the server dropped while it sat idle
-                    # gets one fresh try (as the pool's pre-ping would have given it).
+                    if not self._dropped_by_server(exc):
+                        raise
+                    # Nothing is committed before the commit: a connection the server dropped, idle
+                    # or mid-append, gets one fresh try (the server rolled its transaction back).
                     self._drop(conn)
                     conn = None
                     conn = self._connection()
                     head = self._lock_head(conn)
-                out = self._append(conn, head, events, contents, ring)
-                conn.commit()
+                    out = self._append(conn, head, events, contents, ring)
+                try:
+                    conn.commit()
+                except self._dbapi.Error as exc:
+                    if not self._dropped_by_server(exc):
+                        raise
+                    # Dropped during the commit: it landed or it did not; the head says which.
+                    self._drop(conn)
+                    conn = None
+                    conn = self._connection()
+                    now = self._lock_head(conn)
+                    if now == (out[-1].seq, out[-1].mac):
+                        conn.rollback()  # it landed: release the head's lock
+                        return out
+                    if now != head:
+                        raise  # another process moved the head: where these records went is unknown
+                    out = self._append(conn, head, events, contents, ring)
+                    conn.commit()
                 return out
             except BaseException as exc:
                 if conn is not None:
@@ -177,6 +194,11 @@ class AuditLog:
         finally:
             cursor.close()
         return out
+
+    def _dropped_by_server(self, exc: BaseException) -> bool:
+        """A server closed the connection (PostgreSQL restarted, the backend terminated). SQLite
+        has no server to drop it: "locked" already waited its timeout."""
+        return connection_lost(self._dbapi, exc) and self._engine.dialect.name != "sqlite"
 
     def _connection(self):
         """The writer's own pooled DB-API connection, kept between appends: checking one out
