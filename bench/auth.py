@@ -14,6 +14,8 @@ In one run:
                     adds to a request once its key is cached (target: p50 < 0.2 ms)
     - uncached key: AccessControl.authenticate with the cache off (a joined lookup of the secret,
                     key, owner, memberships and grants)
+    - refusals:     a wrong secret for a known lookup id and an unknown id, interleaved (their
+                    times must not tell which ids exist)
     - JWT:          an ES256 token verified from scratch (signature, claims, role mapping, grants)
     - a whole request: GET /v1/models through the app in process (ASGI, no sockets), no auth and
                     auth only, interleaved
@@ -55,9 +57,10 @@ from stratus.api.auth import build_access  # noqa: E402
 from stratus.api.pipeline import Pipeline  # noqa: E402
 from stratus.config import Settings  # noqa: E402
 from stratus.request.context import RequestContext  # noqa: E402
-from stratus.security import admin, admin_keys  # noqa: E402
+from stratus.security import admin, admin_keys, keys  # noqa: E402
 from stratus.security.access import AccessControl  # noqa: E402
 from stratus.security.bootstrap import bootstrap  # noqa: E402
+from stratus.security.errors import Unauthenticated  # noqa: E402
 from stratus.security.jwt import IssuerConfig, JWTVerifier  # noqa: E402
 from stratus.security.keys import key_prefix  # noqa: E402
 from stratus.security.stage import OPEN_ACCESS, IdentityStage  # noqa: E402
@@ -153,6 +156,27 @@ def jwt_cost(n: int, tmp: Path, access: AccessControl) -> dict:
     return timed(lambda: jwt_access.authenticate(token), n)
 
 
+def refusal_timing(access: AccessControl, secret: str, n: int) -> dict:
+    """How long refusing a key takes when its lookup id exists (a wrong secret) and when it does
+    not, interleaved: the two must not differ by more than noise, or the time tells an attacker
+    which lookup ids exist."""
+    wrong = secret[: secret.index("_") + 1] + "A" * 43
+    unknown = keys.generate().secret
+    samples: dict[str, list[float]] = {"refused_wrong_secret": [], "refused_unknown_id": []}
+    for i in range(2 * n):
+        name, token = ("refused_wrong_secret", wrong) if i % 2 else ("refused_unknown_id", unknown)
+        t = time.perf_counter_ns()
+        try:
+            access.authenticate(token)
+        except Unauthenticated:
+            pass
+        samples[name].append((time.perf_counter_ns() - t) / 1000)
+    return {
+        name: {"n": n, "p50_us": round(common.pct(v, 0.5), 2), "p99_us": round(common.pct(v, 0.99), 2)}
+        for name, v in samples.items()
+    }
+
+
 def in_process(url: str, n: int, tmp: Path) -> dict:
     access, secret = world(url)
     access.authenticate(secret)  # warm the cache
@@ -163,6 +187,7 @@ def in_process(url: str, n: int, tmp: Path) -> dict:
     uncached = AccessControl(access.store, cache_ttl=0)
     uncached.authenticate(secret)
     out["uncached_key"] = timed(lambda: uncached.authenticate(secret), n)
+    out.update(refusal_timing(uncached, secret, n))
     out["jwt_uncached"] = jwt_cost(max(200, n // 4), tmp, access)
     access.store.close()
     return out

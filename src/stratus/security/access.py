@@ -71,12 +71,15 @@ class AccessControl:
         now = time.time()
         try:
             with self.store.connect() as conn:
+                # An unknown id pays the same probe and comparison as a wrong secret, so how long
+                # a refusal takes does not tell an attacker which lookup ids exist.
+                stored = key_rows.secret_hash(conn, lookup)
+                matched = keys.matches(token_digest, stored or keys.UNKNOWN_KEY_HASH)
+                if stored is None or not matched:
+                    raise self._refuse(token_digest, "wrong secret" if stored else "unknown key")
                 found = key_rows.find_credential(conn, lookup)
-                # An unknown id pays the same comparison as a wrong secret, so how long a refusal
-                # takes does not tell an attacker which lookup ids exist.
-                matched = keys.matches(token_digest, found[0].hash if found else keys.UNKNOWN_KEY_HASH)
-                if found is None or not matched:
-                    raise self._refuse(token_digest, "wrong secret" if found else "unknown key")
+                if found is None:  # revoked and deleted since the probe
+                    raise self._refuse(token_digest, "unknown key")
                 secret, key, user = found
                 ends = [t for t in (key.expires_at, secret.expires_at) if t is not None]
                 expires_at = min(ends) if ends else None

@@ -137,6 +137,13 @@ def find_secret(conn: Connection, lookup: str) -> tuple[KeySecret, ApiKey] | Non
     return secret, _key(row)
 
 
+def secret_hash(conn: Connection, lookup: str) -> str | None:
+    """The stored hash of the secret with this lookup id: one narrow probe, so that an unknown
+    id and a known one cost the same (the key and its owner are read only after a match)."""
+    query = sa.select(api_key_secrets.c.hash).where(api_key_secrets.c.lookup == lookup)
+    return conn.execute(query).scalar()
+
+
 def find_credential(conn: Connection, lookup: str) -> tuple[KeySecret, ApiKey, User] | None:
     """One query for the request path: the secret with this lookup id, its key, and the owner."""
     query = (
