@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import re
-from datetime import datetime
 from pathlib import Path
 
 from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
+from .chat_template import ChatTemplate, ChatTemplateError
 from .config import CheckpointError
 from .types import ValidationError
 
@@ -56,15 +55,12 @@ class Tokenizer:
         if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         self.chat_template: str | None = template
-        self._compiled = None
+        self._compiled: ChatTemplate | None = None
         if template:
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = _raise_template_error
-            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
             try:
-                self._compiled = env.from_string(template)
-            except TemplateError as exc:
-                raise CheckpointError(f"{path}: chat template does not compile ({exc})") from exc
+                self._compiled = ChatTemplate(template)
+            except ChatTemplateError as exc:
+                raise CheckpointError(f"{path}: chat template {exc}") from exc
 
     @functools.cached_property
     def max_token_chars(self) -> int:
@@ -108,7 +104,8 @@ class Tokenizer:
             return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
-        """Render messages with the checkpoint's template in a sandbox (the template is untrusted)."""
+        """Render messages with the checkpoint's template in a sandbox, within a budget (the
+        template is untrusted: chat_template.py)."""
         if self._compiled is None:
             raise ValidationError(
                 "this model has no chat template; use /v1/completions with a plain prompt", "messages"
@@ -121,8 +118,10 @@ class Tokenizer:
                 eos_token=self.eos_token or "",
                 **extra,
             )
-        except TemplateError as exc:
-            raise ValidationError(f"the chat template rejected these messages: {exc}", "messages") from exc
+        except ChatTemplateError as exc:  # refused by its budget, or failed
+            raise ValidationError(f"{exc} on these messages", "messages") from None
+        except TemplateError as exc:  # raise_exception(...), an undefined value used, a sandbox refusal
+            raise ValidationError(f"the chat template rejected these messages: {exc}", "messages") from None
 
     @functools.cached_property
     def special_texts(self) -> tuple[str, ...]:
@@ -187,10 +186,6 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 
 _UNICODE_TO_BYTE = _byte_level_alphabet()
-
-
-def _raise_template_error(message: str):
-    raise TemplateError(message)
 
 
 class IncrementalDetokenizer:
