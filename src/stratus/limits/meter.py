@@ -98,6 +98,7 @@ class Meter:
         self._rules: list[LimitRule] | None = None
         self._rules_at = 0.0
         self.static_rules: list[LimitRule] = []  # rules given in code (tests, benchmarks)
+        self.answered_at = 0.0  # when the newest limiter call that got an answer began (monotonic)
         # rows the database will not take wait in `spool` (a local file) and are replayed
         self.writer = LedgerWriter(store, spool) if store is not None else None
 
@@ -170,7 +171,9 @@ class Meter:
         if not items:
             return limiter, {}
         try:
+            started = time.monotonic()
             decision = await limiter.acquire(items)
+            self.answered_at = max(self.answered_at, started)
         except LimiterUnavailable:
             if not self.fail_open:
                 raise

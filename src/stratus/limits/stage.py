@@ -135,7 +135,9 @@ class LimitsStage(Stage):
             self._logged_at = now
 
     def _limiter_up(self) -> None:
-        if self.down_since is not None:
+        # Back only once a call made since the outage began is answered: a request that needs no
+        # counter, or one that reached the limiter before the outage, says nothing about it now.
+        if self.down_since is not None and self.meter.answered_at >= self.down_since:
             log.warning("rate limiter back after %.1f s", time.monotonic() - self.down_since)
             self.down_since = None
 
