@@ -1,8 +1,9 @@
 """Request bodies of the OpenAI-compatible API, validated with pydantic.
 
-Unknown fields are ignored (newer SDKs send fields this server does not know); known fields
-that this server cannot honour (tools, logit_bias, JSON mode, suffix) are rejected with a 400
-that names them, rather than silently ignored. Values are checked strictly: a string where a
+Unknown fields are ignored (newer SDKs send fields this server does not know). Known fields
+that the local engine cannot honour yet (tools, logit_bias, JSON mode, suffix) are accepted here,
+because an OpenAI-compatible upstream may serve the model and is handed them as sent; for a model
+served here, `unsupported_here()` names the first, and the route answers 400 before routing. Values are checked strictly: a string where a
 number belongs is an error, not a conversion. Response shapes live in `schemas_out.py`.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stratus.engine.types import MIN_TEMPERATURE
 
@@ -93,12 +94,11 @@ class _GenerationRequest(EngineExtras):
     user: str | None = None
     logit_bias: dict[str, float] | None = None
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, v: dict | None) -> dict | None:
-        if v:
-            raise ParamError("logit_bias", "logit_bias is not supported by this server; remove it")
-        return v
+    def unsupported_here(self) -> ParamError | None:
+        """The first field set that the local engine cannot honour (an upstream may)."""
+        if self.logit_bias:
+            return ParamError("logit_bias", "logit_bias is not supported by this server; remove it")
+        return None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -121,22 +121,19 @@ class ChatCompletionRequest(_GenerationRequest):
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Literal["none", "auto"] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
 
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list | None) -> list | None:
-        if v:
-            raise ParamError("tools", "tool calling is not supported by this server; remove tools")
-        return v
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, v: ResponseFormat | None) -> ResponseFormat | None:
-        if v is not None and v.type != "text":
-            raise ParamError("response_format", f"only type 'text' is supported, got {v.type!r}")
-        return v
+    def unsupported_here(self) -> ParamError | None:
+        if self.tools:
+            return ParamError("tools", "tool calling is not supported by this server; remove tools")
+        if self.tool_choice not in (None, "none", "auto"):
+            return ParamError("tool_choice", "tool_choice needs tools, which this server does not support")
+        if self.response_format is not None and self.response_format.type != "text":
+            return ParamError(
+                "response_format", f"only type 'text' is supported, got {self.response_format.type!r}"
+            )
+        return super().unsupported_here()
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
@@ -170,12 +167,10 @@ class CompletionRequest(_GenerationRequest):
     best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
     suffix: str | None = None
 
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, v: str | None) -> str | None:
-        if v:
-            raise ParamError("suffix", "suffix (insertion) is not supported by this server; remove it")
-        return v
+    def unsupported_here(self) -> ParamError | None:
+        if self.suffix:
+            return ParamError("suffix", "suffix (insertion) is not supported by this server; remove it")
+        return super().unsupported_here()
 
     @model_validator(mode="after")
     def _best_of_is_n(self) -> CompletionRequest:

@@ -118,10 +118,27 @@ def _estimate_prompt_tokens(raw: dict) -> int:
     return max(1, len(orjson.dumps(text)) // CHARS_PER_TOKEN)
 
 
-def _forwarded(body: BaseModel, raw: dict) -> dict:
-    """Only the fields the request schema knows (so nothing else a client adds is passed on)."""
-    fields = type(body).model_fields
-    return {k: v for k, v in raw.items() if k in fields}
+# Fields with which some OpenAI-compatible servers (LiteLLM, for one) let a request choose its own
+# backend, credentials or headers: the upstream and its key are the operator's choice, never the
+# client's, so these are never passed on.
+ROUTING_FIELDS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "url",
+        "api_key",
+        "api_version",
+        "extra_headers",
+        "headers",
+        "custom_llm_provider",
+    }
+)
+
+
+def _forwarded(raw: dict) -> dict:
+    """What the client sent, as sent (tools, response_format, logit_bias, provider extras: the
+    upstream acts on them), less the routing fields; the gateway's own checks have passed."""
+    return {k: v for k, v in raw.items() if k not in ROUTING_FIELDS}
 
 
 async def maybe_proxy(
@@ -137,7 +154,7 @@ async def maybe_proxy(
     requested = raw.get("max_completion_tokens") or raw.get("max_tokens") or DEFAULT_MAX_TOKENS
     prompt_estimate = _estimate_prompt_tokens(raw)
     await gw.admit(prompt_estimate, requested * n, n)  # admit
-    payload = _forwarded(body, raw)
+    payload = _forwarded(raw)
     if "max_tokens" not in payload and "max_completion_tokens" not in payload:
         # What admit reserved is the most the caller may get: the upstream is held to it too.
         payload["max_tokens"] = requested

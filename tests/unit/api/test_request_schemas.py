@@ -26,9 +26,7 @@ def message_for(model, body):
         ({"stream": "yes"}, "stream", "valid boolean"),
         ({"messages": []}, "messages", "at least 1"),
         ({"messages": [{"role": "bot", "content": "x"}]}, "messages.0.role", "'user'"),
-        ({"tools": [{"type": "function"}]}, "tools", "not supported"),
-        ({"logit_bias": {"1": 5}}, "logit_bias", "not supported"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "only type 'text'"),
+        ({"response_format": {"type": "xml"}}, "response_format.type", "'json_schema'"),
         ({"top_logprobs": 3}, "top_logprobs", "requires logprobs"),
         ({"stop": [""]}, "stop.0", "at least 1 character"),
     ],
@@ -37,6 +35,25 @@ def test_chat_errors_name_the_field(patch, param, needle):
     text, got = message_for(ChatCompletionRequest, {**CHAT, **patch})
     assert got == param
     assert needle in text
+
+
+@pytest.mark.parametrize(
+    "patch, param, needle",
+    [
+        ({"tools": [{"type": "function"}]}, "tools", "not supported"),
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
+        ({"logit_bias": {"1": 5}}, "logit_bias", "not supported"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "only type 'text'"),
+    ],
+)
+def test_fields_an_upstream_may_honour_are_valid_but_refused_here(patch, param, needle):
+    """Valid requests (an upstream serving the model is handed them), which the local engine
+    cannot honour: the route refuses them with a 400 naming the field."""
+    problem = ChatCompletionRequest.model_validate({**CHAT, **patch}).unsupported_here()
+    assert problem is not None and problem.param == param and needle in str(problem)
+    assert ChatCompletionRequest.model_validate({**CHAT, "tool_choice": "none"}).unsupported_here() is None
+    suffix = CompletionRequest.model_validate({"model": "m", "prompt": "x", "suffix": "y"})
+    assert suffix.unsupported_here().param == "suffix"
 
 
 def test_missing_field():

@@ -15,6 +15,7 @@ from stratus.api.routes.common import (
     GENERATION_ERRORS,
     CacheSlot,
     json_body,
+    served_here,
     sse_response,
 )
 from stratus.api.schemas import ChatCompletionRequest
@@ -48,6 +49,7 @@ async def chat_completions(
     body, raw = parsed_body.body, parsed_body.raw
     if (proxied := await maybe_proxy(request, gw, "/chat/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
+    served_here(body)
     engine = await gw.route(body.model, sequences=body.n)
     prompt_ids = await chat_prompt_ids(engine, body.messages)
     requested, max_param = body.requested_max_tokens()

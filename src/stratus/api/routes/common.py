@@ -12,6 +12,7 @@ from stratus.api.errors import ErrorResponse
 from stratus.api.streaming import JSONBody
 from stratus.audit.content_log import completions_of
 from stratus.request.context import Usage
+from stratus.request.errors import APIError
 
 _DESCRIPTIONS = {
     400: "Invalid request: malformed JSON, a wrong type or value, or a prompt that does not fit",
@@ -35,6 +36,13 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 GENERATION_ERRORS = errors(400, 404, 413, 500, 503)
+
+
+def served_here(body: Any) -> None:
+    """The model is served by this server's engines: a field they cannot honour (tools, JSON mode,
+    logit_bias, suffix; an upstream may) is a 400 that names it."""
+    if (problem := body.unsupported_here()) is not None:
+        raise APIError(400, str(problem), param=problem.param)
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from stratus.api.routes.common import (
     GENERATION_ERRORS,
     CacheSlot,
     json_body,
+    served_here,
     sse_response,
 )
 from stratus.api.schemas import CompletionRequest
@@ -52,6 +53,7 @@ async def completions(
     body, raw = parsed_body.body, parsed_body.raw
     if (proxied := await maybe_proxy(request, gw, "/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
+    served_here(body)
     engine = await gw.route(body.model, sequences=len(body.prompts()) * body.n)
     prompts = await completion_prompt_ids(engine, body)
     max_tokens = min(
