@@ -117,10 +117,13 @@ def test_a_worker_killed_mid_stream_then_restarted_loses_and_double_charges_noth
                 return {f"stream-{i}": expected[PROMPTS[i % len(PROMPTS)]] for i in range(STREAMS)}, busy
 
         expected, killed = asyncio.run(run_streams())
+        prompt_of = {f"stream-{i}": PROMPTS[i % len(PROMPTS)] for i in range(STREAMS)}
         for rid, text in expected.items():  # every stream whole: no token lost or repeated
             got = observed[rid]
             assert got.delivered and got.completion_tokens == MAX_TOKENS, (rid, got)
             assert got.text == text, rid
+            reference = observed[f"reference-{PROMPTS.index(prompt_of[rid])}"]
+            assert got.prompt_tokens == reference.prompt_tokens, (rid, got)  # not the resumed prompt
         moved = replicas.migrations - migrations
         assert moved >= 1
 
