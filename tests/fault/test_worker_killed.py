@@ -2,9 +2,10 @@
 
 The gateway runs in this process (a real uvicorn on loopback, access control and metering on) with
 no model of its own: two workers register over HTTP with the cluster secret and become the
-replicas of model "demo". Greedy streams run on both; once each has text, the busier worker is
-killed. Every stream continues on the survivor and ends byte-identical to an uninterrupted run,
-with [DONE] and the usage it asked for. The test then restarts the killed worker under its id,
+replicas of model "demo". Greedy streams and complete requests run on both; once each stream
+has text, the busier worker is killed. Every stream continues on the survivor and ends
+byte-identical to an uninterrupted run, with [DONE] and the usage it asked for (the prompt's
+tokens, not the resumed prompt's); every complete response likewise. The test then restarts the killed worker under its id,
 as an operator's supervisor would: it registers again from its new address, /admin/cluster shows
 it up, and the gateway routes requests to it again. The survivor, sent SIGTERM, deregisters,
 drains and exits 0. Finally the stopped gateway reconciles with what every client saw: each
@@ -36,6 +37,7 @@ if not (DEMO / "config.json").is_file():
     pytest.skip(f"no demo model at {DEMO}: run `make demo-model`", allow_module_level=True)
 
 STREAMS = int(fault_seconds(4, 20))
+WHOLE = int(fault_seconds(2, 4))  # complete (not streamed) responses in flight too
 MAX_TOKENS = int(fault_seconds(160, 400))
 PROMPTS = [
     "Tell me a story about a brave little fox who",
@@ -106,7 +108,11 @@ def test_a_worker_killed_mid_stream_then_restarted_loses_and_double_charges_noth
                     body = request(PROMPTS[i % len(PROMPTS)], True)
                     observed[rid] = await call(client, CHAT, body, rid, on_chunk=lambda o, c: seen(o, c, rid))
 
-                streams = asyncio.gather(*(one(i) for i in range(STREAMS)))
+                async def whole(k: int) -> None:  # a complete response, in flight through the kill
+                    rid = f"whole-{k}"
+                    observed[rid] = await call(client, CHAT, request(PROMPTS[k % len(PROMPTS)], False), rid)
+
+                streams = asyncio.gather(*(one(i) for i in range(STREAMS)), *(whole(k) for k in range(WHOLE)))
                 while not (len(progress) == STREAMS and all(progress.values())):
                     assert not streams.done(), "the streams ended before the kill"
                     await asyncio.sleep(0.01)
@@ -114,11 +120,12 @@ def test_a_worker_killed_mid_stream_then_restarted_loses_and_double_charges_noth
                 assert replicas.entries[busy.id].inflight > 0
                 busy.kill9()
                 await streams
-                return {f"stream-{i}": expected[PROMPTS[i % len(PROMPTS)]] for i in range(STREAMS)}, busy
+                return {rid: expected[prompt] for rid, prompt in prompt_of.items()}, busy
 
-        expected, killed = asyncio.run(run_streams())
         prompt_of = {f"stream-{i}": PROMPTS[i % len(PROMPTS)] for i in range(STREAMS)}
-        for rid, text in expected.items():  # every stream whole: no token lost or repeated
+        prompt_of |= {f"whole-{k}": PROMPTS[k % len(PROMPTS)] for k in range(WHOLE)}
+        expected, killed = asyncio.run(run_streams())
+        for rid, text in expected.items():  # every response whole: no token lost or repeated
             got = observed[rid]
             assert got.delivered and got.completion_tokens == MAX_TOKENS, (rid, got)
             assert got.text == text, rid
