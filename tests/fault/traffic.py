@@ -7,7 +7,7 @@ completions (every other one streamed) until told to stop, and what each one saw
         ...inject the fault...
     reconcile(traffic.observed(), data_dir)  # tests/fault/reconcile.py
 
-Every request carries its own X-Request-Id (`fault-<client>-<n>`), so its audit record and
+Every request carries its own X-Request-Id (`fault-<client>-<n>`, or another `prefix`), so its audit record and
 ledger row can be found; what the client saw is reconcile.py's `Outcome` (via its `call`),
 timed here (`Sent.started`, `Sent.ended`, monotonic) so a test can tell what happened during a
 fault from what happened around it.
@@ -92,8 +92,11 @@ def body(n: int, stream: bool, max_tokens: int = 8) -> dict:
 class Traffic:
     """The clients, in a thread with its own event loop; `stop()` lets each finish its request."""
 
-    def __init__(self, url: str, keys: list[str], max_tokens: int = 8, timeout: float = 60.0):
+    def __init__(
+        self, url: str, keys: list[str], max_tokens: int = 8, timeout: float = 60.0, prefix: str = "fault"
+    ):
         self.url = url
+        self.prefix = prefix  # request ids are PREFIX-<client>-<n>: one prefix per Traffic of a test
         self.keys = keys
         self.max_tokens = max_tokens
         self.timeout = timeout
@@ -138,7 +141,7 @@ class Traffic:
     async def _client(self, client: httpx.AsyncClient, i: int, key: str) -> None:
         n = 0
         while not self._stop.is_set():
-            rid, started = f"fault-{i}-{n}", time.monotonic()
+            rid, started = f"{self.prefix}-{i}-{n}", time.monotonic()
             payload = body(n, stream=(n + i) % 2 == 1, max_tokens=self.max_tokens)
             out = await call(client, "/v1/completions", payload, rid, {"Authorization": f"Bearer {key}"})
             self.sent.append(Sent(rid, started, time.monotonic(), out))

@@ -1,0 +1,198 @@
+"""Clients that open streams and then hardly read them, beside clients that read normally.
+
+`stratus serve` (access control and metering on, the engine in its own process) gets streams
+from slow readers: raw sockets with a tiny receive buffer that read a few bytes a second, so
+the gateway's writes to them stall almost at once. While they are stalled, normal clients (each
+with its own key) send completions and streams. It asserts:
+
+- the normal clients complete their requests while every slow reader is still stalled (none has
+  read its stream to the end): a gateway whose event loop or engine batch waited on a slow
+  reader would never get them there, and the test would hit its timeout;
+- the gateway process's RSS stays within RSS_BOUND of what it was before the slow readers came;
+- when the slow readers finally disconnect, their requests end: the engine runs nothing and the
+  aborted counter counts them; each has one ledger row, status `client_disconnect`, charged at
+  most `max_tokens` (what was generated and handed to the connection, never more), and its
+  audit records (the opening one and a closing one saying `client_disconnect`);
+- reconciliation (tests/fault/reconcile.py) over every request, slow ones included.
+
+Printed: the RSS before, the peak and the bound; what each slow reader read and was charged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import threading
+import time
+
+import httpx
+import pytest
+
+from stratus.security.keys import generate
+from tests import issued
+from tests.conftest import TINY_MODEL
+from tests.fault.conftest import fault_seconds
+from tests.fault.reconcile import Outcome, reconcile
+from tests.fault.traffic import Traffic, member_keys
+from tests.live_server import ServeProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+SLOW = int(fault_seconds(4, 16))  # slow readers
+NORMAL = 3  # normal clients
+SLOW_MAX_TOKENS = 400  # the tiny model's context is 512: the most a stream can hold
+RCVBUF = 2048  # bytes: the slow reader's receive window (the kernel may round it up a little)
+READ_BYTES, READ_EVERY = 16, 0.5  # the slow reader's pace: 32 bytes a second
+RSS_BOUND = 64 * 2**20  # the gateway's RSS may grow by at most this much while readers stall
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+class SlowReader(threading.Thread):
+    """One stream over a raw socket, read `READ_BYTES` every `READ_EVERY` s until `stop`."""
+
+    def __init__(self, url: str, key: str, request_id: str):
+        super().__init__(name=f"slow-{request_id}", daemon=True)
+        self.address = httpx.URL(url)
+        self.key, self.request_id = key, request_id
+        self.received = b""
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        payload = json.dumps(
+            {
+                "model": TINY_MODEL,
+                "prompt": [5, 6, 7, 8],
+                "max_tokens": SLOW_MAX_TOKENS,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        ).encode()
+        head = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: {self.address.host}\r\n"
+            f"Authorization: Bearer {self.key}\r\nX-Request-Id: {self.request_id}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # before connect: the window
+            sock.connect((self.address.host, self.address.port))
+            sock.sendall(head + payload)
+            sock.settimeout(READ_EVERY)
+            while not self.stop.is_set():
+                try:  # at the slow pace once the stream has started
+                    data = sock.recv(READ_BYTES if self.started else 256)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                self.received += data
+                if self.started:
+                    self.stop.wait(READ_EVERY)
+            # gone without reading the rest: the gateway sees the connection reset
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    @property
+    def started(self) -> bool:
+        """The 200 and the first event arrived: admitted, generating, streaming."""
+        return self.received.startswith(b"HTTP/1.1 200") and b"data: {" in self.received
+
+    @property
+    def done(self) -> bool:
+        return b"data: [DONE]" in self.received
+
+    def outcome(self) -> Outcome:
+        return Outcome(status=200, complete=False, stream=True, error="disconnected by the test")
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def test_slow_readers_do_not_hold_up_others_and_are_charged_what_they_got(tiny_checkpoint, tmp_path):
+    data_dir = issued.data_dir_of(tmp_path / "data")
+    admin = issued.record(generate().secret)
+    server = ServeProcess(
+        "--model", f"tiny={tiny_checkpoint}", "--data-dir", str(data_dir), env={"STRATUS_ADMIN_KEY": admin}
+    )
+    readers: list[SlowReader] = []
+    admin_headers = {"Authorization": f"Bearer {admin}"}
+    try:
+        server.wait_ready()
+        keys = member_keys(server.url, admin, SLOW + NORMAL)
+        with Traffic(
+            server.url, keys[SLOW:], prefix="warmup"
+        ) as warmup:  # the gateway's steady size, before the fault
+            warmup.wait_for(lambda s: s.outcome.delivered, count=4 * NORMAL)
+        before = rss(server.proc.pid)
+
+        readers = [SlowReader(server.url, keys[i], f"slow-{i}") for i in range(SLOW)]
+        for r in readers:
+            r.start()
+        deadline = time.monotonic() + 60
+        while not all(r.started for r in readers):
+            assert time.monotonic() < deadline, "the slow readers' streams did not start"
+            time.sleep(0.05)
+
+        peak = rss(server.proc.pid)
+        with Traffic(server.url, keys[SLOW:]) as traffic:
+            want = int(fault_seconds(8, 60)) * NORMAL
+            for count in range(1, want + 1):  # completes only if slow readers hold nothing up
+                traffic.wait_for(lambda s: s.outcome.delivered, count=count)
+                peak = max(peak, rss(server.proc.pid))
+            time.sleep(fault_seconds(0, 10))
+        stalled = [r.request_id for r in readers if not r.done and r.is_alive()]
+        with httpx.Client(base_url=server.url, headers=admin_headers, timeout=30) as c:
+            during = c.get("/metrics").text
+        peak = max(peak, rss(server.proc.pid))
+
+        for r in readers:  # the slow readers give up
+            r.stop.set()
+        for r in readers:
+            r.join(30)
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=server.url, headers=admin_headers, timeout=30) as c:
+            while True:
+                after = c.get("/metrics").text
+                ended = metric(after, "stratus_requests_running") == 0
+                if ended and metric(after, "stratus_aborted_requests_total") >= SLOW:
+                    break
+                assert time.monotonic() < deadline, "the slow readers' requests never ended"
+                time.sleep(0.1)
+    finally:
+        for r in readers:
+            r.stop.set()
+        server.terminate()
+        code = server.wait(60) if server.proc.poll() is None else server.proc.returncode
+        server.kill()
+
+    assert stalled == [r.request_id for r in readers], "a slow reader read its stream to the end"
+    assert all(s.outcome.delivered for s in traffic.sent), [s.outcome for s in traffic.sent]
+    assert peak - before <= RSS_BOUND, (before, peak)
+    assert code == 0 and "Traceback" not in server.output, server.output[-4000:]
+
+    observed = warmup.observed() | traffic.observed() | {r.request_id: r.outcome() for r in readers}
+    result = reconcile(observed, data_dir)
+    charged = {}
+    for r in readers:
+        (row,) = result.rows[r.request_id]
+        assert row["status"] == "client_disconnect"
+        assert 0 < row["completion_tokens"] <= SLOW_MAX_TOKENS
+        closing = [rec for rec in result.records[r.request_id] if rec.outcome != "streaming"]
+        assert [rec.outcome for rec in closing] == ["client_disconnect"]
+        assert closing[0].completion_tokens == row["completion_tokens"]
+        events = r.received.count(b"data: {")
+        charged[r.request_id] = (len(r.received), events, row["completion_tokens"])
+
+    print(
+        f"\nslow readers: {SLOW} stalled while {NORMAL} clients completed {len(traffic.sent)} requests; "
+        f"gateway RSS {before / 2**20:.0f} MiB before, peak {peak / 2**20:.0f} MiB "
+        f"(+{(peak - before) / 2**20:.1f} MiB, bound +{RSS_BOUND / 2**20:.0f} MiB); running during the "
+        f"stall: {metric(during, 'stratus_requests_running'):.0f}; per slow reader (bytes read, events "
+        f"read, completion tokens charged): {charged}"
+    )
