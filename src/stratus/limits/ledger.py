@@ -53,11 +53,19 @@ class LedgerWriter:
             for row in rows:
                 ledger.record(conn, row)
 
+    def _insert_missing(self, rows: list[ledger.UsageRow]) -> None:
+        """A retry: a commit whose acknowledgement was lost (the connection dropped as it
+        committed) may have landed, so a row already there is not written twice."""
+        with self.store.begin() as conn:
+            for row in rows:
+                if not ledger.has_row(conn, row.request_id, row.time, row.status):
+                    ledger.record(conn, row)
+
     def _commit(self, rows: list[ledger.UsageRow]) -> list[Exception | None]:
         """Each row's fate: None when it is durable (in the database or the spool)."""
-        for _attempt in range(2):  # the second on a fresh connection from the pool
+        for attempt in range(2):  # the second on a fresh connection from the pool
             try:
-                self._insert(rows)
+                (self._insert_missing if attempt else self._insert)(rows)
             except Exception as exc:
                 log.warning("usage ledger: a batch of %d rows failed (%s)", len(rows), type(exc).__name__)
                 continue
@@ -66,7 +74,7 @@ class LedgerWriter:
         fates: list[Exception | None] = []
         for row in rows:  # one at a time: a bad row fails only itself
             try:
-                self._insert([row])
+                self._insert_missing([row])
                 fates.append(None)
             except Exception as exc:
                 fates.append(self._to_spool(row, exc))

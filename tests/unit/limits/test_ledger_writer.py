@@ -87,3 +87,17 @@ def test_a_row_kept_nowhere_fails_its_caller(store, tmp_path, monkeypatch):
     writer = LedgerWriter(store, tmp_path / "no-such-dir" / "spool.jsonl")
     (result,) = write_all(writer, [row(1)])
     assert isinstance(result, OSError)
+
+
+def test_a_batch_whose_commit_landed_unacknowledged_is_not_written_twice(store, tmp_path, monkeypatch):
+    """The connection dropped as the commit went through: the retry finds the rows there."""
+    real = LedgerWriter._insert
+
+    def lost_ack(self, rows):
+        real(self, rows)  # committed...
+        raise ConnectionError("server closed the connection unexpectedly")  # ...unacknowledged
+
+    monkeypatch.setattr(LedgerWriter, "_insert", lost_ack)
+    writer = LedgerWriter(store, tmp_path / "spool.jsonl")
+    assert write_all(writer, [row(1), row(2)]) == [None, None]
+    assert stored(store) == ["r1", "r2"]  # once each, not charged twice
