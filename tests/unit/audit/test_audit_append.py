@@ -96,6 +96,79 @@ def test_the_writer_connection_comes_back_after_the_server_drops_it():
         store.close()
 
 
+def test_a_connection_dropped_mid_append_gets_one_fresh_try():
+    """PostgreSQL ends the writer's session while its transaction is open (after the head is
+    locked): nothing was committed, so the append is redone on a fresh connection."""
+    with scratch_database() as url:
+        store = Store.open(url)
+        log = AuditLog(store, b"k" * 32)
+        log.append(AuditEvent(action="before", outcome="ok"))
+        real, calls = log._append, []
+
+        def terminated_first(conn, *args):
+            if not calls:
+                with store.begin() as other:
+                    pid = int(conn.dbapi_connection.info.backend_pid)
+                    other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+            calls.append(1)
+            return real(conn, *args)
+
+        log._append = terminated_first
+        log.append(AuditEvent(action="during", outcome="ok"))
+        assert len(calls) == 2
+        assert [r.action for r in log.records()] == ["before", "during"]
+        assert verify(log).ok
+        log.close()
+        store.close()
+
+
+class _CommitLost:
+    """A driver connection whose first commit is lost: after it landed (`landed`), or before."""
+
+    def __init__(self, conn, landed: bool):
+        self._conn, self._landed = conn, landed
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def commit(self):
+        import psycopg
+
+        (self._conn.commit if self._landed else self._conn.rollback)()
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
+def test_a_commit_whose_acknowledgement_is_lost_is_kept_once(landed):
+    """The connection dropped during the commit: the head on a fresh connection says whether the
+    records landed; they are in the chain exactly once either way."""
+    with scratch_database() as url:
+        store = Store.open(url)
+        log = AuditLog(store, b"k" * 32)
+        log.append(AuditEvent(action="before", outcome="ok"))
+        real, wrapped = log._connection, []
+
+        def first_commit_lost():
+            conn = real()
+            if not wrapped:
+                wrapped.append(conn)
+                log._conn = _CommitLost(conn, landed)
+                return log._conn
+            return conn
+
+        log._connection = first_commit_lost
+        log._conn = None  # the next append takes a connection through the wrapper
+        records = log.append_many(
+            [AuditEvent(action="a", outcome="ok"), AuditEvent(action="b", outcome="ok")]
+        )
+        assert [r.seq for r in records] == [2, 3]
+        assert [r.action for r in log.records()] == ["before", "a", "b"]
+        assert log.head()[:2] == (3, records[-1].mac)
+        assert verify(log).ok
+        log.close()
+        store.close()
+
+
 def test_a_store_pointed_elsewhere_is_followed(tmp_path):
     """The kept connection belongs to the engine it came from: a Store re-pointed at a database
     that cannot be opened fails the append (503 upstream) instead of writing to the old one."""
