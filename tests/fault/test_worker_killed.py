@@ -1,15 +1,16 @@
 """A `stratus worker` killed (kill -9) while streams run through it, then restarted.
 
-The gateway runs in this process (a real uvicorn on loopback, access control and metering on) with
-no model of its own: two workers register over HTTP with the cluster secret and become the
-replicas of model "demo". Greedy streams and complete requests run on both; once each stream
-has text, the busier worker is killed. Every stream continues on the survivor and ends
-byte-identical to an uninterrupted run, with [DONE] and the usage it asked for (the prompt's
-tokens, not the resumed prompt's); every complete response likewise. The test then restarts the killed worker under its id,
-as an operator's supervisor would: it registers again from its new address, /admin/cluster shows
-it up, and the gateway routes requests to it again. The survivor, sent SIGTERM, deregisters,
-drains and exits 0. Finally the stopped gateway reconciles with what every client saw: each
-stream charged once, its migration in its audit record, the chain intact.
+The gateway runs in this process (a real uvicorn on loopback, access control and metering on)
+with no model of its own: two workers register over HTTP with the cluster secret and become the
+replicas of model "demo". Greedy streams and complete requests run on both; once each stream has
+text, the busier worker is killed. Every stream continues on the survivor and ends byte-identical
+to an uninterrupted run, with [DONE] and the usage it asked for (the prompt's tokens, not the
+resumed prompt's); every complete response likewise. The test then restarts the killed worker
+under its id, as an operator's supervisor would: it registers again from its new address,
+/admin/cluster shows it up, and the gateway routes requests to it again. Then the survivor gets
+SIGTERM while streams run on both workers: it deregisters, every stream still ends whole, and it
+exits 0. Finally the stopped gateway reconciles with what every client saw: each request charged
+once, each migration in its request's audit record, the chain intact.
 
 Short form (CI): a few short streams. Full form (`make fault`): 20 streams of 400 tokens.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -38,7 +40,8 @@ if not (DEMO / "config.json").is_file():
 
 STREAMS = int(fault_seconds(4, 20))
 WHOLE = int(fault_seconds(2, 4))  # complete (not streamed) responses in flight too
-MAX_TOKENS = int(fault_seconds(160, 400))
+DRAINED = int(fault_seconds(4, 8))  # streams running when the surviving worker gets SIGTERM
+MAX_TOKENS = int(fault_seconds(128, 400))
 PROMPTS = [
     "Tell me a story about a brave little fox who",
     "What did Elizabeth say to Mr. Darcy when",
@@ -81,7 +84,14 @@ def test_a_worker_killed_mid_stream_then_restarted_loses_and_double_charges_noth
     workers: list[WorkerProcess] = []
     observed: dict[str, Outcome] = {}
     try:
-        workers = [WorkerProcess("demo", str(DEMO), secret, *args, "--worker-id", f"demo-{n}") for n in "ab"]
+        with ThreadPoolExecutor(2) as pool:  # both start at once
+            starting = [
+                pool.submit(WorkerProcess, "demo", str(DEMO), secret, *args, "--worker-id", f"demo-{n}")
+                for n in "ab"
+            ]
+        workers = [f.result() for f in starting if f.exception() is None]  # stopped below, whatever
+        for f in starting:
+            f.result()  # a worker that failed to start fails the test
         for w in workers:
             w.wait_serving()
         wait_for(
@@ -173,8 +183,31 @@ def test_a_worker_killed_mid_stream_then_restarted_loses_and_double_charges_noth
 
         asyncio.run(until_routed_to_it())
 
-        # SIGTERM: the survivor deregisters (drained), exits 0, and is removed.
-        survivor.terminate()
+        # SIGTERM to the survivor while streams run on both: it deregisters, takes nothing new,
+        # finishes its streams (or they move to the restarted worker), exits 0 and is removed.
+        async def sigterm_mid_stream() -> None:
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=120, headers=auth) as client:
+                progress: dict[str, int] = {}
+
+                async def one(i: int) -> None:
+                    rid = f"drained-{i}"
+                    body = request(PROMPTS[i % len(PROMPTS)], True)
+                    observed[rid] = await call(
+                        client, CHAT, body, rid, on_chunk=lambda o, c: progress.__setitem__(rid, len(o.text))
+                    )
+
+                streams = asyncio.gather(*(one(i) for i in range(DRAINED)))
+                while not (len(progress) == DRAINED and all(progress.values())):
+                    assert not streams.done(), "the streams ended before SIGTERM"
+                    await asyncio.sleep(0.01)
+                assert replicas.entries[survivor.id].inflight > 0, cluster()
+                survivor.terminate()
+                await streams
+
+        asyncio.run(sigterm_mid_stream())
+        for i in range(DRAINED):
+            got = observed[f"drained-{i}"]
+            assert got.delivered and got.text == observed[f"reference-{i % len(PROMPTS)}"].text, got
         assert survivor.proc.wait(60) == 0
         wait_for(lambda: survivor.id not in replicas.entries, "the stopped worker removed", 30)
     finally:
