@@ -27,9 +27,11 @@ The checks, each naming the offending request ids when it fails:
   chain        the audit chain verifies with the project's own check (`stratus audit verify`:
                audit/verify.py, with the newest checkpoint)
 
-A request cut off (no complete response: the connection dropped, a stream without `[DONE]`) may
-hold one row: it was committed before its last bytes were sent (the committed-but-cut gap).
-`Reconciliation.committed_not_received` names those rows, so a scenario can show the gap.
+A request cut off (no complete response: the connection dropped, a stream without `[DONE]` or
+with an error event) may hold one row: it was committed before its last bytes were sent (the
+committed-but-cut gap). `Reconciliation.committed_not_received` names those rows, so a scenario
+can show the gap. Unless the gateway crashed, one that started (200) must hold its row (what it
+delivered: aborted, client_disconnect, error) and, a stream, its closing record.
 """
 
 from __future__ import annotations
@@ -295,6 +297,11 @@ def check(
         else:  # cut off: at most one row (checked above); an "ok" one is the committed-but-cut gap
             if any(r["status"] == "ok" for r in found):
                 result.committed_not_received.add(rid)
+            if seen.status == 200 and not crashed:  # started, and the gateway lived to settle it
+                if not found:
+                    problems.append(f"{rid}: started (200), cut off ({seen.error}), and not in the ledger")
+                if audited and seen.stream and not closings:
+                    problems.append(f"{rid}: a stream cut off ({seen.error}) has no closing audit record")
         if audited and found and not recs:
             problems.append(f"{rid}: charged ({found[0]['status']}) but has no audit record")
     return result

@@ -54,6 +54,7 @@ def gateway(tmp_path, monkeypatch):
     log.append(_event("cut", "streaming", tokens=None))
     log.append(_event("limited", "limited", 429, tokens=None))
     log.append(_event("stream"))  # closing: after the last byte
+    log.append(_event("cut", "client_disconnect"))
     log.close()
     store.close()
     observed = {
@@ -84,7 +85,7 @@ def test_an_intact_gateway_reconciles_and_names_the_committed_but_cut_gap(gatewa
     data_dir, observed = gateway
     result = reconcile(observed, data_dir)
     assert result.committed_not_received == {"cut"}
-    assert result.chain_records == 5 and result.ledger_tokens == 30
+    assert result.chain_records == 6 and result.ledger_tokens == 30
 
 
 def test_a_duplicate_ledger_row_is_caught(gateway):
@@ -144,6 +145,23 @@ def test_a_missing_closing_record_is_caught_unless_the_gateway_crashed(gateway):
                    "WHERE request_id = 'stream'")  # fmt: skip
     observed["late"] = Outcome(200, True, True, 4, 6)
     _fails(data_dir, observed, "late: a delivered stream has no closing audit record")
+    reconcile(observed, data_dir, crashed=True)
+
+
+def test_a_cut_stream_must_be_settled_and_closed_unless_the_gateway_crashed(gateway):
+    data_dir, observed = gateway
+    _sql(data_dir, "DELETE FROM usage_ledger WHERE request_id = 'cut'")
+    _fails(data_dir, observed, "cut: started (200), cut off (None), and not in the ledger")
+    reconcile(observed, data_dir, crashed=True)
+    store = Store.open(database_url(data_dir))
+    with store.begin() as conn:
+        ledger.record(conn, _row("gone", "client_disconnect", 4, 2))
+    log = AuditLog(store, load_audit_key(data_dir))
+    log.append(_event("gone", "streaming", tokens=None))  # opened; never closed
+    log.close()
+    store.close()
+    observed["gone"] = Outcome(200, False, True)
+    _fails(data_dir, observed, "gone: a stream cut off (None) has no closing audit record")
     reconcile(observed, data_dir, crashed=True)
 
 
