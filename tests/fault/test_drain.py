@@ -8,6 +8,10 @@ Access control and metering are on, as `stratus serve` runs by default. Output i
 test shows that some were. A request sent after the signal is refused, or never connects, or
 (had it connected first) is served: whichever, reconcile holds.
 
+When the drain timeout expires first, the streams still running are aborted just before it: each
+ends with an error event and [DONE], and is still charged once, for what it delivered, with its
+closing audit record.
+
 Short form (CI): 3 streams. Full form (`make fault`): 10 streams, longer.
 """
 
@@ -100,3 +104,58 @@ def test_sigterm_drains_every_stream_to_done_and_reconciles(tiny_checkpoint, tmp
     assert late.delivered or late.status is None or late.status == 503, late
     assert "stratus: stopped" in server.output
     reconcile(observed, data_dir)  # raises, naming request ids
+
+
+def test_streams_cut_by_the_drain_timeout_are_settled_and_audited(tiny_checkpoint, tmp_path, monkeypatch):
+    """Streams that outlive --drain-timeout are aborted just before it expires: each ends with an
+    error event and [DONE] (not delivered), yet each is charged once, for what it delivered, and
+    has its closing audit record; exit 0, and no traceback."""
+    monkeypatch.delenv("STRATUS_AUDIT_KEY", raising=False)
+    admin = issued.record(generate().secret)
+    data_dir = issued.data_dir_of(tmp_path / "data")
+    server = ServeProcess(
+        "--model",
+        f"tiny={tiny_checkpoint}",
+        "--drain-timeout",
+        "3",
+        "--data-dir",
+        str(data_dir),
+        env={"STRATUS_ADMIN_KEY": admin, "STRATUS_MAX_TOKENS_PER_SECOND": "30"},  # ~40 s, past the drain
+    )
+    body = {"model": "tiny", "prompt": "drain", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    observed: dict[str, Outcome] = {}
+    try:
+        server.wait_ready()
+
+        async def run() -> None:
+            started: set[str] = set()
+            headers = {"Authorization": f"Bearer {admin}"}
+            async with httpx.AsyncClient(base_url=server.url, timeout=120, headers=headers) as client:
+
+                async def one(rid: str) -> None:
+                    observed[rid] = await call(
+                        client, "/v1/completions", body, rid, on_chunk=lambda o, c: started.add(rid)
+                    )
+
+                work = asyncio.gather(*(one(f"cut-{i}") for i in range(3)))
+                while len(started) < 3:
+                    assert not work.done(), observed
+                    await asyncio.sleep(0.01)
+                server.terminate()
+                await work
+
+        asyncio.run(run())
+        assert server.wait(60) == 0, server.output
+    finally:
+        server.kill()
+    for rid, got in observed.items():
+        assert got.status == 200 and not got.complete and "shutting down" in (got.error or ""), (rid, got)
+    assert "Traceback" not in server.output, server.output
+    result = reconcile(observed, data_dir)  # each cut stream: one row, its closing record
+    for rid in observed:
+        (row,) = result.rows[rid]
+        assert row["status"] == "aborted" and 0 < row["completion_tokens"] < 400, row
+        closing = [r for r in result.records[rid] if r.outcome != "streaming"]
+        assert [(r.prompt_tokens, r.completion_tokens) for r in closing] == [
+            (row["prompt_tokens"], row["completion_tokens"])
+        ]
