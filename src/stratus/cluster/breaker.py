@@ -63,16 +63,21 @@ class CircuitBreaker:
     def allow(self) -> bool:
         """May a request go to this replica now? Half-open grants one trial at a time; a trial
         whose outcome is never reported expires after one cooldown, and another is granted."""
+        if not self.ready():
+            return False
+        if self.state == "half_open":
+            self._trial_at = self._clock()
+        return True
+
+    def ready(self) -> bool:
+        """Would allow() say yes now? Asking grants nothing (a router weighing replicas asks
+        this; only the one it sends the request to takes the trial)."""
         state = self.state
         if state == "closed":
             return True
         if state == "open":
             return False
-        now = self._clock()
-        if self._trial_at is not None and now - self._trial_at < self._cooldown:
-            return False
-        self._trial_at = now
-        return True
+        return self._trial_at is None or self._clock() - self._trial_at >= self._cooldown
 
     def record_success(self) -> None:
         state = self.state

@@ -53,9 +53,10 @@ class ReplicaEntry:
         return not self.draining and not self.unreachable and self.breaker.state != "open"
 
     def routable(self) -> bool:
-        """May the next request go here? A half-open breaker grants one request as its trial:
-        a replica that answers probes but fails requests comes back only by serving one."""
-        return not self.draining and not self.unreachable and self.breaker.allow()
+        """May the next request go here? A half-open breaker grants one request as its trial
+        (taken in _pick by the request sent here): a replica that answers probes but fails
+        requests comes back only by serving one."""
+        return not self.draining and not self.unreachable and self.breaker.ready()
 
 
 @dataclass
@@ -288,12 +289,14 @@ class ReplicaSet:
     def _pick(self, work: float, affinity: str, tried: set[str], midstream: bool) -> str:
         exclude = tried | {rid for rid, e in self.entries.items() if not e.routable()}
         try:
-            return self.router.pick(work, affinity, exclude)
+            chosen = self.router.pick(work, affinity, exclude)
         except NoReplicaAvailable:
             what = "continue this stream" if midstream else "serve this request"
             raise ReplicaError(
                 f"no replica of the model {self.model} is available to {what}; retry shortly"
             ) from None
+        self.entries[chosen].breaker.allow()  # a half-open breaker's trial is this request
+        return chosen
 
     @staticmethod
     def _subrequests(
