@@ -9,9 +9,12 @@ so the error names the field the client actually sent.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from stratus.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from stratus.engine import grammar
 from stratus.engine.types import SamplingParams, ValidationError
 from stratus.request.errors import APIError, bad_request
 
@@ -159,6 +162,46 @@ def sampling_params(
     )
     try:
         params.validate()
+        params.grammar = guided_grammar(req)  # checked there, the error naming the client's field
     except ValidationError as exc:
         raise engine_error(exc) from None
     return params
+
+
+def guided_grammar(req: ChatCompletionRequest | CompletionRequest) -> str | None:
+    """The grammar the output must follow: from `response_format` (OpenAI) or one of vLLM's
+    `guided_*` fields; None for free text. Raises ValidationError naming the field."""
+    fmt = req.response_format
+    given = {
+        "response_format": fmt if fmt is not None and fmt.type != "text" else None,
+        "guided_json": req.guided_json,
+        "guided_regex": req.guided_regex,
+        "guided_choice": req.guided_choice,
+        "guided_grammar": req.guided_grammar,
+    }
+    named = [name for name, value in given.items() if value is not None]
+    if not named:
+        return None
+    if len(named) > 1:
+        raise ValidationError(f"give one of {', '.join(named)}, not several", named[1])
+    param = named[0]
+    schema: Any
+    if fmt is not None and param == "response_format":
+        schema = {"type": "object"} if fmt.json_schema is None else fmt.json_schema.schema_
+        text = grammar.from_json_schema(schema, param)
+    elif req.guided_json is not None:
+        schema = req.guided_json
+        if isinstance(schema, str):
+            try:
+                schema = orjson.loads(schema)
+            except orjson.JSONDecodeError:
+                raise ValidationError("guided_json must be a JSON schema (an object)", param) from None
+        text = grammar.from_json_schema(schema, param)
+    elif req.guided_regex is not None:
+        text = grammar.from_regex(req.guided_regex)
+    elif req.guided_choice is not None:
+        text = grammar.from_choices(req.guided_choice)
+    else:
+        text = grammar.from_lark(req.guided_grammar or "")
+    grammar.check(text, param)
+    return text

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API, validated with pydantic.
 
 Unknown fields are ignored (newer SDKs send fields this server does not know). Known fields
-that the local engine cannot honour yet (tools, logit_bias, JSON mode, suffix) are accepted here,
+that the local engine cannot honour yet (tools, logit_bias, suffix) are accepted here,
 because an OpenAI-compatible upstream may serve the model and is handed them as sent; for a model
 served here, `unsupported_here()` names the first, and the route answers 400 before routing. Values are checked strictly: a string where a
 number belongs is an error, not a conversion. Response shapes live in `schemas_out.py`.
@@ -65,8 +65,24 @@ class ChatMessage(_Strict):
         return "".join(part.text for part in self.content)
 
 
+class JsonSchemaFormat(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64)] = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | bool = Field(default=True, alias="schema")
+    strict: bool | None = None  # output always follows the schema here, strict or not
+
+
 class ResponseFormat(_Strict):
+    """`json_object`: any JSON object; `json_schema`: JSON valid under `json_schema.schema`."""
+
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ParamError("response_format.json_schema", "type 'json_schema' needs a json_schema object")
+        return self
 
 
 class EngineExtras(_Strict):
@@ -78,6 +94,13 @@ class EngineExtras(_Strict):
     ignore_eos: bool = False
     stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool = True
+    # Guided decoding, as vLLM names it (at most one, and not with response_format)
+    guided_json: dict[str, Any] | bool | str | None = None
+    guided_regex: Annotated[str, Field(min_length=1)] | None = None
+    guided_choice: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=256)] | None
+    ) = None
+    guided_grammar: Annotated[str, Field(min_length=1)] | None = None
 
 
 class _GenerationRequest(EngineExtras):
@@ -93,6 +116,7 @@ class _GenerationRequest(EngineExtras):
     frequency_penalty: Penalty | None = None
     user: str | None = None
     logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
 
     def unsupported_here(self) -> ParamError | None:
         """The first field set that the local engine cannot honour (an upstream may)."""
@@ -119,7 +143,6 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -129,10 +152,6 @@ class ChatCompletionRequest(_GenerationRequest):
             return ParamError("tools", "tool calling is not supported by this server; remove tools")
         if self.tool_choice not in (None, "none", "auto"):
             return ParamError("tool_choice", "tool_choice needs tools, which this server does not support")
-        if self.response_format is not None and self.response_format.type != "text":
-            return ParamError(
-                "response_format", f"only type 'text' is supported, got {self.response_format.type!r}"
-            )
         return super().unsupported_here()
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ import torch
 
 from .block_manager import BlockManager
 from .config import CheckpointError, EngineConfig, ModelConfig
+from .grammar import Constraint, GrammarError, GrammarVocab, mask_rows
 from .inputs import context_window, prepare_prompt
 from .model_runner import ModelRunner
 from .sampler import apply_penalties, sample, top_logprobs
@@ -71,6 +72,7 @@ class EngineCore:
         self.generated_tokens_total = 0
         self.prompt_tokens_total = 0
         self._failures: dict[str, str] = {}  # request id -> why it failed (take_failures)
+        self._grammar_vocab: GrammarVocab | None = None  # built for the first guided request
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set(self.model_config.eos_token_ids)
@@ -112,17 +114,32 @@ class EngineCore:
                 generator=gen,
                 seed=params.seed,
             )
-            if request.resume_token_ids:
-                self._resume(seq, request.resume_token_ids, request.resume_text)
+            try:
+                if params.grammar is not None:
+                    seq.constraint = self._constraint(params.grammar)
+                if request.resume_token_ids:
+                    self._resume(seq, request.resume_token_ids, request.resume_text)
+            except GrammarError as exc:
+                raise ValidationError(f"the grammar cannot be used: {exc}", "grammar") from None
             seqs.append(seq)
+        for seq in seqs:  # all or nothing: a refused request leaves nothing behind
             self.scheduler.add(seq)
         self.requests[request.request_id] = seqs
         self.prompt_tokens_total += len(ids)
+
+    def _constraint(self, grammar: str) -> Constraint:
+        """A sequence's grammar state; the vocabulary it needs is built on first use."""
+        if self._grammar_vocab is None:
+            width = self.model_config.vocab_size
+            self._grammar_vocab = GrammarVocab(self.tokenizer.to_json(), width, sorted(self.eos_token_ids))
+        return Constraint(self._grammar_vocab, grammar)
 
     @staticmethod
     def _resume(seq: Sequence, tokens: list[int], delivered: str) -> None:
         """Continue where another replica stopped: its tokens become this sequence's output so
         far, their text is rebuilt exactly as it was produced, and what was delivered is skipped."""
+        if seq.constraint is not None:
+            seq.constraint.consume_all(tokens)
         for token in tokens:
             seq.token_ids.append(token)
             seq.text += seq.detokenizer.push(token)
@@ -182,9 +199,11 @@ class EngineCore:
         # Logprobs describe the model's own distribution, before penalties and temperature.
         want = [i for i, seq in enumerate(finishing) if seq.params.logprobs is not None]
         raw = logits[want] if want else None  # advanced indexing copies
-        if any(seq.params.penalised for seq in finishing):
-            logits = logits.clone()  # penalties work in place; a retry must start from the model's
+        guided = [(i, seq.constraint) for i, seq in enumerate(finishing) if seq.constraint is not None]
+        if guided or any(seq.params.penalised for seq in finishing):
+            logits = logits.clone()  # penalties and masks work in place; a retry starts afresh
             apply_penalties(logits, finishing)
+            mask_rows(logits, guided)
         tokens = sample(logits, finishing, self.generator)
         return tokens, (self._logprobs(raw, want, finishing, tokens) if want else {})
 
@@ -249,6 +268,12 @@ class EngineCore:
         }
 
     def _append_token(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> Delta | None:
+        if seq.constraint is not None and token not in seq.stop_token_ids:
+            try:
+                seq.constraint.consume(token)
+            except GrammarError as exc:
+                self._fail(seq, exc)
+                return None
         seq.token_ids.append(token)
         params = seq.params
         finish = None
@@ -262,6 +287,8 @@ class EngineCore:
                 if cut is not None:
                     seq.text = seq.text[:cut]
                     finish = "stop"
+        if finish is None and seq.constraint is not None and seq.constraint.complete:
+            finish = "stop"  # the grammar allows nothing more: the output is whole
         if finish is None and (
             seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len
         ):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .grammar import Constraint
 from .tokenizer import IncrementalDetokenizer
 from .types import FinishReason, SamplingParams
 
@@ -39,6 +40,7 @@ class Sequence:
     text: str = ""  # generated text so far (stop strings removed)
     emitted_chars: int = 0  # text already handed to the caller
     finish_reason: FinishReason | None = None
+    constraint: Constraint | None = None  # guided decoding: the grammar this output must follow
 
     @property
     def num_tokens(self) -> int:

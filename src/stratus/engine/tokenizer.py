@@ -68,6 +68,10 @@ class Tokenizer:
         of n characters is at least n / max_token_chars tokens, known without tokenizing it."""
         return max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1) or 1
 
+    def to_json(self) -> str:
+        """The whole tokenizer as tokenizer.json text (for libraries that build their own)."""
+        return self._tok.to_str()
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 

@@ -14,6 +14,7 @@ FinishReason = Literal["stop", "length", "abort"]
 MIN_TEMPERATURE = 1e-5
 # Repetition penalties divide logits; a smaller one is raised to this so they stay finite.
 MIN_REPETITION_PENALTY = 1e-2
+MAX_GRAMMAR_CHARS = 256 * 1024  # a guided-decoding grammar larger than this is a mistake or an attack
 
 
 class ValidationError(ValueError):
@@ -48,6 +49,9 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's logprob plus k top ones
     n: int = 1
     skip_special_tokens: bool = True
+    # Guided decoding: an llguidance grammar (engine/grammar.py makes one from a JSON schema, a
+    # regex, choices or Lark); every sampled token keeps the output valid under it.
+    grammar: str | None = None
 
     def validate(self) -> None:
         """Raise ValidationError for any out-of-range value; a valid object is left unchanged."""
@@ -81,6 +85,13 @@ class SamplingParams:
             raise bad("logprobs", "must be between 0 and 20")
         if not isinstance(self.n, int) or not 1 <= self.n <= 16:
             raise bad("n", "must be between 1 and 16")
+        # A grammar's own rules are checked when it is compiled (engine/grammar.py, at admission).
+        if self.grammar is not None and (
+            not isinstance(self.grammar, str) or not 0 < len(self.grammar) <= MAX_GRAMMAR_CHARS
+        ):
+            raise ValidationError(
+                f"grammar must be text of at most {MAX_GRAMMAR_CHARS} characters", "grammar"
+            )
 
     @property
     def penalised(self) -> bool:
