@@ -302,8 +302,17 @@ def check(
                     problems.append(f"{rid}: started (200), cut off ({seen.error}), and not in the ledger")
                 if audited and seen.stream and not closings:
                     problems.append(f"{rid}: a stream cut off ({seen.error}) has no closing audit record")
-        if audited and found and not recs:
+        if not audited:
+            continue
+        if seen.stream and seen.status == 200 and not openings and not seen.delivered:
+            # written before the 200 went out, so even a crash leaves it
+            problems.append(f"{rid}: a stream that started (200) has no opening audit record")
+        if found and not recs:
             problems.append(f"{rid}: charged ({found[0]['status']}) but has no audit record")
+        # the trail and the ledger agree (a delivered request's were compared above)
+        closing = closings[0] if closings and closings[0].prompt_tokens is not None else None
+        if found and closing is not None and not seen.delivered and _tokens(closing) != _tokens(found[0]):
+            problems.append(f"{rid}: audited with tokens {_tokens(closing)}, charged {_tokens(found[0])}")
     return result
 
 

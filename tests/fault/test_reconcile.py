@@ -183,3 +183,19 @@ def test_a_broken_chain_is_caught(gateway):
     _fails(
         data_dir, observed, "audit chain: record seq 1", "plain: audited with tokens (4, 5), charged (4, 6)"
     )
+
+
+def test_a_cut_stream_audited_and_charged_differently_or_never_opened_is_caught(gateway):
+    data_dir, observed = gateway
+    _sql(data_dir, "UPDATE usage_ledger SET completion_tokens = 5 WHERE request_id = 'cut'")
+    _fails(data_dir, observed, "cut: audited with tokens (4, 6), charged (4, 5)", crashed=True)
+    _sql(data_dir, "UPDATE usage_ledger SET completion_tokens = 6 WHERE request_id = 'cut'")
+    store = Store.open(database_url(data_dir))
+    log = AuditLog(store, load_audit_key(data_dir))
+    log.append(_event("unopened", "client_disconnect", tokens=None))  # a closing record alone
+    log.close()
+    store.close()
+    observed["unopened"] = Outcome(200, False, True)
+    _fails(
+        data_dir, observed, "unopened: a stream that started (200) has no opening audit record", crashed=True
+    )
