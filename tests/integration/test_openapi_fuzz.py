@@ -1,11 +1,15 @@
 """schemathesis against /openapi.json: no 5xx, and every response matches the document.
 
 Every operation gets a bounded number of generated requests, valid ones (positive) and invalid
-ones (negative). The document is fetched from the live server; only the request side is
-narrowed here (the served model's name, small token budgets) so valid requests reach the engine
-and stay quick. Responses are checked against the document as served.
+ones (negative), sent once with the admin's key and once with an ordinary member's (a user in a
+team granted the model: most /admin operations answer it 403, the /v1 ones serve it). The
+document is fetched from the live server; only the request side is narrowed here (the served
+model's name, small token budgets) so valid requests reach the engine and stay quick. Responses are checked against the document as served.
 """
 
+import time
+
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -18,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests import issued
 from tests.conftest import TINY_MODEL
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -54,7 +59,31 @@ def narrow_requests(doc: dict) -> dict:
     return doc
 
 
-def test_openapi_document_holds_under_fuzzing(http, base_url, auth_headers):
+@pytest.fixture(scope="module")
+def member_headers(base_url, auth_headers) -> dict[str, str]:
+    """A member of a team that is granted the model, and their key."""
+    with httpx.Client(base_url=base_url, timeout=60, headers=auth_headers) as http:
+        return make_member(http)
+
+
+def make_member(http: httpx.Client) -> dict[str, str]:
+    assert http.post("/admin/teams", json={"name": "fuzz-team"}).status_code == 201
+    assert http.put(f"/admin/teams/fuzz-team/models/{TINY_MODEL}").status_code == 200
+    user = {"name": "fuzz-member", "role": "member", "team": "fuzz-team"}
+    assert http.post("/admin/users", json=user).status_code == 201
+    r = http.post("/admin/keys", json={"name": "fuzz", "user": "fuzz-member", "team": "fuzz-team"})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {issued.record(r.json()['secret'])}"}
+
+
+@pytest.mark.parametrize("role", ["member", "admin"])  # the member first: the admin's run may change anything
+def test_openapi_document_holds_under_fuzzing(http, base_url, auth_headers, member_headers, role):
+    headers = member_headers if role == "member" else auth_headers
+    if role == "member":  # the grant reaches a cached credential within the cache TTL
+        deadline = time.monotonic() + 30
+        while not http.get("/v1/models", headers=headers).json()["data"]:
+            assert time.monotonic() < deadline, "the member's grant never took effect"
+            time.sleep(0.2)
     doc = http.get("/openapi.json").json()
     assert {
         "/v1/chat/completions",
@@ -89,7 +118,7 @@ def test_openapi_document_holds_under_fuzzing(http, base_url, auth_headers):
             )
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case):
-                response = case.call(base_url=base_url, timeout=60, headers=auth_headers)
+                response = case.call(base_url=base_url, timeout=60, headers=headers)
                 case.validate_response(response, checks=CHECKS)
 
             try:
