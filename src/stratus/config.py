@@ -36,6 +36,10 @@ class ConfigError(ValueError):
     """A setting with a bad value; the message names where it came from."""
 
 
+# How models write tool calls (api/tool_calls.py); --tool-parser picks one for every model.
+TOOL_PARSERS = ("hermes", "mistral", "llama3_json")
+
+
 @dataclass
 class Settings:
     models: dict[str, str] = field(default_factory=dict)  # name -> checkpoint dir; empty: demo
@@ -55,6 +59,7 @@ class Settings:
     forwarded_allow_ips: str = ""
     max_waiting: int = 256  # requests waiting in one engine's queue before 503
     retry_after: int = 2  # seconds, in the Retry-After header of a 503
+    tool_parser: str | None = None  # the tool-call format (TOOL_PARSERS); default: from the chat template
     response_cache_size: int = 0  # entries in the exact-match response cache; 0: off
     response_cache_ttl: float = 600.0  # seconds a cached response stays valid
     log_level: str = "info"
@@ -300,6 +305,8 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{name} must be >= 1, got {getattr(s, name)}")
     if s.response_cache_size < 0:
         raise ConfigError(f"response_cache_size must be >= 0, got {s.response_cache_size}")
+    if s.tool_parser is not None and s.tool_parser not in TOOL_PARSERS:
+        raise ConfigError(f"tool_parser must be one of {', '.join(TOOL_PARSERS)}, got {s.tool_parser!r}")
     if s.engine_isolation not in ("process", "thread"):
         raise ConfigError(f"engine_isolation must be 'process' or 'thread', got {s.engine_isolation!r}")
     if not 0 <= s.auth_cache_ttl <= 60:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from stratus.api import tool_calls
 from stratus.api.generation import Choice
 from stratus.engine.types import Delta, TokenLogprob
 from stratus.request.context import Usage
@@ -92,24 +93,40 @@ class ChatFormat(_Format):
     chunk_object = "chat.completion.chunk"
     prefix = "chatcmpl-"
 
-    def __init__(self, request_id: str, model: str, logprobs: bool, include_usage: bool = False):
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        logprobs: bool,
+        include_usage: bool = False,
+        tools: tool_calls.Format | None = None,
+    ):
         super().__init__(request_id, model, include_usage)
         self.logprobs = logprobs
+        self.tools = tools  # the model's tool-call format, when tools were offered
+        self._streams: dict[int, tool_calls.StreamCalls] = {}
 
     def response(self, choices: list[Choice], usage: Usage) -> dict:
         body = self._head(self.object)
-        body["choices"] = [
-            {
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": chat_logprobs(c.logprobs) if self.logprobs else None,
-                "finish_reason": c.finish_reason,
-            }
-            for c in choices
-        ]
+        body["choices"] = [self._choice(c) for c in choices]
         body["usage"] = usage_dict(usage)
         body["system_fingerprint"] = None
         return body
+
+    def _choice(self, c: Choice) -> dict:
+        message: dict = {"role": "assistant", "content": c.text}
+        finish = c.finish_reason
+        if self.tools is not None:
+            content, calls = tool_calls.parse(c.text, self.tools)
+            if calls:
+                message = {"role": "assistant", "content": content, "tool_calls": [k.openai() for k in calls]}
+                finish = "tool_calls" if finish == "stop" else finish
+        return {
+            "index": c.index,
+            "message": message,
+            "logprobs": chat_logprobs(c.logprobs) if self.logprobs else None,
+            "finish_reason": finish,
+        }
 
     def start_chunks(self, num_choices: int) -> list[dict]:
         return [
@@ -129,26 +146,30 @@ class ChatFormat(_Format):
     def delta_chunks(self, index: int, delta: Delta) -> list[dict]:
         out = []
         has_logprobs = self.logprobs and bool(delta.logprobs)
-        if delta.text or has_logprobs:
+        text, calls = delta.text, list[dict]()
+        if self.tools is not None:  # text that may be a call is held until it is known
+            stream = self._streams.setdefault(index, tool_calls.StreamCalls(self.tools))
+            text, calls = stream.push(delta.text)
+            if delta.finish_reason is not None:
+                rest, more = stream.finish()
+                text, calls = text + rest, calls + more
+        if text or has_logprobs:
             out.append(
-                self._chunk(
-                    [
-                        {
-                            "index": index,
-                            "delta": {"content": delta.text},
-                            "logprobs": chat_logprobs(delta.logprobs) if has_logprobs else None,
-                            "finish_reason": None,
-                        }
-                    ]
-                )
+                self._delta(index, {"content": text}, chat_logprobs(delta.logprobs) if has_logprobs else None)
             )
+        if calls:
+            out.append(self._delta(index, {"tool_calls": calls}))
         if delta.finish_reason in ("stop", "length"):
-            out.append(
-                self._chunk(
-                    [{"index": index, "delta": {}, "logprobs": None, "finish_reason": delta.finish_reason}]
-                )
-            )
+            held = self._streams.get(index)
+            called = held is not None and held.sent > 0
+            finish = "tool_calls" if called and delta.finish_reason == "stop" else delta.finish_reason
+            out.append(self._delta(index, {}, finish=finish))
         return out
+
+    def _delta(
+        self, index: int, delta: dict, logprobs: dict | None = None, finish: str | None = None
+    ) -> dict:
+        return self._chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}])
 
 
 class CompletionFormat(_Format):

@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from stratus.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from stratus.api import tool_calls
+from stratus.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, ToolCall
 from stratus.engine import grammar
 from stratus.engine.types import SamplingParams, ValidationError
 from stratus.request.errors import APIError, bad_request
 
 if TYPE_CHECKING:
     from stratus.engine import Engine
+    from stratus.engine.tokenizer import Tokenizer
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy completions default
 
@@ -31,11 +33,26 @@ def engine_error(exc: ValidationError) -> APIError:
 def plain_messages(messages: list[ChatMessage]) -> list[dict]:
     plain = []
     for m in messages:
-        item = {"role": m.role, "content": m.text()}
+        item: dict = {"role": m.role, "content": m.text()}
         if m.name:
             item["name"] = m.name
+        if m.tool_calls:
+            item["tool_calls"] = [template_call(c) for c in m.tool_calls]
+        if m.tool_call_id:
+            item["tool_call_id"] = m.tool_call_id
         plain.append(item)
     return plain
+
+
+def template_call(call: ToolCall) -> dict:
+    """A call as chat templates expect it: arguments as an object (as transformers and vLLM pass
+    them), so a template's `tojson` does not quote the JSON text a second time."""
+    try:
+        arguments = orjson.loads(call.function.arguments)
+    except orjson.JSONDecodeError:
+        arguments = call.function.arguments
+    function = {"name": call.function.name, "arguments": arguments}
+    return {"id": call.id, "type": "function", "function": function}
 
 
 def render_chat(engine: Engine, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
@@ -71,12 +88,17 @@ async def off_loop_if_long(chars: int, fn, *args):
     return await asyncio.to_thread(fn, *args) if chars > OFF_LOOP_CHARS else fn(*args)
 
 
-async def chat_prompt_ids(engine: Engine, messages: list[ChatMessage]) -> list[int]:
+async def chat_prompt_ids(
+    engine: Engine, messages: list[ChatMessage], tools: list | None = None
+) -> list[int]:
+    """The conversation's token ids; `tools` (OpenAI's function tools) go to the template."""
     chars = sum(len(m.text()) for m in messages)
     check_text_fits(engine, chars, "messages")
 
     def work() -> list[int]:
         try:
+            if tools:
+                return engine.tokenizer.encode_chat(plain_messages(messages), tools=tools)
             return engine.tokenizer.encode_chat(plain_messages(messages))
         except ValidationError as exc:
             raise engine_error(exc) from None
@@ -140,9 +162,24 @@ def fit_max_tokens(
     return requested
 
 
+def offered_tools(
+    tokenizer: Tokenizer, req: ChatCompletionRequest, override: str | None
+) -> tuple[tool_calls.Format | None, str | None]:
+    """The tool-call format to read the answer in (None: no tools offered) and the grammar of a
+    required call (api/tool_calls.py)."""
+    try:
+        return tool_calls.offered(req, tokenizer.chat_template, override, tokenizer.added_token_id)
+    except ValidationError as exc:
+        raise engine_error(exc) from None
+
+
 def sampling_params(
-    req: ChatCompletionRequest | CompletionRequest, max_tokens: int, logprobs: int | None
+    req: ChatCompletionRequest | CompletionRequest,
+    max_tokens: int,
+    logprobs: int | None,
+    call_grammar: str | None = None,
 ) -> SamplingParams:
+    """`call_grammar`: a required tool call's grammar (it excludes response_format)."""
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -163,6 +200,12 @@ def sampling_params(
     try:
         params.validate()
         params.grammar = guided_grammar(req)  # checked there, the error naming the client's field
+        if call_grammar is not None:
+            if params.grammar is not None:
+                raise ValidationError(
+                    "a required tool call cannot also follow response_format", "tool_choice"
+                )
+            params.grammar = call_grammar
     except ValidationError as exc:
         raise engine_error(exc) from None
     return params

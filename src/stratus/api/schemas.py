@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API, validated with pydantic.
 
 Unknown fields are ignored (newer SDKs send fields this server does not know). Known fields
-that the local engine cannot honour yet (tools, logit_bias, suffix) are accepted here,
+that the local engine cannot honour yet (logit_bias, suffix) are accepted here,
 because an OpenAI-compatible upstream may serve the model and is handed them as sent; for a model
 served here, `unsupported_here()` names the first, and the route answers 400 before routing. Values are checked strictly: a string where a
 number belongs is an error, not a conversion. Response shapes live in `schemas_out.py`.
@@ -52,10 +52,23 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=64)] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     def text(self) -> str:
         if self.content is None:
@@ -148,11 +161,13 @@ class ChatCompletionRequest(_GenerationRequest):
     parallel_tool_calls: bool | None = None
 
     def unsupported_here(self) -> ParamError | None:
-        if self.tools:
-            return ParamError("tools", "tool calling is not supported by this server; remove tools")
-        if self.tool_choice not in (None, "none", "auto"):
-            return ParamError("tool_choice", "tool_choice needs tools, which this server does not support")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            return ParamError("tool_choice", "tool_choice other than 'none' or 'auto' needs tools")
         return super().unsupported_here()
+
+    def calls_tools(self) -> bool:
+        """Tools are offered: the template renders them and the answer may hold calls."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:

@@ -21,7 +21,7 @@ import click
 
 import stratus
 from stratus.cli.common import bind_socket, engine_options
-from stratus.config import ConfigError, Settings, load_settings, parse_model_spec
+from stratus.config import TOOL_PARSERS, ConfigError, Settings, load_settings, parse_model_spec
 from stratus.net.urls import is_loopback
 
 
@@ -187,6 +187,12 @@ def ray_options(func):
 @click.option("--data-dir", default=None, help=f"Where state is kept. [default: {_default('data_dir')}]")
 @click.option("--tls-cert", default=None, help="TLS certificate (PEM); HTTPS when given with --tls-key.")
 @click.option("--tls-key", default=None, help="TLS private key (PEM).")
+@click.option(
+    "--tool-parser",
+    type=click.Choice(TOOL_PARSERS),
+    default=None,
+    help="How the models write tool calls. [default: read from each model's chat template]",
+)
 @click.option(
     "--tls-self-signed/--no-tls-self-signed",
     default=None,

@@ -72,6 +72,10 @@ class Tokenizer:
         """The whole tokenizer as tokenizer.json text (for libraries that build their own)."""
         return self._tok.to_str()
 
+    def added_token_id(self, text: str) -> int | None:
+        """The id of an added token (a control or marker token) with this text, if there is one."""
+        return self._tok.token_to_id(text) if text in self.special_texts else None
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
@@ -140,10 +144,12 @@ class Tokenizer:
         literal.encode_special_tokens = True
         return literal
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> list[int]:
         """Token ids of the rendered conversation. Control tokens come only from the template:
-        special-token text inside a message's content is encoded as the plain text it is."""
-        text = self.apply_chat_template(messages, add_generation_prompt)
+        special-token text inside a message's content is encoded as the plain text it is, and is
+        refused anywhere else a client wrote (tool definitions, tool calls, names)."""
+        self._refuse_special_text(messages, extra)
+        text = self.apply_chat_template(messages, add_generation_prompt, **extra)
         contents: list[str] = [c if isinstance(c := m.get("content"), str) else "" for m in messages]
         if not any(s in c for c in contents for s in self.special_texts):
             return self.encode(text, add_special_tokens=False)  # nothing to forge: the usual path
@@ -152,7 +158,9 @@ class Tokenizer:
         marked = [
             {**m, "content": f"{_MARK}{i}{_MARK}"} if contents[i] else m for i, m in enumerate(messages)
         ]
-        pieces = re.split(f"{_MARK}(\\d+){_MARK}", self.apply_chat_template(marked, add_generation_prompt))
+        pieces = re.split(
+            f"{_MARK}(\\d+){_MARK}", self.apply_chat_template(marked, add_generation_prompt, **extra)
+        )
         if "".join(p if k % 2 == 0 else contents[int(p)] for k, p in enumerate(pieces)) != text:
             raise ValidationError(
                 "a message contains special-token text, and this model's chat template changes "
@@ -167,6 +175,17 @@ class Tokenizer:
             else:
                 ids += self._literal.encode(contents[int(piece)], add_special_tokens=False).ids
         return ids
+
+    def _refuse_special_text(self, messages: list[dict], extra: dict) -> None:
+        """Client text outside message contents (tools, tool calls, names) has no safe literal
+        encoding: a template may put it anywhere. It must not hold control-token text."""
+        others = [extra] + [{k: v for k, v in m.items() if k != "content"} for m in messages]
+        text = json.dumps(others, ensure_ascii=False)
+        if any(s in text for s in self.special_texts):
+            raise ValidationError(
+                "tool definitions, tool calls and names may not contain this model's control-token text",
+                "messages",
+            )
 
 
 _MARK = "\ue000"  # a private-use character: marks where a message's content goes in a rendering

@@ -40,7 +40,6 @@ def test_chat_errors_name_the_field(patch, param, needle):
 @pytest.mark.parametrize(
     "patch, param, needle",
     [
-        ({"tools": [{"type": "function"}]}, "tools", "not supported"),
         ({"tool_choice": "required"}, "tool_choice", "needs tools"),
         ({"logit_bias": {"1": 5}}, "logit_bias", "not supported"),
     ],

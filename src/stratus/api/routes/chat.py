@@ -10,7 +10,7 @@ from starlette.responses import Response
 from stratus.api.deps import GatewayDep, Parsed, parsed
 from stratus.api.formatting import ChatFormat
 from stratus.api.generation import Generation
-from stratus.api.prompts import chat_prompt_ids, fit_max_tokens, sampling_params
+from stratus.api.prompts import chat_prompt_ids, fit_max_tokens, offered_tools, sampling_params
 from stratus.api.routes.common import (
     GENERATION_ERRORS,
     CacheSlot,
@@ -51,16 +51,17 @@ async def chat_completions(
         return proxied  # a model served by OpenAI-compatible upstreams
     served_here(body)
     engine = await gw.route(body.model, sequences=body.n)
-    prompt_ids = await chat_prompt_ids(engine, body.messages)
+    tools, call_grammar = offered_tools(engine.tokenizer, body, gw.state.settings.tool_parser)
+    prompt_ids = await chat_prompt_ids(engine, body.messages, body.tools if tools else None)
     requested, max_param = body.requested_max_tokens()
     max_tokens = fit_max_tokens(
         engine, len(prompt_ids), requested, prompt_param="messages", max_param=max_param, default=None
     )
-    params = sampling_params(body, max_tokens, body.logprobs_k())
+    params = sampling_params(body, max_tokens, body.logprobs_k(), call_grammar)
     await gw.admit(len(prompt_ids), max_tokens * body.n, body.n)
 
     request_id = new_id()
-    fmt = ChatFormat(request_id, body.model, body.logprobs, body.include_usage())
+    fmt = ChatFormat(request_id, body.model, body.logprobs, body.include_usage(), tools)
     cache = CacheSlot(gw, ROUTE, body, raw)
     if (hit := await cache.lookup(fmt.restamp)) is not None:
         return hit
