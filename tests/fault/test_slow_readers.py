@@ -11,11 +11,12 @@ with its own key) send completions and streams. It asserts:
 - the gateway process's RSS stays within RSS_BOUND of what it was before the slow readers came;
 - when the slow readers finally disconnect, their requests end (each gets its closing audit
   record while the gateway runs on), the engine runs nothing, the gateway holds no more open
-  files than before they came (their connections are closed); each has one ledger row and
+  sockets than before they came (their connections are closed); each has one ledger row and
   the closing record agrees with it: `client_disconnect` if its generation was still running
-  (aborted), charged what was generated and handed to the connection, or `ok` if the whole
-  stream had already fit into the connection's buffers (the committed-but-cut gap of
-  reconcile.py); never more than `max_tokens`;
+  (aborted), charged what was generated and handed to the connection, or `ok` if it had ended
+  and the whole stream was already handed over (it sits in the kernel's socket buffers, which
+  grow to tcp_wmem's maximum, MiBs: the committed-but-cut gap of reconcile.py); never more
+  than `max_tokens`. Which one depends on the engine's speed: both are printed;
 - reconciliation (tests/fault/reconcile.py) over every request, slow ones included.
 
 Printed: the RSS before, the peak and the bound; what each slow reader read and was charged.
@@ -44,7 +45,7 @@ from tests.live_server import ServeProcess
 
 pytestmark = pytest.mark.timeout(300)
 
-SLOW = int(fault_seconds(2, 16))  # slow readers: every other one asks for n=4 choices
+SLOW = int(fault_seconds(4, 16))  # slow readers
 NORMAL = 3  # normal clients
 SLOW_MAX_TOKENS = 400  # the tiny model's context is 512: the most a stream can hold
 RCVBUF = 2048  # bytes: the slow reader's receive window (the kernel may round it up a little)
@@ -57,16 +58,24 @@ def rss(pid: int) -> int:
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
-def open_files(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def open_sockets(pid: int) -> list[str]:
+    """The process's open sockets (a connection each, the listening one, the engine's pipes)."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith("socket:"):
+            found.append(target)
+    return found
 
 
 class SlowReader(threading.Thread):
     """One stream over a raw socket, read `READ_BYTES` every `READ_EVERY` s until `stop`."""
 
-    def __init__(self, url: str, key: str, request_id: str, n: int):
+    def __init__(self, url: str, key: str, request_id: str):
         super().__init__(name=f"slow-{request_id}", daemon=True)
-        self.n = n  # choices: n=1 fits the connection's buffers whole, n=4 does not
         self.address = httpx.URL(url)
         self.key, self.request_id = key, request_id
         self.received = b""
@@ -78,7 +87,6 @@ class SlowReader(threading.Thread):
                 "model": TINY_MODEL,
                 "prompt": [5, 6, 7, 8],
                 "max_tokens": SLOW_MAX_TOKENS,
-                "n": self.n,
                 "ignore_eos": True,
                 "stream": True,
                 "stream_options": {"include_usage": True},
@@ -139,9 +147,9 @@ def test_slow_readers_do_not_hold_up_others_and_are_charged_what_they_got(tiny_c
             server.url, keys[SLOW:], prefix="warmup"
         ) as warmup:  # the gateway's steady size, before the fault
             warmup.wait_for(lambda s: s.outcome.delivered, count=2 * NORMAL)
-        before, fds = rss(server.proc.pid), open_files(server.proc.pid)
+        before, sockets = rss(server.proc.pid), len(open_sockets(server.proc.pid))
 
-        readers = [SlowReader(server.url, keys[i], f"slow-{i}", n=1 + 3 * (i % 2)) for i in range(SLOW)]
+        readers = [SlowReader(server.url, keys[i], f"slow-{i}") for i in range(SLOW)]
         for r in readers:
             r.start()
         deadline = time.monotonic() + 60
@@ -155,7 +163,7 @@ def test_slow_readers_do_not_hold_up_others_and_are_charged_what_they_got(tiny_c
             for count in range(1, want + 1):  # completes only if slow readers hold nothing up
                 traffic.wait_for(lambda s: s.outcome.delivered, count=count)
                 peak = max(peak, rss(server.proc.pid))
-            time.sleep(fault_seconds(0, 10))
+            time.sleep(fault_seconds(0, 30))  # the full form: a long stall under load
         stalled = [r.request_id for r in readers if not r.done and r.is_alive()]
         with httpx.Client(base_url=server.url, headers=admin_headers, timeout=30) as c:
             during = c.get("/metrics").text
@@ -185,8 +193,9 @@ def test_slow_readers_do_not_hold_up_others_and_are_charged_what_they_got(tiny_c
             while metric(after := c.get("/metrics").text, "stratus_requests_running") != 0:
                 assert time.monotonic() < deadline, "the engine still runs the slow readers' generations"
                 time.sleep(0.2)
-        while (left := open_files(server.proc.pid)) > fds:  # their connections closed, nothing kept
-            assert time.monotonic() < deadline, f"{left} open files, {fds} before the slow readers"
+        deadline = time.monotonic() + 30
+        while len(left := open_sockets(server.proc.pid)) > sockets:  # their connections are closed
+            assert time.monotonic() < deadline, f"{len(left)} open sockets, {sockets} before: {left}"
             time.sleep(0.2)
     finally:
         for r in readers:
@@ -208,16 +217,14 @@ def test_slow_readers_do_not_hold_up_others_and_are_charged_what_they_got(tiny_c
         # connection's buffers before the reader left, "ok": the committed-but-cut gap.
         (row,) = result.rows[r.request_id]
         assert row["status"] in ("client_disconnect", "ok"), row
-        assert 0 < row["completion_tokens"] <= r.n * SLOW_MAX_TOKENS  # never more than was generated
+        assert 0 < row["completion_tokens"] <= SLOW_MAX_TOKENS  # never more than was generated
         assert row["status"] == "client_disconnect" or r.request_id in result.committed_not_received
-        if r.n > 1:  # ~400 KB of events: stalled in the gateway until the reader left, then aborted
-            assert row["status"] == "client_disconnect", row
         closing = [rec for rec in result.records[r.request_id] if rec.outcome != "streaming"]
         assert [(rec.outcome, rec.completion_tokens) for rec in closing] == [
             (row["status"], row["completion_tokens"])
         ]
         events = r.received.count(b"data: {")
-        charged[r.request_id] = (r.n, len(r.received), events, row["status"], row["completion_tokens"])
+        charged[r.request_id] = (len(r.received), events, row["status"], row["completion_tokens"])
     aborted = metric(after, "stratus_aborted_requests_total")
 
     print(
@@ -225,6 +232,6 @@ def test_slow_readers_do_not_hold_up_others_and_are_charged_what_they_got(tiny_c
         f"gateway RSS {before / 2**20:.0f} MiB before, peak {peak / 2**20:.0f} MiB "
         f"(+{(peak - before) / 2**20:.1f} MiB, bound +{RSS_BOUND / 2**20:.0f} MiB); running during the "
         f"stall: {metric(during, 'stratus_requests_running'):.0f}, running after: "
-        f"{metric(after, 'stratus_requests_running'):.0f}, aborted: {aborted:.0f}; per slow reader (n, bytes "
+        f"{metric(after, 'stratus_requests_running'):.0f}, aborted: {aborted:.0f}; per slow reader (bytes "
         f"read, events read, ledger status, completion tokens charged): {charged}"
     )
