@@ -14,15 +14,21 @@ drains) and the test asserts:
   request was delivered with the tokens it asked for (`ignore_eos`: max_tokens per choice);
 - reconciliation (tests/fault/reconcile.py): every delivered response has exactly one ledger row
   with the tokens the client was told and its audit record(s) (a stream: one opening, one
-  closing); every refusal is audited once and charged nothing; no request id is charged or
+  closing); every refusal is audited once and at most a "refused" row with no completion
+  tokens; no request id is charged or
   audited twice; the audit chain verifies;
 - every process of the deployment stays flat (resource assertions, not timing ones): from the
   idle moment after the warm-up to the idle moment after the load has drained,
     open fds grow by at most FD_SLACK (the keep-alive connections a pool may still hold, a lazily
       opened file; a descriptor leaked per request would add one per request: hundreds), and
-    RSS grows by at most RSS_SLACK_MIB (allocator noise and caches that fill once; a leak of
-      64 KiB per request adds RSS_SLACK_MIB in the short run's ~100 requests and 4x it in the
-      full run's ~500). The figures are printed (`pytest -s`).
+    RSS grows by at most RSS_SLACK_MIB in the gateway and the worker (allocator noise and caches
+      that fill once: under 2 MiB measured; every request's Python objects pass through these
+      two, and a leak of 32 KiB per request would exceed the bound in the full run's ~500
+      requests, 160 KiB in the short run's ~100), and by at most ENGINE_RSS_SLACK_MIB in an
+      engine process: its native memory (outside Python's heap, held by PyTorch's libraries)
+      grows while the batches take shapes it has not seen before (measured: +6 and +21 MiB
+      over the full run of the tiny model; the same batches repeated stay flat), so the bound
+      there catches a gross leak, not that growth. The figures are printed (`pytest -s`).
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ SETTLE = 3.0  # idle seconds after the load, before the last sample
 RATE = 4.0  # requests per second: modest, so two busy shared cores keep up (open loop)
 MIX = Mix(chat=5, completion=3, bad_model=0.5, bad_key=0.5, stream=0.5, long=0.2, n=0.1, long_tokens=64)
 FD_SLACK = 8
-RSS_SLACK_MIB = 24.0
+RSS_SLACK_MIB = 16.0  # the gateway and the worker: every request passes through their Python
+ENGINE_RSS_SLACK_MIB = 64.0  # an engine's native memory grows with batch shapes it has not seen yet
 
 pytestmark = [pytest.mark.timeout(int(DURATION) + 300), pytest.mark.slow]
 
@@ -127,4 +134,5 @@ def test_sustained_mixed_load_loses_nothing_doubles_nothing_and_leaks_nothing(ti
     # Flat: the growth from idle to idle is bounded for every process.
     for name, g in growth.items():
         assert g["fd_growth"] <= FD_SLACK, (name, g)
-        assert g["rss_growth"] <= RSS_SLACK_MIB, (name, g)
+        bound = ENGINE_RSS_SLACK_MIB if name.endswith("/engine") else RSS_SLACK_MIB
+        assert g["rss_growth"] <= bound, (name, g)
