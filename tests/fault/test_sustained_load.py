@@ -14,9 +14,8 @@ drains) and the test asserts:
   request was delivered with the tokens it asked for (`ignore_eos`: max_tokens per choice);
 - reconciliation (tests/fault/reconcile.py): every delivered response has exactly one ledger row
   with the tokens the client was told and its audit record(s) (a stream: one opening, one
-  closing); every refusal is audited once and at most a "refused" row with no completion
-  tokens; no request id is charged or
-  audited twice; the audit chain verifies;
+  closing); every refusal is audited once and holds at most a refused row with no completion
+  tokens; no request id is charged or audited twice; the audit chain verifies;
 - every process of the deployment stays flat (resource assertions, not timing ones): from the
   idle moment after the warm-up to the idle moment after the load has drained,
     open fds grow by at most FD_SLACK (the keep-alive connections a pool may still hold, a lazily
