@@ -140,3 +140,34 @@ def load_hf_model(path: Path | str, dtype: torch.dtype = torch.float32):
     import transformers
 
     return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+
+
+def add_sentence_transformers_pooling(
+    path: Path | str, mode: str = "lasttoken", normalize: bool = True
+) -> None:
+    """Make a checkpoint an embedding model the sentence-transformers way: modules.json naming a
+    Pooling module (1_Pooling/config.json with `pooling_mode_<mode>` set) and, if `normalize`,
+    a Normalize module after it. `mode`: lasttoken, mean_tokens or cls_token."""
+    path = Path(path)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+        (path / "2_Normalize").mkdir(exist_ok=True)
+    (path / "modules.json").write_text(json.dumps(modules, indent=2))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    config = {"word_embedding_dimension": json.loads((path / "config.json").read_text())["hidden_size"]}
+    for key in (
+        "cls_token",
+        "mean_tokens",
+        "max_tokens",
+        "mean_sqrt_len_tokens",
+        "weightedmean_tokens",
+        "lasttoken",
+    ):
+        config[f"pooling_mode_{key}"] = key == mode
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(config, indent=2))

@@ -11,6 +11,8 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from .config import CheckpointError, EngineConfig, ModelConfig
 from .grammar import Constraint, GrammarError, GrammarVocab, mask_rows
 from .inputs import context_window, prepare_prompt
 from .model_runner import ModelRunner
+from .pooling import Pooling, pool
 from .sampler import apply_penalties, sample, top_logprobs
 from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence, Status
@@ -366,13 +369,19 @@ class EngineCore:
 
     def prompt_logits(self, prompts: list[list[int]]) -> list[torch.Tensor]:
         """Logits for every position of each prompt, computed as one batch. Engine must be idle."""
+        with self._whole_prompts(prompts, "logits") as seqs:
+            return self.runner.full_logits(seqs)
+
+    @contextmanager
+    def _whole_prompts(self, prompts: list[list[int]], request_id: str) -> Iterator[list[Sequence]]:
+        """Sequences outside the scheduler holding KV blocks for all of `prompts`, freed after."""
         seqs = [
             Sequence(
-                "logits",
+                request_id,
                 i,
                 list(ids),
                 len(ids),
-                SamplingParams(),
+                SamplingParams(max_tokens=1),
                 frozenset(),
                 IncrementalDetokenizer(self.tokenizer, []),
                 None,
@@ -384,7 +393,43 @@ class EngineCore:
             for seq in seqs:
                 if not self.blocks.allocate_slots(seq, seq.num_tokens):
                     raise ValueError("not enough free KV blocks for these prompts")
-            return self.runner.full_logits(seqs)
+            yield seqs
         finally:
             for seq in seqs:
                 self.blocks.free(seq)
+
+    @torch.inference_mode()
+    def embed(self, prompts: list[list[int]], pooling: Pooling) -> torch.Tensor:
+        """One vector per prompt, [len(prompts), hidden] float32: its final hidden states pooled
+        (pooling.py). Prompts run whole (each must fit the context window), as many per forward
+        pass as the per-step token budget and the free KV blocks allow; the blocks are freed
+        after each pass and nothing enters the prefix cache. Run between steps."""
+        for ids in prompts:
+            if not ids or len(ids) > self.max_model_len:
+                raise ValidationError(
+                    f"each input must have 1 to {self.max_model_len} tokens, got {len(ids)}", "input"
+                )
+        vectors = []
+        for batch in self._embedding_batches(prompts):
+            with self._whole_prompts(batch, "embed") as seqs:
+                hidden = self.runner.hidden_states(seqs)
+            vectors.append(pool(hidden, [len(ids) for ids in batch], pooling))
+        self.prompt_tokens_total += sum(len(ids) for ids in prompts)
+        return torch.cat(vectors)
+
+    def _embedding_batches(self, prompts: list[list[int]]) -> Iterator[list[list[int]]]:
+        """Consecutive runs of prompts within max_num_batched_tokens and the free KV blocks (a
+        longer prompt runs alone)."""
+        budget, free = max(self.config.max_num_batched_tokens, 1), self.blocks.num_free
+        batch: list[list[int]] = []
+        tokens = blocks = 0
+        for ids in prompts:
+            need = self.blocks.blocks_needed(len(ids))
+            if batch and (tokens + len(ids) > budget or blocks + need > free):
+                yield batch
+                batch, tokens, blocks = [], 0, 0
+            batch.append(ids)
+            tokens += len(ids)
+            blocks += need
+        if batch:
+            yield batch

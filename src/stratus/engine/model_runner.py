@@ -174,6 +174,14 @@ class ModelRunner:
     def full_logits(self, seqs: list[Sequence]) -> list[torch.Tensor]:
         """Logits at every position of each sequence, all in one forward pass (parity, perplexity).
         The sequences must already own blocks for all their tokens."""
+        logits = self.model.logits(self.hidden_states(seqs))
+        return list(logits.split([s.num_tokens for s in seqs]))
+
+    @torch.inference_mode()
+    def hidden_states(self, seqs: list[Sequence]) -> torch.Tensor:
+        """[sum of lengths, hidden] final hidden states (after the last norm) of every position
+        of each sequence, back to back, in one forward pass from position 0 (embeddings, logits).
+        The sequences must already own blocks for all their tokens."""
         spans, rows, slot_mapping = [], 0, []
         for seq in seqs:
             blocks = self.block_tables([seq], seq.num_tokens)[0]
@@ -184,11 +192,9 @@ class ModelRunner:
         slot_mapping = torch.cat(slot_mapping)
         ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.long, device=self.device)
         positions = torch.cat([torch.arange(s.num_tokens, device=self.device) for s in seqs])
-        hidden = self.model(
+        return self.model(
             ids,
             positions,
             self.kv_caches,
             AttentionBatch(slot_mapping, self.block_size, 0, [], spans),
         )
-        logits = self.model.logits(hidden)
-        return list(logits.split([s.num_tokens for s in seqs]))
