@@ -685,6 +685,9 @@ def measure(
     run.summary = summarize(results, wall)
     steady = load_from + warmup
     run.processes = {name: drift(series, steady, run.load_to) for name, series in sampler.series.items()}
+    for name, series in sampler.series.items():  # idle again: the last sample, after `settle`
+        if run.processes[name].get("samples"):
+            run.processes[name].update(rss_mib_after=series[-1][1], fds_after=series[-1][2])
     return run
 
 
@@ -712,19 +715,17 @@ def print_report(run: Run, args: dict) -> None:
     print(f"    TPOT            {_fmt(s['tpot_ms'])}")
     print(f"    end to end      {_fmt(s['e2e_ms'])}")
     for kind, sp in s["e2e_ms_by_kind"].items():
-        print(f"      {kind:<16}{_fmt(sp)}   ({sp['count']})")
+        print(f"      {kind:<18}{_fmt(sp)}   ({sp['count']})")
     print(f"    send lag        {_fmt(s['send_lag_ms'])}   (the client's own lateness)")
-    print(
-        "\n  process                      RSS MiB start -> end (max, /min)      fds start -> end (max, /min)"
-    )
+    print("\n  per process: the steady state's first -> last sample (max, least-squares slope per minute),")
+    print("  then the last sample, idle after the load")
+    print(f"  {'process':<28} {'RSS MiB':<32}{'idle':>7}  {'open fds':<26}{'idle':>4}")
     for name, d in sorted(run.processes.items()):
         if not d.get("samples"):
             continue
-        print(
-            f"  {name:<28} {d['rss_mib_start']:8.1f} -> {d['rss_mib_end']:8.1f} "
-            f"({d['rss_mib_max']:.1f}, {d['rss_mib_per_min']:+.2f})   "
-            f"{d['fds_start']:4d} -> {d['fds_end']:4d} ({d['fds_max']}, {d['fds_per_min']:+.2f})"
-        )
+        rss = f"{d['rss_mib_start']:.1f} -> {d['rss_mib_end']:.1f} ({d['rss_mib_max']:.1f}, {d['rss_mib_per_min']:+.2f})"
+        fds = f"{d['fds_start']} -> {d['fds_end']} ({d['fds_max']}, {d['fds_per_min']:+.2f})"
+        print(f"  {name:<28} {rss:<32}{d['rss_mib_after']:7.1f}  {fds:<26}{d['fds_after']:4d}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
