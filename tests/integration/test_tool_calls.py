@@ -236,3 +236,41 @@ def test_a_stream_holds_back_only_what_may_be_a_call():
     rest, more = stream.finish()
     assert sent + rest == "Let me check  done" or sent + rest == "Let me check done"
     assert [c["function"]["name"] for c in calls + more] == ["f"] and calls[0]["index"] == 0
+
+
+def test_responses_api_calls_and_takes_back_tool_results(client):
+    """The Responses API: function tools, a required call as a function_call output item (and as
+    its stream events), then the call and its output sent back as input items."""
+    tool = {"type": "function", **WEATHER["function"]}
+    first = client.responses.create(
+        model=MODEL,
+        input=ASK,
+        tools=[tool],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_output_tokens=300,
+    )
+    [call] = first.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
+    jsonschema.validate(json.loads(call.arguments), PARAMS["get_weather"])
+    events = list(
+        client.responses.create(
+            model=MODEL,
+            input=ASK,
+            tools=[tool],
+            tool_choice={"type": "function", "name": "get_weather"},
+            max_output_tokens=300,
+            stream=True,
+        )
+    )
+    kinds = [e.type for e in events]
+    assert "response.function_call_arguments.done" in kinds and kinds[-1] == "response.completed"
+    assert events[-1].response.output[0].type == "function_call"
+    turn = [
+        *ASK,
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+    ]
+    turn.append({"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature": 21}'})
+    answer = client.responses.create(model=MODEL, input=turn, tools=[tool], max_output_tokens=4)
+    bare = client.responses.create(model=MODEL, input=ASK, tools=[tool], max_output_tokens=4)
+    assert answer.usage.input_tokens > bare.usage.input_tokens + 10  # the call and its output were rendered

@@ -38,6 +38,7 @@ from stratus.api.routes import (
     internal,
     models,
     ops,
+    responses,
     tokenize,
     upstreams,
     usage,
@@ -127,7 +128,7 @@ def create_app(
     app.state.stratus = state
     install_error_handlers(app)
     auth.install(app)
-    for module in (chat, completions, models, tokenize, ops, admin, usage, admin_audit):
+    for module in (chat, completions, responses, models, tokenize, ops, admin, usage, admin_audit):
         app.include_router(module.router)
     from stratus.api.routes import cluster_admin  # POST /admin/cluster/scale (Ray replicas)
 

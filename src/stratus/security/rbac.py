@@ -81,6 +81,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/models"): MODELS_USE,
     ("GET", "/v1/models/{model_id:path}"): MODELS_USE,
     ("POST", "/v1/chat/completions"): MODELS_USE,
+    ("POST", "/v1/responses"): MODELS_USE,
     ("POST", "/v1/completions"): MODELS_USE,
     ("POST", "/tokenize"): MODELS_USE,
     ("POST", "/detokenize"): MODELS_USE,

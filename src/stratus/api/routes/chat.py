@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from stratus.api.deps import GatewayDep, Parsed, parsed
+from stratus.api import tool_calls
+from stratus.api.deps import Gateway, GatewayDep, Parsed, parsed
 from stratus.api.formatting import ChatFormat
 from stratus.api.generation import Generation
 from stratus.api.prompts import chat_prompt_ids, fit_max_tokens, offered_tools, sampling_params
@@ -49,6 +51,23 @@ async def chat_completions(
     body, raw = parsed_body.body, parsed_body.raw
     if (proxied := await maybe_proxy(request, gw, "/chat/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
+
+    def chat_format(request_id: str, tools: tool_calls.Format | None) -> ChatFormat:
+        return ChatFormat(request_id, body.model, body.logprobs, body.include_usage(), tools)
+
+    return await serve_chat(request, gw, body, raw, ROUTE, chat_format)
+
+
+async def serve_chat(
+    request: Request,
+    gw: Gateway,
+    body: ChatCompletionRequest,
+    raw: dict,
+    route: str,
+    make_format: Callable[[str, tool_calls.Format | None], ChatFormat],
+) -> Response:
+    """A chat request on this server's engines, answered in the format `make_format` gives (chat
+    completions, or the Responses API's objects and events)."""
     served_here(body)
     engine = await gw.route(body.model, sequences=body.n)
     tools, call_grammar = offered_tools(engine.tokenizer, body, gw.state.settings.tool_parser)
@@ -61,8 +80,8 @@ async def chat_completions(
     await gw.admit(len(prompt_ids), max_tokens * body.n, body.n)
 
     request_id = new_id()
-    fmt = ChatFormat(request_id, body.model, body.logprobs, body.include_usage(), tools)
-    cache = CacheSlot(gw, ROUTE, body, raw)
+    fmt = make_format(request_id, tools)
+    cache = CacheSlot(gw, route, body, raw)
     if (hit := await cache.lookup(fmt.restamp)) is not None:
         return hit
     gen = Generation(
@@ -76,7 +95,7 @@ async def chat_completions(
         affinity=body.user,
     )
     if body.stream:
-        return await stream(request, gen, fmt, body.include_usage())
+        return await stream(request, gen, fmt, fmt.include_usage)
     result, response = await complete(request, gen, fmt)
     cache.store(result)
     return response
