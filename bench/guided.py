@@ -17,7 +17,9 @@ serve: the demo model's (models/demo, 4,096-token byte-level BPE) and SmolLM2-13
     Mask application (a row's forbidden tokens to -inf) at batch 16 is timed the same way.
 (b) decode tokens/s through `EngineCore`, batch 1 and 16, free against `json_schema`: a closed
     loop keeps the batch full (a finished request is replaced at once), same prompt, greedy,
-    64-token cap; the time inside `mask_rows` is recorded too; guided / free is printed.
+    64-token cap; the time inside `mask_rows` is recorded too; guided / free is printed. A third
+    side applies masks as grammar.py did at 4f98ab6 (numpy unpackbits + masked_fill over
+    gathered rows), so the change shows in the same run.
 (c) time to first token for a large schema (~100 properties), cold (a schema never seen) and
     again (the same schema text), against a free request: the path the API takes
     (`from_json_schema`, `check`, `add_request`, steps until the first token).
@@ -354,6 +356,23 @@ def apply_bench(bits, width: int, rounds: int, use_xgr: bool, reps: int = 50) ->
 # ================================================================================================
 
 
+def legacy_mask_rows(logits, rows) -> None:
+    """engine/grammar.py's mask_rows at 4f98ab6, when guided decoding landed."""
+    import numpy as np
+    import torch
+
+    if not rows:
+        return
+    vocab = rows[0][1].vocab
+    bits = torch.zeros((len(rows), vocab.words), dtype=torch.int32)
+    for j, (_, constraint) in enumerate(rows):
+        constraint.fill(bits[j])
+    allowed = np.unpackbits(bits.numpy().view(np.uint8), axis=1, bitorder="little")[:, : logits.shape[-1]]
+    index = torch.tensor([row for row, _ in rows], device=logits.device)
+    forbidden = torch.from_numpy(allowed == 0).to(logits.device)
+    logits[index] = logits[index].masked_fill(forbidden, float("-inf"))
+
+
 class MaskTimer:
     """Wraps core.mask_rows to record the time spent masking per step."""
 
@@ -364,10 +383,11 @@ class MaskTimer:
         self.real = core_module.mask_rows
         self.seconds = 0.0
         self.calls = 0
+        self.legacy = False  # apply masks as grammar.py did at 4f98ab6 (same run, for comparison)
 
         def timed(logits, rows):
             t = time.perf_counter()
-            self.real(logits, rows)
+            (legacy_mask_rows if self.legacy else self.real)(logits, rows)
             self.seconds += time.perf_counter() - t
             self.calls += 1 if rows else 0
 
@@ -425,7 +445,7 @@ def engine_bench(models: dict[str, Path], rounds: int, steps: dict[int, int]) ->
             [{"role": "user", "content": "Give me a JSON object describing a recent order."}]
         )
         schema_text = grammar.from_json_schema(SCHEMA)
-        sides = {"free": None, "json_schema": schema_text}
+        sides = {"free": None, "json_schema": schema_text, "json_schema_4f98ab6": schema_text}
         closed_loop(core, prompt, 16, schema_text, 8, "warm")  # warm-up: both paths, vocab built
         closed_loop(core, prompt, 16, None, 8, "warm-free")
         runs: dict = {(b, s): [] for b in steps for s in sides}
@@ -434,6 +454,7 @@ def engine_bench(models: dict[str, Path], rounds: int, steps: dict[int, int]) ->
                 names = list(sides) if r % 2 == 0 else list(sides)[::-1]
                 for s in names:
                     timer.reset()
+                    timer.legacy = s == "json_schema_4f98ab6"
                     res = closed_loop(core, prompt, b, sides[s], n, f"r{r}-b{b}-{s}")
                     res["mask_seconds"] = timer.seconds
                     runs[(b, s)].append(res)
@@ -452,6 +473,9 @@ def engine_bench(models: dict[str, Path], rounds: int, steps: dict[int, int]) ->
                     ),
                     "finished": sum(x["finished"] for x in rs),
                 }
+            row["guided_4f98ab6_over_free"] = round(
+                row["json_schema_4f98ab6"]["tokens_per_s"] / row["free"]["tokens_per_s"], 3
+            )
             row["guided_over_free"] = round(
                 row["json_schema"]["tokens_per_s"] / row["free"]["tokens_per_s"], 3
             )
@@ -530,16 +554,18 @@ def print_tables(report: dict) -> None:
                 print(f"  {name:<40} p50 {v['p50_us']:>8} µs  p99 {v['p99_us']:>8} µs")
     for mname, e in report.get("engine", {}).items():
         print(f"\n== decode through EngineCore: {mname} (prompt {e['prompt_tokens']} tokens)")
-        print(f"{'batch':<10}{'side':<13}{'tok/s':>9}{'ms/step':>9}{'mask ms/step':>14}")
+        print(f"{'batch':<10}{'side':<21}{'tok/s':>9}{'ms/step':>9}{'mask ms/step':>14}")
         for key, row in e.items():
             if not key.startswith("batch"):
                 continue
-            for s in ("free", "json_schema"):
+            for s in ("free", "json_schema", "json_schema_4f98ab6"):
                 v = row[s]
                 print(
-                    f"{key:<10}{s:<13}{v['tokens_per_s']:>9}{v['ms_per_step']:>9}{v['mask_ms_per_step']:>14}"
+                    f"{key:<10}{s:<21}{v['tokens_per_s']:>9}{v['ms_per_step']:>9}{v['mask_ms_per_step']:>14}"
                 )
-            print(f"{key:<10}{'guided/free':<13}{row['guided_over_free']:>9}")
+            print(
+                f"{key:<10}{'guided/free':<21}{row['guided_over_free']:>9}   (4f98ab6 masks: {row['guided_4f98ab6_over_free']})"
+            )
         t = e["ttft"]
         print(f"TTFT, large schema ({t['schema_chars']} chars of schema, {t['grammar_chars']} of grammar):")
         for name in ("free", "cold", "again"):
