@@ -35,7 +35,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-SMALL = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "best_of": 2}
+SMALL = {"max_tokens": 4, "max_completion_tokens": 4, "max_output_tokens": 4, "n": 2, "best_of": 2}
 # Generated URLs would become the shared server's alert webhook, and its alerts would then be
 # POSTed to whatever host was generated: traffic off this machine. tests/integration/
 # test_audit_review.py covers the operation against a loopback receiver.
@@ -54,8 +54,9 @@ def narrow_requests(doc: dict) -> dict:
         for field, top in SMALL.items():
             if field in props:
                 props[field] = {"type": "integer", "minimum": 1, "maximum": top}
-        if "max_tokens" in props:  # chat without it may generate up to the context window
-            model["required"] = sorted({*model.get("required", []), "max_tokens"})
+        for cap in ("max_tokens", "max_output_tokens"):  # without one, up to the context window
+            if cap in props:
+                model["required"] = sorted({*model.get("required", []), cap})
     return doc
 
 
