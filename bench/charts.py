@@ -541,6 +541,54 @@ def chart_ray(plt, bench):
     return fig
 
 
+def chart_guided(plt, bench):
+    rows = rows_of(bench)
+    fig, axes = new_figure(plt, bench, 2, width=11)
+    ax = axes[0]
+    get = {(r["model"], r["side"]): r for r in rows}
+    models = ["demo", "SmolLM2-135M"]
+    groups = [f"{m}\nbatch {b}" for m in models for b in (1, 16)]
+    cols = ["batch 1 tok/s", "batch 16 tok/s"]
+    now = [
+        nums(get[(m, "guided / free (4f98ab6)")][c].replace(" (", " / ").rstrip(")"))[0]
+        for m in models
+        for c in cols
+    ]
+    old = [
+        nums(get[(m, "guided / free (4f98ab6)")][c].replace(" (", " / ").rstrip(")"))[1]
+        for m in models
+        for c in cols
+    ]
+    grouped(ax, groups, [("masks now", now, STRATUS), ("masks as at 4f98ab6", old, PEER_2)])
+    ax.axhline(0.9, color=TARGET, linestyle="--", linewidth=1)
+    ax.set_ylim(0, 1.25)
+    ax.set_title("decode tokens/s, guided (json_schema) / free; dashed: the 0.9 target")
+    legend(fig, ax)
+    ax = axes[1]
+    q = rows_of(bench["quality"])
+    libs = ["llguidance", "xgrammar"]
+    groups = ["demo\norder schema", "SmolLM2\norder schema"]
+    vocab = {"demo\norder schema": "demo (4,096)", "SmolLM2\norder schema": "SmolLM2 (49,152)"}
+    series = []
+    for lib, color in zip(libs, [STRATUS, PEER]):
+        cells = [
+            next(
+                r
+                for r in q
+                if r["vocabulary"] == vocab[g] and r["grammar"] == "order schema" and r["library"] == lib
+            )["compile ms, new schema"]
+            for g in groups
+        ]
+        series.append((lib, [num(c) for c in cells], color))
+    grouped(ax, groups, series, labels=[[f"{v:g} ms" for v in s[1]] for s in series])
+    ax.set_yscale("log")
+    ax.set_ylim(0.5, 3e4)
+    ax.set_title("compiling a new schema (first request), log scale")
+    ax.set_ylabel("ms")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 CHARTS = {
     "engine_throughput": chart_engine,
     "serving": chart_serving,
@@ -551,6 +599,7 @@ CHARTS = {
     "routing": chart_routing,
     "worker_hop": chart_worker,
     "ray_hop": chart_ray,
+    "guided": chart_guided,
 }
 
 
