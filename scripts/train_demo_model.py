@@ -71,10 +71,24 @@ BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 SPECIAL_TOKENS = [PAD, BOS, EOS, *CHAT_TOKENS]  # ids 0..6, in this order
 
+# Tools (when a request offers them) are listed in a system turn, and calls are written in the
+# Hermes format that Qwen2.5 uses (<tool_call>{...}</tool_call>); without tools the rendering is
+# the one the model was trained on.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}{{ '<|system|>\\nYou can call these functions: <tools>' }}"
+    "{% for t in tools %}{{ t | tojson }}{% endfor %}"
+    "{{ '</tools> To call one, answer <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call><|end|>\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|user|>\\n<tool_response>' + message['content'] + '</tool_response><|end|>\\n' }}"
+    "{% elif message['tool_calls'] %}{{ '<|assistant|>\\n' }}"
+    "{% for c in message['tool_calls'] %}{{ '<tool_call>' }}"
+    "{{ {'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson }}"
+    "{{ '</tool_call>' }}{% endfor %}{{ '<|end|>\\n' }}"
+    "{% else %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
