@@ -171,3 +171,19 @@ def add_sentence_transformers_pooling(
     ):
         config[f"pooling_mode_{key}"] = key == mode
     (path / "1_Pooling" / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def hf_embeddings(path: Path | str, prompts: list[list[int]], mode: str = "last", normalize: bool = True):
+    """transformers' own embeddings of `prompts`: AutoModel's last_hidden_state (after the final
+    norm), pooled as sentence-transformers does (`mode`: last, mean or cls), one prompt at a time
+    (no padding to get wrong). A [len(prompts), hidden] float32 tensor."""
+    import transformers
+
+    hf = transformers.AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
+    rows = []
+    for ids in prompts:
+        with torch.no_grad():
+            hidden = hf(torch.tensor([ids])).last_hidden_state[0]
+        row = {"last": hidden[-1], "cls": hidden[0], "mean": hidden.mean(dim=0)}[mode]
+        rows.append(torch.nn.functional.normalize(row, dim=-1) if normalize else row)
+    return torch.stack(rows)

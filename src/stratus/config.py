@@ -38,6 +38,9 @@ class ConfigError(ValueError):
 
 # How models write tool calls (api/tool_calls.py); --tool-parser picks one for every model.
 TOOL_PARSERS = ("hermes", "mistral", "llama3_json")
+# What a model is served for: generation (chat, completions) or embeddings (/v1/embeddings).
+TASKS = ("generate", "embed")
+POOLING_MODES = ("last", "mean", "cls")  # engine/pooling.py; checked there too
 
 
 @dataclass
@@ -60,6 +63,9 @@ class Settings:
     max_waiting: int = 256  # requests waiting in one engine's queue before 503
     retry_after: int = 2  # seconds, in the Retry-After header of a 503
     tool_parser: str | None = None  # the tool-call format (TOOL_PARSERS); default: from the chat template
+    task: str | None = None  # "embed" for every model, or per model "e5=embed,demo=generate" (TASKS)
+    pooling: str | None = None  # embeddings: "last"|"mean"|"cls", or per model; default: the checkpoint's
+    embed_normalize: bool | None = None  # embeddings: L2-normalise; default: as the checkpoint says
     response_cache_size: int = 0  # entries in the exact-match response cache; 0: off
     response_cache_ttl: float = 600.0  # seconds a cached response stays valid
     log_level: str = "info"
@@ -124,6 +130,14 @@ class Settings:
             out[model or "*"] = policy
         return out
 
+    def model_tasks(self) -> dict[str, str]:
+        """{model: task}; the key "*" holds the task of models not named (default generate)."""
+        return _per_model(self.task, TASKS, "task")
+
+    def pooling_modes(self) -> dict[str, str]:
+        """{model: pooling override}; the key "*" holds the one of models not named."""
+        return _per_model(self.pooling, POOLING_MODES, "pooling")
+
     def model_paths(self) -> dict[str, Path]:
         if self.models:
             return {name: Path(path).expanduser() for name, path in self.models.items()}
@@ -132,6 +146,17 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert and self.tls_key) or self.tls_self_signed
+
+
+def _per_model(spec: str | None, allowed: tuple[str, ...], what: str) -> dict[str, str]:
+    """ "VALUE" or "MODEL=VALUE,..." -> {model or "*": value}, each value one of `allowed`."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (spec or "").split(","))):
+        model, _, value = item.rpartition("=")
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r} in {item!r}; choose from {', '.join(allowed)}")
+        out[model.strip() or "*"] = value
+    return out
 
 
 SETTING_NAMES = [f.name for f in dataclasses.fields(Settings) if f.name not in ("models", "engine")]
@@ -327,6 +352,11 @@ def _check(s: Settings) -> None:
             s.routing_policies()
         except ValueError as exc:
             raise ConfigError(f"routing: {exc}") from None
+    for name, parse in (("task", s.model_tasks), ("pooling", s.pooling_modes)):
+        try:
+            parse()
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
     for name in ("worker_read_timeout", "worker_first_token_timeout"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be > 0 seconds, got {getattr(s, name)}")

@@ -35,6 +35,7 @@ from stratus.api.routes import (
     admin_audit,
     chat,
     completions,
+    embeddings,
     internal,
     models,
     ops,
@@ -73,7 +74,14 @@ def create_app(
     local = settings.local_models and not settings.ray_address
     paths = dict(settings.model_paths()) if local and (not engines or settings.models) else {}
     registry = ModelRegistry(
-        paths, engines, settings.engine, settings.engine_isolation, settings.routing_policies()
+        paths,
+        engines,
+        settings.engine,
+        settings.engine_isolation,
+        settings.routing_policies(),
+        tasks=settings.model_tasks(),
+        pooling=settings.pooling_modes(),
+        embed_normalize=settings.embed_normalize,
     )
     cache = None
     if settings.response_cache_size > 0:
@@ -128,7 +136,18 @@ def create_app(
     app.state.stratus = state
     install_error_handlers(app)
     auth.install(app)
-    for module in (chat, completions, responses, models, tokenize, ops, admin, usage, admin_audit):
+    for module in (
+        chat,
+        completions,
+        embeddings,
+        responses,
+        models,
+        tokenize,
+        ops,
+        admin,
+        usage,
+        admin_audit,
+    ):
         app.include_router(module.router)
     from stratus.api.routes import cluster_admin  # POST /admin/cluster/scale (Ray replicas)
 

@@ -31,6 +31,7 @@ from stratus.security.access import AccessControl
 from stratus.security.identity import Principal
 
 if TYPE_CHECKING:
+    from stratus.api.registry import ServedModel
     from stratus.cluster.replica_set import ReplicaSet
 
 M = TypeVar("M", bound=BaseModel)
@@ -74,12 +75,17 @@ class Gateway:
             self.ctx.name_model(model)
         await self.state.pipeline.authorize(self.ctx, model)
 
-    async def route(self, model: str, generating: bool = True, sequences: int = 1) -> ReplicaSet:
+    async def route(
+        self, model: str, generating: bool = True, sequences: int = 1, task: str = "generate"
+    ) -> ReplicaSet:
         """authorize and route: may the caller use `model`, and which engine serves it. A request
         that will generate `sequences` sequences (prompts x n) is refused with 503 when they
-        would take the engine's queue over its bound (counted in sequences, not requests)."""
+        would take the engine's queue over its bound (counted in sequences, not requests). A
+        model served for another `task` (--task) is a 400 when `generating`."""
         await self.authorize(model)
         settings = self.state.settings
+        if generating:
+            check_task(self.state.registry.get(model, self.visible), task)
         engine = self.state.registry.engine(model, settings.retry_after, self.visible)
         if not generating:
             return engine
@@ -101,6 +107,27 @@ class Gateway:
     async def settle(self, usage: Usage) -> None:
         """settle: charge what was actually delivered."""
         await self.state.pipeline.settle(self.ctx, usage)
+
+
+def check_task(model: ServedModel, task: str) -> None:
+    """A 400 when `model` is served for another task than the route's (--task)."""
+    if model.task == task:
+        return
+    if model.task == "embed":
+        raise APIError(
+            400,
+            f"The model '{model.name}' is served for embeddings (--task embed): use POST "
+            "/v1/embeddings; it does not generate text.",
+            param="model",
+            code="wrong_task",
+        )
+    raise APIError(
+        400,
+        f"The model '{model.name}' is served for text generation, not embeddings: serve it with "
+        f"--task {model.name}=embed to use it on /v1/embeddings.",
+        param="model",
+        code="wrong_task",
+    )
 
 
 async def gateway(request: Request, ctx: ContextDep, state: StateDep) -> Gateway:

@@ -22,6 +22,7 @@ from stratus.request.errors import model_not_found, unavailable
 if TYPE_CHECKING:
     from stratus.cluster.replica import Replica
     from stratus.engine import Engine, EngineConfig, EngineStats
+    from stratus.engine.pooling import Pooling
 
 log = logging.getLogger("stratus.api")
 
@@ -39,6 +40,8 @@ class ServedModel:
     state: State = "loading"
     error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    task: str = "generate"  # or "embed": what the routes may ask of it (--task)
+    pooling: Pooling | None = None  # an embed model's, from its checkpoint and --pooling (at load)
 
     @property
     def max_model_len(self) -> int | None:
@@ -61,16 +64,40 @@ class ModelRegistry:
         engine_config: EngineConfig | None = None,
         isolation: str = "process",
         routing: dict[str, str] | None = None,
+        *,
+        tasks: dict[str, str] | None = None,
+        pooling: dict[str, str] | None = None,
+        embed_normalize: bool | None = None,
     ):
         self.engine_config = engine_config
         self.isolation = isolation
         self.routing = routing or {}  # model -> router policy ("*": the rest); default capacity-aware
+        self.tasks = tasks or {}  # model -> task ("*": the rest); default generate
+        self.pooling = pooling or {}  # model -> pooling mode override ("*": the rest)
+        self.embed_normalize = embed_normalize  # None: as each checkpoint says
         self.models: dict[str, ServedModel] = {}
         self._ready_engines = engines or {}  # handed in ready-made: started here, owned by the caller
         for name, path in (paths or {}).items():
-            self.models[name] = ServedModel(name, Path(path), self._replica_set(name))
+            self.models[name] = self._served(name, Path(path))
         for name in self._ready_engines:
-            self.models[name] = ServedModel(name, None, self._replica_set(name))
+            self.models[name] = self._served(name, None)
+
+    def _served(self, name: str, path: Path | None, **kwargs) -> ServedModel:
+        task = self.tasks.get(name, self.tasks.get("*", "generate"))
+        model = ServedModel(name, path, self._replica_set(name), task=task, **kwargs)
+        if task == "embed" and path is None:  # replicas that join later: no checkpoint here to read
+            model.pooling = self._pooling(name, None)
+        return model
+
+    def _pooling(self, name: str, checkpoint: Path | None) -> Pooling:
+        """An embed model's pooling: --pooling and --embed-normalize over what the checkpoint's
+        sentence-transformers files declare (engine/pooling.py)."""
+        from stratus.engine.pooling import Pooling, read_pooling
+
+        declared = read_pooling(checkpoint) if checkpoint is not None else Pooling()
+        mode = self.pooling.get(name, self.pooling.get("*", declared.mode))
+        normalize = declared.normalize if self.embed_normalize is None else self.embed_normalize
+        return Pooling(mode, normalize)
 
     def _replica_set(self, name: str) -> ReplicaSet:
         return ReplicaSet(name, self.routing.get(name, self.routing.get("*", "capacity")))
@@ -129,6 +156,8 @@ class ModelRegistry:
                     Engine.from_pretrained, model.path, self.engine_config, self.isolation
                 )
             replica = LocalReplica(model.name, engine, owned=model.name not in self._ready_engines)
+            if model.task == "embed":  # a checkpoint whose pooling cannot be honoured fails here
+                model.pooling = self._pooling(model.name, Path(replica.engine.path))
             await replica.start()  # includes warm-up
         except Exception as exc:  # reported by /ready; the server keeps answering
             model.state, model.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -149,9 +178,7 @@ class ModelRegistry:
         """Serve `replica` (already started) under its model name, creating the model if new."""
         model = self.models.get(replica.model)
         if model is None:
-            model = self.models[replica.model] = ServedModel(
-                replica.model, None, self._replica_set(replica.model), state="ready"
-            )
+            model = self.models[replica.model] = self._served(replica.model, None, state="ready")
         model.replicas.add(replica, capacity)
         if model.state == "loading" and model.path is None:
             model.state = "ready"

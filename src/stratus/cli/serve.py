@@ -188,6 +188,28 @@ def ray_options(func):
 @click.option("--tls-cert", default=None, help="TLS certificate (PEM); HTTPS when given with --tls-key.")
 @click.option("--tls-key", default=None, help="TLS private key (PEM).")
 @click.option(
+    "--task",
+    multiple=True,
+    metavar="[MODEL=]TASK",
+    callback=_joined(","),
+    help="What a model is served for: generate (chat, completions) or embed (/v1/embeddings only); "
+    "repeat per model, or a bare TASK for every model. [default: generate]",
+)
+@click.option(
+    "--pooling",
+    multiple=True,
+    metavar="[MODEL=]MODE",
+    callback=_joined(","),
+    help="How an embed model pools its hidden states: last (token), mean or cls (first token). "
+    "[default: the checkpoint's sentence-transformers config, else last]",
+)
+@click.option(
+    "--embed-normalize/--no-embed-normalize",
+    default=None,
+    help="L2-normalise embeddings. [default: as the checkpoint's sentence-transformers config "
+    "says; normalised without one]",
+)
+@click.option(
     "--tool-parser",
     type=click.Choice(TOOL_PARSERS),
     default=None,

@@ -12,7 +12,10 @@ from stratus.cluster.replica import ReplicaError
 from stratus.engine import EngineError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from stratus.engine import Delta, Engine, EngineStats, GenerateRequest
+    from stratus.engine.pooling import Pooling
 
 
 class LocalReplica:
@@ -59,6 +62,16 @@ class LocalReplica:
         try:
             async for delta in self.engine.generate(request):
                 yield delta
+        except EngineError as exc:
+            raise ReplicaError(f"replica {self.id}: {exc}") from exc
+
+    async def embed(self, prompts: list[list[int]], pooling: Pooling) -> np.ndarray:
+        """One vector per prompt (the engine's embedding pass); ValidationError for bad input,
+        ReplicaError when the engine is not serving."""
+        if not self.engine.healthy:
+            raise ReplicaError(f"replica {self.id}: {self.problem}")
+        try:
+            return await self.engine.embed(prompts, pooling)
         except EngineError as exc:
             raise ReplicaError(f"replica {self.id}: {exc}") from exc
 

@@ -23,6 +23,11 @@ class ReplicaError(RuntimeError):
     """The replica failed while serving a request; another replica may take it over."""
 
 
+class EmbeddingsUnsupported(RuntimeError):
+    """No replica of the model computes embeddings: only local replicas have `embed` (workers
+    and Ray actors speak the generation protocol only)."""
+
+
 @dataclass
 class ReplicaLoad:
     """What a replica reports about its own queue (the router also counts what it sent)."""

@@ -23,13 +23,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from stratus.cluster.breaker import CircuitBreaker
 from stratus.cluster.merge import merge_streams
-from stratus.cluster.replica import Replica, ReplicaError
+from stratus.cluster.replica import EmbeddingsUnsupported, Replica, ReplicaError
 from stratus.cluster.router import NoReplicaAvailable, Router, request_work
 from stratus.engine.inputs import prepare_prompt
 from stratus.engine.types import Delta, EngineStats, GenerateRequest
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from stratus.engine.pooling import Pooling
 
 log = logging.getLogger("stratus.cluster")
 
@@ -285,6 +291,61 @@ class ReplicaSet:
             finally:
                 entry.inflight -= 1
                 self.router.end(replica_id, work, produced, time.monotonic() - started, ok)
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    async def embed(
+        self,
+        prompts: list[list[int]],
+        pooling: Pooling,
+        on_event: OnEvent | None = None,
+        affinity: str | None = None,
+    ) -> np.ndarray:
+        """One vector per prompt, from a replica that computes embeddings (a local engine; see
+        EmbeddingsUnsupported), sent again to another one if it fails (ReplicaError), at most
+        `max_failovers` times. Raises ValidationError for bad input."""
+        capable = {rid for rid, e in self.entries.items() if callable(getattr(e.replica, "embed", None))}
+        if not capable:
+            kinds = sorted({e.replica.kind for e in self.entries.values()}) or ["no"]
+            raise EmbeddingsUnsupported(
+                f"The model {self.model} is served here only by {' and '.join(kinds)} replicas, which "
+                "do not compute embeddings; serve it with a local engine (stratus serve --model "
+                "NAME=PATH --task embed)."
+            )
+        work = request_work(sum(len(ids) for ids in prompts), 0)
+        key = f"session:{affinity}" if affinity else _affinity_key(prompts[0] if prompts else [])
+        tried: set[str] = set(self.entries) - capable
+        failovers = 0
+        while True:
+            replica_id = self._pick(work, key, tried, False)
+            entry = self.entries[replica_id]
+            started, ok = time.monotonic(), False
+            self.router.begin(replica_id, work)
+            entry.inflight += 1
+            try:
+                vectors = await entry.replica.embed(prompts, pooling)  # type: ignore[attr-defined]
+                ok = True
+                entry.served += 1
+                entry.breaker.record_success()
+                return vectors
+            except ReplicaError as exc:
+                entry.failed += 1
+                tried.add(replica_id)
+                failovers += 1
+                self.retries += 1
+                self._replica_failed(entry, exc)
+                log.warning(
+                    "model %s: replica %s failed an embedding request (%s)", self.model, replica_id, exc
+                )
+                if on_event is not None:
+                    on_event({"event": "retry", "from": replica_id, "delivered_tokens": 0})
+                if failovers > self.max_failovers:
+                    raise ReplicaError(
+                        f"the model {self.model} failed on {failovers} replicas in a row; retry later"
+                    ) from exc
+            finally:
+                entry.inflight -= 1
+                self.router.end(replica_id, work, 0, time.monotonic() - started, ok)
 
     def _pick(self, work: float, affinity: str, tried: set[str], midstream: bool) -> str:
         exclude = tried | {rid for rid, e in self.entries.items() if not e.routable()}

@@ -20,7 +20,7 @@ import torch
 from .block_manager import BlockManager
 from .config import CheckpointError, EngineConfig, ModelConfig
 from .grammar import Constraint, GrammarError, GrammarVocab, mask_rows
-from .inputs import context_window, prepare_prompt
+from .inputs import check_embedding_inputs, context_window, prepare_prompt
 from .model_runner import ModelRunner
 from .pooling import Pooling, pool
 from .sampler import apply_penalties, sample, top_logprobs
@@ -404,11 +404,7 @@ class EngineCore:
         (pooling.py). Prompts run whole (each must fit the context window), as many per forward
         pass as the per-step token budget and the free KV blocks allow; the blocks are freed
         after each pass and nothing enters the prefix cache. Run between steps."""
-        for ids in prompts:
-            if not ids or len(ids) > self.max_model_len:
-                raise ValidationError(
-                    f"each input must have 1 to {self.max_model_len} tokens, got {len(ids)}", "input"
-                )
+        check_embedding_inputs(prompts, self.model_config.vocab_size, self.max_model_len)
         vectors = []
         for batch in self._embedding_batches(prompts):
             with self._whole_prompts(batch, "embed") as seqs:

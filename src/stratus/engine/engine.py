@@ -18,14 +18,30 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
+
 from .config import EngineConfig, ModelConfig
 from .core import EngineCore
-from .inputs import context_window, prepare_prompt
-from .messages import AbortRequest, AddRequest, Command, Deltas, Died, RequestError, Result, Stats, Stop
+from .inputs import check_embedding_inputs, context_window, prepare_prompt
+from .messages import (
+    AbortRequest,
+    AddRequest,
+    Command,
+    Deltas,
+    Died,
+    Embed,
+    Embeddings,
+    RequestError,
+    Result,
+    Stats,
+    Stop,
+)
+from .pooling import Pooling
 from .step_loop import run_step_loop
 from .tokenizer import Tokenizer
 from .types import Delta, EngineStats, GenerateRequest, RequestFailed, SamplingParams, ValidationError
@@ -216,6 +232,36 @@ class Engine:
             if remaining and self._transport is not None:
                 self._transport.send(AbortRequest(rid))
 
+    async def embed(
+        self, prompts: list[list[int]], pooling: Pooling, request_id: str | None = None
+    ) -> np.ndarray:
+        """One vector per prompt, [len(prompts), hidden] float32, pooled as `pooling` says (see
+        pooling.py). The step loop computes them between two steps, so a large request delays
+        the generations running beside it. Raises ValidationError first for an input that is
+        empty, longer than the context window or outside the vocabulary. Abandoning the call
+        does not stop the computation; its result is dropped."""
+        check_embedding_inputs(prompts, self.model_config.vocab_size, self.max_model_len)
+        if self._failure is not None:
+            raise EngineError(self._failure)
+        if self._transport is None:
+            await self.start(warmup=False)
+        transport = self._transport
+        if transport is None:
+            raise EngineError("the engine is not running")
+        rid = request_id or f"embed-{uuid.uuid4().hex}"
+        if rid in self._streams:
+            raise ValidationError(f"request id {rid!r} is already running", "request_id")
+        stream: asyncio.Queue = asyncio.Queue()
+        self._streams[rid] = (asyncio.get_running_loop(), stream)
+        try:
+            transport.send(Embed(rid, [list(ids) for ids in prompts], pooling))
+            item = await stream.get()
+        finally:
+            self._streams.pop(rid, None)
+        if isinstance(item, BaseException):
+            raise item
+        return np.frombuffer(item.data, dtype=np.float32).reshape(item.count, item.dim)
+
     async def abort(self, request_id: str) -> None:
         if self._transport is not None:
             self._transport.send(AbortRequest(request_id))
@@ -244,6 +290,8 @@ class Engine:
                     self._send(rid, items)
             case RequestError():
                 self._send(result.request_id, [_exception(result)])
+            case Embeddings():
+                self._send(result.request_id, [result])
             case Died(message):
                 self._failure = message
                 for rid in list(self._streams):

@@ -58,3 +58,21 @@ def _check_resume(request: GenerateRequest, vocab_size: int, prompt_len: int, ma
 
 def _token_ids_valid(ids: list[int], vocab_size: int) -> bool:
     return all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab_size for t in ids)
+
+
+def check_embedding_inputs(prompts: list[list[int]], vocab_size: int, max_model_len: int) -> None:
+    """Inputs of an embedding pass: each 1 to `max_model_len` token ids (an input may fill the
+    whole window: nothing is generated after it) in [0, vocab_size); raises ValidationError."""
+    if not prompts:
+        raise ValidationError("at least one input is required", "input")
+    for i, ids in enumerate(prompts):
+        if not ids:
+            raise ValidationError(f"input {i} is empty", "input")
+        if len(ids) > max_model_len:
+            raise ValidationError(
+                f"input {i} is {len(ids)} tokens, but this model's context window is "
+                f"{max_model_len} tokens: shorten it (inputs are never truncated)",
+                "input",
+            )
+        if not _token_ids_valid(ids, vocab_size):
+            raise ValidationError(f"input {i}: token ids must be integers in [0, {vocab_size})", "input")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .pooling import Pooling
 from .types import Delta, EngineStats, GenerateRequest
 
 # -- commands: Engine -> step loop ---------------------------------------------------------------
@@ -32,11 +33,20 @@ class AbortRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Embed:
+    """Embed whole prompts (validated and tokenized by the caller) now, between two steps."""
+
+    request_id: str
+    prompts: list[list[int]]
+    pooling: Pooling
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """End the step loop."""
 
 
-Command = AddRequest | AbortRequest | Stop
+Command = AddRequest | AbortRequest | Embed | Stop
 
 # -- results: step loop -> Engine ----------------------------------------------------------------
 
@@ -64,11 +74,21 @@ class RequestError:
 
 
 @dataclass(frozen=True, slots=True)
+class Embeddings:
+    """The vectors of an `Embed`: float32, native byte order, `count` rows of `dim` values."""
+
+    request_id: str
+    data: bytes
+    count: int
+    dim: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     stats: EngineStats
 
 
-Result = Deltas | RequestError | Stats
+Result = Deltas | RequestError | Embeddings | Stats
 
 # -- the engine process's lifecycle (process.py) -------------------------------------------------
 

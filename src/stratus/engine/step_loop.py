@@ -11,7 +11,18 @@ import time
 from collections.abc import Callable
 
 from .core import EngineCore
-from .messages import AbortRequest, AddRequest, Command, Deltas, RequestError, Result, Stats, Stop
+from .messages import (
+    AbortRequest,
+    AddRequest,
+    Command,
+    Deltas,
+    Embed,
+    Embeddings,
+    RequestError,
+    Result,
+    Stats,
+    Stop,
+)
 from .types import ValidationError
 
 log = logging.getLogger("stratus.engine")
@@ -85,7 +96,7 @@ def run_step_loop(core: EngineCore, next_command: NextCommand, publish: Publish)
             publish(Deltas(deltas))
 
 
-def _apply(core: EngineCore, command: AddRequest | AbortRequest, publish: Publish) -> None:
+def _apply(core: EngineCore, command: AddRequest | AbortRequest | Embed, publish: Publish) -> None:
     match command:
         case AddRequest(request, prompt_ids):
             try:
@@ -96,3 +107,14 @@ def _apply(core: EngineCore, command: AddRequest | AbortRequest, publish: Publis
             deltas = core.abort(request_id)
             if deltas:
                 publish(Deltas(deltas))
+        case Embed(request_id, prompts, pooling):
+            try:
+                vectors = core.embed(prompts, pooling)
+            except ValidationError as exc:
+                publish(RequestError(request_id, "validation", str(exc), exc.param))
+            except Exception as exc:  # this request fails; the loop and the others go on
+                log.exception("embedding request %s failed", request_id)
+                publish(RequestError(request_id, "request", f"{type(exc).__name__} while embedding"))
+            else:
+                count, dim = vectors.shape
+                publish(Embeddings(request_id, vectors.numpy().tobytes(), count, dim))

@@ -58,7 +58,7 @@ def limiter_down(why: str) -> APIError:
 
 
 # the routes that generate (and pass the admit step): each request to them gets one ledger row
-GENERATION_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses"})
+GENERATION_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings"})
 
 
 def refused_generation(ctx: RequestContext) -> bool:

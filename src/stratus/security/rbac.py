@@ -83,6 +83,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/chat/completions"): MODELS_USE,
     ("POST", "/v1/responses"): MODELS_USE,
     ("POST", "/v1/completions"): MODELS_USE,
+    ("POST", "/v1/embeddings"): MODELS_USE,
     ("POST", "/tokenize"): MODELS_USE,
     ("POST", "/detokenize"): MODELS_USE,
     ("GET", "/admin/whoami"): AUTHENTICATED,

@@ -10,7 +10,7 @@ import torch
 
 from stratus.engine import CheckpointError, EngineConfig, EngineCore
 from stratus.engine.pooling import Pooling, pool, read_pooling
-from tests.checkpoints import add_sentence_transformers_pooling, build_checkpoint
+from tests.checkpoints import add_sentence_transformers_pooling, build_checkpoint, hf_embeddings
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -25,21 +25,7 @@ MIN_COSINE = 0.9999
 
 
 def reference(path, prompts: list[list[int]], pooling: Pooling) -> torch.Tensor:
-    import transformers
-
-    hf = transformers.AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
-    rows = []
-    for ids in prompts:  # one at a time: no padding to get wrong
-        with torch.no_grad():
-            hidden = hf(torch.tensor([ids])).last_hidden_state[0]
-        if pooling.mode == "last":
-            row = hidden[-1]
-        elif pooling.mode == "cls":
-            row = hidden[0]
-        else:
-            row = hidden.mean(dim=0)
-        rows.append(torch.nn.functional.normalize(row, dim=-1) if pooling.normalize else row)
-    return torch.stack(rows)
+    return hf_embeddings(path, prompts, pooling.mode, pooling.normalize)
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
