@@ -78,7 +78,7 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% if tools %}{{ '<|system|>\\nYou can call these functions: <tools>' }}"
     "{% for t in tools %}{{ t | tojson }}{% endfor %}"
-    "{{ '</tools> To call one, answer <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call><|end|>\\n' }}"
+    '{{ \'</tools> To call one, answer <tool_call>{"name": ..., "arguments": {...}}</tool_call><|end|>\\n\' }}'
     "{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'tool' %}"
