@@ -99,3 +99,19 @@ def test_the_registry_gives_each_model_its_policy():
         "a": "p2c",
         "b": "round_robin",
     }
+
+
+def test_task_and_pooling_per_model_with_a_default(tmp_path):
+    s = load_settings(
+        {"task": "e5=embed", "pooling": "mean,e5=last", "embed_normalize": False},
+        env={},
+        config_file=write(tmp_path, ""),
+    )
+    assert s.model_tasks() == {"e5": "embed"} and s.pooling_modes() == {"*": "mean", "e5": "last"}
+    assert s.embed_normalize is False
+    env = {"STRATUS_TASK": "embed"}
+    assert load_settings({}, env=env, config_file=write(tmp_path, "")).model_tasks() == {"*": "embed"}
+    with pytest.raises(ConfigError, match="task: unknown task 'rerank'.*generate, embed"):
+        load_settings({"task": "rerank"}, env={}, config_file=write(tmp_path, ""))
+    with pytest.raises(ConfigError, match="pooling: unknown pooling 'max'"):
+        load_settings({"pooling": "e5=max"}, env={}, config_file=write(tmp_path, ""))
