@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from stratus.security import keys, rbac
 from stratus.security.errors import Forbidden, NotFound, Unauthenticated, Unavailable
@@ -22,6 +23,11 @@ from stratus.security.jwt import JWTVerifier, claim, mapped_roles
 from stratus.security.principals import build_principal, team_grants, user_principal
 from stratus.store import Store, StoreUnavailable, directory
 from stratus.store import apikeys as key_rows
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from stratus.store.records import ApiKey
 
 log = logging.getLogger("stratus.security")
 
@@ -69,35 +75,39 @@ class AccessControl:
         if lookup is None:
             raise Unauthenticated("malformed key")
         now = time.time()
+
+        def check(conn: Connection) -> tuple[Principal, ApiKey, float | None]:
+            # An unknown id pays the same probe and comparison as a wrong secret, so how long a
+            # refusal takes does not tell an attacker which lookup ids exist.
+            stored = key_rows.secret_hash(conn, lookup)
+            matched = keys.matches(token_digest, stored or keys.UNKNOWN_KEY_HASH)
+            if stored is None or not matched:
+                raise self._refuse(token_digest, "wrong secret" if stored else "unknown key")
+            found = key_rows.find_credential(conn, lookup)
+            if found is None:  # revoked and deleted since the probe
+                raise self._refuse(token_digest, "unknown key")
+            secret, key, user = found
+            ends = [t for t in (key.expires_at, secret.expires_at) if t is not None]
+            expires_at = min(ends) if ends else None
+            if key.revoked_at is not None or (expires_at is not None and expires_at <= now):
+                raise self._refuse(token_digest, "revoked or expired key", user.name, key.id)
+            if user.disabled:
+                raise self._refuse(token_digest, "owner disabled", user.name, key.id)
+            memberships = directory.memberships_of(conn, user.id)
+            if key.team is not None and user.role != rbac.ADMIN and key.team not in memberships:
+                raise self._refuse(token_digest, "owner left the key's team", user.name, key.id)
+            principal = user_principal(
+                conn,
+                user,
+                key,
+                key_prefix=keys.display_prefix(lookup),
+                expires_at=expires_at,
+                memberships=memberships,
+            )
+            return principal, key, expires_at
+
         try:
-            with self.store.connect() as conn:
-                # An unknown id pays the same probe and comparison as a wrong secret, so how long
-                # a refusal takes does not tell an attacker which lookup ids exist.
-                stored = key_rows.secret_hash(conn, lookup)
-                matched = keys.matches(token_digest, stored or keys.UNKNOWN_KEY_HASH)
-                if stored is None or not matched:
-                    raise self._refuse(token_digest, "wrong secret" if stored else "unknown key")
-                found = key_rows.find_credential(conn, lookup)
-                if found is None:  # revoked and deleted since the probe
-                    raise self._refuse(token_digest, "unknown key")
-                secret, key, user = found
-                ends = [t for t in (key.expires_at, secret.expires_at) if t is not None]
-                expires_at = min(ends) if ends else None
-                if key.revoked_at is not None or (expires_at is not None and expires_at <= now):
-                    raise self._refuse(token_digest, "revoked or expired key", user.name, key.id)
-                if user.disabled:
-                    raise self._refuse(token_digest, "owner disabled", user.name, key.id)
-                memberships = directory.memberships_of(conn, user.id)
-                if key.team is not None and user.role != rbac.ADMIN and key.team not in memberships:
-                    raise self._refuse(token_digest, "owner left the key's team", user.name, key.id)
-                principal = user_principal(
-                    conn,
-                    user,
-                    key,
-                    key_prefix=keys.display_prefix(lookup),
-                    expires_at=expires_at,
-                    memberships=memberships,
-                )
+            principal, key, expires_at = self.store.read(check)  # tried again if its connection drops
         except StoreUnavailable as exc:
             raise Unavailable(str(exc)) from None
         if key.last_used_at is None or now - key.last_used_at > TOUCH_EVERY_S:

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from stratus.store.errors import Conflict, StoreError, StoreUnavailable
+
+T = TypeVar("T")
 
 SQLITE_FILE = "stratus.db"
 CONNECT_TIMEOUT_S = 5
@@ -138,11 +140,27 @@ class Store:
         except exc.IntegrityError as e:
             raise Conflict(_constraint_message(e)) from None
         except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as e:
-            raise StoreUnavailable(f"database {redact_url(self.url)} unavailable: {type(e).__name__}") from e
+            dropped = bool(getattr(e, "connection_invalidated", False))
+            raise StoreUnavailable(
+                f"database {redact_url(self.url)} unavailable: {type(e).__name__}", dropped
+            ) from e
         except exc.DBAPIError as e:
             if e.connection_invalidated:
-                raise StoreUnavailable(f"database {redact_url(self.url)} connection lost") from e
+                raise StoreUnavailable(f"database {redact_url(self.url)} connection lost", True) from e
             raise
+
+    def read(self, query: Callable[[Connection], T]) -> T:
+        """`query(conn)` on a read connection, tried once more on a fresh connection if the one
+        it had was dropped under it (a server restart, a failover, a terminated backend): reads
+        are safe to repeat, and one lost connection should not fail a request."""
+        try:
+            with self.connect() as conn:
+                return query(conn)
+        except StoreUnavailable as e:
+            if not e.dropped:
+                raise
+        with self.connect() as conn:
+            return query(conn)
 
     def close(self) -> None:
         self.engine.dispose()

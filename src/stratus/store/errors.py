@@ -6,7 +6,13 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The database cannot be reached or did not answer in time. Callers fail closed (503)."""
+    """The database cannot be reached or did not answer in time. Callers fail closed (503).
+    `dropped`: a connection in use was lost (the server restarted or ended it): a fresh one may
+    well work, so a read may be tried once more (`Store.read`)."""
+
+    def __init__(self, message: str, dropped: bool = False):
+        super().__init__(message)
+        self.dropped = dropped
 
 
 class Conflict(StoreError):
