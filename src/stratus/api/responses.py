@@ -276,6 +276,11 @@ class ResponsesFormat(ChatFormat):
                 events += self._close_message()
         return events
 
+    @property
+    def _where(self) -> dict:
+        """Where the message's text is: its item, first in the output, its only content part."""
+        return {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+
     def _text(self, content: str) -> list[dict]:
         events = []
         if not self.message_open:
@@ -286,37 +291,19 @@ class ResponsesFormat(ChatFormat):
                 )
             )
             part = {"type": "output_text", "text": "", "annotations": []}
-            events.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=self.message_id,
-                    output_index=0,
-                    content_index=0,
-                    part=part,
-                )
-            )
+            events.append(self._event("response.content_part.added", **self._where, part=part))
         self.text += content
-        events.append(
-            self._event(
-                "response.output_text.delta",
-                item_id=self.message_id,
-                output_index=0,
-                content_index=0,
-                delta=content,
-                logprobs=[],
-            )
-        )
+        events.append(self._event("response.output_text.delta", **self._where, delta=content, logprobs=[]))
         return events
 
     def _close_message(self) -> list[dict]:
         if not self.message_open:
             return []
         self.message_open = False
-        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
         part = {"type": "output_text", "text": self.text, "annotations": []}
         return [
-            self._event("response.output_text.done", **where, text=self.text, logprobs=[]),
-            self._event("response.content_part.done", **where, part=part),
+            self._event("response.output_text.done", **self._where, text=self.text, logprobs=[]),
+            self._event("response.content_part.done", **self._where, part=part),
             self._event("response.output_item.done", output_index=0, item=self._message(self.text)),
         ]
 
