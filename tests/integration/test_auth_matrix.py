@@ -59,6 +59,7 @@ MATRIX = [
     ("GET", "/v1/models/{model_id:path}", "/v1/models/m-a", None, only(200, USERS, wrong_team=404)),
     ("POST", "/v1/chat/completions", "/v1/chat/completions", CHAT, GENERATE),
     ("POST", "/v1/completions", "/v1/completions", {"model": "m-a", "prompt": "hi", "max_tokens": 2}, GENERATE),
+    ("POST", "/v1/responses", "/v1/responses", {"model": "m-a", "input": "hi", "max_output_tokens": 2}, GENERATE),
     # 400: allowed, then refused because m-a is served for generation (not --task embed)
     ("POST", "/v1/embeddings", "/v1/embeddings", {"model": "m-a", "input": "hi"}, only(400, USERS, wrong_team=404)),
     ("POST", "/tokenize", "/tokenize", {"model": "m-a", "prompt": "hi"}, GENERATE),
