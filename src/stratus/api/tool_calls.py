@@ -77,35 +77,52 @@ def _calls_from(value: Any, fmt: Format) -> list[Call] | None:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             return None
         args = item.get(fmt.args_key, item.get("arguments", {}))
-        calls.append(
-            Call(item["name"], args if isinstance(args, str) else json.dumps(args, ensure_ascii=False))
-        )
+        try:
+            text = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+        except (ValueError, RecursionError):
+            return None
+        calls.append(Call(item["name"], text))
     return calls or None
+
+
+def _json(text: str) -> Any:
+    """Parsed JSON, or None: a model may write anything, nesting deep enough to exhaust the
+    recursion limit included."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _blocks(text: str, start: str, end: str) -> tuple[list[str], str]:
+    """The bodies (stripped) of `start` ... `end` blocks, each up to the first `end`, and the text
+    without them: in linear time (a regex with lazy and whitespace runs backtracks cubically)."""
+    bodies, kept, pos = [], [], 0
+    while (i := text.find(start, pos)) >= 0 and (j := text.find(end, i + len(start))) >= 0:
+        kept.append(text[pos:i])
+        bodies.append(text[i + len(start) : j].strip())
+        pos = j + len(end)
+    kept.append(text[pos:])
+    return bodies, "".join(kept)
 
 
 def parse(text: str, fmt: Format) -> tuple[str | None, list[Call]]:
     """(content, calls) of a whole answer; no calls if what it holds is not well-formed."""
     if fmt.name == "hermes":
-        pattern = re.escape(fmt.start) + r"\s*(.*?)\s*" + re.escape(fmt.end)
         calls: list[Call] = []
-        for body in re.findall(pattern, text, flags=re.DOTALL):
-            try:
-                found = _calls_from(json.loads(body), fmt)
-            except json.JSONDecodeError:
-                found = None
+        bodies, rest = _blocks(text, fmt.start, fmt.end)
+        for body in bodies:
+            found = _calls_from(_json(body), fmt)
             if found is None:
                 return text, []
             calls += found
-        content = re.sub(pattern, "", text, flags=re.DOTALL).strip()
+        content = rest.strip()
         return (content or None) if calls else text, calls
     head, sep, tail = text.partition(fmt.start) if fmt.start else ("", "", text)
     if fmt.start and not sep:
         return text, []
     tail = tail.strip().removeprefix("<|python_tag|>")
-    try:
-        found = _calls_from(json.loads(tail), fmt)
-    except json.JSONDecodeError:
-        found = None
+    found = _calls_from(_json(tail), fmt)
     if not found:
         return text, []
     return head.strip() or None, found
