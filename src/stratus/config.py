@@ -69,6 +69,8 @@ class Settings:
     response_cache_size: int = 0  # entries in the exact-match response cache; 0: off
     response_cache_ttl: float = 600.0  # seconds a cached response stays valid
     log_level: str = "info"
+    log_format: str = "text"  # application logs: text, or JSON lines (observe/logs.py)
+    otlp_endpoint: str | None = None  # send OpenTelemetry traces here (observe/tracing.py); None: off
     access_log: bool = False
     access_log_file: str | None = None  # JSON lines appended here; None or "-": stdout
     engine_isolation: str = "process"  # step loop in its own process, or a thread (tests, embedding)
@@ -371,6 +373,15 @@ def _check(s: Settings) -> None:
             raise ConfigError(str(exc)) from None
     if s.log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise ConfigError("log_level must be one of critical, error, warning, info, debug, trace")
+    if s.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, got {s.log_format!r}")
+    if s.otlp_endpoint:
+        from stratus.observe.tracing import check_endpoint
+
+        try:
+            check_endpoint(s.otlp_endpoint)
+        except ValueError as exc:
+            raise ConfigError(f"otlp_endpoint: {exc}") from None
 
 
 def _check_jwt(s: Settings) -> None:

@@ -48,6 +48,7 @@ from stratus.api.security_headers import SecurityHeadersMiddleware
 from stratus.api.state import AppState
 from stratus.config import Settings
 from stratus.observe.metrics import Metrics
+from stratus.observe.tracing import Tracing
 from stratus.request.stage import Stage
 from stratus.security.stage import IdentityStage
 
@@ -96,6 +97,7 @@ def create_app(
         pipeline=pipeline,
         cache=cache,
         access=access,
+        tracing=Tracing.otlp(settings.otlp_endpoint, "stratus-gateway"),
     )
     pipeline.bind(state)
     if settings.ray_address:
@@ -125,6 +127,7 @@ def create_app(
             await asyncio.to_thread(pipeline.close)
             if state.access is not None:
                 state.access.store.close()
+            await asyncio.to_thread(state.tracing.shutdown)  # the last spans, to the collector
 
     app = FastAPI(
         title="stratus",

@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from stratus.api.errors import validation_message
 from stratus.api.state import AppState
+from stratus.observe.tracing import span
 from stratus.request.context import RequestContext, Usage
 from stratus.request.errors import APIError, unavailable
 from stratus.security.access import AccessControl
@@ -82,6 +83,14 @@ class Gateway:
         that will generate `sequences` sequences (prompts x n) is refused with 503 when they
         would take the engine's queue over its bound (counted in sequences, not requests). A
         model served for another `task` (--task) is a 400 when `generating`."""
+        with span("stratus.route") as traced:
+            try:
+                return await self._route(model, generating, sequences, task)
+            finally:
+                if traced is not None and self.ctx.model:  # as named (a key sent as one: redacted)
+                    traced.set_attribute("stratus.model", self.ctx.model)
+
+    async def _route(self, model: str, generating: bool, sequences: int, task: str) -> ReplicaSet:
         await self.authorize(model)
         settings = self.state.settings
         if generating:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -24,6 +24,7 @@ from stratus.api.prompts import engine_error
 from stratus.cluster.merge import merge_streams
 from stratus.cluster.replica import ReplicaError
 from stratus.engine.types import Delta, GenerateRequest, TokenLogprob, ValidationError
+from stratus.observe import tracing
 from stratus.request.context import Usage
 from stratus.request.errors import APIError, unavailable
 
@@ -72,9 +73,51 @@ class Generation:
         self._finished = False
 
     async def deltas(self) -> AsyncIterator[tuple[int, Delta]]:
-        """(choice index, delta) pairs as the engine produces them; updates the choices."""
+        """(choice index, delta) pairs as the engine produces them; updates the choices. Traced
+        as stratus.generate, with the engine's queueing and prefill (to the first token) and its
+        decode (first token to last) as child spans."""
+        generating = tracing.start("stratus.generate", {"stratus.model": self.gw.ctx.model})
+        started_ns, started = time.time_ns(), time.perf_counter()
+        error: BaseException | None = None
+        try:
+            async with aclosing(self._deltas(generating)) as inner:
+                async for item in inner:
+                    yield item
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            if generating is not None:
+                self._end_span(generating, started_ns, started, error)
+
+    def _end_span(
+        self, generating: tracing.Started, started_ns: int, started: float, error: BaseException | None
+    ) -> None:
+        def ns(t: float) -> int:
+            return started_ns + int((t - started) * 1e9)
+
+        if self.first_token_at is not None:
+            first = ns(self.first_token_at)
+            generating.record("engine.queue_prefill", started_ns, first)
+            generating.record("engine.decode", first, ns(self.last_token_at or self.first_token_at))
+        usage = self.usage()
+        attributes = {
+            "stratus.prompt_tokens": usage.prompt_tokens,
+            "stratus.cached_tokens": usage.cached_tokens,
+            "stratus.completion_tokens": sum(c.tokens for c in self.choices.values()),
+            "stratus.outcome": self.outcome,
+            "stratus.failovers": len(self.gw.ctx.failovers),
+        }
+        if self.first_token_at is not None:
+            attributes["stratus.time_to_first_token_ms"] = (self.first_token_at - started) * 1000
+        generating.end(attributes, error)
+
+    async def _deltas(self, generating: tracing.Started | None) -> AsyncGenerator[tuple[int, Delta], None]:
         on_event = self.gw.ctx.failovers.append
-        streams = [self.engine.generate(r, on_event, self.affinity) for r in self.requests]
+        streams = [
+            tracing.stream_under(generating, self.engine.generate(r, on_event, self.affinity))
+            for r in self.requests
+        ]
         async with aclosing(merge_streams(streams)) as merged:
             async for which, delta in merged:
                 index = which * self.n + delta.index

@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stratus.audit.recorder import AuditUnavailable, audit_unavailable
+from stratus.observe import tracing
 from stratus.observe.access_log import AccessLog
+from stratus.observe.logs import request_id_var
+from stratus.observe.tracing import Tracing
 from stratus.request.context import RequestContext
 from stratus.request.errors import APIError
 from stratus.security.keys import key_prefix
@@ -47,6 +50,18 @@ class RequestContextMiddleware:
             await _HEADERS_TOO_LARGE.response()(scope, receive, send)
             return
         ctx = RequestContext.from_scope(scope, key_prefix)
+        token = request_id_var.set(ctx.request_id)  # on every log line while the request runs
+        traces = _UNTRACED if ctx.path.startswith(UNTRACED_PATHS) else self.state.tracing
+        try:
+            with traces.request(ctx.headers, ctx.method, _span_start(ctx)) as root:
+                try:
+                    await self._handle(scope, receive, send, ctx)
+                finally:
+                    _span_end(root, ctx)
+        finally:
+            request_id_var.reset(token)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
         scope.setdefault("state", {})["ctx"] = ctx
         request_id_header = (b"x-request-id", ctx.request_id.encode())
         recorded = refused = streaming = False
@@ -167,11 +182,49 @@ class RequestContextMiddleware:
         # set of labels would grow the registry without limit.
         model = ctx.model if ctx.model in self.state.registry.models else ""
         self.state.metrics.requests.labels(ctx.route, model, str(status)).inc()
+        log.debug("%s %s: %s %s", ctx.method, ctx.path, status, ctx.outcome)  # with its request id
         if self.access_log is not None:
             try:
                 self.access_log.write(ctx, first_byte, time.perf_counter() - ctx.started)
             except OSError:
                 log.exception("access log write failed for request %s", ctx.request_id)
+
+
+# Probes, scrapes and workers' heartbeats: a trace each would bury the requests' traces.
+UNTRACED_PATHS = ("/health", "/ready", "/metrics", "/internal/")
+_UNTRACED = Tracing.off()
+
+
+def _span_start(ctx: RequestContext) -> dict[str, object]:
+    """The request span's first attributes: nothing secret (the path has keys redacted; the
+    credential only as its public prefix), nothing of the body."""
+    return {
+        "http.request.method": ctx.method,
+        "url.path": ctx.path,
+        "stratus.request_id": ctx.request_id,
+    }
+
+
+def _span_end(root: object, ctx: RequestContext) -> None:
+    """What the request turned out to be, once it has ended (None: not traced)."""
+    if root is None:
+        return
+    p = ctx.principal
+    attributes = {
+        "http.route": ctx.route,
+        "http.response.status_code": ctx.status,
+        "stratus.model": ctx.model,
+        "stratus.outcome": ctx.outcome,
+        "stratus.key_prefix": p.key_prefix if p is not None and p.key_prefix else ctx.credential_prefix,
+        "stratus.prompt_tokens": ctx.usage.prompt_tokens if ctx.usage else None,
+        "stratus.completion_tokens": ctx.usage.completion_tokens if ctx.usage else None,
+    }
+    for key, value in attributes.items():
+        if value is not None:
+            root.set_attribute(key, value)  # type: ignore[attr-defined]
+    root.update_name(f"{ctx.method} {ctx.route or 'unmatched'}")  # type: ignore[attr-defined]
+    if ctx.status is not None and ctx.status >= 500:
+        tracing.fail(root, f"HTTP {ctx.status}")
 
 
 def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:

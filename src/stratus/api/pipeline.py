@@ -2,6 +2,9 @@
 
     identify -> authorize -> admit -> route -> generate (engine) or proxy (upstream) -> settle -> record
 
+Each step runs in a span of its own when tracing is on (observe/tracing.py: stratus.identify,
+stratus.authorize, stratus.admit, stratus.settle, stratus.record), under the request's span.
+
 Each stage is defined in the package that owns its job (request/stage.py lists the steps):
 
     security/stage.py  IdentityStage   who is calling; may they call this route, use this model
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from stratus.audit.stage import AuditStage
 from stratus.limits.stage import LimitsStage, limits_stage
+from stratus.observe.tracing import span
 from stratus.request.context import RequestContext, Usage
 from stratus.request.stage import Stage
 
@@ -58,43 +62,49 @@ class Pipeline:
     async def identify(self, ctx: RequestContext) -> None:
         """screen, identify, then authorize the route: everything that needs no request body."""
         ctx.authenticating = True  # from here on the request gets an audit record
-        for s in self.stages:
-            await s.screen(ctx)
-        for s in self.stages:
-            await s.identify(ctx)
-        await self.authorize(ctx, None)
+        with span("stratus.identify"):
+            for s in self.stages:
+                await s.screen(ctx)
+            for s in self.stages:
+                await s.identify(ctx)
+            await self.authorize(ctx, None)
 
     async def authorize(self, ctx: RequestContext, model: str | None) -> None:
-        for s in self.stages:
-            await s.authorize(ctx, model)
+        with span("stratus.authorize", {"stratus.model": ctx.model if model is not None else None}):
+            for s in self.stages:
+                await s.authorize(ctx, model)
 
     async def admit(
         self, ctx: RequestContext, prompt_tokens: int, max_tokens: int, sequences: int = 1
     ) -> None:
-        for s in self.stages:
-            await s.admit(ctx, prompt_tokens, max_tokens, sequences)
+        attributes = {"stratus.prompt_tokens": prompt_tokens, "stratus.max_tokens": max_tokens}
+        with span("stratus.admit", attributes):
+            for s in self.stages:
+                await s.admit(ctx, prompt_tokens, max_tokens, sequences)
 
     async def settle(self, ctx: RequestContext, usage: Usage) -> None:
         ctx.usage = usage
-        for s in self.stages:
-            await s.settle(ctx, usage)
+        with span("stratus.settle", {"stratus.completion_tokens": usage.completion_tokens}):
+            for s in self.stages:
+                await s.settle(ctx, usage)
 
     async def record(self, ctx: RequestContext, refusable: bool = False) -> None:
         """Every stage records, even after one failed; the first failure is raised at the end.
         Last stage first: the audit decision comes before the charge, so a complete response
         (`refusable`) refused because its audit record failed is charged as refused."""
         failure: BaseException | None = None
-        for s in reversed(self.stages):
-            try:
-                await s.record(ctx)
-            except Exception as exc:
-                if failure is None and refusable:
-                    ctx.status, ctx.outcome = 503, "error"
-                    if ctx.usage is not None:  # generated, never delivered
-                        ctx.usage = Usage(ctx.usage.prompt_tokens, 0, ctx.usage.cached_tokens)
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+        with span("stratus.record", {"http.response.status_code": ctx.status}):
+            for s in reversed(self.stages):
+                try:
+                    await s.record(ctx)
+                except Exception as exc:
+                    if failure is None and refusable:
+                        ctx.status, ctx.outcome = 503, "error"
+                        if ctx.usage is not None:  # generated, never delivered
+                            ctx.usage = Usage(ctx.usage.prompt_tokens, 0, ctx.usage.cached_tokens)
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
 
     async def may(self, ctx: RequestContext, permission: str) -> bool:
         for s in self.stages:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from stratus.api.pipeline import Pipeline
@@ -14,6 +14,7 @@ from stratus.config import Settings
 from stratus.limits.meter import Meter
 from stratus.limits.stage import LimitsStage
 from stratus.observe.metrics import Metrics
+from stratus.observe.tracing import Tracing
 from stratus.security.access import AccessControl
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class AppState:
     upstreams: Upstreams | None = None  # OpenAI-compatible upstreams; with access control only
     ray_cluster: RayCluster | None = None  # with --ray-address
     workers: WorkerDirectory | None = None  # `stratus worker`s that registered; with a cluster secret
+    tracing: Tracing = field(default_factory=Tracing.off)  # OpenTelemetry spans (--otlp-endpoint)
 
     @property
     def audit(self) -> AuditStage | None:

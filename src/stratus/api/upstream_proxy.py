@@ -29,6 +29,7 @@ from stratus.api.deps import Gateway
 from stratus.api.streaming import DONE, JSONBody, SSEResponse, event
 from stratus.cluster.router import request_work
 from stratus.cluster.upstream import Opened, Upstream, UpstreamFailed, UpstreamPool
+from stratus.observe.tracing import span
 from stratus.request.context import Usage
 from stratus.request.errors import APIError, unavailable
 from stratus.store import Store
@@ -162,9 +163,13 @@ async def maybe_proxy(
     if body.stream:  # type: ignore[attr-defined]
         payload["stream_options"] = {"include_usage": True}
     try:
-        opened = await upstreams.pool.open(
-            model, path, payload, work=request_work(prompt_estimate, requested * n)
-        )
+        with span("stratus.upstream") as traced:  # to the upstream's answer; it may continue the trace
+            opened = await upstreams.pool.open(
+                model, path, payload, work=request_work(prompt_estimate, requested * n)
+            )
+            if traced is not None:
+                traced.set_attribute("stratus.upstream", opened.upstream.name)
+                traced.set_attribute("http.response.status_code", opened.response.status_code)
     except UpstreamFailed as exc:
         log.warning("request %s: %s", gw.ctx.request_id, exc)
         await gw.settle(Usage())

@@ -284,6 +284,19 @@ def ray_options(func):
     help="Log verbosity. [default: info]",
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Application logs as text lines or JSON lines (with the request id inside a request). "
+    "[default: text]",
+)
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    help="Send OpenTelemetry traces over OTLP/HTTP to this collector URL (http://host:4318); "
+    "needs `pip install 'stratus[otel]'` (docs/OBSERVABILITY.md). [default: off]",
+)
+@click.option(
     "--access-log/--no-access-log",
     default=None,
     help="One JSON line per request (no secrets). [default: off]",
@@ -457,6 +470,7 @@ def build_server(settings: Settings):
 
     from stratus.api import create_app
     from stratus.net.tls import uvicorn_options
+    from stratus.observe.logs import uvicorn_log_config
 
     if not settings.auth and not is_loopback(settings.host):
         raise click.ClickException(
@@ -489,6 +503,7 @@ def build_server(settings: Settings):
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings.log_format),
         access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout,
         lifespan="on",
@@ -534,11 +549,9 @@ def access_hooks(settings: Settings):
 
 def run_server(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, drain, and return the exit status."""
-    logging.basicConfig(
-        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # it narrates each plugin and migration
+    from stratus.observe.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
     server, sock = build_server(settings)
     click.echo(banner(settings, settings.host, sock.getsockname()[1]), nl=True)
     sys.stdout.flush()

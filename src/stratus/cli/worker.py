@@ -12,7 +12,6 @@ default port being 8100 here. The other flags (--model, --gateway, --worker-id, 
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -47,6 +46,8 @@ SHARED_SETTINGS = (
     "engine_isolation",
     "drain_timeout",
     "log_level",
+    "log_format",
+    "otlp_endpoint",
 )
 # where the worker's default is not serve's (serve listens on 8000): it holds unless a flag, a
 # STRATUS_* variable or the settings file sets it
@@ -105,6 +106,19 @@ _WORKER_OPTIONS = [
         type=click.Choice(["critical", "error", "warning", "info", "debug"]),
         default="info",
         show_default=True,
+    ),
+    click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Application logs as text lines or JSON lines (docs/OBSERVABILITY.md).",
+    ),
+    click.option(
+        "--otlp-endpoint",
+        default=None,
+        help="Send OpenTelemetry traces over OTLP/HTTP to this collector URL; a gateway's "
+        "`traceparent` is continued. Needs `pip install 'stratus[otel]'`. [default: off]",
     ),
 ]
 
@@ -213,6 +227,8 @@ def worker_options(
         keepalive_interval=keepalive_interval,
         drain_timeout=settings.drain_timeout,
         log_level=settings.log_level.lower(),
+        log_format=settings.log_format,
+        otlp_endpoint=settings.otlp_endpoint,
     )
 
 
@@ -225,6 +241,7 @@ def _worker(model_spec: str, config_file: str | None, **flags: Any) -> None:
           --gateway http://127.0.0.1:8000
     """
     from stratus.cluster.worker_main import build_worker
+    from stratus.observe.logs import setup_logging
 
     ctx = click.get_current_context()
     cli = {}
@@ -234,9 +251,7 @@ def _worker(model_spec: str, config_file: str | None, **flags: Any) -> None:
             cli[name] = value
     settings = worker_settings(cli, config_file)
     options = worker_options(model_spec, settings, **flags)
-    level = options.log_level.upper() if options.log_level != "trace" else "DEBUG"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per heartbeat
+    setup_logging(options.log_level, options.log_format)
     sock = bind_socket(options.host, options.port)
     server = build_worker(options, sock)
     click.echo(f"stratus worker {server.worker.worker_id} listening on {server.url}  (model {options.model})")

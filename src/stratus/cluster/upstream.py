@@ -27,6 +27,7 @@ import httpx
 from stratus.cluster.breaker import CircuitBreaker
 from stratus.cluster.router import NoReplicaAvailable, Router
 from stratus.net.urls import check_http_url
+from stratus.observe import tracing
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RETRY_STATUSES = {401, 403, 404, 408, 409, 429}  # the gateway's problem with that upstream, or busy
@@ -160,8 +161,9 @@ class UpstreamPool:
             tried.add(name)
             upstream = self.upstreams[name]
             payload = {**body, "model": upstream.upstream_model}
+            headers = tracing.inject(dict(upstream.headers))  # the upstream may continue the trace
             request = self._client.build_request(
-                "POST", upstream.base_url + path, json=payload, headers=upstream.headers
+                "POST", upstream.base_url + path, json=payload, headers=headers
             )
             router.begin(name, work)
             started = time.monotonic()

@@ -25,6 +25,8 @@ from stratus.cluster.registration import Heartbeat
 from stratus.cluster.worker_server import WorkerState, create_worker_app
 from stratus.engine.config import EngineConfig
 from stratus.net.tls import uvicorn_options
+from stratus.observe.logs import uvicorn_log_config
+from stratus.observe.tracing import Tracing
 
 log = logging.getLogger("stratus.worker")
 
@@ -49,6 +51,8 @@ class WorkerOptions:
     keepalive_interval: float = 5.0  # seconds of silence in a stream before a keepalive line
     drain_timeout: float = 30.0
     log_level: str = "info"
+    log_format: str = "text"  # text | json (observe/logs.py)
+    otlp_endpoint: str | None = None  # OpenTelemetry traces (observe/tracing.py); None: off
 
 
 class WorkerServer(uvicorn.Server):
@@ -73,7 +77,12 @@ def build_worker(options: WorkerOptions, sock: socket.socket) -> WorkerServer:
     url = options.advertise_url or f"{scheme}://{shown}:{port}"
     worker_id = options.worker_id or f"{options.model}@{shown}:{port}"
     worker = WorkerState(
-        worker_id, options.model, options.secret, path=options.path, keepalive=options.keepalive_interval
+        worker_id,
+        options.model,
+        options.secret,
+        path=options.path,
+        keepalive=options.keepalive_interval,
+        tracing=Tracing.otlp(options.otlp_endpoint, "stratus-worker"),
     )
     info = {"id": worker_id, "model": options.model, "url": url}
     heartbeats = [
@@ -102,10 +111,12 @@ def build_worker(options: WorkerOptions, sock: socket.socket) -> WorkerServer:
                 await heartbeat.close()
             if worker.engine is not None:
                 await worker.engine.shutdown()
+            await asyncio.to_thread(worker.tracing.shutdown)  # the last spans, to the collector
 
     config = uvicorn.Config(
         create_worker_app(worker, lifespan),
         log_level=options.log_level,
+        log_config=uvicorn_log_config(options.log_format),
         access_log=False,
         timeout_graceful_shutdown=options.drain_timeout,
         lifespan="on",

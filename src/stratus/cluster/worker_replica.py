@@ -32,6 +32,8 @@ from stratus.cluster.worker_server import PREFIX
 from stratus.engine.config import ModelConfig
 from stratus.engine.tokenizer import Tokenizer
 from stratus.engine.types import Delta, EngineStats, GenerateRequest, RequestFailed, ValidationError
+from stratus.observe import tracing
+from stratus.observe.logs import request_id_var
 
 log = logging.getLogger("stratus.cluster")
 
@@ -113,7 +115,10 @@ class WorkerReplica:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         payload = orjson.dumps(wire.request_to_dict(request))
-        headers = {**self._headers, "Content-Type": "application/json"}
+        headers = tracing.inject({**self._headers, "Content-Type": "application/json"})
+        request_id = request_id_var.get()
+        if request_id:  # the worker's log lines and span name the gateway's request
+            headers["X-Request-Id"] = request_id
         unfinished = set(range(request.params.n))
         deadline = time.monotonic() + self.first_token_timeout
         first = True

@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,11 +32,14 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stratus.cluster import wire
 from stratus.cluster.checkpoint_files import read_checkpoint_files
 from stratus.engine.types import RequestFailed, ValidationError
+from stratus.observe import tracing
+from stratus.observe.logs import request_id_var
+from stratus.observe.tracing import Tracing
 
 if TYPE_CHECKING:
     from stratus.engine import Engine
@@ -86,6 +91,7 @@ class WorkerState:
     path: Path | None = None
     state: str = "loading"  # loading | serving | draining | failed
     keepalive: float = KEEPALIVE_INTERVAL  # seconds of silence before a keepalive line
+    tracing: Tracing = field(default_factory=Tracing.off)  # spans of /generate (--otlp-endpoint)
 
 
 def check_secret(given: str | None, secret: bytes) -> bool:
@@ -145,6 +151,8 @@ async def generate(request: Request, worker: WorkerState = Depends(_worker)) -> 
 
 async def _lines(deltas: AsyncIterator, request_id: str, keepalive: float) -> AsyncIterator[bytes]:
     pending: asyncio.Future | None = None
+    traced = tracing.current()  # the request's span (GenerateObserved), when traced
+    started, first_token_ns, tokens = time.time_ns(), None, 0
     try:
         while True:
             if pending is None:
@@ -158,6 +166,9 @@ async def _lines(deltas: AsyncIterator, request_id: str, keepalive: float) -> As
             except StopAsyncIteration:
                 return
             pending = None
+            if delta.token_ids:
+                first_token_ns = first_token_ns or time.time_ns()
+                tokens += len(delta.token_ids)
             yield orjson.dumps(wire.delta_to_dict(delta)) + b"\n"
     except ValidationError as exc:  # the engine's refusal: the request's fault, not the worker's
         error = {"message": str(exc), "type": "invalid_request_error", "param": exc.param}
@@ -176,6 +187,10 @@ async def _lines(deltas: AsyncIterator, request_id: str, keepalive: float) -> As
                 with contextlib.suppress(BaseException):
                     await pending
             await deltas.aclose()  # aborts the request if it is still running
+            if traced is not None:
+                traced.set_attribute("stratus.completion_tokens", tokens)
+                if first_token_ns is not None:
+                    traced.set_attribute("stratus.time_to_first_token_ms", (first_token_ns - started) / 1e6)
 
 
 class NDJSONResponse(StreamingResponse):
@@ -217,10 +232,56 @@ async def checkpoint_files(worker: WorkerState = Depends(_worker)) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class GenerateObserved:
+    """POST /generate, observed: the gateway's request id (X-Request-Id) on this worker's log
+    lines, and a server span that continues the gateway's trace (`traceparent`) for as long as
+    the stream runs. Other routes (health probes, heartbeats' peers) pass through unobserved."""
+
+    def __init__(self, app: ASGIApp, worker: WorkerState):
+        self.app = app
+        self.worker = worker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != PREFIX + "/generate":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        given = next((v.decode("latin-1") for k, v in headers if k == b"x-request-id"), "")
+        request_id = given if _REQUEST_ID_RE.match(given) else None
+        status: int | None = None
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        worker = self.worker
+        attributes = {
+            "http.request.method": "POST",
+            "http.route": PREFIX + "/generate",
+            "stratus.worker_id": worker.worker_id,
+            "stratus.model": worker.model,
+            "stratus.request_id": request_id,
+        }
+        token = request_id_var.set(request_id)
+        try:
+            with worker.tracing.request(headers, "POST /internal/v1/generate", attributes) as root:
+                await self.app(scope, receive, observed_send)
+                if root is not None and status is not None:
+                    root.set_attribute("http.response.status_code", status)
+        finally:
+            request_id_var.reset(token)
+
+
 def create_worker_app(worker: WorkerState, lifespan=None) -> FastAPI:
     app = FastAPI(title="stratus worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker = worker
     for kind in (APIError, StarletteHTTPException, Exception):
         app.add_exception_handler(kind, _error_response)
     app.include_router(router)
+    app.add_middleware(GenerateObserved, worker=worker)
     return app
