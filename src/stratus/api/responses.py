@@ -177,9 +177,9 @@ class ResponsesFormat(ChatFormat):
         self.body = body
         self.created = int(time.time())
         self.seq = 0
-        self.message_id = f"msg_{new_id()}"
-        self.text = ""  # the message's text so far
-        self.calls: list[dict] = []  # function_call items so far
+        self.message_id = f"msg_{new_id()}"  # the open message's
+        self.text = ""  # the open message's text so far
+        self.output: list[dict] = []  # the items done so far, in order: messages and calls
         self.message_open = False
         self.finish: str | None = None
 
@@ -278,16 +278,21 @@ class ResponsesFormat(ChatFormat):
 
     @property
     def _where(self) -> dict:
-        """Where the message's text is: its item, first in the output, its only content part."""
-        return {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        """Where the open message's text is: its item, after the items done, its only content part."""
+        return {"item_id": self.message_id, "output_index": len(self.output), "content_index": 0}
 
     def _text(self, content: str) -> list[dict]:
         events = []
         if not self.message_open:
-            self.message_open = True
+            # A new message item: text after a call is an item of its own, after the call
+            if self.output:
+                self.message_id = f"msg_{new_id()}"
+            self.message_open, self.text = True, ""
             events.append(
                 self._event(
-                    "response.output_item.added", output_index=0, item=self._message("", "in_progress")
+                    "response.output_item.added",
+                    output_index=len(self.output),
+                    item=self._message("", "in_progress"),
                 )
             )
             part = {"type": "output_text", "text": "", "annotations": []}
@@ -299,19 +304,21 @@ class ResponsesFormat(ChatFormat):
     def _close_message(self) -> list[dict]:
         if not self.message_open:
             return []
-        self.message_open = False
         part = {"type": "output_text", "text": self.text, "annotations": []}
+        where, message = self._where, self._message(self.text)
+        self.message_open = False
+        self.output.append(message)
         return [
-            self._event("response.output_text.done", **self._where, text=self.text, logprobs=[]),
-            self._event("response.content_part.done", **self._where, part=part),
-            self._event("response.output_item.done", output_index=0, item=self._message(self.text)),
+            self._event("response.output_text.done", **where, text=self.text, logprobs=[]),
+            self._event("response.content_part.done", **where, part=part),
+            self._event("response.output_item.done", output_index=where["output_index"], item=message),
         ]
 
     def _call(self, call: dict) -> list[dict]:
         events = self._close_message()
         item = self._call_item(call)
-        index = (1 if self.text else 0) + len(self.calls)
-        self.calls.append(item)
+        index = len(self.output)
+        self.output.append(item)
         where = {"item_id": item["id"], "output_index": index}
         return events + [
             self._event(
@@ -325,7 +332,7 @@ class ResponsesFormat(ChatFormat):
         ]
 
     def usage_chunk(self, usage: Usage) -> dict:
-        output = ([self._message(self.text)] if self.text else []) + self.calls
+        output = self.output + ([self._message(self.text)] if self.message_open else [])
         status = "incomplete" if self.finish == "length" else "completed"
         kind = "response.incomplete" if status == "incomplete" else "response.completed"
         return self._event(kind, response=self._response(status, output, usage))
