@@ -22,6 +22,7 @@ import click
 import stratus
 from stratus.cli.common import bind_socket, engine_options
 from stratus.config import TOOL_PARSERS, ConfigError, Settings, load_settings, parse_model_spec
+from stratus.engine.gguf import is_gguf
 from stratus.net.urls import is_loopback
 
 
@@ -427,8 +428,8 @@ def serve(models: tuple[str, ...], config_file: str | None, **flags: Any) -> Non
 
 def _check_models(settings: Settings) -> None:
     for name, path in settings.model_paths().items():
-        if not (path / "config.json").is_file():
-            hint = "Pass --model NAME=PATH with a Hugging Face checkpoint directory."
+        if not (path / "config.json").is_file() and not is_gguf(path):
+            hint = "Pass --model NAME=PATH with a Hugging Face checkpoint directory or a GGUF file."
             if not settings.models:
                 hint = "Train it with `make demo-model`, or " + hint[0].lower() + hint[1:]
             raise click.ClickException(

@@ -33,6 +33,7 @@ from stratus.config import (
     load_settings,
     parse_model_spec,
 )
+from stratus.engine.gguf import is_gguf
 
 # worker flags that are settings of `stratus serve` too (config.Settings), so STRATUS_* variables
 # and stratus.toml set them as well; with the engine settings (config.ENGINE_NAMES)
@@ -192,8 +193,10 @@ def worker_options(
         raise click.UsageError(
             "a cluster secret is required: set STRATUS_CLUSTER_SECRET or --cluster-secret-file"
         )
-    if not (Path(path) / "config.json").is_file():
-        raise click.ClickException(f"model '{name}': no checkpoint at {path} (config.json missing)")
+    if not (Path(path) / "config.json").is_file() and not is_gguf(path):
+        raise click.ClickException(
+            f"model '{name}': no checkpoint at {path} (config.json missing, and not a GGUF file)"
+        )
     host = settings.host
     tls = bool(settings.tls_cert and settings.tls_key)  # both or neither: config checked it
     if not tls and not is_loopback(host) and not insecure_http:

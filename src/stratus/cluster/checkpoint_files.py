@@ -2,7 +2,8 @@
 and their digest: replicas of one model must agree on it, or a stream could move mid-answer
 between different models.
 
-    files = read_checkpoint_files(Path("models/demo"))    # {name: text}
+    files = read_checkpoint_files(Path("models/demo"))    # {name: text}; a GGUF file's are
+                                                           # written from its metadata
     checkpoint_digest(files)                               # "3f1c..." (24 hex digits)
 """
 
@@ -12,6 +13,9 @@ import hashlib
 from pathlib import Path
 
 import orjson
+
+from stratus.engine.gguf import checkpoint_files as gguf_checkpoint_files
+from stratus.engine.gguf import is_gguf
 
 CHECKPOINT_FILES = (
     "config.json",
@@ -23,6 +27,8 @@ CHECKPOINT_FILES = (
 
 
 def read_checkpoint_files(path: Path) -> dict[str, str]:
+    if is_gguf(path):  # the same files, written from the GGUF file's metadata
+        return gguf_checkpoint_files(path)
     return {name: (path / name).read_text() for name in CHECKPOINT_FILES if (path / name).is_file()}
 
 

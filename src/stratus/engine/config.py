@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from . import gguf
+from .types import CheckpointError as CheckpointError  # re-exported; in types.py for gguf.py
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
@@ -15,10 +18,6 @@ SUPPORTED_ARCHITECTURES = {
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,9 @@ class ModelConfig:
 
     @classmethod
     def from_dir(cls, path: Path) -> ModelConfig:
+        """From a checkpoint directory's config.json, or from a GGUF file's metadata."""
+        if gguf.is_gguf(path):
+            return cls.from_dict(gguf.config_dict(path), source=str(path))
         file = path / "config.json"
         if not file.is_file():
             raise CheckpointError(f"{file}: missing; a checkpoint directory needs config.json")

@@ -19,6 +19,7 @@ import torch
 
 from .block_manager import BlockManager
 from .config import CheckpointError, EngineConfig, ModelConfig
+from .gguf import is_gguf
 from .grammar import Constraint, GrammarError, GrammarVocab, mask_rows
 from .inputs import check_embedding_inputs, context_window, prepare_prompt
 from .model_runner import ModelRunner
@@ -42,8 +43,10 @@ log = logging.getLogger("stratus.engine")
 class EngineCore:
     def __init__(self, path: str | Path, config: EngineConfig | None = None):
         self.path = Path(path)
-        if not self.path.is_dir():
-            raise CheckpointError(f"{self.path}: not a directory; expected a Hugging Face checkpoint")
+        if not (self.path.is_dir() or is_gguf(self.path)):
+            raise CheckpointError(
+                f"{self.path}: not a directory or a GGUF file; expected a Hugging Face checkpoint"
+            )
         self.config = config or EngineConfig()
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)

@@ -1,4 +1,5 @@
-"""Tokenizer, chat template and incremental detokenization for a checkpoint directory."""
+"""Tokenizer, chat template and incremental detokenization for a checkpoint directory or a GGUF
+file (whose metadata holds all three: gguf.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 from tokenizers import Tokenizer as HFTokenizer
 
+from . import gguf
 from .chat_template import ChatTemplate, ChatTemplateError
 from .config import CheckpointError
 from .types import ValidationError
@@ -22,22 +24,31 @@ def _token_text(value) -> str | None:
     return value
 
 
+def _read_files(path: Path) -> tuple[HFTokenizer, dict]:
+    """A checkpoint directory's tokenizer.json and tokenizer_config.json."""
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; stratus needs a fast tokenizer (tokenizer.json)")
+    try:
+        tok = HFTokenizer.from_file(str(file))
+    except Exception as exc:
+        raise CheckpointError(f"{file}: not a readable tokenizer ({exc})") from exc
+    config_file = path / "tokenizer_config.json"
+    config: dict = {}
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from exc
+    return tok, config
+
+
 class Tokenizer:
     def __init__(self, path: Path):
-        file = path / "tokenizer.json"
-        if not file.is_file():
-            raise CheckpointError(f"{file}: missing; stratus needs a fast tokenizer (tokenizer.json)")
-        try:
-            self._tok = HFTokenizer.from_file(str(file))
-        except Exception as exc:
-            raise CheckpointError(f"{file}: not a readable tokenizer ({exc})") from exc
-        config_file = path / "tokenizer_config.json"
-        config: dict = {}
-        if config_file.is_file():
-            try:
-                config = json.loads(config_file.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from exc
+        if gguf.is_gguf(path):
+            self._tok, config = gguf.tokenizer_parts(path)
+        else:
+            self._tok, config = _read_files(path)
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token = _token_text(config.get("eos_token"))
         self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
@@ -50,7 +61,7 @@ class Tokenizer:
             if t.special
         } - {None}
         # transformers 5 writes the template next to the tokenizer; older files embed it.
-        template_file = path / "chat_template.jinja"
+        template_file = path / "chat_template.jinja"  # never there for a GGUF file
         template = template_file.read_text() if template_file.is_file() else config.get("chat_template")
         if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)

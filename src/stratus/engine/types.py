@@ -17,6 +17,10 @@ MIN_REPETITION_PENALTY = 1e-2
 MAX_GRAMMAR_CHARS = 256 * 1024  # a guided-decoding grammar larger than this is a mistake or an attack
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and what was expected."""
+
+
 class ValidationError(ValueError):
     """A request the engine refuses; `param` names the offending field."""
 

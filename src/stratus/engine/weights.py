@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from . import gguf
 from .config import CheckpointError, ModelConfig
 from .model import LlamaModel
 from .quant import QuantLinear, check_spec, int4_shapes, int8_shapes
@@ -149,11 +150,12 @@ def _check(tensors: dict, expected: dict, path: Path, kind: str, qdtype: torch.d
 
 
 def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
-    """Copy the checkpoint into `model`, fusing q/k/v and gate/up; every mismatch names its file."""
+    """Copy the checkpoint into `model`, fusing q/k/v and gate/up; every mismatch names its file.
+    A GGUF file's tensors come dequantized one at a time, under their Hugging Face names."""
     config = model.config
     if config.quantization:  # a `stratus compress` checkpoint: packed weights
         return load_quantized_weights(model, path, dtype)
-    tensors = read_tensors(path)
+    tensors: dict = gguf.read_tensors(path, config) if gguf.is_gguf(path) else read_tensors(path)
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)  # some tied checkpoints still store the copy
     _check(tensors, expected_shapes(config), path, config.architecture)
@@ -181,6 +183,7 @@ def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
             layer.mlp.down_proj.weight.copy_(get(p + "mlp.down_proj.weight"))
             layer.input_layernorm.weight.copy_(get(p + "input_layernorm.weight"))
             layer.post_attention_layernorm.weight.copy_(get(p + "post_attention_layernorm.weight"))
+    gguf.release()  # unmap a GGUF file: its tensors are in the model now
 
 
 def _fill(layer: QuantLinear, parts: list[str], get) -> None:

@@ -1,0 +1,364 @@
+"""GGUF files (llama.cpp's format) served like checkpoint directories.
+
+A GGUF file holds what a Hugging Face directory spreads over several files: the model's shape
+(metadata `llama.block_count`, `llama.embedding_length`, ...), the tokenizer (vocabulary,
+merges, token types, special token ids), the chat template and the weights, many of them
+quantized. This module reads one with the `gguf` package (llama.cpp's own Python reader) and
+answers in the engine's terms, so that the rest of the engine never sees the format:
+
+    config_dict(path)          # what config.json would say -> ModelConfig.from_dict
+    tokenizer_parts(path)      # a `tokenizers` Tokenizer and what tokenizer_config.json would say
+    checkpoint_files(path)     # config.json, tokenizer.json, tokenizer_config.json as text
+    read_tensors(path, config) # every tensor under its Hugging Face name, dequantized when read
+
+Weights: every supported tensor type (DEQUANTIZED) is dequantized at load with `gguf`'s own
+dequantization to the serving dtype, one tensor at a time; the file is memory-mapped, so the
+peak is the float model plus the largest tensor. llama.cpp's converter permutes the rows of a
+Llama model's q and k projections (its rotary embedding pairs neighbouring channels, not the two
+halves of a head); they are permuted back here, as transformers' GGUF loader does.
+
+Tokenizer: byte-level BPE ("gpt2") vocabularies are rebuilt as transformers builds them from a
+GGUF (`transformers/integrations/gguf/gguf_tokenizer_mapping.py`), so token ids agree with it;
+SentencePiece ("llama") vocabularies are not supported yet and are refused by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer as HFTokenizer
+
+from .types import CheckpointError
+
+# general.architecture -> the Hugging Face architecture it is served as. Mistral models are
+# written by llama.cpp's converter as "llama" (its GGUF metadata has no sliding window).
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+PERMUTED_QK = {"llama"}  # architectures whose q/k rows llama.cpp's converter permuted
+DEQUANTIZED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
+
+# GGUF tensor names -> Hugging Face ones (the engine's loader fuses q/k/v and gate/up itself)
+TOP_LEVEL = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+PER_LAYER = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+# tokenizer.ggml.pre -> the split a byte-level vocabulary's merges were learned with; the
+# others use GPT-2's (ByteLevel's own regex). The same table as transformers'.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZER_SPLITS = {
+    **dict.fromkeys(
+        ("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"), _LLAMA3_SPLIT
+    ),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), _QWEN2_SPLIT),
+    "tekken": _TEKKEN_SPLIT,
+}
+CONTROL, USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+
+
+def is_gguf(path: str | Path) -> bool:
+    """A file (not a directory) named *.gguf, or starting with GGUF's magic bytes."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".gguf":
+        return True
+    with path.open("rb") as handle:
+        return handle.read(4) == b"GGUF"
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    path: Path
+    metadata: dict[str, Any]
+    tensors: dict[str, Any]  # name -> gguf.ReaderTensor (its data memory-mapped)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.metadata.get(key, default)
+
+
+def open_gguf(path: str | Path) -> GGUFFile:
+    """The file's metadata and tensor index; parsed once per process while the file is unchanged
+    (`gguf`'s reader takes seconds on a 50k-token vocabulary)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _open(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _open(path: Path, mtime_ns: int, size: int) -> GGUFFile:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # the reader raises ValueError, struct errors, IndexError ...
+        raise CheckpointError(f"{path}: not a readable GGUF file ({exc})") from exc
+    metadata = {
+        name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")
+    }
+    return GGUFFile(path, metadata, {t.name: t for t in reader.tensors})
+
+
+def release() -> None:
+    """Forget parsed files (and unmap their tensors) once the weights are loaded."""
+    _open.cache_clear()
+
+
+def _architecture(file: GGUFFile) -> str:
+    arch = file.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{file.path}: general.architecture {arch!r} not supported; expected one of "
+            f"{sorted(ARCHITECTURES)} (Mistral models are written as 'llama')"
+        )
+    return arch
+
+
+def config_dict(path: str | Path) -> dict[str, Any]:
+    """What a Hugging Face config.json would say about the model in this file."""
+    file = open_gguf(path)
+    arch = _architecture(file)
+
+    def need(key: str) -> Any:
+        name = f"{arch}.{key}"
+        if name not in file.metadata:
+            raise CheckpointError(f"{file.path}: metadata {name} missing")
+        return file.metadata[name]
+
+    embedding = file.tensors.get("token_embd.weight")
+    if embedding is None:
+        raise CheckpointError(f"{file.path}: tensor token_embd.weight missing")
+    if "rope_freqs.weight" in file.tensors:
+        raise CheckpointError(
+            f"{file.path}: rope frequency factors (rope_freqs.weight, Llama 3.1-style rope scaling) "
+            "are not supported yet"
+        )
+    hidden, heads = int(need("embedding_length")), int(need("attention.head_count"))
+    head_dim = int(file.get(f"{arch}.attention.key_length") or hidden // heads)
+    rotary = file.get(f"{arch}.rope.dimension_count")
+    if rotary is not None and int(rotary) != head_dim:
+        raise CheckpointError(
+            f"{file.path}: rope.dimension_count={rotary} differs from the head size {head_dim} "
+            "(partial rotary embeddings are not supported)"
+        )
+    scaling_type = file.get(f"{arch}.rope.scaling.type")
+    rope_scaling = None
+    if scaling_type == "linear":
+        rope_scaling = {"rope_type": "linear", "factor": float(need("rope.scaling.factor"))}
+    elif scaling_type not in (None, "none"):
+        raise CheckpointError(f"{file.path}: rope scaling {scaling_type!r} not supported; expected linear")
+    types = {str(t.tensor_type.name) for t in file.tensors.values()}
+    dtype = (
+        "float32" if types == {"F32"} else "float16" if "F16" in types and "BF16" not in types else "bfloat16"
+    )
+    eos = [file.get(f"tokenizer.ggml.{key}") for key in ("eos_token_id", "eot_token_id")]
+    return {
+        "architectures": [ARCHITECTURES[arch]],
+        "vocab_size": int(embedding.shape[1]),  # GGUF shapes are innermost first
+        "hidden_size": hidden,
+        "intermediate_size": int(need("feed_forward_length")),
+        "num_hidden_layers": int(need("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(file.get(f"{arch}.attention.head_count_kv") or heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": float(need("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(file.get(f"{arch}.rope.freq_base") or 10000.0),
+        "rope_scaling": rope_scaling,
+        "max_position_embeddings": int(need("context_length")),
+        "tie_word_embeddings": "output.weight" not in file.tensors,
+        "torch_dtype": dtype,  # the serving dtype on a GPU with --dtype auto
+        "bos_token_id": file.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": sorted({int(e) for e in eos if e is not None}),  # llama.cpp stops at EOT too
+    }
+
+
+# -- tokenizer ---------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def tokenizer_parts(path: str | Path) -> tuple[HFTokenizer, dict[str, Any]]:
+    """The tokenizer the file describes, and what its tokenizer_config.json would say."""
+    file = open_gguf(path)
+    kind = file.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise CheckpointError(
+            f"{file.path}: tokenizer.ggml.model {kind!r} not supported; stratus reads byte-level BPE "
+            "('gpt2') vocabularies from GGUF files (SentencePiece 'llama' ones not yet)"
+        )
+    tokens: list[str] = list(file.get("tokenizer.ggml.tokens") or [])
+    if not tokens:
+        raise CheckpointError(f"{file.path}: metadata tokenizer.ggml.tokens missing")
+    spelling = _bytes_to_unicode()
+    alphabet = set(spelling.values())
+    vocab = {
+        t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
+        for i, t in enumerate(tokens)
+    }
+    merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges") or []]
+    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    split = PRE_TOKENIZER_SPLITS.get(file.get("tokenizer.ggml.pre"))
+    if split is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    tok.decoder = decoders.ByteLevel()
+    types = list(file.get("tokenizer.ggml.token_type") or [])
+    # Control tokens are special (a control token spelled outside the byte alphabet is a
+    # llama.cpp mislabel, skipped as transformers does); user-defined ones are matched whole.
+    tok.add_special_tokens(
+        [
+            AddedToken(t, normalized=False, special=True)
+            for t, kind_ in zip(tokens, types)
+            if kind_ == CONTROL and set(t) <= alphabet
+        ]
+    )
+    tok.add_tokens(
+        [
+            AddedToken(t, normalized=False, special=False)
+            for t, kind_ in zip(tokens, types)
+            if kind_ == USER_DEFINED and t in vocab
+        ]
+    )
+
+    def token(key: str) -> str | None:
+        index = file.get(f"tokenizer.ggml.{key}")
+        return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
+
+    config: dict[str, Any] = {
+        "bos_token": token("bos_token_id"),
+        "eos_token": token("eos_token_id"),
+        "unk_token": token("unknown_token_id"),
+        "pad_token": token("padding_token_id"),
+        "add_bos_token": bool(file.get("tokenizer.ggml.add_bos_token", False)),
+        "add_eos_token": bool(file.get("tokenizer.ggml.add_eos_token", False)),
+        "chat_template": file.get("tokenizer.chat_template"),
+    }
+    single, special = ["$A"], []
+    for flag, name in (("add_bos_token", "bos_token"), ("add_eos_token", "eos_token")):
+        text = config[name]
+        if config[flag] and text is not None:
+            special.append((text, vocab.get(text, tokens.index(text))))
+            single = [text, *single] if name == "bos_token" else [*single, text]
+    pair = [*single, *[x if x != "$A" else "$B" for x in single]]
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    return tok, config
+
+
+def checkpoint_files(path: str | Path) -> dict[str, str]:
+    """The small files of the checkpoint directory this file stands for (what a worker sends the
+    gateway, and what the replicas of a model must agree on)."""
+    tok, config = tokenizer_parts(path)
+    return {
+        "config.json": json.dumps(config_dict(path), indent=2, sort_keys=True),
+        "tokenizer.json": tok.to_str(),
+        "tokenizer_config.json": json.dumps(config, indent=2, sort_keys=True),
+    }
+
+
+# -- weights -----------------------------------------------------------------------------------
+
+
+class GGUFTensor:
+    """One tensor of the file under its Hugging Face name and shape; dequantized when read."""
+
+    def __init__(self, tensor: Any, unpermute_heads: int | None = None):
+        self.tensor = tensor
+        self.shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists innermost first
+        self.dtype = torch.float32
+        self.unpermute_heads = unpermute_heads
+
+    def to(self, dtype: torch.dtype) -> torch.Tensor:
+        from gguf import GGMLQuantizationType, quants
+
+        if self.tensor.tensor_type == GGMLQuantizationType.F16:
+            values = np.asarray(self.tensor.data).view(np.float16)  # straight to the serving dtype
+        else:
+            values = quants.dequantize(self.tensor.data, self.tensor.tensor_type)
+        out = torch.from_numpy(np.array(values, copy=True)).reshape(self.shape).to(dtype)
+        if self.unpermute_heads:
+            # llama.cpp interleaved each head's two halves of rows, (2, d) -> (d, 2); undo it
+            heads = self.unpermute_heads
+            out = out.reshape(heads, out.shape[0] // heads // 2, 2, *out.shape[1:])
+            out = out.transpose(1, 2).reshape(self.shape)
+        return out
+
+
+def read_tensors(path: str | Path, config: Any) -> dict[str, tuple[Path, GGUFTensor]]:
+    """Every tensor of the file under its Hugging Face name; one of a type stratus cannot read,
+    or one it does not know, is refused with its name (unknown names are kept as they are, and
+    the loader's check refuses them)."""
+    file = open_gguf(path)
+    arch = _architecture(file)
+    out: dict[str, tuple[Path, GGUFTensor]] = {}
+    for name, tensor in file.tensors.items():
+        kind = tensor.tensor_type.name
+        if kind not in DEQUANTIZED:
+            raise CheckpointError(
+                f"{file.path}: tensor {name} is {kind}; stratus reads GGUF tensors of types "
+                f"{', '.join(DEQUANTIZED)}"
+            )
+        heads = None
+        if name in TOP_LEVEL:
+            hf_name = TOP_LEVEL[name]
+        elif (match := LAYER_TENSOR.fullmatch(name)) and match[2] in PER_LAYER:
+            layer, part, suffix = match.groups()
+            hf_name = f"model.layers.{layer}.{PER_LAYER[part]}.{suffix}"
+            if arch in PERMUTED_QK and part in ("attn_q", "attn_k"):
+                heads = config.num_heads if part == "attn_q" else config.num_kv_heads
+        else:
+            hf_name = name
+        out[hf_name] = (file.path, GGUFTensor(tensor, heads))
+    return out
