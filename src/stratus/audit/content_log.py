@@ -60,7 +60,14 @@ def content_text(body: dict | None, completions: list[str] | None) -> str | None
 
 
 def completions_of(response: dict) -> list[str]:
-    """The generated texts of a chat or text completion response (a response-cache hit)."""
+    """The generated texts of a chat or text completion response, or of a Responses API
+    response (its message items), as a response-cache hit returns them."""
+    if response.get("object") == "response":
+        return [
+            "".join(p.get("text") or "" for p in item.get("content") or [] if isinstance(p, dict))
+            for item in response.get("output") or []
+            if isinstance(item, dict) and item.get("type") == "message"
+        ]
     texts = []
     for choice in response.get("choices") or []:
         message = choice.get("message") if isinstance(choice, dict) else None

@@ -107,9 +107,9 @@ class CacheSlot:
         self.gw.ctx.completions = completions_of(hit)  # for content logging, as a generation sets it
         u = hit.get("usage") or {}
         await self.gw.settle(
-            Usage(
-                prompt_tokens=u.get("prompt_tokens", 0),
-                completion_tokens=u.get("completion_tokens", 0),
+            Usage(  # chat and completions name them so; the Responses API input/output tokens
+                prompt_tokens=u.get("prompt_tokens", u.get("input_tokens", 0)),
+                completion_tokens=u.get("completion_tokens", u.get("output_tokens", 0)),
                 from_response_cache=True,
             )
         )
