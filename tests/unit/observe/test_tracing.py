@@ -122,3 +122,44 @@ def test_a_stream_runs_each_step_under_its_span(memory):
     assert spans["engine.decode"].start_time == 1_000 and spans["engine.decode"].end_time == 2_000
     assert spans["stratus.settle"].parent.span_id == generate.parent.span_id
     assert generate.attributes["stratus.completion_tokens"] == 3
+
+
+def test_without_opentelemetry_installed_tracing_is_a_no_op(tmp_path):
+    """As where the extra (and even the API) is absent: imports of opentelemetry fail."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+from stratus.observe import tracing
+from stratus.observe.logs import JsonFormatter
+from stratus.config import ConfigError, load_settings
+t = tracing.Tracing.otlp(None, "x")
+with t.request([(b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")], "GET") as root:
+    assert root is None
+    with tracing.span("s") as s:
+        assert s is None
+    assert tracing.inject({}) == {} and tracing.current_ids() is None
+try:
+    tracing.Tracing.otlp("http://127.0.0.1:4318", "x")
+except tracing.TracingUnavailable as exc:
+    assert "stratus[otel]" in str(exc)
+else:
+    raise AssertionError("an endpoint without the extra must fail")
+try:
+    load_settings({"otlp_endpoint": "http://127.0.0.1:4318"}, env={})
+except ConfigError as exc:
+    assert "stratus[otel]" in str(exc)
+else:
+    raise AssertionError("the setting must be refused")
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
