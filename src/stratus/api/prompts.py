@@ -94,6 +94,10 @@ async def chat_prompt_ids(
     """The conversation's token ids; `tools` (OpenAI's function tools) go to the template."""
     chars = sum(len(m.text()) for m in messages)
     check_text_fits(engine, chars, "messages")
+    # Tool definitions and calls are rendered too: their size counts toward working off the loop
+    # (not toward the refusal above: a template may render only part of them).
+    rendered = chars + (len(orjson.dumps(tools)) if tools else 0)
+    rendered += sum(len(c.function.arguments) for m in messages for c in m.tool_calls or [])
 
     def work() -> list[int]:
         try:
@@ -103,7 +107,7 @@ async def chat_prompt_ids(
         except ValidationError as exc:
             raise engine_error(exc) from None
 
-    return await off_loop_if_long(chars, work)
+    return await off_loop_if_long(rendered, work)
 
 
 async def completion_prompt_ids(engine: Engine, req: CompletionRequest) -> list[list[int]]:
