@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from stratus.api.deps import Gateway
+from stratus.api.schemas import CompletionRequest
 from stratus.api.streaming import DONE, JSONBody, SSEResponse, event
 from stratus.cluster.router import request_work
 from stratus.cluster.upstream import Opened, Upstream, UpstreamFailed, UpstreamPool
@@ -151,21 +152,26 @@ async def maybe_proxy(
     if upstreams is None or model in gw.state.registry.models or not await upstreams.serves(model):
         return None
     await gw.authorize(model)  # authorize; the caller learns nothing of the upstream before this
-    n = getattr(body, "n", 1) or 1
-    requested = raw.get("max_completion_tokens") or raw.get("max_tokens") or DEFAULT_MAX_TOKENS
+    # Every prompt of a completions request is n sequences upstream, as on the local engine.
+    prompts = body.prompts() if isinstance(body, CompletionRequest) else [None]
+    sequences = (getattr(body, "n", 1) or 1) * len(prompts)
+    cap_field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+    requested = getattr(body, cap_field, None) or DEFAULT_MAX_TOKENS
     prompt_estimate = _estimate_prompt_tokens(raw)
-    await gw.admit(prompt_estimate, requested * n, n)  # admit
+    await gw.admit(prompt_estimate, requested * sequences, sequences)  # admit
     payload = _forwarded(raw)
-    if "max_tokens" not in payload and "max_completion_tokens" not in payload:
-        # What admit reserved is the most the caller may get: the upstream is held to it too.
-        payload["max_tokens"] = requested
+    # What admit reserved is the most the caller may get: the upstream is held to it, under the
+    # one name the client used (a null, or a larger value under the other name, is not passed on).
+    payload.pop("max_tokens", None)
+    payload.pop("max_completion_tokens", None)
+    payload[cap_field] = requested
     wants_usage = bool(body.include_usage()) if body.stream else False  # type: ignore[attr-defined]
     if body.stream:  # type: ignore[attr-defined]
         payload["stream_options"] = {"include_usage": True}
     try:
         with span("stratus.upstream") as traced:  # to the upstream's answer; it may continue the trace
             opened = await upstreams.pool.open(
-                model, path, payload, work=request_work(prompt_estimate, requested * n)
+                model, path, payload, work=request_work(prompt_estimate, requested * sequences)
             )
             if traced is not None:
                 traced.set_attribute("stratus.upstream", opened.upstream.name)
