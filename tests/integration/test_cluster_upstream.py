@@ -323,7 +323,15 @@ def test_client_urls_never_reach_the_upstream(gateway, admin_key):
         assert c.post("/admin/upstreams", json=body).status_code == 201
         try:
             client = OpenAI(base_url=gw.url + "/v1", api_key=admin_key, max_retries=0, timeout=60)
-            sneaky = {"base_url": elsewhere.url, "url": elsewhere.url + "/v1", "api_base": elsewhere.url}
+            sneaky = {
+                "base_url": elsewhere.url,
+                "url": elsewhere.url + "/v1",
+                "api_base": elsewhere.url,
+                "user_config": {"model_list": [{"litellm_params": {"api_base": elsewhere.url}}]},
+                "aws_secret_access_key": "x",
+                "vertex_credentials": "x",
+                "Azure_AD_Token": "x",
+            }
             got = client.chat.completions.create(model="recorded", extra_body=sneaky, **CHAT)
             assert got.choices[0].message.content == "ok"
         finally:
@@ -457,6 +465,7 @@ def test_tools_and_structured_outputs_pass_through_to_the_upstream(gateway, admi
             extras = {
                 "guided_decoding_backend": "xgrammar",
                 "chat_template_kwargs": {"enable_thinking": False},
+                "stop_token_ids": [7],  # a provider extra whose name holds "token": passed on
             }
             done = client.chat.completions.create(**asked, extra_body=extras)
             streamed = client.chat.completions.create(**asked, extra_body=extras, stream=True)

@@ -121,8 +121,9 @@ def _estimate_prompt_tokens(raw: dict) -> int:
 
 
 # Fields with which some OpenAI-compatible servers (LiteLLM, for one) let a request choose its own
-# backend, credentials or headers: the upstream and its key are the operator's choice, never the
-# client's, so these are never passed on.
+# backend, credentials, headers or routing: the upstream and its key are the operator's choice,
+# never the client's, so these are never passed on. A blocklist (the issue asks for provider
+# extras to pass), so it also drops every field named like a credential (CREDENTIAL_HINTS).
 ROUTING_FIELDS = frozenset(
     {
         "api_base",
@@ -130,17 +131,34 @@ ROUTING_FIELDS = frozenset(
         "url",
         "api_key",
         "api_version",
+        "api_type",
         "extra_headers",
         "headers",
         "custom_llm_provider",
+        "user_config",  # LiteLLM: a whole router config (model list, api_base, api_key) per request
+        "model_list",
+        "fallbacks",
+        "organization",
+        "deployment_id",
+        "vertex_project",
+        "vertex_location",
+        "aws_region_name",
     }
 )
+# e.g. aws_secret_access_key, aws_session_token, azure_ad_token, vertex_credentials
+CREDENTIAL_HINTS = ("api_key", "access_key", "secret", "credential", "password", "session_token", "ad_token")
+
+
+def _routing(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in ROUTING_FIELDS or any(h in lowered for h in CREDENTIAL_HINTS)
 
 
 def _forwarded(raw: dict) -> dict:
     """What the client sent, as sent (tools, response_format, logit_bias, provider extras: the
-    upstream acts on them), less the routing fields; the gateway's own checks have passed."""
-    return {k: v for k, v in raw.items() if k not in ROUTING_FIELDS}
+    upstream acts on them), less the routing and credential fields; the gateway's own checks have
+    passed."""
+    return {k: v for k, v in raw.items() if not _routing(k)}
 
 
 async def maybe_proxy(
