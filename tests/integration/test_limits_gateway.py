@@ -367,5 +367,7 @@ def test_concurrency_limits_count_sequences_not_requests(server):
     assert four.status_code == two_by_two.status_code == 429
     message = four.json()["error"]["message"]
     assert "concurrent sequences" in message and "this request needs 4" in message
+    assert "fewer prompts or a smaller n" in message
+    assert four.headers["x-should-retry"] == "false"  # it can never fit: retrying cannot help
     assert three.status_code == 200 and len(three.json()["choices"]) == 3
     assert counter_value(server, "fanout", "concurrent") == 0  # all three slots freed

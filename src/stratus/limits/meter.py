@@ -48,12 +48,15 @@ log = logging.getLogger("stratus.limits")
 
 
 class LimitExceeded(Exception):
-    def __init__(self, message: str, kind: str, retry_after: int, headers: dict[str, str]):
+    def __init__(
+        self, message: str, kind: str, retry_after: int, headers: dict[str, str], never: bool = False
+    ):
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.retry_after = retry_after
         self.headers = headers
+        self.never = never  # the request alone exceeds the limit: retrying it cannot help
 
     @property
     def quota(self) -> bool:
@@ -184,7 +187,8 @@ class Meter:
         if not decision.allowed:
             item = items[decision.refused]
             wait = retry_after(item, now)
-            raise LimitExceeded(refusal_message(item, decision.current, now), item.kind, wait, headers)
+            message = refusal_message(item, decision.current, now)
+            raise LimitExceeded(message, item.kind, wait, headers, never=item.amount > item.limit)
         return limiter, headers
 
     async def settle(

@@ -317,7 +317,12 @@ def refusal_message(item: Item, current: int, now: float) -> str:
         need = f"this request needs {item.amount} and {current} are in use"
     text = f"Limit reached: {what} for {item.rule.describe()} is {limit_text}; {need}."
     if item.amount > item.limit:
-        return text + " The request alone exceeds the limit: send fewer tokens or a smaller max_tokens."
+        smaller = (
+            "fewer prompts or a smaller n"
+            if item.kind == "concurrent"
+            else "fewer tokens or a smaller max_tokens"
+        )
+        return text + f" The request alone exceeds the limit: send {smaller}."
     return text + f" Retry after {retry_after(item, now)} s."
 
 

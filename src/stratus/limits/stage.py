@@ -42,8 +42,9 @@ LEDGER_SPOOL_FILE = "ledger-spool.jsonl"  # in the data directory: rows the data
 
 def too_many(exc: LimitExceeded) -> APIError:
     headers = {**exc.headers, "Retry-After": str(exc.retry_after)}
-    if exc.quota and exc.retry_after > 60:
-        headers["x-should-retry"] = "false"  # a quota that resets tomorrow: clients must not spin
+    if exc.never or (exc.quota and exc.retry_after > 60):
+        # the request alone exceeds the limit, or a quota resets tomorrow: clients must not spin
+        headers["x-should-retry"] = "false"
     code = "insufficient_quota" if exc.quota else "rate_limit_exceeded"
     return APIError(429, exc.message, code=code, headers=headers)
 
