@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -78,7 +79,14 @@ class EngineCore:
         self.generated_tokens_total = 0
         self.prompt_tokens_total = 0
         self._failures: dict[str, str] = {}  # request id -> why it failed (take_failures)
-        self._grammar_vocab: GrammarVocab | None = None  # built for the first guided request
+        # The vocabulary guided decoding needs (0.4 s for a 49k vocabulary) is built beside the
+        # start-up, not inside the step loop on the first guided request, which would stall
+        # every sequence in the batch meanwhile.
+        self._grammar_vocab: GrammarVocab | None = None
+        self._grammar_vocab_built = threading.Thread(
+            target=self._build_grammar_vocab, name="stratus-grammar-vocab", daemon=True
+        )
+        self._grammar_vocab_built.start()
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set(self.model_config.eos_token_ids)
@@ -133,11 +141,20 @@ class EngineCore:
         self.requests[request.request_id] = seqs
         self.prompt_tokens_total += len(ids)
 
-    def _constraint(self, grammar: str) -> Constraint:
-        """A sequence's grammar state; the vocabulary it needs is built on first use."""
-        if self._grammar_vocab is None:
+    def _build_grammar_vocab(self) -> None:
+        try:
             width = self.model_config.vocab_size
             self._grammar_vocab = GrammarVocab(self.tokenizer.to_json(), width, sorted(self.eos_token_ids))
+        except Exception:  # guided requests will fail with the reason; nothing else depends on it
+            log.exception("could not build the vocabulary for guided decoding")
+
+    def _constraint(self, grammar: str) -> Constraint:
+        """A sequence's grammar state."""
+        self._grammar_vocab_built.join()
+        if self._grammar_vocab is None:
+            raise GrammarError(
+                "guided decoding is unavailable for this model (its vocabulary could not be read)"
+            )
         return Constraint(self._grammar_vocab, grammar)
 
     @staticmethod
