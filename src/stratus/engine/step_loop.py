@@ -6,6 +6,7 @@ commands arrive (`next_command`) and results leave (`publish`) differs.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,26 @@ NextCommand = Callable[[float | None], Command | None]  # timeout None: don't wa
 Publish = Callable[[Result], None]
 
 STATS_INTERVAL_S = 0.1
+TRIM_INTERVAL_S = 10.0  # at most this often, the heap is trimmed when the engine goes idle
+
+
+class HeapTrimmer:
+    """Gives freed heap back to the system when the engine goes idle: glibc keeps what a burst
+    of new batch shapes freed, so an engine would otherwise hold its peak (docs/ENGINE.md).
+    A no-op where the C library is not glibc."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.trim: Callable[[int], int] | None
+        try:
+            self.trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            self.trim = None
+
+    def idle(self, now: float) -> None:
+        if self.trim is not None and now - self.last >= TRIM_INTERVAL_S:
+            self.trim(0)
+            self.last = now
 
 
 class Pacer:
@@ -59,6 +80,7 @@ def run_step_loop(core: EngineCore, next_command: NextCommand, publish: Publish)
     last_stats = 0.0
     rate = core.config.max_tokens_per_second
     pacer = Pacer(rate) if rate else None
+    trimmer = HeapTrimmer()
     while True:
         wait = None if core.has_work() else 0.5
         if pacer is not None and wait is None:
@@ -94,6 +116,8 @@ def run_step_loop(core: EngineCore, next_command: NextCommand, publish: Publish)
             last_stats = now
         if deltas:
             publish(Deltas(deltas))
+        if deltas and not core.has_work():  # the last sequence just finished
+            trimmer.idle(now)
 
 
 def _apply(core: EngineCore, command: AddRequest | AbortRequest | Embed, publish: Publish) -> None:
