@@ -13,7 +13,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,7 +83,6 @@ class EngineCore:
         # start-up, not inside the step loop on the first guided request, which would stall
         # every sequence in the batch meanwhile.
         self._grammar_vocab: GrammarVocab | None = None
-        self._mask_thread: ThreadPoolExecutor | None = None  # started by the first guided step
         self._grammar_vocab_built = threading.Thread(
             target=self._build_grammar_vocab, name="stratus-grammar-vocab", daemon=True
         )
@@ -193,13 +191,10 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if not batch.items:
             return []
-        masks = self._prefetch_masks(batch)
         try:
             finishing, logits = self.runner.run(batch)
         except Exception as exc:
             finishing, logits = self._run_one_by_one(batch, exc)
-        if masks is not None:
-            masks.result()  # never raises: a failed prefetch is recomputed, and reported, in its row
         for seq, n in batch.items:
             if not seq.finished:
                 seq.num_computed_tokens += n
@@ -222,16 +217,6 @@ class EngineCore:
         self._recent.append((now, len(finishing)))
         self.generated_tokens_total += len(finishing)
         return deltas
-
-    def _prefetch_masks(self, batch: ScheduledBatch) -> Future | None:
-        """The guided sequences' next masks, computed in a thread while the forward pass runs
-        (both release the GIL); `_sample` then copies them instead of computing them."""
-        guided = [seq.constraint for seq, _ in batch.items if seq.constraint is not None]
-        if not guided:
-            return None
-        if self._mask_thread is None:
-            self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="stratus-masks")
-        return self._mask_thread.submit(_prefetch_all, guided)
 
     def _sample(self, logits: torch.Tensor, finishing: list[Sequence]):
         # Logprobs describe the model's own distribution, before penalties and temperature.
@@ -464,8 +449,3 @@ class EngineCore:
             blocks += need
         if batch:
             yield batch
-
-
-def _prefetch_all(constraints: list[Constraint]) -> None:
-    for constraint in constraints:
-        constraint.prefetch()

@@ -164,46 +164,24 @@ class Constraint:
     def __init__(self, vocab: GrammarVocab, grammar: str):
         self.vocab = vocab
         self.matcher = vocab.matcher(grammar)
-        self.consumed = 0  # tokens fed to the matcher: what a prefetched mask was computed after
-        self._prefetched: tuple[int, torch.Tensor] | None = None
         self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
         if self.matcher.is_error():
             raise GrammarError(self.matcher.get_error()[:500])
 
-    def prefetch(self) -> None:
-        """Compute the next step's mask now (the engine calls this from a thread while the
-        forward pass runs: llguidance releases the GIL); `fill` then only copies it. A failure
-        here is left for `fill` to meet again and report in its own row."""
-        try:
-            mask = torch.empty(self.vocab.words, dtype=torch.int32)
-            self._compute(mask)
-            self._prefetched = (self.consumed, mask)
-        except Exception:
-            self._prefetched = None
-
-    def _compute(self, row: torch.Tensor) -> None:
+    def fill(self, row: torch.Tensor) -> None:
+        """Write the allowed tokens of the next step into `row` (int32 words, one bit per token)."""
         self._raise_if_failed()
         self.matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
         self._raise_if_failed()
 
-    def fill(self, row: torch.Tensor) -> None:
-        """Write the allowed tokens of the next step into `row` (int32 words, one bit per token)."""
-        ready, self._prefetched = self._prefetched, None
-        if ready is not None and ready[0] == self.consumed:
-            row.copy_(ready[1])
-        else:
-            self._compute(row)
-
     def consume(self, token: int) -> None:
-        self.consumed += 1
         if not self.matcher.consume_token(token):
             raise GrammarError(self.matcher.get_error()[:500] or f"token {token} breaks the grammar")
 
     def consume_all(self, tokens: list[int]) -> None:
         """Tokens generated elsewhere (a stream resumed on this replica)."""
-        self.consumed += len(tokens)
         if tokens and not self.matcher.consume_tokens(tokens):
             raise GrammarError(self.matcher.get_error()[:500] or "the resumed tokens break the grammar")
 

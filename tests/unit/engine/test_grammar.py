@@ -98,22 +98,3 @@ def test_a_grammar_that_does_not_compile_is_refused_at_admission(core):
     with pytest.raises(ValidationError, match="grammar"):
         core.add_request(GenerateRequest(prompt="x", params=SamplingParams(grammar="start: nowhere", n=2)))
     assert not core.has_work() and not core.requests
-
-
-def test_masks_are_computed_beside_the_forward_pass(core, monkeypatch):
-    """Each step's masks are computed in the mask thread while the forward pass runs, then only
-    copied into the logits: none is computed twice, none on the step loop's thread."""
-    import threading
-
-    where: list[str] = []
-    real = grammar.Constraint._compute
-
-    def compute(self, row):
-        where.append(threading.current_thread().name)
-        real(self, row)
-
-    monkeypatch.setattr(grammar.Constraint, "_compute", compute)
-    out = run(core, guided("overlap", temperature=0))
-    assert out["overlap"][1] == "stop"
-    assert where and all(name.startswith("stratus-masks") for name in where)
-    assert len(where) == len(out["overlap"][2])  # one per sampled token
