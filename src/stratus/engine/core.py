@@ -62,10 +62,30 @@ class EngineCore:
         self.runner = ModelRunner(self.path, self.model_config, self.config, self.max_model_len)
         pool_tokens = self.runner.num_blocks * self.config.block_size
         if pool_tokens < self.max_model_len:
-            raise ValueError(
-                f"KV cache pool holds {pool_tokens} tokens, less than the context window "
-                f"{self.max_model_len}: raise kv_cache_memory_mb or lower max_model_len"
+            if self.config.max_model_len:  # asked for: refuse rather than serve less
+                raise ValueError(
+                    f"KV cache pool holds {pool_tokens} tokens, less than the context window "
+                    f"{self.max_model_len} asked for: raise kv_cache_memory_mb or lower max_model_len"
+                )
+            log.warning(
+                "%s: the KV cache pool holds %d tokens, less than the model's context window of %d: "
+                "serving a context of %d tokens (raise --kv-cache-memory-mb to serve more)",
+                self.path.name,
+                pool_tokens,
+                self.max_model_len,
+                pool_tokens,
             )
+            self.max_model_len = pool_tokens
+        log.info(
+            "%s: weights %.0f MiB, KV pool %d tokens (%.0f MiB), context %d tokens, %d full-length "
+            "sequences at once",
+            self.path.name,
+            self.runner.weight_bytes / 2**20,
+            pool_tokens,
+            sum(c.numel() * c.element_size() for c in self.runner.kv_caches) / 2**20,
+            self.max_model_len,
+            pool_tokens // self.max_model_len,
+        )
         self.blocks = BlockManager(
             self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching
         )

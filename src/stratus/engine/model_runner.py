@@ -34,6 +34,8 @@ class ModelRunner:
 
         model.rope = RotaryEmbedding(model_config, max_model_len).to(self.device)
         load_weights(model, path, self.dtype)
+        # what the weights hold as loaded (quantized layers keep theirs as buffers), before packing
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         if packing_available(self.device, self.dtype):  # float32 on the CPU: see packed_linear.py
             pack_linears(model)
         self.model = model.eval()

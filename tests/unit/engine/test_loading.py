@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from stratus.engine import CheckpointError, EngineConfig, EngineCore, ValidationError
 from stratus.engine.tokenizer import Tokenizer
+from stratus.engine.types import GenerateRequest, SamplingParams
 
 
 @pytest.fixture
@@ -64,9 +65,23 @@ def test_corrupt_safetensors(ckpt):
         load(ckpt)
 
 
-def test_pool_smaller_than_context_window_is_refused(llama_dir):
-    with pytest.raises(ValueError, match="KV cache pool holds 32 tokens"):
-        EngineCore(llama_dir, EngineConfig(num_kv_blocks=2))
+def test_a_pool_smaller_than_the_models_context_caps_the_context_served(llama_dir, caplog):
+    """The model's own window does not fit: serve what fits and say so (it used to refuse to
+    start, which a new user met with the defaults and a real 8,192-token model)."""
+    with caplog.at_level("INFO", logger="stratus.engine"):
+        core = EngineCore(llama_dir, EngineConfig(num_kv_blocks=2))
+    assert core.max_model_len == 32
+    assert "serving a context of 32 tokens" in caplog.text
+    assert "context 32 tokens, 1 full-length sequences at once" in caplog.text
+    with pytest.raises(ValidationError, match="context"):  # a longer prompt is refused as usual
+        core.prepare(GenerateRequest(prompt_token_ids=list(range(40)), params=SamplingParams(max_tokens=1)))
+
+
+def test_a_context_asked_for_that_does_not_fit_is_refused(llama_dir):
+    with pytest.raises(
+        ValueError, match="KV cache pool holds 32 tokens, less than the context window 64 asked"
+    ):
+        EngineCore(llama_dir, EngineConfig(num_kv_blocks=2, max_model_len=64))
 
 
 def test_chat_template_renders_and_reads_chat_template_jinja(ckpt):
