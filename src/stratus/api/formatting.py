@@ -106,6 +106,14 @@ class ChatFormat(_Format):
         self.tools = tools  # the model's tool-call format, when tools were offered
         self._streams: dict[int, tool_calls.StreamCalls] = {}
 
+    def restamp(self, body: dict) -> dict:
+        """A cached answer made fresh: its tool calls get new ids too (a client matches tool
+        results to calls by id, so two answers must never share one)."""
+        for choice in body.get("choices", []):
+            for call in choice.get("message", {}).get("tool_calls") or []:
+                call["id"] = tool_calls.new_call_id()
+        return super().restamp(body)
+
     def response(self, choices: list[Choice], usage: Usage) -> dict:
         body = self._head(self.object)
         body["choices"] = [self._choice(c) for c in choices]

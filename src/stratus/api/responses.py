@@ -184,7 +184,12 @@ class ResponsesFormat(ChatFormat):
         self.finish: str | None = None
 
     def restamp(self, body: dict) -> dict:
-        """A cached Response made to look like a fresh answer to this request."""
+        """A cached Response made to look like a fresh answer to this request, its function
+        calls with new ids."""
+        for item in body.get("output", []):
+            if item.get("type") == "function_call":
+                item["call_id"] = tool_calls.new_call_id()
+                item["id"] = f"fc_{item['call_id'].removeprefix('call_')}"
         body.update(id=self.id, created_at=self.created, model=self.model)
         return body
 

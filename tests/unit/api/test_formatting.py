@@ -60,3 +60,22 @@ def test_restamp_gives_a_cached_body_a_fresh_identity():
     old = ChatFormat("old", "m", logprobs=False).response([choice(0)], USAGE)
     new = ChatFormat("new", "m", logprobs=False)
     assert new.restamp(dict(old))["id"] == "chatcmpl-new"
+
+
+def test_a_cached_answer_gets_new_tool_call_ids():
+    """A client matches tool results to calls by id: an answer served again from the cache must
+    not carry the ids of the first one."""
+    from stratus.api import tool_calls
+    from stratus.api.responses import ResponsesFormat, ResponsesRequest
+
+    hermes = tool_calls.FORMATS["hermes"]
+    chat = ChatFormat("r1", "m", False, tools=hermes)
+    call = {"id": "call_old", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": [dict(call)]}}]}
+    fresh = ChatFormat("r2", "m", False, tools=hermes).restamp(body)
+    assert fresh["choices"][0]["message"]["tool_calls"][0]["id"] not in ("call_old", "")
+    assert fresh["id"] == "chatcmpl-r2" and chat.id == "chatcmpl-r1"
+    item = {"type": "function_call", "id": "fc_old", "call_id": "call_old", "name": "f", "arguments": "{}"}
+    responses = ResponsesFormat("r3", ResponsesRequest.model_validate({"model": "m", "input": "x"}), hermes)
+    again = responses.restamp({"output": [item]})
+    assert again["output"][0]["call_id"] != "call_old" and again["output"][0]["id"] != "fc_old"
