@@ -82,6 +82,10 @@ class _Format:
         body["usage"] = usage_dict(usage)
         return body
 
+    def error_chunk(self, body: dict) -> dict:
+        """The event that ends a stream which failed midway: OpenAI's error envelope."""
+        return body
+
     def restamp(self, body: dict) -> dict:
         """A cached body made to look like a fresh answer to this request."""
         body.update(id=self.id, created=self.created, model=self.model)

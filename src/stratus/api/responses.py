@@ -336,6 +336,13 @@ class ResponsesFormat(ChatFormat):
             self._event("response.output_item.done", output_index=index, item=item),
         ]
 
+    def error_chunk(self, body: dict) -> dict:
+        """A stream that failed midway ends with the Responses API's `error` event."""
+        error = body.get("error", {})
+        return self._event(
+            "error", code=error.get("code"), message=error.get("message"), param=error.get("param")
+        )
+
     def usage_chunk(self, usage: Usage) -> dict:
         output = self.output + ([self._message(self.text)] if self.message_open else [])
         status = "incomplete" if self.finish == "length" else "completed"

@@ -44,6 +44,7 @@ class Formatter(Protocol):
     def start_chunks(self, num_choices: int) -> list[dict]: ...
     def delta_chunks(self, index: int, delta: Delta) -> list[dict]: ...
     def usage_chunk(self, usage: Usage) -> dict: ...
+    def error_chunk(self, body: dict) -> dict: ...
 
 
 def event(obj: dict) -> bytes:
@@ -133,9 +134,8 @@ async def _events(
         with anyio.CancelScope(shield=True):
             await gen.finish()
         if gen.outcome == "aborted":
-            yield event(
-                APIError(503, "The generation was stopped because the server is shutting down.").body()
-            )
+            stopped = APIError(503, "The generation was stopped because the server is shutting down.")
+            yield event(fmt.error_chunk(stopped.body()))
         elif include_usage:
             yield event(fmt.usage_chunk(gen.usage()))
         yield DONE
@@ -146,7 +146,7 @@ async def _events(
         raise
     except Exception as exc:
         outcome = "error"
-        yield event(check_engine_failure(exc, gen.gw.ctx.request_id).body())
+        yield event(fmt.error_chunk(check_engine_failure(exc, gen.gw.ctx.request_id).body()))
         yield DONE
     finally:
         with anyio.CancelScope(shield=True):

@@ -79,3 +79,14 @@ def test_a_cached_answer_gets_new_tool_call_ids():
     responses = ResponsesFormat("r3", ResponsesRequest.model_validate({"model": "m", "input": "x"}), hermes)
     again = responses.restamp({"output": [item]})
     assert again["output"][0]["call_id"] != "call_old" and again["output"][0]["id"] != "fc_old"
+
+
+def test_a_failed_stream_ends_with_the_error_event_of_its_api():
+    from stratus.api.responses import ResponsesFormat, ResponsesRequest
+
+    envelope = {"error": {"message": "boom", "type": "server_error", "param": None, "code": "x"}}
+    assert ChatFormat("r", "m", False).error_chunk(envelope) == envelope
+    responses = ResponsesFormat("r", ResponsesRequest.model_validate({"model": "m", "input": "x"}), None)
+    responses.start_chunks(1)
+    failed = responses.error_chunk(envelope)
+    assert failed == {"type": "error", "sequence_number": 2, "code": "x", "message": "boom", "param": None}
