@@ -84,6 +84,9 @@ def check_text_fits(engine: Engine, chars: int, param: str) -> None:
         )
 
 
+MESSAGE_RENDER_CHARS = 64  # what one message costs to render, as characters, beyond its content
+
+
 async def off_loop_if_long(chars: int, fn, *args):
     return await asyncio.to_thread(fn, *args) if chars > OFF_LOOP_CHARS else fn(*args)
 
@@ -98,6 +101,8 @@ async def chat_prompt_ids(
     # (not toward the refusal above: a template may render only part of them).
     rendered = chars + (len(orjson.dumps(tools)) if tools else 0)
     rendered += sum(len(c.function.arguments) for m in messages for c in m.tool_calls or [])
+    # and every message is a turn of the template's own text and steps, even an empty one
+    rendered += MESSAGE_RENDER_CHARS * len(messages)
 
     def work() -> list[int]:
         try:

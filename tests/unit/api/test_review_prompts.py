@@ -60,3 +60,15 @@ def test_a_small_request_stays_on_the_loop():
     tok = RecordingTokenizer()
     asyncio.run(chat_prompt_ids(_engine(tok), chat.messages))
     assert tok.threads == [threading.main_thread().name]
+
+
+def test_many_empty_messages_are_rendered_off_the_event_loop():
+    """Content length alone said 0 for a body of thousands of empty messages, yet each is a turn
+    the template renders: such a body was rendered on the loop."""
+    from stratus.api.prompts import MESSAGE_RENDER_CHARS
+
+    count = OFF_LOOP_CHARS // MESSAGE_RENDER_CHARS + 1
+    chat = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": ""}] * count)
+    tok = RecordingTokenizer()
+    asyncio.run(chat_prompt_ids(_engine(tok), chat.messages))
+    assert tok.threads and tok.threads[-1] != threading.main_thread().name
