@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from stratus.engine.config import EngineConfig
+from stratus.hub import HubError, parse_source
 from stratus.names import MODEL_NAME_RE
 
 ENV_PREFIX = "STRATUS_"
@@ -45,7 +46,7 @@ POOLING_MODES = ("last", "mean", "cls")  # engine/pooling.py; checked there too
 
 @dataclass
 class Settings:
-    models: dict[str, str] = field(default_factory=dict)  # name -> checkpoint dir; empty: demo
+    models: dict[str, str] = field(default_factory=dict)  # name -> checkpoint or org/repo; empty: demo
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: str = "data"
@@ -174,14 +175,20 @@ def demo_model_path() -> Path:
 
 
 def parse_model_spec(spec: str, source: str = "--model") -> tuple[str, str]:
-    """'NAME=PATH' -> (NAME, PATH); a bare PATH is named after its directory."""
+    """'NAME=PATH' -> (NAME, PATH); a bare PATH is named after its directory, a bare Hugging Face
+    name org/repo[@revision] after its repo id. PATH may be a Hugging Face name (hub.py: fetched
+    when the command starts); a spec that is neither a path nor such a name is refused."""
     name, sep, path = spec.partition("=")
-    if not sep:
-        path = spec
-        name = Path(spec.rstrip("/")).name
-    name, path = name.strip(), path.strip()
+    path = path.strip() if sep else spec.strip()
     if not path:
         raise ConfigError(f"{source}: {spec!r} has no path; use NAME=PATH")
+    try:
+        hub_name = parse_source(path)
+    except HubError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if not sep:
+        name = hub_name.repo if hub_name else Path(path.rstrip("/")).name
+    name = name.strip()
     if not MODEL_NAME_RE.match(name):
         raise ConfigError(
             f"{source}: model name {name!r} must start with a letter or digit and use only "

@@ -180,7 +180,9 @@ def ray_options(func):
     "models",
     multiple=True,
     metavar="NAME=PATH",
-    help="A Hugging Face checkpoint directory to serve as NAME; repeat for several models. "
+    help="A Hugging Face checkpoint directory, a GGUF file, or a Hugging Face name "
+    "org/repo[@revision][:file.gguf] (fetched into the HF cache; HF_HUB_OFFLINE=1: cache only) to "
+    "serve as NAME; repeat for several models. "
     "Default: the bundled demo model as 'demo'. [env: STRATUS_MODELS=a=/p,b=/q]",
 )
 @click.option("--host", default=None, help=f"Address to listen on. [default: {_default('host')}]")
@@ -407,6 +409,7 @@ def serve(models: tuple[str, ...], config_file: str | None, **flags: Any) -> Non
     Examples:
       stratus serve                                  # the demo model as 'demo' on 127.0.0.1:8000
       stratus serve --model llama=/models/llama-3.2-1b --port 9000
+      stratus serve --model smol=HuggingFaceTB/SmolLM2-135M-Instruct   # fetched into the HF cache
       STRATUS_PORT=9000 stratus serve                # every flag has a STRATUS_* variable
 
     SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish for up to
@@ -426,10 +429,23 @@ def serve(models: tuple[str, ...], config_file: str | None, **flags: Any) -> Non
     sys.exit(run_server(settings))
 
 
+def _resolve_models(settings: Settings) -> None:
+    """Hugging Face names in --model become their local snapshots (downloaded unless cached), once."""
+    from stratus.hub import HubError, resolve_model
+
+    try:
+        settings.models = {name: str(resolve_model(spec)) for name, spec in settings.models.items()}
+    except HubError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _check_models(settings: Settings) -> None:
     for name, path in settings.model_paths().items():
         if not (path / "config.json").is_file() and not is_gguf(path):
-            hint = "Pass --model NAME=PATH with a Hugging Face checkpoint directory or a GGUF file."
+            hint = (
+                "Pass --model NAME=PATH with a Hugging Face checkpoint directory or a GGUF file, "
+                "or NAME=org/repo for a Hugging Face name."
+            )
             if not settings.models:
                 hint = "Train it with `make demo-model`, or " + hint[0].lower() + hint[1:]
             raise click.ClickException(
@@ -496,6 +512,7 @@ def build_server(settings: Settings):
         value = getattr(settings, name)
         if value and not Path(value).is_file():
             raise click.ClickException(f"--{name.replace('_', '-')}: no file at {value}")
+    _resolve_models(settings)
     _check_models(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     hooks = access_hooks(settings)

@@ -56,7 +56,11 @@ WORKER_DEFAULTS: dict[str, Any] = {"port": 8100}
 
 _WORKER_OPTIONS = [
     click.option(
-        "--model", "model_spec", required=True, metavar="NAME=PATH", help="The checkpoint to serve."
+        "--model",
+        "model_spec",
+        required=True,
+        metavar="NAME=PATH",
+        help="The checkpoint to serve: a directory, a GGUF file, or a Hugging Face name org/repo[@rev].",
     ),
     click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on."),
     click.option("--port", type=int, default=8100, show_default=True, help="Port (0: any free one)."),
@@ -193,6 +197,12 @@ def worker_options(
         raise click.UsageError(
             "a cluster secret is required: set STRATUS_CLUSTER_SECRET or --cluster-secret-file"
         )
+    from stratus.hub import HubError, resolve_model
+
+    try:
+        path = str(resolve_model(path))  # a Hugging Face name: its snapshot in the cache
+    except HubError as exc:
+        raise click.ClickException(str(exc)) from None
     if not (Path(path) / "config.json").is_file() and not is_gguf(path):
         raise click.ClickException(
             f"model '{name}': no checkpoint at {path} (config.json missing, and not a GGUF file)"
