@@ -14,7 +14,6 @@ Stateless: nothing is stored, so `store` is answered false and `previous_respons
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -175,7 +174,6 @@ class ResponsesFormat(ChatFormat):
         super().__init__(request_id, body.model, False, True, tools)  # a stream ends with its usage
         self.id = f"resp_{request_id}"
         self.body = body
-        self.created = int(time.time())
         self.seq = 0
         self.message_id = f"msg_{new_id()}"  # the open message's
         self.text = ""  # the open message's text so far

@@ -161,15 +161,24 @@ def _forwarded(raw: dict) -> dict:
     return {k: v for k, v in raw.items() if not _routing(k)}
 
 
+async def served_upstream(gw: Gateway, model: str) -> Upstreams | None:
+    """The upstreams, if `model` is served by an OpenAI-compatible upstream (and by no replica
+    here). The caller is authorized for it first: it learns nothing of the upstream before that."""
+    upstreams = gw.state.upstreams
+    if upstreams is None or model in gw.state.registry.models or not await upstreams.serves(model):
+        return None
+    await gw.authorize(model)
+    return upstreams
+
+
 async def maybe_proxy(
     request: Request, gw: Gateway, path: str, body: BaseModel, raw: dict
 ) -> Response | None:
     """The response if `body.model` is an upstream model (and no replica here serves it), else None."""
-    upstreams = gw.state.upstreams
     model = body.model  # type: ignore[attr-defined]
-    if upstreams is None or model in gw.state.registry.models or not await upstreams.serves(model):
+    upstreams = await served_upstream(gw, model)
+    if upstreams is None:
         return None
-    await gw.authorize(model)  # authorize; the caller learns nothing of the upstream before this
     # Every prompt of a completions request is n sequences upstream, as on the local engine.
     prompts = body.prompts() if isinstance(body, CompletionRequest) else [None]
     sequences = (getattr(body, "n", 1) or 1) * len(prompts)

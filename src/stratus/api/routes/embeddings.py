@@ -25,6 +25,7 @@ from stratus.api.embeddings import (
 from stratus.api.errors import ErrorResponse
 from stratus.api.generation import ClientDisconnected, check_engine_failure, until_disconnected
 from stratus.api.routes.common import errors, json_body
+from stratus.api.upstream_proxy import served_upstream
 from stratus.cluster.replica import EmbeddingsUnsupported
 from stratus.engine.pooling import Pooling
 from stratus.request.context import Usage
@@ -59,13 +60,7 @@ async def embeddings(
 ) -> Response:
     body = parsed_body.body
     state, ctx = gw.state, gw.ctx
-    upstreams = state.upstreams
-    if (
-        upstreams is not None
-        and body.model not in state.registry.models
-        and await upstreams.serves(body.model)
-    ):
-        await gw.authorize(body.model)
+    if await served_upstream(gw, body.model) is not None:
         raise unsupported(
             f"The model '{body.model}' is served by an OpenAI-compatible upstream; embeddings "
             "are not proxied to upstreams."

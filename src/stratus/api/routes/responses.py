@@ -14,6 +14,7 @@ from stratus.api.errors import validation_message
 from stratus.api.responses import ResponsesFormat, ResponsesRequest
 from stratus.api.routes.chat import serve_chat
 from stratus.api.routes.common import GENERATION_ERRORS, json_body
+from stratus.api.upstream_proxy import served_upstream
 from stratus.request.errors import APIError
 
 router = APIRouter(tags=["openai"])
@@ -36,13 +37,7 @@ async def create_response(
     parsed_body: Annotated[Parsed[ResponsesRequest], parsed(ResponsesRequest)],
 ) -> Response:
     body, raw = parsed_body.body, parsed_body.raw
-    upstreams = gw.state.upstreams
-    if (
-        upstreams is not None
-        and body.model not in gw.state.registry.models
-        and await upstreams.serves(body.model)
-    ):
-        await gw.authorize(body.model)  # the caller learns nothing of the upstream before this
+    if await served_upstream(gw, body.model) is not None:
         raise APIError(
             400,
             "The Responses API is not available for models served by upstreams yet; use chat completions.",
