@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP   := $(VENV)/.installed-dev
 
-.PHONY: serve test fault install install-dev lint bench charts demo-model clean
+.PHONY: serve test fault install install-dev browser lint bench charts demo-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,21 @@ install-dev: $(DEV_STAMP)
 serve: install
 	$(BIN)/stratus serve $(ARGS)
 
-test: install-dev
+test: install-dev browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The dashboard's browser test (tests/integration/test_dashboard.py) drives Debian's Chromium, never
+# a downloaded browser: installed here when missing and this runs as root with apt-get; otherwise
+# that test skips and says how to enable it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q chromium >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+	      || echo "chromium could not be installed: the dashboard test will skip"; \
+	  else \
+	    echo "no chromium (install it: apt-get install -y chromium): the dashboard test will skip"; \
+	  fi; }
 
 # The fault suite at full length (CI runs it in its short form within `make test`):
 # docs/RELIABILITY.md lists each scenario and its last figures.

@@ -53,7 +53,8 @@ MATRIX = [
     ("GET", "/ready", "/ready", None, {**every(503), **{who: 401 for who in NO_CREDENTIAL[1:]}}),
     ("GET", "/openapi.json", "/openapi.json", None, every(200)),
     ("GET", "/docs", "/docs", None, every(200)),
-    ("GET", "/docs/oauth2-redirect", "/docs/oauth2-redirect", None, every(200)),
+    ("GET", "/ui", "/ui", None, every(200)),  # the dashboard's files; its data comes from the API
+    ("GET", "/ui/{path:path}", "/ui/app.js", None, every(200)),
     ("GET", "/metrics", "/metrics", None, only(200, {"admin", "auditor", "viewer"})),
     ("GET", "/v1/models", "/v1/models", None, only(200, USERS | {"wrong_team"})),
     ("GET", "/v1/models/{model_id:path}", "/v1/models/m-a", None, only(200, USERS, wrong_team=404)),
@@ -90,6 +91,7 @@ MATRIX = [
     ("PUT", "/admin/limits", "/admin/limits", {"scope": "team", "subject": "alpha", "rpm": 60}, only(200, {"admin", "team_admin"})),
     ("DELETE", "/admin/limits", "/admin/limits?scope=team&subject=alpha", None, only(200, {"admin", "team_admin"})),
     ("GET", "/admin/audit", "/admin/audit", None, only(200, {"admin", "auditor"})),
+    ("GET", "/admin/audit/verify", "/admin/audit/verify", None, only(200, {"admin", "auditor"})),
     ("GET", "/admin/alerts", "/admin/alerts", None, only(200, {"admin", "auditor"})),
     ("GET", "/admin/audit/content", "/admin/audit/content", None, only(200, {"admin", "auditor"})),
     ("GET", "/admin/lockouts", "/admin/lockouts", None, only(200, {"admin", "auditor"})),

@@ -41,6 +41,7 @@ from stratus.api.routes import (
     ops,
     responses,
     tokenize,
+    ui,
     upstreams,
     usage,
 )
@@ -134,6 +135,7 @@ def create_app(
         version=stratus.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs is routes/ui.py: Swagger UI from the package, not a CDN
         redoc_url=None,
     )
     app.state.stratus = state
@@ -150,6 +152,7 @@ def create_app(
         admin,
         usage,
         admin_audit,
+        ui,
     ):
         app.include_router(module.router)
     from stratus.api.routes import cluster_admin  # POST /admin/cluster/scale (Ray replicas)

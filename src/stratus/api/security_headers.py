@@ -1,7 +1,8 @@
 """Security headers on every response: nosniff, a strict CSP, no framing, no referrer; HSTS on HTTPS.
 
-The CSP allows only same-origin resources (the dashboard is served by the gateway itself);
-/docs, FastAPI's Swagger page, also needs its inline bootstrap script and the CDN it loads from.
+The CSP allows only same-origin resources, no inline script and no eval: the dashboard (/ui) and
+Swagger UI (/docs) are files the gateway serves itself (api/routes/ui.py), their scripts loaded
+from files, never inline; `connect-src 'self'` keeps the pages' API calls on this gateway.
 """
 
 from __future__ import annotations
@@ -10,12 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 STRICT_CSP = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    b"object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-)
-DOCS_CSP = (
-    b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
-    b"object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 COMMON = [
     (b"x-content-type-options", b"nosniff"),
@@ -33,7 +29,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = [*COMMON, (b"content-security-policy", DOCS_CSP if scope["path"] == "/docs" else STRICT_CSP)]
+        extra = [*COMMON, (b"content-security-policy", STRICT_CSP)]
         if scope.get("scheme") == "https":
             extra.append(HSTS)
 

@@ -61,11 +61,13 @@ def _where(rec: AuditRecord) -> str:
 
 def verify(log: AuditLog, checkpoint: Checkpoint | None = None) -> Report:
     key = log.key
+    # The head before the records: on a live gateway, records appended meanwhile are past the
+    # head read, never a head past the records read (which would look like a truncated tail).
+    head = log.head()
     rows = list(log.records())
     report = Report(records=len(rows))
     valid = [_valid(key, r) for r in rows]
     genuine_seqs = {r.seq for r, ok in zip(rows, valid, strict=True) if ok}
-    head = log.head()
     head_seq = head[0] if head and hmac.compare_digest(head_sig(key, head[0], head[1]), head[2]) else None
     seen: set[int] = set()
     prev_seq, prev_mac = 0, GENESIS

@@ -76,7 +76,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/ready"): PUBLIC,  # details (model names, errors) only with status.read
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): PUBLIC,
+    ("GET", "/ui"): PUBLIC,  # the dashboard's files; what it shows comes from the routes below
+    ("GET", "/ui/{path:path}"): PUBLIC,
     ("GET", "/metrics"): STATUS_READ,
     ("GET", "/v1/models"): MODELS_USE,
     ("GET", "/v1/models/{model_id:path}"): MODELS_USE,
@@ -106,6 +107,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("POST", "/admin/keys/{key_id}/rotate"): KEYS_OWN,
     ("POST", "/admin/keys/{key_id}/revoke"): KEYS_OWN,
     ("GET", "/admin/audit"): AUDIT_READ,
+    ("GET", "/admin/audit/verify"): AUDIT_READ,
     ("GET", "/admin/alerts"): AUDIT_READ,
     ("GET", "/admin/cluster"): STATUS_READ,
     ("POST", "/admin/cluster/scale"): CLUSTER_MANAGE,

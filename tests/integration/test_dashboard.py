@@ -1,0 +1,345 @@
+"""The web dashboard (/ui) and /docs in a real browser: Debian's Chromium, headless, driven by
+Playwright, against a live gateway (access control on) serving the demo model from its own
+engine and from a `stratus worker` that registers with it.
+
+An admin signs in with the API key, creates a key and sees its secret once, revokes it, sees
+usage appear after API calls, filters the audit log and verifies the chain, sees the worker's
+replica turn unhealthy when the worker is killed, and chats in the playground. A member who signs
+in cannot reach admin data: the API refuses it and the page says so. No page breaks the CSP, and
+/docs renders with every request outside this gateway blocked. Each page's screenshot goes to
+$STRATUS_ARTIFACTS/dashboard (else a temporary directory); with STRATUS_UPDATE_SCREENSHOTS=1
+also to docs/images/.
+
+Needs Chromium at /usr/bin/chromium (`make browser` installs Debian's package when run as root);
+without it the module is skipped and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stratus.config import Settings, demo_model_path
+from tests import issued
+from tests.live_server import LiveServer
+from tests.waiting import wait_for
+from tests.worker_process import WorkerProcess
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
+
+CHROMIUM = os.environ.get("STRATUS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip(
+        "no Chromium: install Debian's (`make browser`, or apt-get install -y chromium) or set STRATUS_CHROMIUM",
+        allow_module_level=True,
+    )
+
+DEMO = demo_model_path()
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "docs" / "images"
+TIMEOUT_MS = 20_000
+expect = playwright_api.expect
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> list[Path]:
+    base = os.environ.get("STRATUS_ARTIFACTS")
+    folder = Path(base) / "dashboard" if base else tmp_path_factory.mktemp("dashboard")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [folder] + ([IMAGES] if os.environ.get("STRATUS_UPDATE_SCREENSHOTS") == "1" else [])
+
+
+def screenshot(page, shots: list[Path], name: str, full_page: bool = True) -> None:
+    data = page.screenshot(full_page=full_page)
+    for folder in shots:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"dashboard-{name}.png").write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, admin_key):
+    from stratus.api import create_app
+    from stratus.api.auth import build_access
+    from stratus.security.bootstrap import bootstrap
+    from stratus.security.stage import IdentityStage
+
+    secret = issued.record(secrets.token_urlsafe(32))
+    data_dir = issued.data_dir_of(tmp_path_factory.mktemp("dashboard-gw"))
+    settings = Settings(
+        models={"demo": str(DEMO)},
+        engine_isolation="thread",
+        cluster_secret=secret,
+        data_dir=str(data_dir),
+    )
+    access = build_access(settings)
+    bootstrap(access.store, admin_key)
+    app = create_app(settings, identity=IdentityStage(access))
+    # Workers beat every 0.5 s (the gateway tells them at registration); one that misses three
+    # and fails a probe is removed: about 2 s after a kill instead of 6.
+    app.state.stratus.workers.interval = 0.5
+    server = LiveServer(app).start()
+    worker = None
+    try:
+        worker = WorkerProcess(
+            "demo", str(DEMO), secret, "--engine-isolation", "thread", "--gateway", server.url
+        )
+        server.wait_ready()
+        worker.wait_serving()
+        replicas = app.state.stratus.registry.models["demo"].replicas
+        wait_for(lambda: len(replicas.entries) == 2, "the worker registered", timeout=60)
+        yield server, worker
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(gateway, admin_key) -> httpx.Client:
+    server, _ = gateway
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def member_key(admin) -> str:
+    assert admin.post("/admin/users", json={"name": "mia", "role": "member"}).status_code == 201
+    assert admin.put("/admin/users/mia/models/demo").status_code == 200
+    r = admin.post("/admin/keys", json={"name": "mia-laptop", "user": "mia"})
+    assert r.status_code == 201
+    return issued.record(r.json()["secret"])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Tab:
+    """One browser tab on the gateway; every CSP violation and page error is kept."""
+
+    def __init__(self, browser, url: str):
+        self.context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.problems: list[str] = []
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        # A blocked inline script, style or eval fires this event (and a console error): both kept.
+        self.page.add_init_script(
+            "document.addEventListener('securitypolicyviolation', e => "
+            "console.error('Content Security Policy violation: ' + e.violatedDirective + ' ' + e.blockedURI))"
+        )
+        self.page.on(
+            "console",
+            lambda m: (
+                self.problems.append(m.text) if m.type == "error" and "Content Security" in m.text else None
+            ),
+        )
+        self.url = url
+
+    def sign_in(self, credential: str) -> None:
+        self.page.goto(self.url + "/ui")
+        self.page.fill("#token", credential)
+        self.page.click("#signin-form button[type=submit]")
+        expect(self.page.locator("#who")).not_to_be_empty()
+
+    def open(self, name: str) -> None:
+        self.page.evaluate(f"location.hash = '#/{name}'")
+        expect(self.page.locator(f"#page-{name}")).to_be_visible()
+
+    def close(self) -> None:
+        self.context.close()
+        assert not self.problems, self.problems
+
+
+@pytest.fixture
+def tab(browser, gateway):
+    t = Tab(browser, gateway[0].url)
+    yield t
+    t.close()
+
+
+def chat(url: str, key: str, text: str, stream: bool = False) -> httpx.Response:
+    body = {
+        "model": "demo",
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 8,
+        "stream": stream,
+    }
+    return httpx.post(
+        url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+
+
+def test_a_key_is_created_with_its_secret_shown_once_then_revoked(tab, gateway, admin_key, shots):
+    url = gateway[0].url
+    tab.sign_in(admin_key)
+    tab.open("keys")
+    page = tab.page
+    page.fill("form.inline input[name=name]", "made-in-the-ui")
+    page.click("form.inline button[type=submit]")
+    shown = page.locator(".secret .secret-value")
+    expect(shown).to_be_visible()
+    secret = issued.record(shown.inner_text().strip())
+    assert secret.startswith("sk-stratus-")
+    row = page.locator("tr[data-key-name='made-in-the-ui']")
+    expect(row).to_contain_text("active")
+    screenshot(page, shots, "keys")
+    assert httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+
+    page.click(".secret button.dismiss")
+    expect(page.locator(".secret")).to_have_count(0)
+    page.reload()  # signed in still (sessionStorage), and the secret is nowhere on the page
+    tab.open("keys")
+    expect(row).to_be_visible()
+    assert secret not in page.content()
+
+    page.once("dialog", lambda d: d.accept())
+    row.get_by_role("button", name="Revoke").click()
+    expect(row).to_contain_text("revoked")
+    assert httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+
+
+def test_usage_appears_after_api_calls_and_the_audit_log_filters_and_verifies(
+    tab, gateway, admin_key, member_key, shots
+):
+    url = gateway[0].url
+    tab.sign_in(admin_key)
+    tab.open("usage")
+    page = tab.page
+    page.select_option("select[name=by]", "user")
+    expect(page.locator("#page-usage")).to_be_visible()
+    before = _requests_of(page, "mia")
+    for i in range(3):
+        assert (
+            chat(url, member_key, issued.record_prompt(f"usage from the member, call {i}")).status_code == 200
+        )
+    # The page refreshes itself (no reload): mia's row counts the three requests.
+    wait_for(lambda: _requests_of(page, "mia") >= before + 3, "mia's usage on the page", timeout=20)
+    expect(page.locator("#page-usage figure.chart")).to_be_visible()
+    screenshot(page, shots, "usage")
+    with page.expect_download() as download:
+        page.click("text=Export CSV")
+    csv = Path(download.value.path()).read_text()
+    assert csv.splitlines()[0].startswith("day,user,requests")
+    assert any(line.split(",")[1] == "mia" for line in csv.splitlines()[1:])
+
+    tab.open("audit")
+    page.fill("#audit-filter input[name=principal]", "mia")
+    page.select_option("#audit-filter select[name=outcome]", "ok")
+    page.click("#audit-filter button[type=submit]")
+    rows = page.locator("#page-audit tbody tr")
+    expect(rows.first).to_contain_text("POST /v1/chat/completions")
+    assert rows.count() >= 3
+    for text in rows.all_inner_texts():
+        assert "mia" in text and "ok" in text
+    page.click("#verify-chain")
+    expect(page.locator(".verdict")).to_contain_text(re.compile(r"Chain intact: \d+ records"))
+    screenshot(page, shots, "audit")
+
+
+def _requests_of(page, user: str) -> int:
+    cell = page.locator(f"#page-usage tr[data-group='{user}'] td:nth-child(2)")
+    return int(cell.inner_text().replace(",", "")) if cell.count() else 0
+
+
+def test_the_playground_streams_a_chat_and_the_overview_counts_it(tab, gateway, admin_key, shots):
+    tab.sign_in(admin_key)
+    tab.open("playground")
+    page = tab.page
+    page.fill("input[name=max_tokens]", "12")
+    page.fill("textarea[name=message]", issued.record_prompt("Tell me about the garden at Pemberley."))
+    page.click(".chat-form button[type=submit]")
+    expect(page.locator(".chat-form .form-status")).to_contain_text("completion tokens", timeout=60_000)
+    assert page.locator(".msg.assistant .answer").inner_text().strip()
+    screenshot(page, shots, "playground")
+
+    tab.open("overview")
+    expect(page.locator("#page-overview figure.chart")).to_have_count(4)
+    expect(page.locator("[data-tile=total] strong")).not_to_have_text("0")
+    for i in range(2):  # while the page is open: its next readings see them
+        assert (
+            chat(gateway[0].url, admin_key, issued.record_prompt(f"overview traffic, call {i}")).status_code
+            == 200
+        )
+    expect(page.locator("[data-tile=ttft] strong")).to_contain_text("ms")
+    expect(page.locator("[data-tile=tpot] strong")).to_contain_text("ms")
+    screenshot(page, shots, "overview")
+
+
+def test_a_killed_workers_replica_turns_unhealthy_without_a_reload(tab, gateway, admin_key, shots):
+    _, worker = gateway
+    tab.sign_in(admin_key)
+    tab.open("models")
+    page = tab.page
+    replica = page.locator(f"tr[data-replica='{worker.id}']")
+    expect(replica).to_have_attribute("data-state", "up")
+    expect(page.locator("article[data-model=demo] h2")).to_contain_text("2 of 2 replicas up")
+    screenshot(page, shots, "models")
+    worker.kill9()
+    expect(replica).not_to_have_attribute("data-state", "up", timeout=30_000)
+    expect(page.locator("article[data-model=demo] h2")).to_contain_text("1 of 1 replicas up", timeout=30_000)
+    screenshot(page, shots, "models-worker-killed")
+
+
+def test_a_member_cannot_reach_admin_data(tab, gateway, member_key, shots):
+    url = gateway[0].url
+    tab.sign_in(member_key)
+    page = tab.page
+    nav = page.locator("#nav")
+    expect(nav).to_contain_text("Playground")
+    for hidden in ("Audit log", "Users & teams", "Alerts", "Overview"):
+        expect(nav).not_to_contain_text(hidden)
+    for name, path in (("audit", "/admin/audit"), ("users", "/admin/users"), ("models", "/admin/cluster")):
+        tab.open(name)  # typed into the address bar: the page asks, the API refuses
+        expect(page.locator(f"#page-{name} .refusal").first).to_contain_text("403")
+        assert httpx.get(url + path, headers={"Authorization": f"Bearer {member_key}"}).status_code == 403
+    screenshot(page, shots, "member-refused")
+    tab.open("keys")  # their own keys only
+    expect(page.locator("tr[data-key-name='mia-laptop']")).to_be_visible()
+    expect(page.locator("#page-keys tbody tr")).to_have_count(1)
+
+
+def test_alerts_page_and_users_page_render_for_an_admin(tab, admin_key, shots):
+    tab.sign_in(admin_key)
+    tab.open("alerts")
+    expect(tab.page.locator("#page-alerts")).to_contain_text("Lockouts in force")
+    expect(tab.page.locator("#page-alerts .refusal")).to_have_count(0)
+    screenshot(tab.page, shots, "alerts")
+    tab.open("users")
+    expect(tab.page.locator("tr[data-user=mia]")).to_contain_text("member")
+    screenshot(tab.page, shots, "users")
+
+
+def test_docs_render_with_every_outside_request_blocked(browser, gateway, shots):
+    url = gateway[0].url
+    t = Tab(browser, url)
+    outside: list[str] = []
+
+    def only_this_gateway(route):
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    t.context.route("**/*", only_this_gateway)
+    t.page.goto(url + "/docs")
+    expect(t.page.locator(".swagger-ui .info .title")).to_contain_text("stratus")
+    expect(t.page.locator(".opblock").first).to_be_visible()
+    screenshot(t.page, shots, "docs", full_page=False)
+    t.close()
+    assert outside == []
