@@ -93,6 +93,8 @@ MATRIX = [
     ("GET", "/admin/audit", "/admin/audit", None, only(200, {"admin", "auditor"})),
     ("GET", "/admin/audit/verify", "/admin/audit/verify", None, only(200, {"admin", "auditor"})),
     ("GET", "/admin/alerts", "/admin/alerts", None, only(200, {"admin", "auditor"})),
+    # 404: allowed, and no such alert is kept
+    ("POST", "/admin/alerts/ack", "/admin/alerts/ack", {"kind": "lockout", "source": "addr:x", "at": 1.0}, only(404, {"admin"})),
     ("GET", "/admin/audit/content", "/admin/audit/content", None, only(200, {"admin", "auditor"})),
     ("GET", "/admin/lockouts", "/admin/lockouts", None, only(200, {"admin", "auditor"})),
     ("DELETE", "/admin/lockouts/{source}", "/admin/lockouts/addr:10.9.9.9", None, only(404, {"admin"})),

@@ -78,6 +78,8 @@ def gateway(tmp_path_factory, admin_key):
         engine_isolation="thread",
         cluster_secret=secret,
         data_dir=str(data_dir),
+        lockout_failures=3,  # test_alerts_...: three wrong keys from one address lock it out
+        lockout_seconds=300,
     )
     access = build_access(settings)
     bootstrap(access.store, admin_key)
@@ -313,15 +315,48 @@ def test_a_member_cannot_reach_admin_data(tab, gateway, member_key, shots):
     expect(page.locator("#page-keys tbody tr")).to_have_count(1)
 
 
-def test_alerts_page_and_users_page_render_for_an_admin(tab, admin_key, shots):
+def test_a_lockout_alert_is_acknowledged_and_lifted(tab, gateway, admin_key, shots):
+    url = gateway[0].url
+    attacker = httpx.Client(
+        base_url=url, transport=httpx.HTTPTransport(local_address="127.0.0.7"), timeout=30
+    )
+    with attacker:
+        for _ in range(3):
+            guess = issued.record(f"sk-stratus-{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}")
+            assert attacker.get("/v1/models", headers={"Authorization": f"Bearer {guess}"}).status_code == 401
+        admin_there = {"Authorization": f"Bearer {admin_key}"}
+        assert attacker.get("/v1/models", headers=admin_there).status_code == 429  # locked out
+        tab.sign_in(admin_key)
+        tab.open("alerts")
+        page = tab.page
+        lockout = page.locator("tr[data-source='addr:127.0.0.7']")
+        alert = page.locator("tr[data-alert='lockout addr:127.0.0.7']")
+        expect(lockout).to_be_visible()
+        alert.get_by_role("button", name="Acknowledge").click()
+        expect(alert).to_have_attribute("data-acknowledged", "yes")
+        expect(alert).to_contain_text("by admin")
+        screenshot(page, shots, "alerts")
+        lockout.get_by_role("button", name="Lift").click()
+        expect(lockout).to_have_count(0)
+        assert attacker.get("/v1/models", headers=admin_there).status_code == 200
+
+
+def test_the_users_page_creates_a_team_and_adds_a_member(tab, admin_key, member_key, shots):
     tab.sign_in(admin_key)
-    tab.open("alerts")
-    expect(tab.page.locator("#page-alerts")).to_contain_text("Lockouts in force")
-    expect(tab.page.locator("#page-alerts .refusal")).to_have_count(0)
-    screenshot(tab.page, shots, "alerts")
     tab.open("users")
-    expect(tab.page.locator("tr[data-user=mia]")).to_contain_text("member")
-    screenshot(tab.page, shots, "users")
+    page = tab.page
+    expect(page.locator("tr[data-user=mia]")).to_contain_text("member")
+    create = page.locator("form", has=page.get_by_role("button", name="Create team"))
+    create.locator("input[name=name]").fill("austen")
+    create.get_by_role("button").click()
+    expect(page.locator("tr[data-team=austen]")).to_be_visible()
+    add = page.locator("form", has=page.get_by_role("button", name="Add to team"))
+    add.locator("input[name=team]").fill("austen")
+    add.locator("input[name=user]").fill("mia")
+    add.get_by_role("button").click()
+    expect(page.locator("tr[data-team=austen]")).to_contain_text("mia")
+    expect(page.locator("tr[data-user=mia]")).to_contain_text("austen (member)")
+    screenshot(page, shots, "users")
 
 
 def test_docs_render_with_every_outside_request_blocked(browser, gateway, shots):

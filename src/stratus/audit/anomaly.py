@@ -13,7 +13,8 @@ exponentially weighted mean and variance; an interval whose count lies more than
 deviations above its key's own baseline (after `warmup` intervals) raises an alert. A key that
 calls a model it never used before, or is used from more than `max_addresses` addresses in one
 interval, raises one too. Every lockout and alert is returned as an `Event` for the audit trail
-and kept (the newest `keep`) for /admin/alerts.
+and kept (the newest `keep`) for /admin/alerts, where an admin can acknowledge one (`acknowledge`:
+who and when, kept as long as the alert is).
 
 State is per process, in memory: several gateways each lock and alert on what they see.
 """
@@ -25,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 _SPIKE = {"requests": "rate_spike", "tokens": "token_spike", "errors": "error_spike"}
 
@@ -132,6 +133,7 @@ class Guard:
         self._sources: dict[str, _Source] = {}
         self._keys: dict[str, _Key] = {}
         self.events: deque[Event] = deque(maxlen=self.alerts.keep)
+        self._acks: dict[tuple[str, str, float], dict] = {}  # (kind, source, at) -> {"by", "at"}
         self._lock = threading.Lock()
 
     # -- lockouts ---------------------------------------------------------------------------------
@@ -151,6 +153,27 @@ class Guard:
                 for name, s in self._sources.items()
                 if s.locked_until > now
             ]
+
+    # -- alerts -----------------------------------------------------------------------------------
+
+    def recent(self) -> list[dict]:
+        """The kept events, newest first, each with its acknowledgement ({"by", "at"}) or None."""
+        with self._lock:
+            return [
+                {**asdict(e), "acknowledged": self._acks.get((e.kind, e.source, e.at))}
+                for e in reversed(self.events)
+            ]
+
+    def acknowledge(self, kind: str, source: str, at: float, by: str) -> dict | None:
+        """Mark the kept event (kind, source, at) as seen by `by`; None if no such event is kept.
+        Acknowledging again keeps the first acknowledgement."""
+        with self._lock:
+            kept = {(e.kind, e.source, e.at) for e in self.events}
+            for gone in [k for k in self._acks if k not in kept]:  # bounded by the kept events
+                del self._acks[gone]
+            if (kind, source, at) not in kept:
+                return None
+            return self._acks.setdefault((kind, source, at), {"by": by, "at": self.clock()})
 
     def unlock(self, source: str) -> bool:
         with self._lock:

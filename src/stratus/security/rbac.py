@@ -109,6 +109,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/admin/audit"): AUDIT_READ,
     ("GET", "/admin/audit/verify"): AUDIT_READ,
     ("GET", "/admin/alerts"): AUDIT_READ,
+    ("POST", "/admin/alerts/ack"): SECURITY_MANAGE,
     ("GET", "/admin/cluster"): STATUS_READ,
     ("POST", "/admin/cluster/scale"): CLUSTER_MANAGE,
     ("GET", "/admin/upstreams"): CLUSTER_MANAGE,

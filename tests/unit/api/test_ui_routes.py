@@ -19,11 +19,11 @@ def get(tmp_path_factory):
         identity=OPEN_ACCESS,
     )
 
-    def fetch(path: str) -> httpx.Response:
+    def fetch(path: str, **headers: str) -> httpx.Response:
         async def run() -> httpx.Response:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-                return await client.get(path)
+                return await client.get(path, headers=headers)
 
         return asyncio.run(run())
 
@@ -50,6 +50,16 @@ def test_docs_load_swagger_ui_from_this_gateway(get):
     assert "cdn" not in page.text.lower() and "http" not in page.text
     assert get("/ui/vendor/swagger-ui-dist/swagger-ui.css").headers["content-type"].startswith("text/css")
     assert get("/openapi.json").status_code == 200
+
+
+def test_an_unchanged_file_is_revalidated_without_its_body(get):
+    first = get("/ui/vendor/swagger-ui-dist/swagger-ui-bundle.js")
+    etag = first.headers["etag"]
+    assert len(first.content) > 1_000_000 and first.headers["cache-control"] == "no-cache"
+    again = get("/ui/vendor/swagger-ui-dist/swagger-ui-bundle.js", **{"if-none-match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    other = get("/ui/app.js", **{"if-none-match": etag})  # another file's tag: the whole file
+    assert other.status_code == 200 and other.headers["etag"] != etag
 
 
 @pytest.mark.parametrize(

@@ -97,3 +97,33 @@ def test_the_lockout_tracker_forgets_quiet_sources():
         guard.observe(Observation(key=None, address=f"10.1.{i // 250}.{i % 250}", status=401, at=now[0]))
     assert len(guard._sources) <= 50
     assert guard.locked(["addr:10.0.0.1"]) > 0  # still locked out
+
+
+def test_an_alert_is_acknowledged_once_and_forgotten_with_it():
+    clock = Clock()
+    guard = Guard(LockoutPolicy(failures=2, window=60, base=10), AlertPolicy(keep=2), clock=clock)
+
+    def lock(address: str):
+        for _ in range(2):
+            guard.observe(Observation(key=None, address=address, status=401, at=clock.now))
+        return guard.events[-1]
+
+    first = lock("10.0.0.1")
+    assert guard.recent()[0]["acknowledged"] is None
+    assert guard.acknowledge("lockout", first.source, first.at + 1, "ann") is None  # not that one
+    clock.now += 5
+    ack = guard.acknowledge(first.kind, first.source, first.at, "ann")
+    assert ack == {"by": "ann", "at": clock.now}
+    assert guard.acknowledge(first.kind, first.source, first.at, "bob") == ack  # the first stands
+    assert guard.recent()[0] == {
+        "kind": "lockout",
+        "source": "addr:10.0.0.1",
+        "at": first.at,
+        "detail": first.detail,
+        "acknowledged": ack,
+    }
+    lock("10.0.0.2")
+    lock("10.0.0.3")  # only 2 kept: the acknowledged one is gone, and so is its acknowledgement
+    assert [a["source"] for a in guard.recent()] == ["addr:10.0.0.3", "addr:10.0.0.2"]
+    assert guard.acknowledge(first.kind, first.source, first.at, "ann") is None
+    assert guard._acks == {}

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import secrets as random
 import time
-from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,7 +39,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 _ERRORS = {
     400: "Invalid value (the message names the field)",
-    404: "No such team, key or lockout",
+    404: "No such team, key, lockout or alert",
     409: "The key is not suspended",
 }
 
@@ -126,9 +125,34 @@ async def audit_verify(request: Request) -> JSONBody:
 @router.get("/alerts", summary="Lockouts in force and recent alerts", dependencies=[Depends(principal)])
 async def alerts(request: Request) -> JSONBody:
     guard = _audit(request).anomaly
-    events = [asdict(e) for e in reversed(guard.events)] if guard is not None else []
+    events = guard.recent() if guard is not None else []
     lockouts = guard.lockouts() if guard is not None else []
     return JSONBody({"lockouts": lockouts, "alerts": events}, headers=NO_STORE)
+
+
+class AlertAck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(max_length=64)
+    source: str = Field(max_length=256)
+    at: float = Field(description="The alert's `at`, as GET /admin/alerts gives it")
+
+
+@router.post(
+    "/alerts/ack",
+    summary="Acknowledge an alert (admins; audited): who saw it and when, shown with it",
+    responses=_errors(400, 404),
+    openapi_extra=_body(AlertAck),
+)
+async def acknowledge_alert(request: Request, me: Principal = Depends(principal)) -> JSONBody:
+    body, _ = await parse_body(request, AlertAck)
+    guard = _audit(request).anomaly
+    ack = guard.acknowledge(body.kind, body.source, body.at, me.user) if guard is not None else None
+    if ack is None:
+        raise APIError(404, "No such alert is kept (GET /admin/alerts lists them).", code="not_found")
+    log.info("alert %s on %s acknowledged by %s", body.kind, body.source, me.user)
+    return JSONBody(
+        {"kind": body.kind, "source": body.source, "at": body.at, "acknowledged": ack}, headers=NO_STORE
+    )
 
 
 # -- logged content -------------------------------------------------------------------------------

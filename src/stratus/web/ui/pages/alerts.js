@@ -1,5 +1,5 @@
 // Lockouts, alerts and suspended keys (audit.read to see; security.manage, admins, to lift a
-// lockout or reinstate a key), refreshed every 5 s.
+// lockout, reinstate a key or acknowledge an alert), refreshed every 5 s.
 import { del, get, post } from "../api.js";
 import { button, h, refusal, replace, table, time } from "../dom.js";
 
@@ -73,9 +73,19 @@ export async function render(root, page) {
           { label: "Kind", value: (a) => h("span", { class: "badge bad", text: a.kind }) },
           { label: "Source", value: (a) => h("code", { text: a.source }) },
           { label: "Detail", value: (a) => JSON.stringify(a.detail) },
+          {
+            label: "Acknowledged",
+            value: (a) =>
+              a.acknowledged
+                ? `by ${a.acknowledged.by} at ${time(a.acknowledged.at)}`
+                : button("Acknowledge", () => act(() => post("/admin/alerts/ack", { kind: a.kind, source: a.source, at: a.at }))),
+          },
         ],
         found.alerts,
-        { empty: "No alerts since this gateway started." },
+        {
+          empty: "No alerts since this gateway started.",
+          rowAttrs: (a) => ({ "data-alert": `${a.kind} ${a.source}`, "data-acknowledged": a.acknowledged ? "yes" : "no" }),
+        },
       ),
     );
   }
