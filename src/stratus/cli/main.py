@@ -19,6 +19,7 @@ from stratus.cli.lockouts import lockouts
 from stratus.cli.secrets import secrets
 from stratus.cli.serve import serve
 from stratus.cli.teams import teams
+from stratus.cli.train import train
 from stratus.cli.upstreams import upstreams
 from stratus.cli.usage import usage
 from stratus.cli.users import users
@@ -46,6 +47,7 @@ for command in (
     lockouts,
     alerts,
     compress,
+    train,
 ):
     main.add_command(command)
 
