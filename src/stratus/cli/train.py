@@ -21,8 +21,12 @@ import click
     help="Training data (repeatable): plain text, or .jsonl of {'messages': [...]} (assistant turns "
     "learned) or {'text': ...}.",
 )
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-@click.option("--lora", "lora", help="Train a LoRA adapter: r=16,alpha=32,dropout=0,targets=q,k,v,o,gate,up,down.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory."
+)
+@click.option(
+    "--lora", "lora", help="Train a LoRA adapter: r=16,alpha=32,dropout=0,targets=q,k,v,o,gate,up,down."
+)
 @click.option("--full", is_flag=True, help="Train every weight; the output is a full checkpoint.")
 @click.option(
     "--eval-data",
@@ -44,7 +48,9 @@ import click
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="0: no clipping.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=int, default=50, show_default=True, help="Steps between evaluations.")
-@click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Steps between checkpoints.")
+@click.option(
+    "--checkpoint-every", type=int, default=50, show_default=True, help="Steps between checkpoints."
+)
 @click.option("--keep-checkpoints", is_flag=True, help="Keep the checkpoints after the job finishes.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -112,6 +118,10 @@ def train(**options) -> None:
     except TrainingFailed as exc:
         raise click.ClickException(str(exc)) from None
     kind = "adapter" if lora else "checkpoint"
-    held = f"; held-out loss {result.eval_loss:.4f}, perplexity {result.eval_ppl:.2f}" if result.eval_loss else ""
+    held = (
+        f"; held-out loss {result.eval_loss:.4f}, perplexity {result.eval_ppl:.2f}"
+        if result.eval_loss
+        else ""
+    )
     restarts = f" after {result.attempts - 1} restart(s)" if result.attempts > 1 else ""
     click.echo(f"{kind} written to {result.out_dir}{restarts}{held}")

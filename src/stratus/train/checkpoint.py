@@ -92,7 +92,9 @@ def save(
     barrier()
     if rank == 0:
         save_file(weights(), str(tmp / "weights.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt"
+        )
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
         for file in tmp.iterdir():
             _fsync(file)

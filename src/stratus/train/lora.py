@@ -155,5 +155,9 @@ def adapter_config(spec: LoraSpec, base_model: str) -> dict:
 
 def save_adapter(model: nn.Module, spec: LoraSpec, base_model: str, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model), str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (out_dir / "adapter_config.json").write_text(json.dumps(adapter_config(spec, base_model), indent=2) + "\n")
+    save_file(
+        adapter_state_dict(model), str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"}
+    )
+    (out_dir / "adapter_config.json").write_text(
+        json.dumps(adapter_config(spec, base_model), indent=2) + "\n"
+    )

@@ -89,6 +89,8 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
+    inv_freq: torch.Tensor
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -148,7 +150,9 @@ def load_causal_lm(path: Path, dtype: torch.dtype = torch.float32) -> CausalLM:
             raise CheckpointError(f"{path}: tensor {name} missing (expected shape {list(shape)})")
         file, tensor = tensors[name]
         if tuple(tensor.shape) != shape:
-            raise CheckpointError(f"{file}: tensor {name} has shape {list(tensor.shape)}, expected {list(shape)}")
+            raise CheckpointError(
+                f"{file}: tensor {name} has shape {list(tensor.shape)}, expected {list(shape)}"
+            )
     unexpected = [n for n in tensors if n not in expected and not n.endswith(IGNORED_SUFFIXES)]
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensor(s) {unexpected[:5]} for {config.architecture}")

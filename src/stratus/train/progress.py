@@ -10,7 +10,14 @@ from tqdm import tqdm
 class Progress:
     def __init__(self, total: int, done: int, enabled: bool):
         self.bar = (
-            tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not enabled)
+            tqdm(
+                total=total,
+                initial=done,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                disable=not enabled,
+            )
             if enabled
             else None
         )

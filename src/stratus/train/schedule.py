@@ -18,4 +18,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> flo
 def cosine_with_warmup(
     optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, min_ratio))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total, min_ratio)
+    )

@@ -101,7 +101,9 @@ class Supervisor:
         ]
         write_atomically(
             self.spec.out_dir / "workers.json",
-            json.dumps({"attempt": attempt, "workers": [{"rank": r, "pid": p.pid} for r, p in enumerate(procs)]}),
+            json.dumps(
+                {"attempt": attempt, "workers": [{"rank": r, "pid": p.pid} for r, p in enumerate(procs)]}
+            ),
         )
         return procs
 
@@ -126,7 +128,9 @@ class Supervisor:
             spec.metrics_file.unlink(missing_ok=True)
         world = workers_that_fit(spec, spec.workers)
         if world != spec.workers:
-            raise TrainingFailed(f"--batch-size {spec.batch_size} is not a multiple of --workers {spec.workers}")
+            raise TrainingFailed(
+                f"--batch-size {spec.batch_size} is not a multiple of --workers {spec.workers}"
+            )
         attempt = 0
         while True:
             procs = self.launch(world, attempt)

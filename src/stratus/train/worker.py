@@ -70,12 +70,17 @@ class Trainer:
         reader = ExampleReader(tokenizer, spec.seq_len)
         data = reader.read([Path(f) for f in spec.data])
         if spec.eval_data:
-            self.train_set, self.eval_set = data.examples, reader.read([Path(f) for f in spec.eval_data]).examples
+            self.train_set, self.eval_set = (
+                data.examples,
+                reader.read([Path(f) for f in spec.eval_data]).examples,
+            )
         else:
             self.train_set, self.eval_set = split_heldout(data.examples, spec.eval_fraction, spec.seed)
         self.truncated = data.truncated
         self.pad_id = tokenizer.eos_token_id or 0  # padding is never attended to nor learned
-        self.total_steps = spec.steps or max(1, math.ceil(spec.epochs * len(self.train_set) / spec.batch_size))
+        self.total_steps = spec.steps or max(
+            1, math.ceil(spec.epochs * len(self.train_set) / spec.batch_size)
+        )
         self.order = Order(len(self.train_set), spec.batch_size, spec.seed)
 
         torch.manual_seed(spec.seed)  # the same adapter initialisation on every rank
@@ -86,7 +91,9 @@ class Trainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = trainable
         self.optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=spec.weight_decay)
-        self.scheduler = cosine_with_warmup(self.optimizer, spec.warmup_steps, self.total_steps, spec.min_lr_ratio)
+        self.scheduler = cosine_with_warmup(
+            self.optimizer, spec.warmup_steps, self.total_steps, spec.min_lr_ratio
+        )
         self.ddp: torch.nn.Module = self.model
         if world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -217,8 +224,8 @@ class Trainer:
             chunk = mine[i : i + self.spec.micro_batch]
             total += nll_sum(self.model, chunk, self.pad_id, self.device, self.autocast).item()
             count += sum(e.targets for e in chunk)
-        total, count = self.all_sum([total, float(count)])
-        loss = total / max(count, 1)
+        total, targets = self.all_sum([total, float(count)])
+        loss = total / max(targets, 1.0)
         return loss, math.exp(min(loss, 50.0))
 
     def log_eval(self) -> None:

@@ -1,0 +1,179 @@
+"""`stratus train` end to end: real worker processes, a real gloo process group, a real SIGKILL.
+
+- Two workers give the loss curve of one worker with the doubled micro-batch: the same global
+  batch, the loss normalised over the whole batch. Tolerance: 1e-5 absolute per step (float32
+  sums reduced in another order).
+- A worker killed mid-run: the supervisor restarts the job from its last checkpoint on the one
+  worker that remains and it finishes; its final held-out loss is that of the uninterrupted run
+  with the same seed within 1e-4 (the steps after the checkpoint are recomputed on one worker).
+- A LoRA fine-tune of the demo model on a small chat set lowers the held-out loss, and PEFT
+  loads the adapter and computes the same logits as stratus's model with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from stratus.train.spec import TrainSpec
+from stratus.train.supervisor import Supervisor, read_metrics
+from tests.checkpoints import build_checkpoint, load_hf_model
+
+pytestmark = pytest.mark.timeout(300)
+
+DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
+WORDS = ["fox", "dog", "hello", "world", "models", "stratus", "simple", "flat"]
+
+
+def write_chat_set(path: Path, count: int) -> Path:
+    """Conversations with a rule to learn: "say W N" is answered "W W N is better than W"."""
+    with path.open("w") as handle:
+        for i in range(count):
+            word, n = WORDS[i % len(WORDS)], (i * 7) % 10
+            messages = [
+                {"role": "user", "content": f"say {word} {n}"},
+                {"role": "assistant", "content": f"{word} {word} {n} is better than {word}."},
+            ]
+            handle.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    base = build_checkpoint(root / "base", "llama", init_std=0.1)
+    data = write_chat_set(root / "chat.jsonl", 40)
+
+    def spec(name: str, **options) -> TrainSpec:
+        settings = dict(
+            model=str(base),
+            data=[str(data)],
+            out=str(root / name),
+            workers=2,
+            batch_size=4,
+            micro_batch=2,
+            seq_len=48,
+            steps=16,
+            lr=3e-3,
+            warmup_steps=2,
+            eval_every=4,
+            checkpoint_every=4,
+            threads=1,
+            seed=7,
+        )
+        return TrainSpec(**(settings | options))
+
+    return spec
+
+
+@pytest.fixture(scope="module")
+def two_workers(job):
+    spec = job("two")
+    result = Supervisor(spec).run()
+    assert (result.attempts, result.workers) == (1, 2)
+    return spec
+
+
+def losses(spec: TrainSpec) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_metrics(spec.metrics_file) if "loss" in m}
+
+
+def test_two_workers_train_as_one_with_the_doubled_batch(job, two_workers):
+    one = job("one", workers=1, micro_batch=4)
+    Supervisor(one).run()
+    a, b = losses(one), losses(two_workers)
+    assert sorted(a) == list(range(1, 17)) and sorted(b) == sorted(a)
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-5, (a, b)
+    assert a[16] < a[1]  # and it learns
+
+
+def test_full_output_is_a_checkpoint_transformers_loads(two_workers):
+    from stratus.train.model import load_causal_lm
+
+    out = two_workers.out_dir
+    assert not (out / "checkpoints").exists()  # removed after a successful run
+    ids = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_causal_lm(out)(ids), load_hf_model(out)(ids).logits, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_a_killed_worker_resumes_from_the_checkpoint_and_finishes(job, two_workers):
+    spec = job("killed", max_steps_per_second=3.0)  # ~5 s of steps: room to kill one mid-run
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=Supervisor(spec).run()), daemon=True)
+    thread.start()
+    killed_at = None
+    deadline = time.monotonic() + 240
+    while killed_at is None and time.monotonic() < deadline and thread.is_alive():
+        steps = [m["step"] for m in _metrics(spec) if "loss" in m and m["attempt"] == 0]
+        if steps and spec.checkpoint_every < steps[-1] < spec.steps:
+            workers = json.loads((spec.out_dir / "workers.json").read_text())["workers"]
+            os.kill(workers[1]["pid"], signal.SIGKILL)
+            killed_at = steps[-1]
+        time.sleep(0.02)
+    assert killed_at is not None, "the run ended before a worker could be killed after a checkpoint"
+    thread.join(timeout=240)
+    result = outcome["result"]
+    assert (result.attempts, result.workers) == (2, 1)
+    rows = read_metrics(spec.metrics_file)
+    restart = next(m for m in rows if m.get("event") == "restart")
+    assert restart["failed_ranks"] == [1] or 1 in restart["failed_ranks"]
+    assert restart["exit_codes"]["1"] == "SIGKILL"
+    resumed = next(m for m in rows if m.get("event") == "resumed")
+    assert 0 < resumed["step"] <= killed_at and resumed["step"] % spec.checkpoint_every == 0
+    assert max(m["step"] for m in rows if "loss" in m) == spec.steps
+    (_, uninterrupted), (_, survived) = (
+        max((m["step"], m["eval_loss"]) for m in read_metrics(s.metrics_file) if "eval_loss" in m)
+        for s in (two_workers, spec)
+    )
+    assert abs(survived - uninterrupted) < 1e-4, (survived, uninterrupted)
+
+
+def _metrics(spec: TrainSpec) -> list[dict]:
+    try:
+        return read_metrics(spec.metrics_file)
+    except (FileNotFoundError, json.JSONDecodeError):  # not there yet, or a line half written
+        return []
+
+
+@pytest.mark.skipif(not (DEMO / "config.json").is_file(), reason="models/demo is absent")
+def test_lora_fine_tune_of_the_demo_model_loads_in_peft(tmp_path):
+    from click.testing import CliRunner
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from stratus.cli import main
+    from stratus.train.lora import LoraSpec, apply_lora, load_adapter_state
+    from stratus.train.model import load_causal_lm
+
+    data = write_chat_set(tmp_path / "chat.jsonl", 48)
+    out = tmp_path / "adapter"
+    lora = "r=8,alpha=16,targets=q,k,v,o,gate,up,down"
+    args = ["train", "--model", str(DEMO), "--data", str(data), "--out", str(out), "--lora", lora]
+    args += ["--steps", "20", "--batch-size", "8", "--micro-batch", "8", "--seq-len", "48"]
+    args += ["--lr", "1e-2", "--warmup", "2", "--eval-every", "10", "--threads", "1", "--seed", "3"]
+    run = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert run.exit_code == 0, run.output
+    assert f"adapter written to {out}" in run.output
+    evals = [m["eval_loss"] for m in read_metrics(out / "metrics.jsonl") if "eval_loss" in m]
+    assert evals[-1] < evals[0] - 0.5, evals  # measurably lower held-out loss on the task
+
+    ours = load_causal_lm(DEMO)
+    apply_lora(ours, LoraSpec.parse(lora))
+    load_adapter_state(ours, load_file(str(out / "adapter_model.safetensors")))
+    peft = PeftModel.from_pretrained(load_hf_model(DEMO), str(out)).eval()
+    ids = torch.randint(0, 4096, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mine, theirs = ours(ids), peft(ids).logits
+        base = load_hf_model(DEMO)(ids).logits
+    torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+    assert (mine - base).abs().max() > 1e-2  # the adapter does change the model
