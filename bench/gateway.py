@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""The gateway's own cost: an instant upstream directly, through stratus, through LiteLLM's proxy.
+
+    bash bench/peers/litellm.sh                      # once: LiteLLM's proxy in bench/.venv-litellm
+    .venv/bin/python bench/gateway.py                # ~3 minutes
+    .venv/bin/python bench/gateway.py --quick        # short rounds, a smoke test (not a measurement)
+    .venv/bin/python bench/gateway.py --profile docs/benchmarks/gateway-before   # + py-spy profile
+
+In one run, on loopback, with `wrk` (Debian's package) as the load generator, POSTing one small
+chat completion request (non-streamed) per request:
+
+- upstream:  bench/instant_upstream.py, an OpenAI-compatible server that answers at once (a raw
+             asyncio protocol on uvloop: it is never the bottleneck);
+- direct:    wrk against the upstream;
+- stratus:   `stratus serve --no-local-models` as an operator runs it (default settings: access
+             control, limits and usage metering, the audit trail, fail closed), the upstream
+             registered as the upstream model `instant`, wrk holding a member's API key whose
+             team is granted the model and has (generous) rpm/tpm limits;
+- litellm:   LiteLLM's proxy (bench/.venv-litellm, from bench/peers/litellm.sh) with its master key
+             and no database, `--num_workers` = the cores (its recommended production setting);
+
+each at 1 and at 32 connections (`--connections`), printing requests/s, p50 and p99, and the ratios
+(stratus / LiteLLM requests/s; stratus's p50/p99 added over direct at 1 connection).
+
+Nothing is bought by weakening a guarantee, and the run checks it: while wrk loads stratus at the
+highest connection count, a second key whose rpm limit is 2 sends 6 requests and must be refused
+(429) at least twice; afterwards stratus is stopped (it drains its audit writer and ledger),
+`stratus audit verify` must pass, and every request wrk completed must be in the audit trail with
+status 200 and in the usage ledger (the trail holds at most one more record per connection: the
+requests wrk cut off at its deadline).
+
+Results print and go to bench/results/gateway-<time>.json with the machine facts. With
+`--profile DIR`, py-spy (pip install py-spy) samples stratus during its 32-connection round and
+writes DIR.svg (a flame graph) and DIR.txt (collapsed stacks: grep-able).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (bench/common.py)
+
+REPO = common.REPO
+sys.path.insert(0, str(REPO))
+from tests.live_server import ServeProcess  # noqa: E402
+
+MODEL = "instant"
+TEAM = "bench"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+LITELLM_VENV = REPO / "bench" / ".venv-litellm"
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+class Listening:
+    """A child process that prints 'listening on http://HOST:PORT' (or is polled on a known port)."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None, url: str | None = None):
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,  # its workers are stopped with it
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = url or self._banner()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def _banner(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if m := re.search(r"listening on (http://[\d.]+:\d+)", line):
+                    return m.group(1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        tail = "\n".join(self.lines[-20:])
+        raise RuntimeError(f"no banner from {self.proc.args}: {tail}")
+
+    def wait_http(self, path: str, headers: dict | None = None, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("exited: " + "\n".join(self.lines[-30:]))
+            try:
+                if httpx.get(self.url + path, headers=headers, timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.url}{path} did not answer 200: " + "\n".join(self.lines[-30:]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) used so far by `root` and its descendants (/proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo.extend(p for p, parent in parents.items() if parent == pid)
+    return total
+
+
+# -- wrk -----------------------------------------------------------------------------------------
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    assert m, text
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def wrk(url: str, key: str, connections: int, duration: float, server: int | None = None) -> dict:
+    """wrk -t1 -cN --latency with a Lua script that POSTs BODY; its figures, parsed. With
+    `server` (a pid), also the CPU milliseconds that process tree spent per completed request."""
+    body = json.dumps(BODY).replace("\\", "\\\\").replace("'", "\\'")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            f"wrk.method = 'POST'\nwrk.body = '{body}'\n"
+            "wrk.headers['Content-Type'] = 'application/json'\n"
+            + (f"wrk.headers['Authorization'] = 'Bearer {key}'\n" if key else "")
+        )
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", script.name, url]
+    cpu_before = tree_cpu_s(server) if server else 0.0
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu = tree_cpu_s(server) - cpu_before if server else None
+    os.unlink(script.name)
+    pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    return {
+        "cpu_ms_per_request": round(cpu * 1000 / max(requests, 1), 3) if cpu is not None else None,
+        "connections": connections,
+        "duration_s": duration,
+        "requests": requests,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(pct["50"]),
+        "p99_ms": _ms(pct["99"]),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1).strip() if errors else "",
+    }
+
+
+# -- stratus -------------------------------------------------------------------------------------
+
+
+class Stratus:
+    """`stratus serve --no-local-models` on a fresh data dir, the upstream registered, a member's key."""
+
+    def __init__(self, upstream: str, data_dir: Path, extra: list[str]):
+        self.data_dir = data_dir
+        self.admin_key = _fake_key()
+        env = {"STRATUS_ADMIN_KEY": self.admin_key}
+        args = ["--no-local-models", "--data-dir", str(data_dir), "--log-level", "warning", *extra]
+        self.server = ServeProcess(*args, env=env)
+        self.url = self.server.url
+        with self._admin() as c:
+            steps = [
+                (
+                    "POST",
+                    "/admin/upstreams",
+                    {
+                        "name": "instant",
+                        "model": MODEL,
+                        "base_url": upstream + "/v1",
+                        "upstream_model": MODEL,
+                    },
+                ),
+                ("POST", "/admin/teams", {"name": TEAM}),
+                ("PUT", f"/admin/teams/{TEAM}/models/{MODEL}", None),
+                ("POST", "/admin/users", {"name": "member", "team": TEAM}),
+                ("POST", "/admin/users", {"name": "limited", "team": TEAM}),
+                ("PUT", "/admin/limits", {"scope": "team", "subject": TEAM, "rpm": 10**9, "tpm": 10**11}),
+            ]
+            for method, path, body in steps:
+                c.request(method, path, json=body).raise_for_status()
+            member = c.post("/admin/keys", json={"name": "load", "user": "member", "team": TEAM}).json()
+            limited = c.post("/admin/keys", json={"name": "over", "user": "limited", "team": TEAM}).json()
+            c.put(
+                "/admin/limits", json={"scope": "key", "subject": limited["key"]["id"], "rpm": 2}
+            ).raise_for_status()
+        self.key, self.key_id, self.prefix = member["secret"], member["key"]["id"], member["key"]["prefix"]
+        self.limited_key = limited["secret"]
+
+    def _admin(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {self.admin_key}"}
+        )
+
+    def pid(self) -> int:
+        return self.server.proc.pid
+
+    def stop(self) -> int | None:
+        self.server.terminate()
+        try:
+            return self.server.wait(120)
+        except Exception:
+            self.server.kill()
+            return None
+
+    def counts(self) -> dict:
+        """The member key's audit records and ledger rows, read from the SQLite store."""
+        db = sqlite3.connect(self.data_dir / "stratus.db")
+        try:
+            by_status = dict(
+                db.execute(
+                    "SELECT status, count(*) FROM audit_events WHERE key_prefix = ? GROUP BY status",
+                    (self.prefix,),
+                ).fetchall()
+            )
+            ledger = dict(
+                db.execute(
+                    "SELECT status, count(*) FROM usage_ledger WHERE key_id = ? GROUP BY status",
+                    (self.key_id,),
+                ).fetchall()
+            )
+        finally:
+            db.close()
+        return {"audit_by_status": by_status, "ledger_by_status": ledger}
+
+    def verify(self) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "stratus.cli", "audit", "verify", "--data-dir", str(self.data_dir)]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _fake_key() -> str:
+    from stratus.security import keys
+
+    return keys.generate().secret
+
+
+def over_limit_probe(url: str, key: str, out: dict, stop: threading.Event) -> None:
+    """Six requests with the rpm=2 key, spread over the round: at least two must be 429."""
+    statuses = []
+    with httpx.Client(timeout=30) as c:
+        for _ in range(6):
+            if stop.wait(0.3):
+                break
+            r = c.post(url + "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {key}"})
+            statuses.append(r.status_code)
+    out["statuses"] = statuses
+
+
+# -- LiteLLM -------------------------------------------------------------------------------------
+
+
+def start_litellm(upstream: str, workers: int, work: Path) -> tuple[Listening, str]:
+    master = "sk-bench-" + secrets.token_hex(16)
+    config = work / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {upstream}/v1\n"
+        "      api_key: none\n"
+        "general_settings:\n"
+        f"  master_key: {master}\n"
+    )
+    port = free_port()
+    cmd = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--num_workers", str(workers)]
+    if workers > 1:  # its uvicorn workers die at start-up in this version; gunicorn's work
+        cmd.append("--run_gunicorn")
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+    proc = Listening(cmd, env=env, url=f"http://127.0.0.1:{port}")
+    proc.wait_http("/health/liveliness")
+    r = httpx.post(
+        proc.url + "/v1/chat/completions",
+        json=BODY,
+        headers={"Authorization": f"Bearer {master}"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    return proc, master
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run_rounds(
+    name: str, url: str, key: str, conns: list[int], duration: float, results: dict, server: int | None
+) -> None:
+    wrk(url, key, max(conns), min(duration, 3.0))  # warm-up: connections, pools, caches
+    for c in conns:
+        r = wrk(url, key, c, duration, server)
+        results.setdefault(name, {})[str(c)] = r
+        _print_round(name, r)
+
+
+def measure_stratus(
+    stratus: Stratus, conns: list[int], duration: float, profile: str | None, results: dict, checks: dict
+) -> dict:
+    """The stratus rounds; returns what was sent with the member's key: completed requests and the
+    connections wrk may have cut off at its deadlines (each may have left one more record)."""
+    url = stratus.url + "/v1/chat/completions"
+    r = httpx.post(url, json=BODY, headers={"Authorization": f"Bearer {stratus.key}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    warm = wrk(url, stratus.key, max(conns), min(duration, 3.0))
+    completed, cut, non_2xx = 1 + warm["requests"], warm["connections"], warm["non_2xx"]
+    for c in conns:
+        probe: dict = {}
+        stop = threading.Event()
+        prober = profiler = None
+        if c == max(conns):
+            prober = threading.Thread(
+                target=over_limit_probe, args=(stratus.url, stratus.limited_key, probe, stop)
+            )
+            prober.start()
+            if profile:
+                profiler = subprocess.Popen(
+                    [
+                        _py_spy(),
+                        "record",
+                        "-p",
+                        str(stratus.pid()),
+                        "-d",
+                        str(int(duration)),
+                        "-r",
+                        "200",
+                        "-f",
+                        "raw",
+                        "-o",
+                        profile + ".txt",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
+        res = wrk(url, stratus.key, c, duration, stratus.pid())
+        stop.set()
+        if prober is not None:
+            prober.join()
+            checks["over_limit_statuses"] = probe.get("statuses", [])
+        if profiler is not None:
+            profiler.wait(60)
+        results.setdefault("stratus", {})[str(c)] = res
+        _print_round("stratus", res)
+        completed, cut, non_2xx = completed + res["requests"], cut + c, non_2xx + res["non_2xx"]
+    return {"completed": completed, "cut_off_at_most": cut, "non_2xx": non_2xx}
+
+
+def _py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def _print_round(name: str, r: dict) -> None:
+    errors = f", socket errors {r['socket_errors']}" if r["socket_errors"] else ""
+    cpu = f"   cpu {r['cpu_ms_per_request']:.3f} ms/req" if r.get("cpu_ms_per_request") is not None else ""
+    print(
+        f"  {name:8s} c={r['connections']:<3d} {r['rps']:10.0f} req/s   p50 {r['p50_ms']:7.3f} ms"
+        f"   p99 {r['p99_ms']:7.3f} ms{cpu}   ({r['requests']} requests, non-2xx {r['non_2xx']}{errors})",
+        flush=True,
+    )
+
+
+def flamegraph(collapsed: Path) -> None:
+    """The SVG flame graph beside py-spy's collapsed stacks (bench/flame.py)."""
+    import flame  # bench/flame.py
+
+    stacks = flame.read(collapsed)
+    collapsed.with_suffix(".svg").write_text(flame.svg(stacks, "stratus under wrk, 32 connections"))
+    total = sum(stacks.values()) or 1
+    print(f"\nprofile: {collapsed} and .svg; inclusive / self share of samples:")
+    for name, inc, own in flame.top(stacks, 25):
+        print(f"  {100 * inc / total:5.1f}% {100 * own / total:5.1f}%  {name}")
+
+
+def ratios(results: dict, conns: list[int]) -> dict:
+    out: dict = {}
+    for c in conns:
+        k = str(c)
+        s, d, lite = (results.get(n, {}).get(k) for n in ("stratus", "direct", "litellm"))
+        if s and lite:
+            out[f"stratus_over_litellm_rps_c{c}"] = round(s["rps"] / lite["rps"], 2)
+        if s and d:
+            out[f"stratus_added_p50_ms_c{c}"] = round(s["p50_ms"] - d["p50_ms"], 3)
+            out[f"stratus_added_p99_ms_c{c}"] = round(s["p99_ms"] - d["p99_ms"], 3)
+            out[f"stratus_over_direct_rps_c{c}"] = round(s["rps"] / d["rps"], 4)
+        if lite and d:
+            out[f"litellm_added_p50_ms_c{c}"] = round(lite["p50_ms"] - d["p50_ms"], 3)
+    return out
+
+
+def check(checks: dict) -> list[str]:
+    """What the run must show of the guarantees; an empty list when all hold."""
+    failures = []
+    sent = checks.get("sent")
+    if sent is None:
+        return ["stratus was not measured"]
+    if sent["non_2xx"]:
+        failures.append(f"{sent['non_2xx']} of the member key's requests were not 2xx")
+    refused = [s for s in checks.get("over_limit_statuses", []) if s == 429]
+    if len(refused) < 2:
+        failures.append(
+            f"the rpm=2 key was refused {len(refused)} times of 6 (statuses {checks.get('over_limit_statuses')})"
+        )
+    if checks.get("audit_verify_rc") != 0:
+        failures.append(f"audit verify failed: {checks.get('audit_verify')}")
+    audit = {int(k): v for k, v in checks.get("audit_by_status", {}).items()}
+    ledger = checks.get("ledger_by_status", {})
+    total, ok = sum(audit.values()), audit.get(200, 0)
+    if ok < sent["completed"]:
+        failures.append(f"{sent['completed']} requests completed but only {ok} audit records with status 200")
+    if total > sent["completed"] + sent["cut_off_at_most"]:
+        failures.append(
+            f"{total} audit records for {sent['completed']} completed requests (+ at most {sent['cut_off_at_most']} cut off)"
+        )
+    if sum(ledger.values()) < sent["completed"]:
+        failures.append(f"{sent['completed']} requests completed but only {sum(ledger.values())} ledger rows")
+    if checks.get("stratus_exit") not in (0, None) and checks.get("stratus_exit") != 0:
+        failures.append(f"stratus exited with {checks.get('stratus_exit')} after SIGTERM")
+    return failures
+
+
+def print_summary(report: dict) -> None:
+    print("\nratios:")
+    for k, v in report["ratios"].items():
+        print(f"  {k:32s} {v}")
+    print("checks:", json.dumps(report["checks"], default=str))
+    if report["failures"]:
+        print("FAILED:")
+        for f in report["failures"]:
+            print("  -", f)
+    else:
+        print(
+            "all guarantees held: every completed request audited (verify passed) and metered; the over-limit key was refused"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per wrk round")
+    parser.add_argument("--connections", default="1,32")
+    parser.add_argument("--quick", action="store_true", help="3 s rounds; a smoke test")
+    parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--litellm-workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--stratus-arg", action="append", default=[], help="an extra `stratus serve` argument"
+    )
+    parser.add_argument("--profile", help="py-spy the 32-connection stratus round into PATH.svg / PATH.txt")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+    duration = 3.0 if args.quick else args.duration
+    conns = [int(c) for c in args.connections.split(",")]
+    machine = common.machine_info()
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_average']}, commit {machine['git_commit']}"
+    )
+    results: dict = {}
+    checks: dict = {}
+    work = Path(tempfile.mkdtemp(prefix="stratus-gateway-bench-"))
+    upstream = Listening([sys.executable, str(REPO / "bench" / "instant_upstream.py")])
+    stratus = litellm = None
+    try:
+        run_rounds(
+            "direct", upstream.url + "/v1/chat/completions", "", conns, duration, results, upstream.proc.pid
+        )
+
+        stratus = Stratus(upstream.url, work / "stratus-data", args.stratus_arg)
+        checks["sent"] = sent = measure_stratus(stratus, conns, duration, args.profile, results, checks)
+        checks["stratus_exit"] = stratus.stop()  # drains: the audit writer and the ledger flush
+        checks.update(stratus.counts())
+        verified = stratus.verify()
+        checks["audit_verify_rc"] = verified.returncode
+        checks["audit_verify"] = (verified.stdout + verified.stderr).strip().splitlines()[-1:]
+        stratus = None
+        del sent
+
+        if not args.no_litellm:
+            if not (LITELLM_VENV / "bin" / "litellm").exists():
+                print("  litellm: not installed (bash bench/peers/litellm.sh); skipped")
+            else:
+                litellm, master = start_litellm(upstream.url, args.litellm_workers, work)
+                run_rounds(
+                    "litellm",
+                    litellm.url + "/v1/chat/completions",
+                    master,
+                    conns,
+                    duration,
+                    results,
+                    litellm.proc.pid,
+                )
+                litellm.stop()
+                litellm = None
+    finally:
+        for p in (stratus, litellm):
+            if p is not None:
+                p.stop()
+        upstream.stop()
+    if args.profile and Path(args.profile + ".txt").exists():
+        flamegraph(Path(args.profile + ".txt"))
+    report = {"machine": machine, "results": results, "checks": checks, "duration_s": duration}
+    report["ratios"] = ratios(results, conns)
+    failures = check(checks)
+    report["failures"] = failures
+    print_summary(report)
+    common.write_report(report, common.RESULTS_DIR / f"gateway-{datetime.now():%Y%m%d-%H%M%S}.json")
+    shutil.rmtree(work, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
