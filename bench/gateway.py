@@ -178,12 +178,25 @@ def wrk(url: str, key: str, connections: int, duration: float, server: int | Non
             "wrk.headers['Content-Type'] = 'application/json'\n"
             + (f"wrk.headers['Authorization'] = 'Bearer {key}'\n" if key else "")
         )
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", script.name, url]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        "--timeout",
+        "10s",
+        f"-d{duration:g}s",
+        "--latency",
+        "-s",
+        script.name,
+        url,
+    ]
     cpu_before = tree_cpu_s(server) if server else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     cpu = tree_cpu_s(server) - cpu_before if server else None
     os.unlink(script.name)
-    pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M))
+    pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", out, re.M))
+    if "99" not in pct:
+        raise RuntimeError(f"wrk gave no latency distribution:\n{out}")
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)$", out, re.M)
@@ -203,6 +216,23 @@ def wrk(url: str, key: str, connections: int, duration: float, server: int | Non
 # -- stratus -------------------------------------------------------------------------------------
 
 
+def setup_steps(upstream: str) -> list[tuple[str, str, dict | None]]:
+    """An admin's calls: the upstream as the model, a team granted it with (generous) limits, the
+    member whose key wrk holds, and the user whose key is limited to 2 requests a minute."""
+    return [
+        (
+            "POST",
+            "/admin/upstreams",
+            {"name": "instant", "model": MODEL, "base_url": upstream + "/v1", "upstream_model": MODEL},
+        ),
+        ("POST", "/admin/teams", {"name": TEAM}),
+        ("PUT", f"/admin/teams/{TEAM}/models/{MODEL}", None),
+        ("POST", "/admin/users", {"name": "member", "team": TEAM}),
+        ("POST", "/admin/users", {"name": "limited", "team": TEAM}),
+        ("PUT", "/admin/limits", {"scope": "team", "subject": TEAM, "rpm": 10**9, "tpm": 10**11}),
+    ]
+
+
 class Stratus:
     """`stratus serve --no-local-models` on a fresh data dir, the upstream registered, a member's key."""
 
@@ -214,24 +244,7 @@ class Stratus:
         self.server = ServeProcess(*args, env=env)
         self.url = self.server.url
         with self._admin() as c:
-            steps = [
-                (
-                    "POST",
-                    "/admin/upstreams",
-                    {
-                        "name": "instant",
-                        "model": MODEL,
-                        "base_url": upstream + "/v1",
-                        "upstream_model": MODEL,
-                    },
-                ),
-                ("POST", "/admin/teams", {"name": TEAM}),
-                ("PUT", f"/admin/teams/{TEAM}/models/{MODEL}", None),
-                ("POST", "/admin/users", {"name": "member", "team": TEAM}),
-                ("POST", "/admin/users", {"name": "limited", "team": TEAM}),
-                ("PUT", "/admin/limits", {"scope": "team", "subject": TEAM, "rpm": 10**9, "tpm": 10**11}),
-            ]
-            for method, path, body in steps:
+            for method, path, body in setup_steps(upstream):
                 c.request(method, path, json=body).raise_for_status()
             member = c.post("/admin/keys", json={"name": "load", "user": "member", "team": TEAM}).json()
             limited = c.post("/admin/keys", json={"name": "over", "user": "limited", "team": TEAM}).json()
@@ -377,6 +390,8 @@ def measure_stratus(
                         str(int(duration)),
                         "-r",
                         "200",
+                        "--nonblocking",
+                        "--gil",
                         "-f",
                         "raw",
                         "-o",

@@ -123,6 +123,8 @@ def create_app(
             if state.ray_cluster is not None:
                 await state.ray_cluster.close()
             await registry.shutdown()
+            if state.upstreams is not None:  # its connections to the upstreams
+                await state.upstreams.pool.aclose()
             # The audit writer drains before the store it writes to closes (off the event loop:
             # it waits for a commit).
             await asyncio.to_thread(pipeline.close)

@@ -3,7 +3,8 @@
     pool = UpstreamPool()
     pool.set([Upstream("vllm-a", "llama", "http://10.0.0.7:8000/v1", "meta-llama/Llama-3.1-8B", key)])
     opened = await pool.open("llama", "/chat/completions", body)   # retried elsewhere before byte one
-    ... opened.response (a streaming httpx.Response) ... ; await opened.close(tokens, ok=True)
+    ... opened.response (an UpstreamResponse: status, then the body read or streamed) ...
+    await opened.close(tokens, ok=True)
 
 An upstream speaks text, not token ids, so it is proxied at the HTTP level rather than wrapped as a
 `Replica`; several upstreams of one model are still routed with the same `Router`. Only an admin
@@ -12,6 +13,11 @@ request goes to always comes from that registration, never from the client. A co
 a timeout, a 5xx, a 429, or a refusal of the gateway's own key (401/403/404) before the first
 byte moves the request to another upstream of the model; a 400 is the client's and is returned.
 A text stream cannot be resumed elsewhere: a failure mid-stream ends it (api/upstream_proxy.py).
+
+The HTTP client is aiohttp's: one session per event loop, a keep-alive connection pool, its C
+HTTP parser. It costs about a tenth of the CPU per request of httpx's client, whose pool checks
+every idle connection's socket on each request (measured with bench/gateway.py, issue 18), and
+the proxy's request path is mostly this call.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import asyncio
 import contextlib
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
+import orjson
 
 from stratus.cluster.breaker import CircuitBreaker
 from stratus.cluster.router import NoReplicaAvailable, Router
@@ -58,6 +66,50 @@ class Upstream:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
+def _failure(exc: BaseException) -> str:
+    """What went wrong, in words that do not depend on the HTTP client (clients may read them)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "ConnectError"
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors
+        return "Timeout"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "ServerDisconnected"
+    return "ConnectionError"
+
+
+class UpstreamResponse:
+    """An upstream's answer once its status and headers have arrived: the body is then read
+    whole (`aread`) or as lines (`aiter_lines`), and the connection released (`aclose`): back to
+    the pool when the body was read to its end, closed otherwise."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse):
+        self._response = response
+
+    @property
+    def status_code(self) -> int:
+        return self._response.status
+
+    async def aread(self) -> bytes:
+        return await self._response.read()
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        """The body's lines, decoded, without their line ends (SSE framing); a line may be of
+        any length (a tool call's arguments in one event)."""
+        pending = b""
+        async for chunk in self._response.content.iter_any():
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.rstrip(b"\r").decode("utf-8", "replace")
+        if pending:
+            yield pending.rstrip(b"\r").decode("utf-8", "replace")
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
 class UpstreamFailed(Exception):
     """No upstream of the model could take the request; the message is safe for clients."""
 
@@ -67,7 +119,7 @@ class Opened:
     """An upstream's answer whose status and headers have arrived (the body may still stream)."""
 
     upstream: Upstream
-    response: httpx.Response
+    response: UpstreamResponse
     router: Router
     work: float
     started: float = field(default_factory=time.monotonic)
@@ -97,10 +149,13 @@ class UpstreamPool:
         self.policy = policy
         self.open_seconds = open_seconds
         self.probe_timeout = probe_timeout
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            follow_redirects=False,  # a redirect could point anywhere; the admin's URL is the URL
+        # connect: the TCP (and TLS) connect; sock_read: the longest silence while reading. The
+        # pool has no size limit: admission (limits, the queue bound) bounds what is in flight.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         self.upstreams: dict[str, Upstream] = {}
         self._routers: dict[str, Router] = {}  # model -> router over its upstreams
         # One breaker per upstream, fed by request outcomes: a dead upstream is skipped (it would
@@ -161,20 +216,24 @@ class UpstreamPool:
             tried.add(name)
             upstream = self.upstreams[name]
             payload = {**body, "model": upstream.upstream_model}
-            headers = tracing.inject(dict(upstream.headers))  # the upstream may continue the trace
-            request = self._client.build_request(
-                "POST", upstream.base_url + path, json=payload, headers=headers
-            )
+            headers = tracing.inject({**upstream.headers, "Content-Type": "application/json"})
             router.begin(name, work)
             started = time.monotonic()
             try:
-                response = await self._client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                why = f"{type(exc).__name__}"
+                # a redirect could point anywhere; the admin's URL is the URL
+                answer = await self.session().post(
+                    upstream.base_url + path,
+                    data=orjson.dumps(payload),
+                    headers=headers,
+                    allow_redirects=False,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                why = _failure(exc)
                 router.end(name, work, 0, time.monotonic() - started, False)
                 breaker.record_failure()
                 self._ensure_prober()
                 continue
+            response = UpstreamResponse(answer)
             if response.status_code >= 500 or response.status_code in RETRY_STATUSES:
                 why = f"HTTP {response.status_code}"
                 await response.aclose()
@@ -190,13 +249,31 @@ class UpstreamPool:
     async def probe(self, name: str) -> bool:
         """`GET {base_url}/models` with the upstream's key: a light check that it answers us."""
         upstream = self.upstreams[name]
+        timeout = aiohttp.ClientTimeout(total=self.probe_timeout)
         try:
-            r = await self._client.get(
-                upstream.base_url + "/models", headers=upstream.headers, timeout=self.probe_timeout
-            )
-        except httpx.HTTPError:
+            async with self.session().get(
+                upstream.base_url + "/models",
+                headers=upstream.headers,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as r:
+                return r.status < 400
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        return r.status_code < 400
+
+    def session(self) -> aiohttp.ClientSession:
+        """The client session of the running event loop (made on first use: a session belongs to
+        the loop it was made in)."""
+        session = self._session
+        loop = asyncio.get_running_loop()
+        if session is None or session.closed or self._session_loop is not loop:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as they did with httpx
+            session = self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, trust_env=True
+            )
+            self._session_loop = loop
+        return session
 
     async def probe_failing(self) -> None:
         """Give each upstream whose breaker is half-open its trial as a probe, so it comes back
@@ -223,4 +300,5 @@ class UpstreamPool:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prober
-        await self._client.aclose()
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
