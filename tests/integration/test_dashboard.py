@@ -191,8 +191,9 @@ def test_a_key_is_created_with_its_secret_shown_once_then_revoked(tab, gateway, 
     tab.sign_in(admin_key)
     tab.open("keys")
     page = tab.page
-    page.fill("form.inline input[name=name]", "made-in-the-ui")
-    page.click("form.inline button[type=submit]")
+    create = page.locator("form", has=page.get_by_role("button", name="Create key"))
+    create.locator("input[name=name]").fill("made-in-the-ui")
+    create.get_by_role("button").click()
     shown = page.locator(".secret .secret-value")
     expect(shown).to_be_visible()
     secret = issued.record(shown.inner_text().strip())
@@ -208,6 +209,22 @@ def test_a_key_is_created_with_its_secret_shown_once_then_revoked(tab, gateway, 
     tab.open("keys")
     expect(row).to_be_visible()
     assert secret not in page.content()
+
+    # Limits of this key: two requests a minute, then 429; removed, it is free again.
+    row.get_by_role("button", name="Limits").click()
+    limits = page.locator("#limit-form")
+    expect(limits.locator("select[name=scope]")).to_have_value("key")
+    limits.locator("input[name=rpm]").fill("2")
+    limits.get_by_role("button", name="Set limits").click()
+    rule = page.locator("tr[data-limit^='key:']")
+    expect(rule).to_contain_text("made-in-the-ui")
+    answers = [
+        chat(url, secret, issued.record_prompt(f"a limited key, call {i}")).status_code for i in range(3)
+    ]
+    assert answers == [200, 200, 429]
+    rule.get_by_role("button", name="Remove").click()
+    expect(rule).to_have_count(0)
+    assert chat(url, secret, issued.record_prompt("a limited key, once the limit is gone")).status_code == 200
 
     page.once("dialog", lambda d: d.accept())
     row.get_by_role("button", name="Revoke").click()

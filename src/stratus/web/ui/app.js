@@ -40,6 +40,7 @@ class Page {
 
   // Run fn now and every `ms` while the page is shown (live updates without reload).
   every(ms, fn) {
+    if (this.stopped) return; // the page was left while it was still loading
     const tick = async () => {
       if (this.stopped) return;
       try {

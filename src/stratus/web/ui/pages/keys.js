@@ -1,7 +1,8 @@
 // API keys the credential may see (its own; a team's for team admins; all for admins): create
-// one (its secret is shown once, here, and never again), rotate, revoke.
+// one (its secret is shown once, here, and never again), rotate, revoke, and set its limits.
 import { get, post, query } from "../api.js";
 import { button, form, h, refusal, replace, table, time } from "../dom.js";
+import { limitsSection } from "../limits.js";
 
 function list(text) {
   const items = (text || "").split(",").map((s) => s.trim()).filter(Boolean);
@@ -26,6 +27,8 @@ export async function render(root, page, me) {
   const secret = h("div", { class: "secret-slot" });
   const listing = h("div");
   const showRevoked = h("input", { type: "checkbox", checked: true });
+  const names = new Map(); // key id -> "name (prefix)", for the limits table
+  const limits = limitsSection((r) => (r.scope === "key" && names.has(r.subject) ? names.get(r.subject) : r.subject));
   root.append(
     h("h2", { text: "New key" }),
     form(
@@ -49,6 +52,8 @@ export async function render(root, page, me) {
     secret,
     h("h2", {}, "Keys ", h("label", { class: "toggle" }, showRevoked, " show revoked and expired")),
     listing,
+    h("h2", { text: "Limits" }),
+    limits.element,
   );
 
   async function act(key, what) {
@@ -74,6 +79,7 @@ export async function render(root, page, me) {
       replace(listing, refusal(error));
       return;
     }
+    keys.forEach((k) => names.set(k.id, `${k.name} (${k.prefix})`));
     replace(
       listing,
       table(
@@ -91,7 +97,13 @@ export async function render(root, page, me) {
             label: "",
             value: (k) =>
               k.status === "active"
-                ? h("span", {}, button("Rotate", () => act(k, "rotate")), button("Revoke", () => act(k, "revoke"), { class: "danger" }))
+                ? h(
+                    "span",
+                    {},
+                    button("Limits", () => limits.edit("key", k.id, `${k.name} (${k.prefix})`)),
+                    button("Rotate", () => act(k, "rotate")),
+                    button("Revoke", () => act(k, "revoke"), { class: "danger" }),
+                  )
                 : "",
           },
         ],
@@ -102,5 +114,8 @@ export async function render(root, page, me) {
   }
 
   showRevoked.addEventListener("change", refresh);
-  page.every(10000, refresh);
+  page.every(10000, async () => {
+    await refresh();
+    await limits.refresh();
+  });
 }
