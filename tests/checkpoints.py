@@ -187,3 +187,35 @@ def hf_embeddings(path: Path | str, prompts: list[list[int]], mode: str = "last"
         row = {"last": hidden[-1], "cls": hidden[0], "mean": hidden.mean(dim=0)}[mode]
         rows.append(torch.nn.functional.normalize(row, dim=-1) if normalize else row)
     return torch.stack(rows)
+
+
+ALL_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def build_lora_adapter(
+    base_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    r: int = 8,
+    alpha: float = 16,
+    targets: tuple[str, ...] = ALL_LORA_TARGETS,
+    use_rslora: bool = False,
+    seed: int = 0,
+    std: float = 0.05,
+) -> Path:
+    """A PEFT LoRA adapter of the checkpoint at `base_dir`, saved by PEFT itself, with random
+    A and (non-zero) B so that it changes what the model computes."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, use_rslora=use_rslora
+    )
+    model = get_peft_model(load_hf_model(base_dir), config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0.0, std)
+    out = Path(out_dir)
+    model.save_pretrained(str(out))
+    return out

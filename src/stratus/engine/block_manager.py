@@ -1,7 +1,8 @@
 """The paged KV cache's bookkeeping: a pool of fixed-size blocks, shared through a prefix cache.
 
-A full block is named by a hash chained over every token before it, so equal names mean equal
-prefixes. Blocks nobody references stay cached and are reused LRU-last, evicted LRU-first.
+A full block is named by a hash chained over every token before it, starting from the
+sequence's LoRA adapter (its `cache_salt`), so equal names mean equal prefixes under equal weights.
+Blocks nobody references stay cached and are reused LRU-last, evicted LRU-first.
 
 Free blocks are handed out so that a sequence's blocks are consecutive whenever the pool allows:
 a sequence grows into the block right after its last one, and a new sequence starts in a free
@@ -64,7 +65,7 @@ class BlockManager:
             return 0
         # The last token is always computed: its logits are needed to sample.
         full_blocks = (seq.num_tokens - 1) // self.block_size
-        parent, hashes = b"", []
+        parent, hashes = seq.cache_salt, []
         for b in range(full_blocks):
             parent = block_hash(parent, seq.token_ids[b * self.block_size : (b + 1) * self.block_size])
             block_id = self.cached.get(parent)
@@ -101,7 +102,7 @@ class BlockManager:
             return
         hashes = self.seq_hashes.setdefault(seq.seq_id, [])
         full = seq.num_computed_tokens // self.block_size
-        parent = hashes[-1] if hashes else b""
+        parent = hashes[-1] if hashes else seq.cache_salt
         for b in range(len(hashes), full):
             parent = block_hash(parent, seq.token_ids[b * self.block_size : (b + 1) * self.block_size])
             hashes.append(parent)

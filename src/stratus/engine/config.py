@@ -157,12 +157,17 @@ class EngineConfig:
     # second, shared by every running sequence: a replica of exactly that capacity (benchmarks
     # of routing over unequal replicas; sharing a machine politely). None: as fast as it can.
     max_tokens_per_second: float | None = None
+    # LoRA adapters held in memory at once (engine/lora.py): an LRU, and the most distinct
+    # adapters one batch can mix; an adapter evicted is read again from disk when next used.
+    max_loras: int = 8
 
     def __post_init__(self) -> None:
         rate = self.max_tokens_per_second
         number = isinstance(rate, (int, float)) and not isinstance(rate, bool)
         if rate is not None and not (number and 0 < rate < float("inf")):
             raise ValueError(f"max_tokens_per_second must be a positive number, got {rate!r}")
+        if not isinstance(self.max_loras, int) or self.max_loras < 1:
+            raise ValueError(f"max_loras must be an integer >= 1, got {self.max_loras!r}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

@@ -23,6 +23,7 @@ from .config import CheckpointError, EngineConfig, ModelConfig
 from .gguf import is_gguf
 from .grammar import Constraint, GrammarError, GrammarVocab, mask_rows
 from .inputs import check_embedding_inputs, context_window, prepare_prompt
+from .lora import AdapterStore, LoraWeights
 from .model_runner import ModelRunner
 from .pooling import Pooling, pool
 from .sampler import apply_penalties, sample, top_logprobs
@@ -89,8 +90,15 @@ class EngineCore:
         self.blocks = BlockManager(
             self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
+        # LoRA adapters served on this model (lora.py): registered at run time (load_adapter)
+        self.adapters = AdapterStore(
+            self.model_config, self.runner.dtype, self.runner.device, self.config.max_loras
+        )
         self.scheduler = Scheduler(
-            self.blocks, self.config.max_num_seqs, max(self.config.max_num_batched_tokens, 2)
+            self.blocks,
+            self.config.max_num_seqs,
+            max(self.config.max_num_batched_tokens, 2),
+            self.adapters,
         )
         self.eos_token_ids = self._eos_ids()
         self.generator = torch.Generator(device=self.runner.device).manual_seed(self.config.seed)
@@ -128,6 +136,10 @@ class EngineCore:
         if request.request_id in self.requests:
             raise ValidationError(f"request id {request.request_id!r} is already running", "request_id")
         ids = prompt_ids if prompt_ids is not None else self.prepare(request)
+        if request.adapter is not None and request.adapter not in self.adapters:
+            raise ValidationError(
+                f"the LoRA adapter {request.adapter!r} is not loaded on this replica", "model"
+            )
         params = request.params
         stop_ids = frozenset(params.stop_token_ids) | (
             frozenset() if params.ignore_eos else self.eos_token_ids
@@ -147,6 +159,7 @@ class EngineCore:
                 detokenizer=IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens),
                 generator=gen,
                 seed=params.seed,
+                adapter=request.adapter,
             )
             try:
                 if params.grammar is not None:
@@ -189,6 +202,17 @@ class EngineCore:
         # Text the other replica held back (a possible stop string) is still owed to the caller.
         seq.emitted_chars = len(delivered) if seq.text.startswith(delivered) else len(seq.text)
 
+    # -- LoRA adapters -------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: str | Path) -> LoraWeights:
+        """Serve the PEFT adapter at `path` as `name` (replacing one of that name); raises
+        AdapterError (a CheckpointError) when it cannot be served on this model."""
+        return self.adapters.register(name, path)
+
+    def unload_adapter(self, name: str) -> bool:
+        """Stop serving `name`: new requests for it are refused, running ones finish."""
+        return self.adapters.unregister(name)
+
     def abort(self, request_id: str) -> list[Delta]:
         """Stop a request now and free its KV blocks; returns its closing deltas."""
         deltas = []
@@ -209,6 +233,8 @@ class EngineCore:
         """One step of every scheduled sequence. A sequence whose forward pass or sampling
         fails is failed alone (see `take_failures`): one request must never stop the others."""
         batch = self.scheduler.schedule()
+        for seq, why in self.scheduler.take_rejected():
+            self._fail(seq, why)
         if not batch.items:
             return []
         try:
@@ -282,14 +308,19 @@ class EngineCore:
         kept = [i for i in kept if not finishing[i].finished]  # a sibling choice failed
         return [finishing[i] for i in kept], logits[kept]
 
-    def _fail(self, seq: Sequence, exc: Exception) -> None:
-        """Fail the request `seq` belongs to (all its choices) and free its blocks."""
-        log.error("request %s failed in the engine: %s: %s", seq.request_id, type(exc).__name__, exc)
+    def _fail(self, seq: Sequence, exc: Exception | str) -> None:
+        """Fail the request `seq` belongs to (all its choices) and free its blocks. A string
+        is a reason the caller may read (the adapter it asked for was unloaded)."""
+        if isinstance(exc, str):
+            log.warning("request %s failed in the engine: %s", seq.request_id, exc)
+        else:
+            log.error("request %s failed in the engine: %s: %s", seq.request_id, type(exc).__name__, exc)
         for other in self.requests.pop(seq.request_id, [seq]):
             if not other.finished:
                 self.scheduler.finish(other)
                 other.finish_reason = "abort"
-        self._failures[seq.request_id] = f"{type(exc).__name__} while computing this request"
+        why = exc if isinstance(exc, str) else f"{type(exc).__name__} while computing this request"
+        self._failures[seq.request_id] = why
 
     def take_failures(self) -> dict[str, str]:
         """Requests failed since the last call, and why; each is gone from the engine."""
@@ -407,10 +438,18 @@ class EngineCore:
             prompt_tokens_total=self.prompt_tokens_total,
         )
 
-    def prompt_logits(self, prompts: list[list[int]]) -> list[torch.Tensor]:
-        """Logits for every position of each prompt, computed as one batch. Engine must be idle."""
+    def prompt_logits(self, prompts: list[list[int]], adapter: str | None = None) -> list[torch.Tensor]:
+        """Logits for every position of each prompt, computed as one batch (with the LoRA
+        `adapter`, if named). Engine must be idle."""
         with self._whole_prompts(prompts, "logits") as seqs:
-            return self.runner.full_logits(seqs)
+            lora = self.adapters.acquire(adapter) if adapter is not None else None
+            try:
+                for seq in seqs:
+                    seq.lora = lora
+                return self.runner.full_logits(seqs)
+            finally:
+                if lora is not None:
+                    self.adapters.release(lora)
 
     @contextmanager
     def _whole_prompts(self, prompts: list[list[int]], request_id: str) -> Iterator[list[Sequence]]:

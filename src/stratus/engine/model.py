@@ -15,6 +15,7 @@ from torch import nn
 
 from . import native
 from .config import ModelConfig
+from .lora import LoraBatch
 
 
 @dataclass
@@ -147,8 +148,9 @@ def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        self.layer = layer  # its index: where its LoRA weights are (lora.py)
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.group = config.num_heads // config.num_kv_heads  # query heads per KV head
@@ -168,10 +170,15 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         kv_cache: torch.Tensor,
         batch: AttentionBatch,
+        lora: LoraBatch | None = None,
     ) -> torch.Tensor:
-        """kv_cache: [2 * kv_heads, slots, head_dim], K heads then V heads."""
+        """kv_cache: [2 * kv_heads, slots, head_dim], K heads then V heads. `lora`: the rows
+        that use an adapter, and which (None: every row uses the base model alone)."""
         tokens = x.shape[0]
-        qkv = self.qkv_proj(x).view(tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x)
+        if lora is not None:
+            lora.apply(qkv, x, self.layer, "qkv")
+        qkv = qkv.view(tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         apply_rope_(qkv[:, : self.num_heads + self.num_kv_heads], *rope)
         q = qkv[:, : self.num_heads]
         # K and V of the new tokens reach the pool in one copy.
@@ -199,7 +206,11 @@ class Attention(nn.Module):
         for span in batch.prefills:
             rows = slice(span.start, span.start + span.length)
             out[rows] = self._prefill(q[rows], kv_cache, span, batch.block_size)
-        return self.o_proj(out.view(tokens, self.q_size))
+        flat = out.view(tokens, self.q_size)
+        y = self.o_proj(flat)
+        if lora is not None:
+            lora.apply(y, flat, self.layer, "o")
+        return y
 
     def _decode(self, q, kv_cache, group: DecodeGroup, block_size: int, out: torch.Tensor) -> None:
         rows = slice(group.start, group.start + group.count)
@@ -255,29 +266,37 @@ def causal_mask(first: int, length: int, window: int | None, device) -> torch.Te
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        self.layer = layer
         self.intermediate = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate).mul_(up))
+    def forward(self, x: torch.Tensor, lora: LoraBatch | None = None) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x)
+        if lora is not None:
+            lora.apply(gate_up, x, self.layer, "gate_up")
+        gate, up = gate_up.split(self.intermediate, dim=-1)
+        hidden = F.silu(gate).mul_(up)
+        y = self.down_proj(hidden)
+        if lora is not None:
+            lora.apply(y, hidden, self.layer, "down")
+        return y
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config)
+        self.self_attn = Attention(config, layer)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, layer)
 
-    def forward(self, x, rope, kv_cache, batch):
+    def forward(self, x, rope, kv_cache, batch, lora: LoraBatch | None = None):
         # In place: x is this forward pass's own residual stream (inference only).
-        x += self.self_attn(self.input_layernorm(x), rope, kv_cache, batch)
-        x += self.mlp(self.post_attention_layernorm(x))
+        x += self.self_attn(self.input_layernorm(x), rope, kv_cache, batch, lora)
+        x += self.mlp(self.post_attention_layernorm(x), lora)
         return x
 
 
@@ -286,7 +305,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, n) for n in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
@@ -299,12 +318,13 @@ class LlamaModel(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         batch: AttentionBatch,
+        lora: LoraBatch | None = None,
     ) -> torch.Tensor:
-        """Hidden states [T, hidden] after the final norm."""
+        """Hidden states [T, hidden] after the final norm; `lora`: rows that use an adapter."""
         x = self.embed_tokens(input_ids)
         rope = self.rope(positions, x.dtype)  # shared by every layer
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, rope, kv_cache, batch)
+            x = layer(x, rope, kv_cache, batch, lora)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

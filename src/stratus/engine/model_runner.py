@@ -9,6 +9,7 @@ import torch
 from . import native
 from .config import EngineConfig, ModelConfig
 from .decode_groups import block_table_tensor, contiguous_start, make_decode_groups, overhead_tokens
+from .lora import LoraBatch
 from .model import AttentionBatch, DecodeSlice, LlamaModel, PagedDecodes, PrefillSpan
 from .packed_linear import pack_linears, packing_available
 from .scheduler import ScheduledBatch
@@ -121,12 +122,13 @@ class ModelRunner:
         """Compute the batch; returns the sequences that reached their last token and their logits."""
         # Decodes first (rows [0, len(decodes)), in the order their attention plan gives).
         decodes = [(seq, n) for seq, n in batch.items if n == 1]
-        if self.native_decode:
+        if self.native_decode:  # any order will do: rows of one adapter together (one LoRA group)
+            decodes.sort(key=_adapter_order)
             slices, groups, paged = [], [], self._paged_decodes(decodes)
         else:
             decodes, slices, groups = self._pytorch_decode_plan(decodes)
             paged = None
-        prefills = [(s, n) for s, n in batch.items if n > 1]
+        prefills = sorted(((s, n) for s, n in batch.items if n > 1), key=_adapter_order)
         input_ids: list[int] = []
         positions: list[int] = []
         for seq, n in decodes + prefills:
@@ -152,11 +154,15 @@ class ModelRunner:
             spans.append(PrefillSpan(row, n, seq.num_computed_tokens, self.block_tables([seq], total)[0]))
             row += n
         attn = AttentionBatch(slot_mapping, self.block_size, len(decodes), groups, spans, slices, paged)
+        lora = None
+        if any(seq.lora is not None for seq, _ in batch.items):
+            lora = LoraBatch.of_rows([seq.lora for seq, n in decodes + prefills for _ in range(n)], self.device)
         hidden = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=self.device),
             pos_t.to(self.device),
             self.kv_caches,
             attn,
+            lora,
         )
         # Only a sequence whose last token was computed this step samples a next token; results
         # keep the scheduler's order, whatever order the rows ran in.
@@ -194,9 +200,17 @@ class ModelRunner:
         slot_mapping = torch.cat(slot_mapping)
         ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.long, device=self.device)
         positions = torch.cat([torch.arange(s.num_tokens, device=self.device) for s in seqs])
+        lora = LoraBatch.of_rows([s.lora for s in seqs for _ in range(s.num_tokens)], self.device)
         return self.model(
             ids,
             positions,
             self.kv_caches,
             AttentionBatch(slot_mapping, self.block_size, 0, [], spans),
+            lora,
         )
+
+
+def _adapter_order(item: tuple[Sequence, int]) -> int:
+    """Sorts rows of one adapter next to each other (the base model's first)."""
+    lora = item[0].lora
+    return 0 if lora is None else id(lora)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .grammar import Constraint
+from .lora import LoraWeights
 from .tokenizer import IncrementalDetokenizer
 from .types import FinishReason, SamplingParams
 
@@ -41,6 +42,13 @@ class Sequence:
     emitted_chars: int = 0  # text already handed to the caller
     finish_reason: FinishReason | None = None
     constraint: Constraint | None = None  # guided decoding: the grammar this output must follow
+    adapter: str | None = None  # the LoRA adapter it asked for (None: the base model)
+    lora: LoraWeights | None = None  # that adapter's weights, pinned while the sequence runs
+
+    @property
+    def cache_salt(self) -> bytes:
+        """Where its prefix-cache hashes start: KV computed under one adapter is never another's."""
+        return self.lora.key if self.lora is not None else b""
 
     @property
     def num_tokens(self) -> int:

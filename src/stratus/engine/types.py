@@ -126,6 +126,9 @@ class GenerateRequest:
     # They count as generated (max_tokens, penalties, seeded positions) and are not sent again.
     resume_token_ids: list[int] = field(default_factory=list)
     resume_text: str = ""
+    # A LoRA adapter loaded on the replica (EngineCore.load_adapter) to apply to this request;
+    # None: the base model alone.
+    adapter: str | None = None
 
 
 @dataclass
