@@ -26,7 +26,7 @@ from typing import Any
 
 from stratus.engine.config import EngineConfig
 from stratus.hub import HubError, parse_source
-from stratus.names import MODEL_NAME_RE
+from stratus.names import ADAPTER_NAME_RE, MODEL_NAME_RE
 
 ENV_PREFIX = "STRATUS_"
 DEFAULT_CONFIG_FILE = "stratus.toml"
@@ -66,6 +66,8 @@ class Settings:
     tool_parser: str | None = None  # the tool-call format (TOOL_PARSERS); default: from the chat template
     task: str | None = None  # "embed" for every model, or per model "e5=embed,demo=generate" (TASKS)
     pooling: str | None = None  # embeddings: "last"|"mean"|"cls", or per model; default: the checkpoint's
+    # LoRA adapters served as MODEL:NAME: "[MODEL:]NAME=PATH,..." (MODEL optional with one model)
+    lora: str | None = None
     embed_normalize: bool | None = None  # embeddings: L2-normalise; default: as the checkpoint says
     response_cache_size: int = 0  # entries in the exact-match response cache; 0: off
     response_cache_ttl: float = 600.0  # seconds a cached response stays valid
@@ -140,6 +142,29 @@ class Settings:
     def pooling_modes(self) -> dict[str, str]:
         """{model: pooling override}; the key "*" holds the one of models not named."""
         return _per_model(self.pooling, POOLING_MODES, "pooling")
+
+    def lora_adapters(self) -> dict[str, dict[str, str]]:
+        """{base model: {adapter: directory}} from `lora`; raises ValueError for a bad spec."""
+        out: dict[str, dict[str, str]] = {}
+        served = list(self.models) or [DEMO_MODEL_NAME]
+        for item in filter(None, (part.strip() for part in (self.lora or "").split(","))):
+            spec, sep, path = item.partition("=")
+            base, colon, name = spec.rpartition(":")
+            if not sep or not path.strip() or not name.strip():
+                raise ValueError(f"{item!r}: expected [MODEL:]NAME=PATH")
+            if not colon:
+                if len(served) != 1:
+                    raise ValueError(f"{item!r}: several models are served; name one as MODEL:NAME=PATH")
+                base = served[0]
+            if base not in served and self.local_models:
+                raise ValueError(f"{item!r}: no model {base!r} is served (--model)")
+            if not ADAPTER_NAME_RE.match(name):
+                raise ValueError(f"{item!r}: an adapter name uses at most 64 letters, digits and . _ -")
+            adapters = out.setdefault(base, {})
+            if name in adapters:
+                raise ValueError(f"{item!r}: adapter {base}:{name} given twice")
+            adapters[name] = str(Path(path.strip()).expanduser())
+        return out
 
     def model_paths(self) -> dict[str, Path]:
         if self.models:
@@ -361,7 +386,7 @@ def _check(s: Settings) -> None:
             s.routing_policies()
         except ValueError as exc:
             raise ConfigError(f"routing: {exc}") from None
-    for name, parse in (("task", s.model_tasks), ("pooling", s.pooling_modes)):
+    for name, parse in (("task", s.model_tasks), ("pooling", s.pooling_modes), ("lora", s.lora_adapters)):
         try:
             parse()
         except ValueError as exc:

@@ -110,6 +110,10 @@ MATRIX = [
     ("GET", "/admin/upstreams", "/admin/upstreams", None, only(200, {"admin"})),
     ("POST", "/admin/upstreams", "/admin/upstreams", {"name": "u-{who}", "model": "m-up", "base_url": "http://127.0.0.1:9/v1", "upstream_model": "x"}, only(201, {"admin"})),
     ("DELETE", "/admin/upstreams/{name}", "/admin/upstreams/nope", None, only(404, {"admin"})),
+    ("GET", "/admin/models/{base:path}/adapters", "/admin/models/m-a/adapters", None, only(200, {"admin"})),
+    # 503: m-a is still loading, so the adapter cannot be added yet
+    ("POST", "/admin/models/{base:path}/adapters", "/admin/models/m-a/adapters", {"name": "x", "path": "/nonexistent"}, only(503, {"admin"})),
+    ("DELETE", "/admin/models/{base:path}/adapters/{name}", "/admin/models/m-a/adapters/nope", None, only(404, {"admin"})),
     ("GET", "/admin/cluster", "/admin/cluster", None, only(200, {"admin", "auditor", "viewer"})),
 ]  # fmt: skip
 

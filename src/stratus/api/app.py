@@ -84,6 +84,7 @@ def create_app(
         tasks=settings.model_tasks(),
         pooling=settings.pooling_modes(),
         embed_normalize=settings.embed_normalize,
+        loras=settings.lora_adapters(),
     )
     cache = None
     if settings.response_cache_size > 0:
@@ -160,6 +161,9 @@ def create_app(
     from stratus.api.routes import cluster_admin  # POST /admin/cluster/scale (Ray replicas)
 
     app.include_router(cluster_admin.router)
+    from stratus.api.routes import adapters  # LoRA adapters of the models served here
+
+    app.include_router(adapters.router)
     internal.mount(app, settings, registry)  # /internal/v1/workers when a cluster secret is set
     if access is not None:  # OpenAI-compatible upstreams: registered by admins, keys encrypted
         state.upstreams = upstream_proxy.Upstreams(

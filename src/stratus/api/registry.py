@@ -3,6 +3,10 @@
 Models load one after another in a worker thread (loading is synchronous and memory-heavy),
 while the server already answers /health; /ready turns 200 once every model is warm.
 Engines handed in ready-made (tests, benchmarks) are started but owned by the caller.
+
+A LoRA adapter is a model of its own, named `BASE:NAME` (grants, limits, usage and audit see that
+name), served on its base model's local engines (`cluster/adapter_set.py`): loaded at start
+(`--lora`) or at run time (`add_adapter`, POST /admin/models/{base}/adapters).
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
+from stratus.cluster.adapter_set import AdapterReplicas
 from stratus.cluster.local import LocalReplica
 from stratus.cluster.replica_set import ReplicaSet
-from stratus.request.errors import model_not_found, unavailable
+from stratus.engine.types import ValidationError
+from stratus.names import ADAPTER_NAME_RE, adapter_model_name
+from stratus.request.errors import APIError, model_not_found, unavailable
 
 if TYPE_CHECKING:
     from stratus.cluster.replica import Replica
@@ -42,6 +49,13 @@ class ServedModel:
     created: int = field(default_factory=lambda: int(time.time()))
     task: str = "generate"  # or "embed": what the routes may ask of it (--task)
     pooling: Pooling | None = None  # an embed model's, from its checkpoint and --pooling (at load)
+    base: str | None = None  # a LoRA adapter's base model (its name is BASE:ADAPTER)
+    adapter_path: str | None = None  # a LoRA adapter's directory
+
+    @property
+    def adapter(self) -> str | None:
+        """A LoRA adapter's own name (the part after BASE:)."""
+        return self.name[len(self.base) + 1 :] if self.base is not None else None
 
     @property
     def max_model_len(self) -> int | None:
@@ -68,8 +82,10 @@ class ModelRegistry:
         tasks: dict[str, str] | None = None,
         pooling: dict[str, str] | None = None,
         embed_normalize: bool | None = None,
+        loras: dict[str, dict[str, str]] | None = None,
     ):
         self.engine_config = engine_config
+        self.loras = loras or {}  # base model -> {adapter: directory}, loaded after the models (--lora)
         self.isolation = isolation
         self.routing = routing or {}  # model -> router policy ("*": the rest); default capacity-aware
         self.tasks = tasks or {}  # model -> task ("*": the rest); default generate
@@ -139,8 +155,24 @@ class ModelRegistry:
         return "ready" if self.models and states <= {"ready"} else "loading"  # none yet: waiting for replicas
 
     async def load_all(self) -> None:
-        for model in self.models.values():
+        for model in list(self.models.values()):
             await self._load(model)
+        for base, adapters in self.loras.items():
+            for name, path in adapters.items():
+                try:
+                    await self.add_adapter(base, name, path)
+                except APIError as exc:  # reported by /ready as a failed model
+                    full = adapter_model_name(base, name)
+                    self.models[full] = ServedModel(
+                        full,
+                        None,
+                        self._replica_set(full),
+                        "failed",
+                        exc.message,
+                        base=base,
+                        adapter_path=path,
+                    )
+                    log.error("LoRA adapter %s failed to load: %s", full, exc.message)
         if self.ready:
             log.info("ready: serving %s", ", ".join(self.models))
 
@@ -193,7 +225,77 @@ class ModelRegistry:
         return await served.replicas.drain(replica_id, timeout) if served else None
 
     def replica_sets(self) -> dict[str, ReplicaSet]:
-        return {name: m.replicas for name, m in self.models.items()}
+        return {name: m.replicas for name, m in self.models.items() if m.base is None}
+
+    # -- LoRA adapters ----------------------------------------------------------------------------
+
+    async def add_adapter(self, base: str, name: str, path: str) -> tuple[ServedModel, bool]:
+        """Serve the PEFT adapter in `path` as the model BASE:NAME on every local engine of
+        `base` (replacing an adapter of that name); returns it and whether one was replaced.
+        Raises APIError: 404 no such base, 400 a bad name or an adapter that does not fit, 409
+        a base that cannot take adapters (embeddings, replicas that are not local), 503 loading."""
+        served = self.models.get(base)
+        if served is None or served.base is not None:
+            raise APIError(
+                404, f"No model '{base}' is served here to add an adapter to.", code="model_not_found"
+            )
+        if not ADAPTER_NAME_RE.match(name):
+            raise APIError(
+                400,
+                f"The adapter name {name!r} must start with a letter or digit and use at most 64 "
+                "letters, digits and . _ -",
+                param="name",
+            )
+        full = adapter_model_name(base, name)
+        existing = self.models.get(full)
+        if existing is not None and existing.base is None:
+            raise APIError(409, f"'{full}' is already the name of a model served here.", param="name")
+        if served.task != "generate":
+            raise APIError(
+                409, f"The model '{base}' is served for embeddings; adapters apply to text generation."
+            )
+        if served.state != "ready":
+            raise unavailable(f"The model '{base}' is {served.state}; add adapters once it is ready.", 5)
+        local, others = self._adapter_replicas(served)
+        if others or not local:
+            raise APIError(409, _not_local(base, others), code="adapter_not_servable")
+        loaded: list[LocalReplica] = []
+        for replica in local:
+            try:
+                await replica.engine.load_adapter(name, path)
+            except ValidationError as exc:
+                for done in loaded:  # all or nothing (an adapter replaced stays replaced)
+                    if existing is None:
+                        await done.engine.unload_adapter(name)
+                raise APIError(
+                    400, f"The adapter cannot be served on '{base}': {exc}", param="path"
+                ) from None
+            loaded.append(replica)
+        view = cast(ReplicaSet, AdapterReplicas(served.replicas, name))  # the base's, stamped
+        self.models[full] = ServedModel(full, None, view, state="ready", base=base, adapter_path=path)
+        log.info("LoRA adapter %s served from %s", full, path)
+        return self.models[full], existing is not None and existing.state == "ready"
+
+    async def remove_adapter(self, base: str, name: str) -> None:
+        """Stop serving BASE:NAME (requests running with it finish); 404 when it is not served."""
+        full = adapter_model_name(base, name)
+        adapter = self.models.get(full)
+        if adapter is None or adapter.base != base:
+            raise APIError(404, f"No adapter '{name}' is served on '{base}'.", code="model_not_found")
+        del self.models[full]
+        base_model = self.models.get(base)
+        if base_model is not None:
+            for replica in self._adapter_replicas(base_model)[0]:
+                await replica.engine.unload_adapter(name)
+        log.info("LoRA adapter %s removed", full)
+
+    def adapters_of(self, base: str) -> list[ServedModel]:
+        return [m for m in self.models.values() if m.base == base]
+
+    @staticmethod
+    def _adapter_replicas(served: ServedModel) -> tuple[list[LocalReplica], list[str]]:
+        local = [r for r in served.replicas.replicas if isinstance(r, LocalReplica)]
+        return local, [r.id for r in served.replicas.replicas if not isinstance(r, LocalReplica)]
 
     def get(self, name: str, visible: Callable[[str], bool] | None = None) -> ServedModel:
         """The model called `name`, or 404. `visible`: which models the caller may know of; a
@@ -209,6 +311,10 @@ class ModelRegistry:
         """The replicas of `name`, seen as one engine; or 404 (unknown) / 503 (loading, failed,
         or no replica available right now)."""
         model = self.get(name, visible)
+        if model.base is not None and model.state == "ready":
+            others = self._adapter_replicas(self.models[model.base])[1]
+            if others:  # a worker or a Ray actor joined the base model: it has no adapters
+                raise APIError(409, _not_local(model.base, others), code="adapter_not_servable")
         if model.state == "loading":
             raise unavailable(
                 f"The model '{name}' is still loading; retry shortly.", retry_after, "model_loading"
@@ -237,20 +343,31 @@ class ModelRegistry:
         return {
             m.name: m.replicas.stats() if m.state == "ready" and m.replicas.entries else None
             for m in self.models.values()
+            if m.base is None  # an adapter's engine is its base model's
         }
 
     async def abort_all(self) -> int:
         """At the drain deadline: abort what this process's engines still run (see cli/serve.py)."""
         aborted = 0
         for model in self.models.values():
-            engine = model.engine
+            engine = model.engine if model.base is None else None
             if engine is not None:
                 aborted += await engine.abort_all()
         return aborted
 
     async def shutdown(self) -> None:
         for model in self.models.values():
+            if model.base is not None:  # its base model's replicas
+                continue
             try:
                 await model.replicas.shutdown()
             except Exception:
                 log.exception("shutting down model %s failed", model.name)
+
+
+def _not_local(base: str, others: list[str]) -> str:
+    where = f"; '{base}' has replicas that are not ({', '.join(others)})" if others else ""
+    return (
+        f"LoRA adapters are served by this gateway's own engines only (not by stratus worker or Ray "
+        f"replicas){where}. Serve '{base}' from this gateway (--model) to use adapters with it."
+    )

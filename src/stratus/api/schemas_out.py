@@ -136,6 +136,7 @@ class ModelCard(BaseModel):
     owned_by: str
     max_model_len: int | None = None
     ready: bool
+    parent: str | None = None  # a LoRA adapter's base model
 
 
 class ModelList(BaseModel):

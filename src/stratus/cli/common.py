@@ -281,6 +281,7 @@ ENGINE_HELP = {
     "native_kernels": "On CPU in float32, run decode attention in stratus's C kernel (built on first use with the system C compiler).",
     "seed": "Seed for requests that do not set one.",
     "max_tokens_per_second": "Cap the engine's output tokens per second, over all sequences (a replica of that capacity); default: no cap.",
+    "max_loras": "LoRA adapters held in memory at once (an LRU; also the most distinct adapters in one batch).",
 }
 
 

@@ -199,6 +199,15 @@ def ray_options(func):
     "repeat per model, or a bare TASK for every model. [default: generate]",
 )
 @click.option(
+    "--lora",
+    multiple=True,
+    metavar="[MODEL:]NAME=PATH",
+    callback=_joined(","),
+    help="Serve the PEFT LoRA adapter directory PATH on MODEL as the model MODEL:NAME; repeat for "
+    "several (MODEL may be left out when one model is served). More at run time: POST "
+    "/admin/models/MODEL/adapters.",
+)
+@click.option(
     "--pooling",
     multiple=True,
     metavar="[MODEL=]MODE",

@@ -56,6 +56,8 @@ def request_from_dict(data: Any) -> GenerateRequest:
         raise ValidationError("prompt_token_ids must be a list of integers", "prompt_token_ids")
     if "request_id" in data and not isinstance(data["request_id"], str):
         raise ValidationError("request_id must be a string", "request_id")
+    if data.get("adapter") is not None and not isinstance(data["adapter"], str):
+        raise ValidationError("adapter must be a string", "adapter")
     # Other fields (add_special_tokens, resume_*) go through as sent; the engine checks them
     # when it prepares the prompt.
     extra = {k: v for k, v in data.items() if k not in ("params", "prompt", "prompt_token_ids")}

@@ -30,16 +30,19 @@ from .core import EngineCore
 from .inputs import check_embedding_inputs, context_window, prepare_prompt
 from .messages import (
     AbortRequest,
+    AdapterChanged,
     AddRequest,
     Command,
     Deltas,
     Died,
     Embed,
     Embeddings,
+    LoadAdapter,
     RequestError,
     Result,
     Stats,
     Stop,
+    UnloadAdapter,
 )
 from .pooling import Pooling
 from .step_loop import run_step_loop
@@ -83,6 +86,8 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restarter: asyncio.Task | None = None
         self._closing = False
+        # LoRA adapters served (name -> directory): loaded again into a restarted engine process
+        self.adapters: dict[str, str] = {}
 
     @classmethod
     def from_pretrained(
@@ -167,6 +172,7 @@ class Engine:
                     self._transport = ProcessTransport(self.path, self.config, self._on_result)
                     await asyncio.to_thread(self._transport.wait_ready)
                     self._failure = None
+                    await self._reload_adapters()
                     await asyncio.wait_for(self._warm_up(), 120)
                 except Exception as exc:
                     self._failure = f"restart attempt {attempt}: {type(exc).__name__}: {exc}"
@@ -187,6 +193,51 @@ class Engine:
             )
         finally:
             self._restarter = None
+
+    async def _reload_adapters(self) -> None:
+        """Into a new engine process: the adapters the dead one served (one that no longer loads
+        is dropped, and the log says why)."""
+        for name, path in list(self.adapters.items()):
+            try:
+                await self._adapter_command(LoadAdapter(f"adapter-{uuid.uuid4().hex}", name, path))
+            except ValidationError as exc:
+                self.adapters.pop(name, None)
+                log.error(
+                    "engine of %s: adapter %s no longer loads after a restart: %s", self.path, name, exc
+                )
+
+    async def load_adapter(self, name: str, path: str | Path) -> bool:
+        """Serve the PEFT LoRA adapter at `path` as `name` (requests name it in `adapter`),
+        replacing an adapter of that name; True if one was replaced. Raises ValidationError
+        naming what is wrong when it cannot be served on this model (engine/lora.py)."""
+        changed = await self._adapter_command(LoadAdapter(f"adapter-{uuid.uuid4().hex}", name, str(path)))
+        self.adapters[name] = str(path)
+        return changed.found
+
+    async def unload_adapter(self, name: str) -> bool:
+        """Stop serving `name` (running requests finish with it); False if it was not served."""
+        self.adapters.pop(name, None)
+        changed = await self._adapter_command(UnloadAdapter(f"adapter-{uuid.uuid4().hex}", name))
+        return changed.found
+
+    async def _adapter_command(self, command: LoadAdapter | UnloadAdapter) -> AdapterChanged:
+        if self._failure is not None:
+            raise EngineError(self._failure)
+        if self._transport is None:
+            await self.start(warmup=False)
+        transport = self._transport
+        if transport is None:
+            raise EngineError("the engine is not running")
+        stream: asyncio.Queue = asyncio.Queue()
+        self._streams[command.request_id] = (asyncio.get_running_loop(), stream)
+        try:
+            transport.send(command)
+            item = await stream.get()
+        finally:
+            self._streams.pop(command.request_id, None)
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     async def shutdown(self) -> None:
         self._closing = True
@@ -290,7 +341,7 @@ class Engine:
                     self._send(rid, items)
             case RequestError():
                 self._send(result.request_id, [_exception(result)])
-            case Embeddings():
+            case Embeddings() | AdapterChanged():
                 self._send(result.request_id, [result])
             case Died(message):
                 self._failure = message

@@ -59,7 +59,7 @@ _KEY = re.compile(
 
 # adapter_config.json options that change what the adapter computes and that this engine does
 # not apply: refused rather than served wrong. Each maps to the value that means "off".
-_UNSUPPORTED = {
+_UNSUPPORTED: dict[str, tuple[object, str]] = {
     "use_dora": (False, "DoRA (use_dora)"),
     "modules_to_save": (None, "modules_to_save (fully trained copies of base modules)"),
     "rank_pattern": ({}, "rank_pattern (per-module ranks)"),
@@ -134,7 +134,9 @@ class AdapterConfig:
             raise AdapterError(f"{file}: needs an integer 'r' and a number 'lora_alpha'") from None
         if r < 1 or not math.isfinite(alpha):
             raise AdapterError(f"{file}: r must be >= 1 and lora_alpha finite, got r={r}, lora_alpha={alpha}")
-        return cls(r, alpha, bool(raw.get("use_rslora", False)), tuple(targets), raw.get("base_model_name_or_path"))
+        return cls(
+            r, alpha, bool(raw.get("use_rslora", False)), tuple(targets), raw.get("base_model_name_or_path")
+        )
 
 
 def part_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
@@ -211,7 +213,13 @@ def load_adapter(
             raise AdapterError(f"{where}: has lora_{next(iter(ab))} without its pair")
         fan_in, fan_out = shapes[module]
         a, b = ab["A"], ab["B"]
-        if a.dim() != 2 or b.dim() != 2 or a.shape[1] != fan_in or b.shape[0] != fan_out or a.shape[0] != b.shape[1]:
+        if (
+            a.dim() != 2
+            or b.dim() != 2
+            or a.shape[1] != fan_in
+            or b.shape[0] != fan_out
+            or a.shape[0] != b.shape[1]
+        ):
             raise AdapterError(
                 f"{where}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not fit the base "
                 f"model ({fan_in} -> {fan_out}, expected lora_A [r, {fan_in}] and lora_B [{fan_out}, r]): "

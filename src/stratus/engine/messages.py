@@ -42,11 +42,29 @@ class Embed:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadAdapter:
+    """Serve the PEFT LoRA adapter in directory `path` as `name` (engine/lora.py), replacing one
+    of that name; answered by `AdapterChanged`, or a validation `RequestError` naming the problem."""
+
+    request_id: str
+    name: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadAdapter:
+    """Stop serving the adapter `name`; running sequences finish with it. `AdapterChanged` answers."""
+
+    request_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """End the step loop."""
 
 
-Command = AddRequest | AbortRequest | Embed | Stop
+Command = AddRequest | AbortRequest | Embed | LoadAdapter | UnloadAdapter | Stop
 
 # -- results: step loop -> Engine ----------------------------------------------------------------
 
@@ -84,11 +102,20 @@ class Embeddings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdapterChanged:
+    """A `LoadAdapter` or `UnloadAdapter` is done; `found`: whether the adapter was there before."""
+
+    request_id: str
+    name: str
+    found: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     stats: EngineStats
 
 
-Result = Deltas | RequestError | Embeddings | Stats
+Result = Deltas | RequestError | Embeddings | AdapterChanged | Stats
 
 # -- the engine process's lifecycle (process.py) -------------------------------------------------
 

@@ -156,7 +156,9 @@ class ModelRunner:
         attn = AttentionBatch(slot_mapping, self.block_size, len(decodes), groups, spans, slices, paged)
         lora = None
         if any(seq.lora is not None for seq, _ in batch.items):
-            lora = LoraBatch.of_rows([seq.lora for seq, n in decodes + prefills for _ in range(n)], self.device)
+            lora = LoraBatch.of_rows(
+                [seq.lora for seq, n in decodes + prefills for _ in range(n)], self.device
+            )
         hidden = self.model(
             torch.tensor(input_ids, dtype=torch.long, device=self.device),
             pos_t.to(self.device),

@@ -40,7 +40,9 @@ class Scheduler:
     ):
         self.blocks = block_manager
         self.adapters = adapters
-        self.rejected: list[tuple[Sequence, str]] = []  # left the queue: their adapter is gone (take_rejected)
+        self.rejected: list[
+            tuple[Sequence, str]
+        ] = []  # left the queue: their adapter is gone (take_rejected)
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()

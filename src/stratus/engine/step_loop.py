@@ -14,17 +14,20 @@ from collections.abc import Callable
 from .core import EngineCore
 from .messages import (
     AbortRequest,
+    AdapterChanged,
     AddRequest,
     Command,
     Deltas,
     Embed,
     Embeddings,
+    LoadAdapter,
     RequestError,
     Result,
     Stats,
     Stop,
+    UnloadAdapter,
 )
-from .types import ValidationError
+from .types import CheckpointError, ValidationError
 
 log = logging.getLogger("stratus.engine")
 
@@ -120,7 +123,11 @@ def run_step_loop(core: EngineCore, next_command: NextCommand, publish: Publish)
             trimmer.idle(now)
 
 
-def _apply(core: EngineCore, command: AddRequest | AbortRequest | Embed, publish: Publish) -> None:
+def _apply(
+    core: EngineCore,
+    command: AddRequest | AbortRequest | Embed | LoadAdapter | UnloadAdapter,
+    publish: Publish,
+) -> None:
     match command:
         case AddRequest(request, prompt_ids):
             try:
@@ -142,3 +149,18 @@ def _apply(core: EngineCore, command: AddRequest | AbortRequest | Embed, publish
             else:
                 count, dim = vectors.shape
                 publish(Embeddings(request_id, vectors.numpy().tobytes(), count, dim))
+        case LoadAdapter(request_id, name, path):
+            found = name in core.adapters
+            try:  # reading a small adapter takes milliseconds; the steps wait meanwhile
+                core.load_adapter(name, path)
+            except CheckpointError as exc:
+                publish(RequestError(request_id, "validation", str(exc), "path"))
+            except Exception as exc:  # a bug must not end the loop
+                log.exception("loading adapter %s from %s failed", name, path)
+                publish(
+                    RequestError(request_id, "request", f"{type(exc).__name__} while loading the adapter")
+                )
+            else:
+                publish(AdapterChanged(request_id, name, found))
+        case UnloadAdapter(request_id, name):
+            publish(AdapterChanged(request_id, name, core.unload_adapter(name)))

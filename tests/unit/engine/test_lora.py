@@ -91,7 +91,9 @@ def test_the_prefix_cache_is_not_shared_between_adapters(engine):
     params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
     cached = {}
     for i, adapter in enumerate(["all", "qv", "all", None]):
-        engine.add_request(GenerateRequest(prompt_token_ids=prompt, params=params, request_id=f"c{i}", adapter=adapter))
+        engine.add_request(
+            GenerateRequest(prompt_token_ids=prompt, params=params, request_id=f"c{i}", adapter=adapter)
+        )
         while engine.has_work():
             for delta in engine.step():
                 cached[delta.request_id] = delta.cached_tokens
@@ -167,4 +169,3 @@ def test_unloading_refuses_new_requests(llama_dir, adapters):
     assert core.unload_adapter("qv") and not core.unload_adapter("qv")
     with pytest.raises(ValidationError, match="not loaded"):
         core.add_request(GenerateRequest(prompt_token_ids=[1, 2], adapter="qv"))
-

@@ -21,6 +21,7 @@ def _card(m: ServedModel) -> dict:
         "owned_by": "stratus",
         "max_model_len": m.max_model_len,
         "ready": m.state == "ready",
+        "parent": m.base,  # a LoRA adapter's base model (as vLLM names it); None for a model
     }
 
 
