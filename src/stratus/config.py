@@ -52,7 +52,11 @@ class Settings:
     data_dir: str = "data"
     tls_cert: str | None = None
     tls_key: str | None = None
-    allow_insecure_http: bool = False  # plain HTTP on a non-loopback address (behind a TLS proxy)
+    # plain HTTP off loopback: serving on a non-loopback address (behind a TLS proxy) and sending
+    # the cluster secret to non-loopback workers (a trusted network); `--insecure-http`, the one
+    # name of the idea. The two older settings (each half of it) are deprecated aliases.
+    insecure_http: bool = False
+    allow_insecure_http: bool = False  # deprecated: insecure_http
     tls_self_signed: bool = False  # make (once) a development certificate under data_dir/tls
     tls_client_ca: str | None = None  # demand client certificates signed by this CA (mutual TLS)
     drain_timeout: float = 30.0  # seconds to finish in-flight requests after SIGTERM
@@ -110,7 +114,7 @@ class Settings:
     worker_client_key: str | None = None
     worker_read_timeout: float = 30.0  # seconds of silence (no token, no keepalive) before a worker fails
     worker_first_token_timeout: float = 600.0  # a worker's first token may take this long (queueing)
-    insecure_worker_http: bool = False  # send the cluster secret over plain HTTP to non-loopback workers
+    insecure_worker_http: bool = False  # deprecated: insecure_http (to workers)
     local_models: bool = True  # False: no engine in this process; models come from workers, upstreams
     routing: str | None = None  # router policy: "p2c", or per model "demo=round_robin,big=capacity"
     # Ray replicas (docs/CLUSTER.md): with ray_address every model is served by Ray actors
@@ -335,6 +339,8 @@ def load_settings(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     settings = Settings(engine=engine, **merged)
+    if settings.insecure_http:  # the one name covers both deprecated ones
+        settings.allow_insecure_http = settings.insecure_worker_http = True
     _check(settings)
     return settings
 

@@ -129,13 +129,13 @@ def test_cli_against_a_running_server(api_server, admin_key, monkeypatch):
     )
     secret = issued.record(out.strip().splitlines()[-1])
     assert keys.lookup_of(secret) and secret not in out.strip().splitlines()[:-1][-1]
-    key_id = next(line.split()[1] for line in out.splitlines() if line.startswith("id:"))
+    key_id = next(line.split()[1] for line in out.splitlines() if line.split()[:1] == ["id"])
     assert key_id in cli("keys", "list", "--user", "cli-carol")
     rotated = issued.record(cli("keys", "rotate", key_id, "--grace", "1h").strip().splitlines()[-1])
     assert rotated != secret and keys.lookup_of(rotated)
     monkeypatch.setenv("STRATUS_API_KEY", rotated)
-    assert "cli-carol via key" in cli("users", "whoami")
-    who = json.loads(cli("users", "whoami", "--json"))
+    assert "cli-carol" in cli("users", "whoami")
+    who = json.loads(cli("users", "whoami", "--output", "json"))
     assert who["models"] == [TINY_MODEL] and who["team"] == "cli-team"
     monkeypatch.setenv("STRATUS_API_KEY", admin_key)
     assert "revoked" in cli("keys", "revoke", key_id)

@@ -115,6 +115,9 @@ MATRIX = [
     ("POST", "/admin/models/{base:path}/adapters", "/admin/models/m-a/adapters", {"name": "x", "path": "/nonexistent"}, only(503, {"admin"})),
     ("DELETE", "/admin/models/{base:path}/adapters/{name}", "/admin/models/m-a/adapters/nope", None, only(404, {"admin"})),
     ("GET", "/admin/cluster", "/admin/cluster", None, only(200, {"admin", "auditor", "viewer"})),
+    ("GET", "/admin/secrets", "/admin/secrets", None, only(200, {"admin"})),
+    ("PUT", "/admin/secrets/{name:path}", "/admin/secrets/hook/matrix", {"value": "v" * 24}, only(200, {"admin"})),
+    ("DELETE", "/admin/secrets/{name:path}", "/admin/secrets/hook/nope", None, only(404, {"admin"})),
 ]  # fmt: skip
 
 

@@ -206,7 +206,7 @@ def test_upstreams_cli(tmp_path):
     assert key not in r.output
     r = runner.invoke(main, ["upstreams", "list", "--data-dir", data])
     assert "vllm-a" in r.output and key not in r.output
-    r = runner.invoke(main, ["secrets", "rotate", "--data-dir", data])
+    r = runner.invoke(main, ["secrets", "rotate-master-key", "--data-dir", data])
     assert r.exit_code == 0 and "1 re-encrypted" in r.output, r.output  # secrets rotate covers it
     bad = runner.invoke(main, [*args[:6], "http://u:p@10.0.0.7/v1", *args[7:]], input=key)
     assert bad.exit_code != 0 and "credentials" in bad.output

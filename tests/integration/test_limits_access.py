@@ -87,21 +87,27 @@ def test_stratus_usage_and_limits_commands(base_url, admin_key):
     team = f"cli-{uuid.uuid4().hex[:6]}"
     made = runner.invoke(main, ["limits", "set", "team", team, "--rpm", "50", "--budget-usd", "2.5"], env=env)
     assert made.exit_code == 0, made.output
-    assert '"rpm": 50' in made.output
+    assert f"team {team} on every model: rpm=50, budget_usd_per_month=2.5" in made.output
     listed = runner.invoke(main, ["limits", "list"], env=env)
-    assert team in listed.output
+    assert team in listed.output and "RPM" in listed.output
+    listed = runner.invoke(main, ["limits", "list", "-o", "jsonl"], env=env)
+    assert {"scope": "team", "subject": team, "model": None, "rpm": 50, "budget_usd_per_month": 2.5} in [
+        json.loads(line) for line in listed.stdout.splitlines()
+    ]
     bad = runner.invoke(main, ["limits", "set", "team", team, "--rpm", "-5"], env=env)
-    assert bad.exit_code != 0 and "400" in bad.output and "rpm" in bad.output
+    assert bad.exit_code == 2 and "--rpm" in bad.output  # refused before it is sent, naming the flag
     assert runner.invoke(main, ["limits", "delete", "team", team], env=env).exit_code == 0
 
-    csv_out = runner.invoke(main, ["usage", "--by", "model", "--format", "csv"], env=env)
+    csv_out = runner.invoke(main, ["usage", "--by", "model", "--output", "csv"], env=env)
     assert csv_out.exit_code == 0, csv_out.output
-    assert csv_out.output.splitlines()[0].startswith("model,requests,refused,prompt_tokens")
+    assert csv_out.stdout.splitlines()[0].startswith("model,requests,refused,prompt_tokens")
     table = runner.invoke(main, ["usage", "--by", "user,day"], env=env)
-    assert table.exit_code == 0 and table.output.split()[:4] == ["user", "day", "requests", "refused"]
-    by_status = runner.invoke(main, ["usage", "--by", "status", "--format", "json"], env=env)
+    assert table.exit_code == 0 and table.stdout.split()[:4] == ["USER", "DAY", "REQUESTS", "REFUSED"]
+    by_status = runner.invoke(main, ["usage", "--by", "status", "--output", "json"], env=env)
     assert by_status.exit_code == 0, by_status.output
-    assert "ok" in {row["status"] for row in json.loads(by_status.output)["data"]}
+    assert "ok" in {row["status"] for row in json.loads(by_status.stdout)["data"]}
+    legacy = runner.invoke(main, ["usage", "--by", "status", "--format", "json"], env=env)  # one release
+    assert json.loads(legacy.stdout)["by"] == ["status"] and "--format is deprecated" in legacy.stderr
 
 
 def test_keys_and_teams_commands_set_limits(http, base_url, admin_key):
@@ -140,8 +146,8 @@ def test_keys_and_teams_commands_set_limits(http, base_url, admin_key):
                "--budget-usd", "2.5")  # fmt: skip
     assert made.exit_code == 0, made.output
     secret = made.output.splitlines()[-1]
-    key_id = next(line.split()[1] for line in made.output.splitlines() if line.startswith("id:"))
-    assert "limits:   key " in made.output
+    key_id = next(line.split()[1] for line in made.stdout.splitlines() if line.split()[:1] == ["id"])
+    assert f"key {key_id} on every model: rpm=60" in made.stdout
     assert rules("key", key_id) == [
         {"scope": "key", "subject": key_id, "model": None, "rpm": 60, "tpm": 10000, "concurrent": 4,
          "tokens_per_day": 50000, "tokens_per_month": 900000, "budget_usd_per_month": 2.5}
@@ -150,8 +156,9 @@ def test_keys_and_teams_commands_set_limits(http, base_url, admin_key):
     # per model, then enforced on that key: the second request in the minute is a 429
     assert run("keys", "limits", key_id, "--model", TINY_MODEL, "--rpm", "1").exit_code == 0
     shown = run("keys", "limits", key_id)
-    assert shown.exit_code == 0 and f"on model {TINY_MODEL}: rpm=1" in shown.output
-    assert "on every model: rpm=60, tpm=10000" in shown.output
+    assert shown.exit_code == 0 and TINY_MODEL in shown.stdout and "(every model)" in shown.stdout
+    shown = {r["model"]: r for r in json.loads(run("keys", "limits", key_id, "-o", "json").stdout)}
+    assert (shown[TINY_MODEL]["rpm"], shown[None]["rpm"], shown[None]["tpm"]) == (1, 60, 10000)
     with httpx.Client(base_url=base_url, timeout=60, headers={"Authorization": f"Bearer {secret}"}) as c:
         body = {"model": TINY_MODEL, "prompt": "hello", "max_tokens": 2}
         assert c.post("/v1/completions", json=body).status_code == 200

@@ -40,6 +40,7 @@ from stratus.api.routes import (
     models,
     ops,
     responses,
+    secrets,
     tokenize,
     ui,
     upstreams,
@@ -170,6 +171,7 @@ def create_app(
             access.store, upstream_proxy.secret_store(access.store, settings.data_dir)
         )
         app.include_router(upstreams.router)
+        app.include_router(secrets.router)  # /admin/secrets: stored encrypted under the same master key
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.body_read_timeout
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from stratus.cli.common import Client, connection_options, show, when
+from stratus.cli.common import Client, Column, gateway_options, render, show, when
 
 
 @click.group()
@@ -22,16 +22,12 @@ def alerts() -> None:
 
 
 @alerts.command("list")
-@connection_options
-def alerts_list(url, cacert, as_json) -> None:
+@gateway_options(credential="an auditor's or an admin's key (audit.read).")
+def alerts_list(url, cacert, output) -> None:
     """Recent alerts and lockouts (newest first)."""
     data = Client(url, cacert).call("GET", "/admin/alerts")["alerts"]
-
-    def lines(rows):
-        for row in rows:
-            yield f"{when(row['at'])}  {row['kind']:<15} {row['source']:<40} {row['detail']}"
-
-    show(data, as_json, lines)
+    columns = [Column("at", "WHEN", when), Column("kind"), Column("source"), Column("detail")]
+    render(data, output, columns, empty="no alerts")
 
 
 @alerts.group("webhook")
@@ -40,30 +36,32 @@ def webhook() -> None:
 
 
 @webhook.command("show")
-@connection_options
-def webhook_show(url, cacert, as_json) -> None:
+@gateway_options(credential="an auditor's or an admin's key (audit.read).")
+def webhook_show(url, cacert, output) -> None:
+    """Where alerts are sent (never the signing secret)."""
     data = Client(url, cacert).call("GET", "/admin/alerts/webhook")
-    show(data, as_json, lambda d: [d["url"] if d["configured"] else "(no webhook)"])
+    show(data, output, lambda d: [d["url"] if d["configured"] else "(no webhook)"])
 
 
 @webhook.command("set")
 @click.argument("target")
 @click.option("--secret-stdin", is_flag=True, help="Read the signing secret from stdin (else one is made).")
-@connection_options
-def webhook_set(target, secret_stdin, url, cacert, as_json) -> None:
+@gateway_options(credential="an admin's key (security.manage).")
+def webhook_set(target, secret_stdin, url, cacert, output) -> None:
     """Send alerts to TARGET; a made secret is printed once, on the last line."""
     body: dict[str, Any] = {"url": target}
     if secret_stdin:
         body["secret"] = sys.stdin.read().strip()
     data = Client(url, cacert).call("PUT", "/admin/alerts/webhook", body)
-    click.echo(f"alerts go to {data['url']}", err=not as_json and "secret" in data)
+    click.echo(f"alerts go to {data['url']}", err="secret" in data)
     if "secret" in data:
         click.echo("The signing secret, shown once:", err=True)
         click.echo(data["secret"])
 
 
 @webhook.command("clear")
-@connection_options
-def webhook_clear(url, cacert, as_json) -> None:
+@gateway_options(credential="an admin's key (security.manage).")
+def webhook_clear(url, cacert, output) -> None:
+    """Stop sending alerts to a webhook."""
     data = Client(url, cacert).call("DELETE", "/admin/alerts/webhook")
-    show(data, as_json, lambda d: ["webhook removed" if d["removed"] else "(no webhook was set)"])
+    show(data, output, lambda d: ["webhook removed" if d["removed"] else "(no webhook was set)"])

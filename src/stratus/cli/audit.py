@@ -1,12 +1,18 @@
-"""`stratus audit verify|export|checkpoint`: the audit trail, read straight from the database.
+"""`stratus audit`: the audit trail, through the gateway or, on the gateway host, from its database.
+
+    stratus audit list --principal alice --outcome denied --since 24h     # GET /admin/audit
+    stratus audit list --since 7d --all --output jsonl > audit.jsonl
 
     stratus audit verify --data-dir data                 # exit 0: intact; 1: tampered (names where)
-    stratus audit export --since 24h --format jsonl > audit.jsonl
+    stratus audit export --since 24h > audit.jsonl
     stratus audit checkpoint                             # pin the chain's length outside the database
 
-These run on the machine that holds the audit key (STRATUS_AUDIT_KEY, or audit.key in the data
-directory): verifying needs it, and so does signing a checkpoint. Every export also appends a
-checkpoint, so a later `verify` notices records removed from the tail since.
+`list` calls the gateway with an auditor's or an admin's STRATUS_API_KEY. `verify`, `export` and
+`checkpoint` are the offline forms: they run on the machine that holds the audit key
+(STRATUS_AUDIT_KEY, or audit.key in the data directory) and read the database directly, so that
+the chain is checked without trusting the gateway; verifying needs the key, and so does signing a
+checkpoint. Every export also appends a checkpoint, so a later `verify` notices records removed
+from the tail since.
 """
 
 from __future__ import annotations
@@ -19,7 +25,39 @@ from pathlib import Path
 import click
 import orjson
 
-from stratus.cli.common import open_store, parse_duration, store_options
+from stratus.cli.common import (
+    Client,
+    Column,
+    gateway_options,
+    open_store,
+    parse_duration,
+    render,
+    store_options,
+    when,
+    with_credential,
+)
+
+OFFLINE = (
+    "none over the network. Offline form, on the gateway host: reads its database "
+    "(--data-dir, --database-url) directly, with the audit key (STRATUS_AUDIT_KEY, else "
+    "DATA_DIR/audit.key)."
+)
+
+
+def offline(func):
+    return with_credential(func, OFFLINE)
+
+
+RECORD_COLUMNS = [
+    Column("id"),
+    Column("at", "WHEN", when),
+    Column("principal"),
+    Column("action"),
+    Column("model"),
+    Column("outcome"),
+    Column("status"),
+    Column("request_id", "REQUEST"),
+]
 
 
 def _store_options(func):
@@ -60,13 +98,53 @@ def parse_since(text: str) -> float:
 
 @click.group()
 def audit() -> None:
-    """Verify, export and checkpoint the tamper-evident audit trail."""
+    """Read the tamper-evident audit trail (list), and, on the gateway host, verify, export and
+    checkpoint it."""
+
+
+@audit.command("list")
+@click.option("--principal", default=None, help="Only records of this user.")
+@click.option(
+    "--action", default=None, help="Only this action, e.g. 'POST /v1/chat/completions', auth.lockout."
+)
+@click.option("--model", default=None, help="Only requests for this model.")
+@click.option("--outcome", default=None, help="Only this outcome: ok, denied, error, ...")
+@click.option("--since", default=None, help="From then on: 24h, 7d, an ISO time, or Unix seconds.")
+@click.option("--until", default=None, help="Before then: 24h (ago), an ISO time, or Unix seconds.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="Records a page.")
+@click.option("--all", "every", is_flag=True, help="Every matching record, page after page (newest first).")
+@gateway_options(credential="an auditor's or an admin's key (audit.read).")
+def audit_list(principal, action, model, outcome, since, until, limit, every, url, cacert, output) -> None:
+    """Audit records, newest first, filtered."""
+    params = {
+        k: v
+        for k, v in {
+            "principal": principal,
+            "action": action,
+            "model": model,
+            "outcome": outcome,
+            "since": parse_since(since) if since else None,
+            "until": parse_since(until) if until else None,
+            "limit": limit,
+        }.items()
+        if v is not None
+    }
+    client = Client(url, cacert)
+    rows: list[dict] = []
+    while True:
+        page = client.call("GET", "/admin/audit", params=params)
+        rows += page["data"]
+        if not every or page.get("next_before_id") is None:
+            break
+        params["before_id"] = page["next_before_id"]
+    render(rows, output, RECORD_COLUMNS, empty="no records")
 
 
 @audit.command()
 @_store_options
+@offline
 def verify(data_dir: str, database_url: str | None, checkpoints: str | None) -> None:
-    """Check every record's MAC and chain link, the head, and the newest checkpoint.
+    """Offline: check every record's MAC and chain link, the head, and the newest checkpoint.
 
     Exit status 0 when intact, 1 when tampered (the first problem is named first)."""
     from stratus.audit.verify import last_checkpoint
@@ -97,10 +175,11 @@ def verify(data_dir: str, database_url: str | None, checkpoints: str | None) -> 
 
 @audit.command()
 @_store_options
+@offline
 @click.option(
     "--since", default=None, help="Only records from then on: 24h, 7d, an ISO time, or Unix seconds."
 )
-@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", hidden=True)  # the only one
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="File to write. [default: stdout]")
 def export(
     data_dir: str,
@@ -110,7 +189,7 @@ def export(
     fmt: str,
     out: str | None,
 ) -> None:
-    """Write records as JSON lines (oldest first) and append a checkpoint of the chain head."""
+    """Offline: write records as JSON lines (oldest first) and append a checkpoint of the chain head."""
     from stratus.audit.verify import write_checkpoint
 
     log, cp_path = _open(data_dir, database_url, checkpoints)
@@ -135,8 +214,9 @@ def export(
 
 @audit.command()
 @_store_options
+@offline
 def checkpoint(data_dir: str, database_url: str | None, checkpoints: str | None) -> None:
-    """Append the chain head (seq and MAC, signed) to the checkpoint file."""
+    """Offline: append the chain head (seq and MAC, signed) to the checkpoint file."""
     from stratus.audit.verify import write_checkpoint
 
     log, cp_path = _open(data_dir, database_url, checkpoints)

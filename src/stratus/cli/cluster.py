@@ -13,12 +13,12 @@ from typing import Any
 
 import click
 
-from stratus.cli.common import Client, connection_options, show
+from stratus.cli.common import Client, Column, gateway_options, render, show
 
 
 @click.group()
 def cluster() -> None:
-    """The replicas of a running gateway (needs an admin's STRATUS_API_KEY)."""
+    """The replicas of a running gateway."""
 
 
 def _parse_target(target: str) -> tuple[str, int]:
@@ -31,8 +31,8 @@ def _parse_target(target: str) -> tuple[str, int]:
 @cluster.command("scale")
 @click.argument("target", metavar="MODEL=N")
 @click.option("--wait/--no-wait", default=True, help="Return once the count is reached. [default: wait]")
-@connection_options
-def scale(target: str, wait: bool, url: str, cacert: str | None, as_json: bool) -> None:
+@gateway_options(credential="an admin's key (cluster.manage).")
+def scale(target: str, wait: bool, url: str, cacert: str | None, output: bool) -> None:
     """Set the number of Ray replicas of MODEL. Down drains first: running requests finish.
 
     \b
@@ -43,33 +43,62 @@ def scale(target: str, wait: bool, url: str, cacert: str | None, as_json: bool) 
     client = Client(url, cacert)
     client.http.timeout = 600  # placing actors may wait for Ray to start them
     data = client.call("POST", "/admin/cluster/scale", {"model": model, "replicas": replicas, "wait": wait})
-    show(data, as_json, _scale_lines)
+    show(data, output, _scale_lines)
 
 
 @cluster.command("status")
-@connection_options
-def status(url: str, cacert: str | None, as_json: bool) -> None:
+@gateway_options(credential="a viewer's, an auditor's or an admin's key (status.read).")
+def status(url: str, cacert: str | None, output: bool) -> None:
     """Models, their replicas (health, breaker, load, capacity) and Ray actors."""
-    show(Client(url, cacert).call("GET", "/admin/cluster"), as_json, _status_lines)
-
-
-def _status_lines(data: dict[str, Any]) -> list[str]:
-    lines = []
-    for m in data["models"]:
-        lines.append(
-            f"{m['model']}: {m['state']}, policy {m['policy']}, "
-            f"{m['retries']} retries, {m['migrations']} migrations"
+    data = Client(url, cacert).call("GET", "/admin/cluster")
+    if output != "table":
+        render(data if output == "json" else replica_rows(data), output, REPLICA_COLUMNS)
+        return
+    render(replica_rows(data), "table", REPLICA_COLUMNS, empty="no models")
+    ray = (data.get("ray") or {}).get("models", [])
+    if ray:
+        rows = [{**a, "model": m["model"], "resources": m["resources"]} for m in ray for a in m["actors"]]
+        render(
+            rows,
+            "table",
+            [Column("model"), Column("id", "ACTOR"), Column("node_id", "NODE"), Column("resources")],
         )
+
+
+REPLICA_COLUMNS = [
+    Column("model"),
+    Column("model_state", "STATE"),
+    Column("id", "REPLICA"),
+    Column("kind"),
+    Column("state", "HEALTH"),
+    Column("breaker"),
+    Column("inflight", "IN FLIGHT"),
+    Column("running"),
+    Column("waiting"),
+]
+
+
+def replica_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per replica of /admin/cluster's answer (a model with none: one row of its own)."""
+    rows: list[dict[str, Any]] = []
+    for m in data["models"]:
+        base = {"model": m["model"], "model_state": m["state"], "policy": m["policy"]}
         for r in m["replicas"]:
-            lines.append(
-                f"  {r['id']} ({r['kind']}) {r['state']}, breaker {r['breaker']['state']}, "
-                f"in flight {r['inflight']}, running {r['running']}, waiting {r['waiting']}"
+            rows.append(
+                {
+                    **base,
+                    "id": r["id"],
+                    "kind": r["kind"],
+                    "state": r["state"],
+                    "breaker": r["breaker"]["state"],
+                    "inflight": r["inflight"],
+                    "running": r["running"],
+                    "waiting": r["waiting"],
+                }
             )
-    for m in (data.get("ray") or {}).get("models", []):
-        bounds = f", autoscaled {m['min_replicas']}..{m['max_replicas']}" if m["autoscaled"] else ""
-        lines.append(f"ray {m['model']}: {m['replicas']} actors, resources {m['resources']}{bounds}")
-        lines += [f"  {a['id']}  node {a['node_id'] or '-'}" for a in m["actors"]]
-    return lines
+        if not m["replicas"]:
+            rows.append(base)
+    return rows
 
 
 def _scale_lines(data: dict[str, Any]) -> list[str]:

@@ -1,35 +1,46 @@
-"""What the `stratus` commands share: the HTTP client of the commands that call a running server's
-/admin API, their options and output, the limit flags, the options and opening of the database
-for the commands that use it directly, the engine flags, and binding a listening socket.
+"""What the `stratus` commands share: how a command reaches a running gateway (one convention for
+every admin command), how it prints, the limit flags, the options and opening of the database for
+the few forms that must run on the gateway host, the engine flags, and binding a listening socket.
 
     @keys.command("get")
     @click.argument("key_id")
-    @connection_options                              # --url, --cacert, --json
-    def keys_get(key_id, url, cacert, as_json):
-        show(Client(url, cacert).call("GET", f"/admin/keys/{key_id}"), as_json, key_lines)
+    @gateway_options(credential="a key that may see KEY_ID (its owner, a team admin, an admin)")
+    def keys_get(key_id, url, cacert, output):
+        render(Client(url, cacert).call("GET", f"/admin/keys/{key_id}"), output, KEY_FIELDS)
 
-The API key is read from STRATUS_API_KEY only (a flag would show it in `ps`); the server from
---url or STRATUS_URL. Nothing here imports more than click and httpx at module level, so
-`stratus --help` stays quick.
+The convention (docs/CLI.md):
+
+- the gateway: --url or STRATUS_URL; --cacert or STRATUS_CA_CERT for an HTTPS gateway whose
+  certificate a private CA signed;
+- the credential: STRATUS_API_KEY only (a flag would show it in `ps`); each command's --help
+  says which key it needs (`gateway_options(credential=...)` appends it; a command that calls no
+  gateway says what it uses instead: `with_credential`);
+- the output: a table by default, `--output json|jsonl|csv` for scripts (cli/output.py);
+- one flag name per idea; an old name stays for one release as a hidden alias that warns
+  (`deprecated_alias`).
+
+Nothing here imports more than click and httpx at module level, so `stratus --help` stays quick.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import inspect
 import os
 import re
 import socket
 import typing
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 import httpx
 
+from stratus.cli.output import OUTPUTS, Column, render, terminal_safe, when
 from stratus.limits.rules import LIMIT_FIELDS, LimitInvalid, validate_rule
 
-# -- a running server's /admin API ----------------------------------------------------------------
+__all__ = ["Column", "render", "terminal_safe", "when"]  # re-exported for the commands
+
+# -- a running gateway's API ----------------------------------------------------------------------
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -53,47 +64,41 @@ def api_key() -> str:
 
 
 class Client:
-    """The /admin API of the server at `url`, with STRATUS_API_KEY; errors become ClickExceptions."""
+    """The API of the gateway at `url`, with STRATUS_API_KEY; errors become ClickExceptions."""
 
-    def __init__(self, url: str, cacert: str | None):
+    def __init__(self, url: str, cacert: str | None, timeout: float = 30):
         key = api_key()
         verify: Any = cacert if cacert else True
+        self.url = url.rstrip("/")
         self.http = httpx.Client(
-            base_url=url.rstrip("/"),
+            base_url=self.url,
             headers={"Authorization": f"Bearer {key}"},
-            timeout=30,
+            timeout=timeout,
             verify=verify,
         )
 
-    def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> Any:
+    def raw(
+        self, method: str, path: str, body: dict | None = None, params: dict | None = None
+    ) -> httpx.Response:
+        """The response as it came (a caller that wants its text), or a ClickException."""
         try:
             r = self.http.request(method, path, json=body, params=params)
         except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot reach {self.http.base_url}: {exc}") from None
+            raise click.ClickException(f"cannot reach {self.url}: {exc}") from None
         if r.status_code >= 400:
             hint = " (check STRATUS_API_KEY)" if r.status_code == 401 else ""
             raise click.ClickException(f"{r.status_code}: {error_message(r)}{hint}")
-        return r.json()
+        return r
+
+    def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> Any:
+        """The JSON body of the response, or a ClickException."""
+        return self.raw(method, path, body, params).json()
 
 
 def request(url: str, cacert: str | None, method: str, path: str, **kwargs) -> httpx.Response:
-    """One call to the server at `url` with STRATUS_API_KEY (`stratus usage|limits`); the response
-    as it came, for a caller that wants its text (CSV) rather than JSON."""
-    key = api_key()
-    try:
-        r = httpx.request(
-            method,
-            url.rstrip("/") + path,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=30,
-            verify=cacert or True,
-            **kwargs,
-        )
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach {url}: {exc}") from None
-    if r.status_code >= 400:
-        raise click.ClickException(f"{r.status_code}: {error_message(r)}")
-    return r
+    """One call to the server at `url` with STRATUS_API_KEY; the response as it came."""
+    client = Client(url, cacert)
+    return client.raw(method, path, kwargs.get("json"), kwargs.get("params"))
 
 
 def error_message(r: httpx.Response) -> str:
@@ -104,60 +109,129 @@ def error_message(r: httpx.Response) -> str:
         return r.text[:200]
 
 
-def connection_options(func):
-    """--url, --cacert and --json, for the commands that call the /admin API through `Client`."""
-    func = click.option(
-        "--cacert",
-        envvar="STRATUS_CA_CERT",
-        default=None,
-        help="CA certificate (PEM) to trust for an HTTPS server. [env: STRATUS_CA_CERT]",
-    )(func)
-    func = click.option(
-        "--url",
-        envvar="STRATUS_URL",
-        default=DEFAULT_URL,
+def deprecated_alias(old: str, new: str, value: Any = True, dest: str | None = None, type: Any = None):
+    """A hidden flag `old` kept for one release: using it warns on stderr and sets the parameter
+    `dest` (default: the new flag's) to `value` (None: the value given, of `type`) unless the new
+    flag was given too (read it with `aliased`)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, given: Any) -> None:
+        if not given:
+            return
+        click.echo(f"warning: {old} is deprecated and will be removed; use {new}", err=True)
+        target = dest or new.split()[0].lstrip("-").replace("-", "_")
+        ctx.meta.setdefault("stratus_aliases", {})[target] = value if value is not None else given
+
+    def decorate(func: Any) -> Any:
+        kind: dict[str, Any] = {"is_flag": True} if value is not None else {"default": None, "type": type}
+        return click.option(old, expose_value=False, hidden=True, callback=callback, **kind)(func)
+
+    return decorate
+
+
+def warn_deprecated(new: str):
+    """A click callback for a hidden option kept for one release: warn (naming `new`) when used."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and value is not False and value != ():
+            name = max(param.opts, key=len) if param.opts else param.name
+            click.echo(f"warning: {name} is deprecated and will be removed; use {new}", err=True)
+        return value
+
+    return callback
+
+
+def aliased(ctx: click.Context, name: str, current: Any) -> Any:
+    """The value of parameter `name`: a deprecated alias's when it was used and the new flag was
+    not (still its default), else `current`."""
+    aliases = ctx.meta.get("stratus_aliases", {})
+    if name in aliases and ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
+        return aliases[name]
+    return current
+
+
+DEFAULT_CREDENTIAL = "STRATUS_API_KEY, a key of the gateway allowed to do this."
+
+
+def with_credential(func, credential: str):
+    """Append 'Credential: ...' to the command's help (its docstring)."""
+    doc = inspect.cleandoc(func.__doc__ or "")
+    func.__doc__ = f"{doc}\n\nCredential: {credential}"
+    return func
+
+
+def gateway_options(credential: str | None = None, output: bool = True):
+    """--url, --cacert and (with `output`) --output for a command that calls a gateway through
+    `Client`; its --help ends with the credential it uses ('STRATUS_API_KEY: ...' by default).
+
+    The command receives url, cacert and output; `--json` is a deprecated alias of
+    `--output json`."""
+    text = credential or DEFAULT_CREDENTIAL
+    if not text.startswith("STRATUS_API_KEY"):
+        text = f"STRATUS_API_KEY, {text}"
+
+    def decorate(func):
+        if output:
+            func = _output_from_alias(func)
+        func = with_credential(func, text)
+        func = click.option(
+            "--cacert",
+            envvar="STRATUS_CA_CERT",
+            default=None,
+            help="CA certificate (PEM) to trust for an HTTPS gateway. [env: STRATUS_CA_CERT]",
+        )(func)
+        func = click.option(
+            "--url",
+            envvar="STRATUS_URL",
+            default=DEFAULT_URL,
+            show_default=True,
+            help="The gateway. [env: STRATUS_URL]",
+        )(func)
+        if output:
+            func = output_option(func)
+        return func
+
+    return decorate
+
+
+def _output_from_alias(func):
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        kwargs["output"] = aliased(ctx, "output", kwargs["output"])
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def output_option(func):
+    """--output table|json|jsonl|csv (env STRATUS_OUTPUT), and the deprecated --json."""
+    func = deprecated_alias("--json", "--output json", value="json", dest="output")(func)
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Choice(OUTPUTS),
+        envvar="STRATUS_OUTPUT",
+        default="table",
         show_default=True,
-        help="The server. [env: STRATUS_URL]",
+        help="table for people; json, jsonl or csv for scripts. [env: STRATUS_OUTPUT]",
     )(func)
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
 
 
-# --url and --cacert as `stratus usage|limits` spell them (no --json: they choose their own format)
-url_option = click.option(
-    "--url", envvar="STRATUS_URL", default=DEFAULT_URL, help="The server. [env: STRATUS_URL]"
-)
-cacert_option = click.option(
-    "--cacert", envvar="STRATUS_CA_CERT", default=None, help="CA certificate for HTTPS."
-)
+# Every command that used it keeps working: the same options as `gateway_options()`.
+connection_options = gateway_options()
 
 
-# -- output ---------------------------------------------------------------------------------------
-
-
-def when(ts: float | None) -> str:
-    """A Unix time as '2026-11-28 10:00:00Z'; '-' for None."""
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def terminal_safe(text: str) -> str:
-    """`text` with control characters shown as escapes: names, models and user agents are
-    chosen by clients, and an escape sequence in them must not reach an operator's terminal."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-def show(data: Any, as_json: bool, lines) -> None:
-    """`data` as indented JSON with --json (control characters escaped by JSON), else each line
-    `lines(data)` yields, made terminal-safe."""
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        for line in lines(data):
-            click.echo(terminal_safe(line))
+def show(data: Any, output: str | bool, lines) -> None:
+    """`data` as `output` (json, jsonl, csv: cli/output.py), or as table: each line `lines(data)`
+    yields, made terminal-safe (for a summary that is not a table, e.g. after a change)."""
+    fmt = "json" if output is True else "table" if output is False else output
+    if fmt != "table":
+        render(data, fmt)
+        return
+    for line in lines(data):
+        click.echo(terminal_safe(line))
 
 
 # -- limit flags: `stratus limits set`, `stratus keys create|limits`, `stratus teams create|limits` --
@@ -215,7 +289,15 @@ def describe(rule: dict[str, Any]) -> str:
     return f"{where}: {limits or '(none)'}"
 
 
-def limits_command(scope, subject, model, clear, limits, client: Client, as_json: bool) -> None:
+RULE_COLUMNS = [
+    Column("scope"),
+    Column("subject"),
+    Column("model", fmt=lambda m: m or "(every model)"),
+    *(Column(name) for name in LIMIT_FIELDS),
+]
+
+
+def limits_command(scope, subject, model, clear, limits, client: Client, output: str) -> None:
     """`stratus keys limits` and `stratus teams limits`: show a subject's limits, set them
     (replacing those on the same model), or clear them."""
     if clear and given(limits):
@@ -226,15 +308,20 @@ def limits_command(scope, subject, model, clear, limits, client: Client, as_json
         click.echo(f"cleared: {scope} {subject} on " + (f"model {model}" if model else "every model"))
     elif given(limits):
         rule = client.call("PUT", "/admin/limits", checked_rule(scope, subject, model, limits))
-        show(rule, as_json, lambda r: [describe(r)])
+        show(rule, output, lambda r: [describe(r)])
     else:
         rules = client.call("GET", "/admin/limits")["data"]
         mine = [r for r in rules if r["scope"] == scope and r["subject"] == subject]
         mine = [r for r in mine if model is None or r.get("model") == model]
-        show(mine, as_json, lambda rows: [describe(r) for r in rows] or [f"no limits for {scope} {subject}"])
+        render(mine, output, RULE_COLUMNS, empty=f"no limits for {scope} {subject}")
 
 
-# -- the database, for the commands that work on it directly (audit, secrets, upstreams) ----------
+# -- the database, for the forms that must run on the gateway host (`stratus audit verify`) -------
+
+OFFLINE = (
+    "none over the network: this runs on the gateway host and opens its database (--data-dir, "
+    "--database-url) directly"
+)
 
 
 def store_options(func):
@@ -252,6 +339,22 @@ def store_options(func):
         show_default=True,
         help="[env: STRATUS_DATA_DIR]",
     )(func)
+
+
+def legacy_store_options(func):
+    """--data-dir and --database-url, hidden: the deprecated way of a command that now calls the
+    gateway (`stratus secrets|upstreams`); given, the command works on the database directly as it
+    used to, with a warning. Removed after one release."""
+    func = click.option("--database-url", "database_url", default=None, hidden=True)(func)
+    return click.option("--data-dir", "data_dir", default=None, hidden=True)(func)
+
+
+def offline_warning(command: str) -> None:
+    click.echo(
+        f"warning: {command} --data-dir works on the database directly and is deprecated; "
+        f"without it {command} calls the gateway (--url, STRATUS_API_KEY)",
+        err=True,
+    )
 
 
 def open_store(data_dir: str, database_url: str | None):

@@ -80,7 +80,10 @@ def compress(src: Path, dst: Path, method: str | None, **options) -> None:
       stratus compress models/demo models/demo-int8 --evaluate-only
 
     The report (parameters, bytes, perplexity, top-1 agreement, decode tokens/s at batch 1 and
-    16, before and after) is printed and written to DST/compression_report.{json,md}.
+    16, before and after) is printed and written to DST/compression_report.{json,md}. Progress
+    bars (stderr) follow each step.
+
+    Credential: none (local files only; no gateway is contacted).
     """
     import torch
 

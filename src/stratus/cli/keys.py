@@ -23,36 +23,55 @@ import click
 
 from stratus.cli.common import (
     Client,
+    Column,
     checked_rule,
-    connection_options,
     describe,
+    gateway_options,
     given,
     limit_flags,
     limits_command,
     parse_duration,
+    render,
     show,
     when,
 )
 
+_OWNERS = "its owner, a team admin of its team, or an admin"
+OWN_KEY = f"a key of {_OWNERS}."
+_ALL_OF_OWNER = "(all of the owner)"
 
-def _key_lines(k: dict) -> list[str]:
-    """A key (as /admin/keys returns it), one field a line."""
-    return [
-        f"id:       {k['id']}",
-        f"name:     {k['name']}",
-        f"owner:    {k['owner']}" + (f"  team: {k['team']}" if k.get("team") else ""),
-        f"prefix:   {k['prefix']}",
-        f"roles:    {', '.join(k['roles']) if k['roles'] else '(all of the owner)'}",
-        f"models:   {', '.join(k['models']) if k['models'] else '(all of the owner)'}",
-        f"status:   {k['status']}  expires: {when(k['expires_at'])}  last used: {when(k['last_used_at'])}",
-    ] + ([f"limits:   {describe(k['limits'])}"] if k.get("limits") else [])
+KEY_COLUMNS = [
+    Column("id"),
+    Column("name"),
+    Column("owner"),
+    Column("team"),
+    Column("prefix"),
+    Column("status"),
+    Column("expires_at", "EXPIRES", when),
+]
+KEY_FIELDS = [
+    Column("id"),
+    Column("name"),
+    Column("owner"),
+    Column("team"),
+    Column("prefix"),
+    Column("roles", fmt=lambda v: ", ".join(v) if v else _ALL_OF_OWNER),
+    Column("models", fmt=lambda v: ", ".join(v) if v else _ALL_OF_OWNER),
+    Column("status"),
+    Column("expires_at", "EXPIRES", when),
+    Column("last_used_at", "LAST USED", when),
+    Column("limits", fmt=lambda r: describe(r) if r else "-"),
+]
 
 
-def _secret_last(data: dict, as_json: bool) -> None:
-    """The key's details, then the secret alone on the last line of stdout."""
-    show(data["key"], as_json, _key_lines)
-    if not as_json:
-        click.echo("The secret, shown once:", err=True)
+def _secret_last(data: dict, output: str) -> None:
+    """The key's details, then the secret alone on the last line of stdout (with --output json:
+    the whole answer, secret included, as one JSON document)."""
+    if output in ("json", "jsonl"):
+        render(data, output)
+        return
+    render(data["key"], output, KEY_FIELDS)
+    click.echo("The secret, shown once:", err=True)
     click.echo(data["secret"])
     sys.stdout.flush()
 
@@ -70,8 +89,10 @@ def keys() -> None:
 @click.option("--model", "models", multiple=True, help="Narrow the owner's models (repeatable).")
 @click.option("--expires-in", default=None, help="Lifetime, e.g. 30d, 12h. [default: never expires]")
 @limit_flags
-@connection_options
-def keys_create(name, user, team, roles, models, expires_in, url, cacert, as_json, **limits) -> None:
+@gateway_options(
+    credential="a key that may create keys for --user (anyone: their own; a team admin: their team's; an admin)."
+)
+def keys_create(name, user, team, roles, models, expires_in, url, cacert, output, **limits) -> None:
     """Create a key. Its secret is printed once, on the last line of stdout.
 
     Limit flags (--rpm, --tpm, ...) set the key's limits on every model (`stratus keys limits`
@@ -99,58 +120,49 @@ def keys_create(name, user, team, roles, models, expires_in, url, cacert, as_jso
                 then = f"key {key_id} was created without them and could not be revoked: {failed.message}"
             raise click.ClickException(f"{exc.message} ({then})") from None
         made["key"]["limits"] = rule
-    _secret_last(made, as_json)
+    _secret_last(made, output)
 
 
 @keys.command("list")
 @click.option("--user", default=None, help="Only this owner's keys.")
 @click.option("--team", default=None, help="Only keys bound to this team.")
 @click.option("--active", is_flag=True, help="Leave out revoked keys.")
-@connection_options
-def keys_list(user, team, active, url, cacert, as_json) -> None:
+@gateway_options(credential="any key: you see your own keys, a team admin their team's, an admin every key.")
+def keys_list(user, team, active, url, cacert, output) -> None:
     """List the keys you may see (never their secrets)."""
     params = {k: v for k, v in {"user": user, "team": team}.items() if v}
     if active:
         params["include_revoked"] = "false"
     data = Client(url, cacert).call("GET", "/admin/keys", params=params)["data"]
-
-    def lines(rows):
-        yield f"{'ID':<22} {'NAME':<20} {'OWNER':<14} {'TEAM':<10} {'PREFIX':<24} {'STATUS':<8} EXPIRES"
-        for k in rows:
-            yield (
-                f"{k['id']:<22} {k['name'][:20]:<20} {k['owner']:<14} {k['team'] or '-':<10} "
-                f"{k['prefix'] or '-':<24} {k['status']:<8} {when(k['expires_at'])}"
-            )
-
-    show(data, as_json, lines)
+    render(data, output, KEY_COLUMNS, empty="no keys")
 
 
 @keys.command("get")
 @click.argument("key_id")
-@connection_options
-def keys_get(key_id, url, cacert, as_json) -> None:
+@gateway_options(credential=OWN_KEY)
+def keys_get(key_id, url, cacert, output) -> None:
     """Show one key."""
-    show(Client(url, cacert).call("GET", f"/admin/keys/{quote(key_id, safe='')}"), as_json, _key_lines)
+    render(Client(url, cacert).call("GET", f"/admin/keys/{quote(key_id, safe='')}"), output, KEY_FIELDS)
 
 
 @keys.command("rotate")
 @click.argument("key_id")
 @click.option("--grace", default="0", help="How long the old secret keeps working, e.g. 1h. [default: 0]")
-@connection_options
-def keys_rotate(key_id, grace, url, cacert, as_json) -> None:
+@gateway_options(credential=OWN_KEY)
+def keys_rotate(key_id, grace, url, cacert, output) -> None:
     """Give a key a new secret (printed on the last line); the old one works for --grace more."""
     path = f"/admin/keys/{quote(key_id, safe='')}/rotate"
     data = Client(url, cacert).call("POST", path, {"grace_seconds": parse_duration(grace)})
-    _secret_last(data, as_json)
+    _secret_last(data, output)
 
 
 @keys.command("revoke")
 @click.argument("key_id")
-@connection_options
-def keys_revoke(key_id, url, cacert, as_json) -> None:
+@gateway_options(credential=OWN_KEY)
+def keys_revoke(key_id, url, cacert, output) -> None:
     """Revoke a key: refused at once here, by every gateway within the cache TTL."""
     data = Client(url, cacert).call("POST", f"/admin/keys/{quote(key_id, safe='')}/revoke")
-    show(data, as_json, _key_lines)
+    render(data, output, KEY_FIELDS)
 
 
 @keys.command("limits")
@@ -158,38 +170,40 @@ def keys_revoke(key_id, url, cacert, as_json) -> None:
 @click.option("--model", default=None, help="Only requests for this model. [default: every model]")
 @limit_flags
 @click.option("--clear", is_flag=True, help="Remove the key's limits (on --model).")
-@connection_options
-def keys_limits(key_id, model, clear, url, cacert, as_json, **limits) -> None:
+@gateway_options(credential="a key of an admin or of a team admin of the key's team (limits.manage).")
+def keys_limits(key_id, model, clear, url, cacert, output, **limits) -> None:
     """Show a key's limits, set them (replacing those on the same --model), or --clear them."""
-    limits_command("key", key_id, model, clear, limits, Client(url, cacert), as_json)
+    limits_command("key", key_id, model, clear, limits, Client(url, cacert), output)
 
 
 @keys.command("generate")
 def keys_generate() -> None:
-    """Print a fresh, well-formed key without contacting a server (for STRATUS_ADMIN_KEY)."""
+    """Print a fresh, well-formed key without contacting a server (for STRATUS_ADMIN_KEY).
+
+    Credential: none (nothing is contacted)."""
     from stratus.security.keys import generate
 
     click.echo(generate().secret)
 
 
 @keys.command("suspended")
-@connection_options
-def keys_suspended(url, cacert, as_json) -> None:
+@gateway_options(credential="an auditor's or an admin's key (audit.read).")
+def keys_suspended(url, cacert, output) -> None:
     """Keys suspended after an anomaly alert, pending review."""
     data = Client(url, cacert).call("GET", "/admin/suspensions")["data"]
-
-    def lines(rows):
-        yield f"{'KEY':<22} {'REASON':<16} {'SINCE':<22} DETAIL"
-        for row in rows:
-            yield f"{row['key_id']:<22} {row['reason']:<16} {when(row['suspended_at']):<22} {row['detail']}"
-
-    show(data, as_json, lines)
+    columns = [
+        Column("key_id", "KEY"),
+        Column("reason"),
+        Column("suspended_at", "SINCE", when),
+        Column("detail"),
+    ]
+    render(data, output, columns, empty="no suspended keys")
 
 
 @keys.command("reinstate")
 @click.argument("key_id")
-@connection_options
-def keys_reinstate(key_id, url, cacert, as_json) -> None:
+@gateway_options(credential="an admin's key (security.manage).")
+def keys_reinstate(key_id, url, cacert, output) -> None:
     """Lift the suspension of a key (audited)."""
     data = Client(url, cacert).call("POST", f"/admin/keys/{quote(key_id, safe='')}/reinstate")
-    show(data, as_json, lambda d: [f"reinstated {d['key_id']}"])
+    show(data, output, lambda d: [f"reinstated {d['key_id']}"])

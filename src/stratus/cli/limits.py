@@ -2,20 +2,28 @@
 
     export STRATUS_API_KEY=sk-stratus-...
     stratus limits set team ml --model tiny --rpm 60 --tpm 20000 --budget-usd 50
-    stratus limits list
+    stratus limits list                      # a table; --output json|jsonl|csv for scripts
     stratus limits delete team ml --model tiny
 
-The key comes from STRATUS_API_KEY, the server from --url or STRATUS_URL. `stratus keys limits`
-and `stratus teams limits` set the same rules for one key or team.
+`stratus keys limits` and `stratus teams limits` set the same rules for one key or team.
 """
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from stratus.cli.common import cacert_option, given, limit_flags, request, url_option
+from stratus.cli.common import (
+    RULE_COLUMNS,
+    Client,
+    checked_rule,
+    describe,
+    gateway_options,
+    limit_flags,
+    render,
+    show,
+)
+
+MANAGE = "an admin's key, or a team admin's for their team and its members and keys (limits.manage)."
 
 
 @click.group()
@@ -28,32 +36,29 @@ def limits() -> None:
 @click.argument("subject")
 @click.option("--model", default=None, help="Only requests for this model.")
 @limit_flags
-@url_option
-@cacert_option
-def set_limit(scope, subject, model, url, cacert, **limits):
+@gateway_options(credential=MANAGE)
+def set_limit(scope, subject, model, url, cacert, output, **limits):
     """Set (replacing) the limits of SCOPE SUBJECT, e.g. `stratus limits set team ml --rpm 60`."""
-    body = {"scope": scope, "subject": subject, "model": model, **given(limits)}
-    r = request(url, cacert, "PUT", "/admin/limits", json={k: v for k, v in body.items() if v is not None})
-    click.echo(json.dumps(r.json()))
+    rule = Client(url, cacert).call("PUT", "/admin/limits", checked_rule(scope, subject, model, limits))
+    show(rule, output, lambda r: [describe(r)])
 
 
 @limits.command("list")
-@url_option
-@cacert_option
-def list_limits(url: str, cacert: str | None) -> None:
-    """The limit rules your key may see, one JSON object a line."""
-    for rule in request(url, cacert, "GET", "/admin/limits").json()["data"]:
-        click.echo(json.dumps(rule))
+@gateway_options(
+    credential="a key that may read usage (usage.read): admins see every rule, team admins their team's."
+)
+def list_limits(url: str, cacert: str | None, output: str) -> None:
+    """The limit rules your key may see."""
+    render(Client(url, cacert).call("GET", "/admin/limits")["data"], output, RULE_COLUMNS, empty="no limits")
 
 
 @limits.command("delete")
 @click.argument("scope", type=click.Choice(["key", "user", "team", "model"]))
 @click.argument("subject")
-@click.option("--model", default=None)
-@url_option
-@cacert_option
+@click.option("--model", default=None, help="Only the rule on this model. [default: the rule on every model]")
+@gateway_options(credential=MANAGE, output=False)
 def delete_limit(scope: str, subject: str, model: str | None, url: str, cacert: str | None) -> None:
     """Remove the limits of SCOPE SUBJECT (on --model)."""
     params = {"scope": scope, "subject": subject, **({"model": model} if model else {})}
-    request(url, cacert, "DELETE", "/admin/limits", params=params)
+    Client(url, cacert).call("DELETE", "/admin/limits", params=params)
     click.echo("deleted")

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import click
 
-from stratus.cli.common import Client, connection_options, show, when
+from stratus.cli.common import Client, Column, gateway_options, render, show, when
 
 
 @click.group()
@@ -20,23 +20,18 @@ def lockouts() -> None:
 
 
 @lockouts.command("list")
-@connection_options
-def lockouts_list(url, cacert, as_json) -> None:
+@gateway_options(credential="an auditor's or an admin's key (audit.read).")
+def lockouts_list(url, cacert, output) -> None:
     """Lockouts in force on the server (each gateway process keeps its own)."""
     data = Client(url, cacert).call("GET", "/admin/lockouts")["data"]
-
-    def lines(rows):
-        yield f"{'SOURCE':<40} {'UNTIL':<22} SECONDS LEFT"
-        for row in rows:
-            yield f"{row['source']:<40} {when(row['until']):<22} {row['seconds_left']}"
-
-    show(data, as_json, lines)
+    columns = [Column("source"), Column("until", fmt=when), Column("seconds_left")]
+    render(data, output, columns, empty="no lockouts")
 
 
 @lockouts.command("unlock")
 @click.argument("source")
-@connection_options
-def lockouts_unlock(source, url, cacert, as_json) -> None:
+@gateway_options(credential="an admin's key (security.manage).")
+def lockouts_unlock(source, url, cacert, output) -> None:
     """Lift the lockout of SOURCE (addr:ADDRESS or key:PREFIX@ADDRESS, as `list` shows it)."""
     data = Client(url, cacert).call("DELETE", f"/admin/lockouts/{quote(source, safe='')}")
-    show(data, as_json, lambda d: [f"unlocked {d['source']}"])
+    show(data, output, lambda d: [f"unlocked {d['source']}"])

@@ -1,7 +1,7 @@
 """The `stratus` command: the group, and each top-level command from the module named after it.
 
-Helpers the commands share (the /admin HTTP client, output, common options, the store, the engine
-flags) are public in cli/common.py.
+Helpers the commands share (how a command reaches a gateway, its credential and output, the store,
+the engine flags) are public in cli/common.py; the output formats are cli/output.py.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import click
 import stratus
 from stratus.cli.alerts import alerts
 from stratus.cli.audit import audit
+from stratus.cli.chat import chat
 from stratus.cli.cluster import cluster
 from stratus.cli.compress import compress
 from stratus.cli.keys import keys
@@ -18,6 +19,7 @@ from stratus.cli.limits import limits
 from stratus.cli.lockouts import lockouts
 from stratus.cli.secrets import secrets
 from stratus.cli.serve import serve
+from stratus.cli.status import status
 from stratus.cli.teams import teams
 from stratus.cli.train import train
 from stratus.cli.upstreams import upstreams
@@ -35,6 +37,8 @@ def main() -> None:
 for command in (
     serve,
     worker,
+    status,
+    chat,
     keys,
     users,
     teams,

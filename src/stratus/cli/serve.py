@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 import stratus
-from stratus.cli.common import bind_socket, engine_options
+from stratus.cli.common import bind_socket, engine_options, warn_deprecated
 from stratus.config import TOOL_PARSERS, ConfigError, Settings, load_settings, parse_model_spec
 from stratus.engine.gguf import is_gguf
 from stratus.net.urls import is_loopback
@@ -97,8 +97,8 @@ def cluster_options(func):
         click.option(
             "--insecure-worker-http/--no-insecure-worker-http",
             default=None,
-            help="Allow plain http:// workers off loopback (the cluster secret then crosses the "
-            "network in clear; only on a trusted network). [default: off]",
+            hidden=True,
+            callback=warn_deprecated("--insecure-http"),
         ),
         click.option(
             "--routing",
@@ -236,9 +236,17 @@ def ray_options(func):
     "--tls-client-ca", default=None, help="Demand client certificates signed by this CA (PEM): mutual TLS."
 )
 @click.option(
+    "--insecure-http/--no-insecure-http",
+    default=None,
+    help="Allow plain HTTP off loopback: serve on a non-loopback address (only behind a "
+    "TLS-terminating proxy) and reach http:// workers off loopback (the cluster secret then "
+    "crosses the network in clear; only on a trusted network). [default: off]",
+)
+@click.option(
     "--allow-insecure-http/--no-allow-insecure-http",
     default=None,
-    help="Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).",
+    hidden=True,
+    callback=warn_deprecated("--insecure-http"),
 )
 @click.option(
     "--drain-timeout",
@@ -423,6 +431,11 @@ def serve(models: tuple[str, ...], config_file: str | None, **flags: Any) -> Non
 
     SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish for up to
     --drain-timeout seconds, and exits 0.
+
+    Credential: no API key. A fresh database gets its first admin from STRATUS_ADMIN_KEY (else
+    one is made and shown once); the audit key is STRATUS_AUDIT_KEY or DATA_DIR/audit.key, the
+    master key of stored secrets STRATUS_MASTER_KEY or DATA_DIR/master.key, and workers share
+    STRATUS_CLUSTER_SECRET.
     """
     try:
         cli = dict(flags)
@@ -506,7 +519,7 @@ def build_server(settings: Settings):
     if not settings.tls and not is_loopback(settings.host) and not settings.allow_insecure_http:
         raise click.ClickException(
             f"refusing plain HTTP on {settings.host}: give --tls-cert and --tls-key, listen on "
-            "127.0.0.1, or pass --allow-insecure-http when a TLS proxy sits in front"
+            "127.0.0.1, or pass --insecure-http when a TLS proxy sits in front"
         )
     if settings.tls_self_signed and not (settings.tls_cert and settings.tls_key):
         from stratus.net.tls import ensure_self_signed, self_signed_hosts

@@ -16,20 +16,26 @@ import click
 
 from stratus.cli.common import (
     Client,
+    Column,
     checked_rule,
-    connection_options,
     describe,
+    gateway_options,
     given,
     limit_flags,
     limits_command,
+    render,
     show,
 )
 
-
-def _team_lines(t: dict) -> list[str]:
-    members = ", ".join(f"{m['user']} ({m['role']})" for m in t["members"]) or "-"
-    lines = [f"{t['name']}", f"  members: {members}", f"  models: {', '.join(t['models']) or '-'}"]
-    return lines + ([f"  limits: {describe(t['limits'])}"] if t.get("limits") else [])
+TEAM_COLUMNS = [
+    Column("name"),
+    Column("members", fmt=lambda ms: ", ".join(f"{m['user']} ({m['role']})" for m in ms) or "-"),
+    Column("models"),
+]
+TEAM_FIELDS = [*TEAM_COLUMNS, Column("limits", fmt=lambda r: describe(r) if r else "-")]
+READ = "an auditor's or an admin's key, or a team admin's for their team (directory.read)."
+MANAGE = "an admin's key, or a team admin's for their team (teams.manage)."
+GRANT = "an admin's key (grants.manage); no one can grant a model they may not use."
 
 
 @click.group()
@@ -40,8 +46,8 @@ def teams() -> None:
 @teams.command("create")
 @click.argument("name")
 @limit_flags
-@connection_options
-def teams_create(name, url, cacert, as_json, **limits) -> None:
+@gateway_options(credential="an admin's key (teams.manage everywhere).")
+def teams_create(name, url, cacert, output, **limits) -> None:
     """Create a team; limit flags (--rpm, --tpm, ...) set its limits on every model."""
     # refuse bad limits before creating the team
     rule = checked_rule("team", name, None, limits) if given(limits) else None
@@ -54,64 +60,64 @@ def teams_create(name, url, cacert, as_json, **limits) -> None:
             raise click.ClickException(
                 f"team {name} was created, but its limits were not set: {exc.message}"
             ) from None
-    show(team, as_json, _team_lines)
+    render(team, output, TEAM_FIELDS)
 
 
 @teams.command("list")
-@connection_options
-def teams_list(url, cacert, as_json) -> None:
+@gateway_options(credential=READ)
+def teams_list(url, cacert, output) -> None:
     """List the teams you may see."""
     data = Client(url, cacert).call("GET", "/admin/teams")["data"]
-    show(data, as_json, lambda rows: [line for t in rows for line in _team_lines(t)])
+    render(data, output, TEAM_COLUMNS, empty="no teams")
 
 
 @teams.command("get")
 @click.argument("name")
-@connection_options
-def teams_get(name, url, cacert, as_json) -> None:
+@gateway_options(credential=READ)
+def teams_get(name, url, cacert, output) -> None:
     """Show one team."""
-    show(Client(url, cacert).call("GET", f"/admin/teams/{quote(name, safe='')}"), as_json, _team_lines)
+    render(Client(url, cacert).call("GET", f"/admin/teams/{quote(name, safe='')}"), output, TEAM_FIELDS)
 
 
 @teams.command("add-member")
 @click.argument("team")
 @click.argument("user")
 @click.option("--role", type=click.Choice(["team_admin", "member"]), default="member", show_default=True)
-@connection_options
-def teams_add_member(team, user, role, url, cacert, as_json) -> None:
+@gateway_options(credential=MANAGE)
+def teams_add_member(team, user, role, url, cacert, output) -> None:
     """Add a user to a team, or change their role in it."""
     path = f"/admin/teams/{quote(team, safe='')}/members/{quote(user, safe='')}"
-    show(Client(url, cacert).call("PUT", path, {"role": role}), as_json, _team_lines)
+    render(Client(url, cacert).call("PUT", path, {"role": role}), output, TEAM_FIELDS)
 
 
 @teams.command("remove-member")
 @click.argument("team")
 @click.argument("user")
-@connection_options
-def teams_remove_member(team, user, url, cacert, as_json) -> None:
+@gateway_options(credential=MANAGE)
+def teams_remove_member(team, user, url, cacert, output) -> None:
     """Remove a user from a team."""
     path = f"/admin/teams/{quote(team, safe='')}/members/{quote(user, safe='')}"
-    show(Client(url, cacert).call("DELETE", path), as_json, _team_lines)
+    render(Client(url, cacert).call("DELETE", path), output, TEAM_FIELDS)
 
 
 @teams.command("grant")
 @click.argument("team")
 @click.argument("model")
-@connection_options
-def teams_grant(team, model, url, cacert, as_json) -> None:
+@gateway_options(credential=GRANT)
+def teams_grant(team, model, url, cacert, output) -> None:
     """Let a team's members call a model ('*': every model)."""
     path = f"/admin/teams/{quote(team, safe='')}/models/{quote(model, safe='/')}"
-    show(Client(url, cacert).call("PUT", path), as_json, _team_lines)
+    render(Client(url, cacert).call("PUT", path), output, TEAM_FIELDS)
 
 
 @teams.command("ungrant")
 @click.argument("team")
 @click.argument("model")
-@connection_options
-def teams_ungrant(team, model, url, cacert, as_json) -> None:
+@gateway_options(credential=GRANT)
+def teams_ungrant(team, model, url, cacert, output) -> None:
     """Withdraw a model from a team."""
     path = f"/admin/teams/{quote(team, safe='')}/models/{quote(model, safe='/')}"
-    show(Client(url, cacert).call("DELETE", path), as_json, _team_lines)
+    render(Client(url, cacert).call("DELETE", path), output, TEAM_FIELDS)
 
 
 @teams.command("limits")
@@ -119,10 +125,10 @@ def teams_ungrant(team, model, url, cacert, as_json) -> None:
 @click.option("--model", default=None, help="Only requests for this model. [default: every model]")
 @limit_flags
 @click.option("--clear", is_flag=True, help="Remove the team's limits (on --model).")
-@connection_options
-def teams_limits(team, model, clear, url, cacert, as_json, **limits) -> None:
+@gateway_options(credential="an admin's key, or a team admin's for their team (limits.manage).")
+def teams_limits(team, model, clear, url, cacert, output, **limits) -> None:
     """Show a team's limits, set them (replacing those on the same --model), or --clear them."""
-    limits_command("team", team, model, clear, limits, Client(url, cacert), as_json)
+    limits_command("team", team, model, clear, limits, Client(url, cacert), output)
 
 
 @teams.command("content-logging")
@@ -130,13 +136,13 @@ def teams_limits(team, model, clear, url, cacert, as_json, **limits) -> None:
 @click.option(
     "--on/--off", "enabled", required=True, help="Log (redacted, encrypted) prompts and completions."
 )
-@connection_options
-def teams_content_logging(team, enabled, url, cacert, as_json) -> None:
+@gateway_options(credential="an admin's key (security.manage).")
+def teams_content_logging(team, enabled, url, cacert, output) -> None:
     """Turn content logging on or off for TEAM (admins; audited)."""
     path = f"/admin/teams/{quote(team, safe='')}/content-logging"
     data = Client(url, cacert).call("PUT", path, {"enabled": enabled})
     show(
         data,
-        as_json,
+        output,
         lambda d: [f"content logging for {d['team']}: {'on' if d['content_logging'] else 'off'}"],
     )

@@ -1,23 +1,44 @@
-"""`stratus upstreams add|list|remove`: OpenAI-compatible upstreams, written straight to the store.
+"""`stratus upstreams add|list|remove`: OpenAI-compatible upstreams of a running gateway (its
+/admin/upstreams, api/routes/upstreams.py).
 
+    export STRATUS_API_KEY=sk-stratus-...                               # an admin's key
     printf %s "$VLLM_KEY" | stratus upstreams add vllm-a --model llama \\
         --base-url http://10.0.0.7:8000/v1 --upstream-model meta-llama/Llama-3.1-8B-Instruct
     stratus upstreams list
     stratus upstreams remove vllm-a
 
-The API key is read from stdin (a flag would show in `ps`) and stored AES-GCM encrypted under the
-master key (STRATUS_MASTER_KEY, else DATA_DIR/master.key), like every stored secret; it is never
-printed. Running gateways pick changes up within a couple of seconds. The same operations are
-`/admin/upstreams` over HTTP.
+The upstream's API key is read from stdin (a flag would show in `ps`); the gateway stores it
+AES-GCM encrypted under its master key, like every stored secret, and never returns it. Every
+gateway sharing the database picks changes up within a couple of seconds.
 """
 
 from __future__ import annotations
 
 import sys
+from urllib.parse import quote
 
 import click
 
-from stratus.cli.common import open_store, store_options
+from stratus.cli.common import (
+    Client,
+    Column,
+    gateway_options,
+    legacy_store_options,
+    offline_warning,
+    open_store,
+    render,
+    when,
+)
+
+ADMIN = "an admin's key (cluster.manage)."
+COLUMNS = [
+    Column("name"),
+    Column("model"),
+    Column("base_url", "BASE URL"),
+    Column("upstream_model", "UPSTREAM MODEL"),
+    Column("created_at", "CREATED", when),
+    Column("created_by", "BY"),
+]
 
 
 @click.group()
@@ -26,7 +47,6 @@ def upstreams() -> None:
 
 
 @upstreams.command("add")
-@store_options
 @click.argument("name")
 @click.option("--model", required=True, help="The model name clients use here.")
 @click.option(
@@ -34,13 +54,17 @@ def upstreams() -> None:
 )
 @click.option("--upstream-model", required=True, help="The model name the upstream expects.")
 @click.option("--no-key", is_flag=True, help="The upstream needs no API key (else it is read from stdin).")
+@gateway_options(credential=ADMIN, output=False)
+@legacy_store_options
 def add(
     name: str,
     model: str,
     base_url: str,
     upstream_model: str,
     no_key: bool,
-    data_dir: str,
+    url: str,
+    cacert: str | None,
+    data_dir: str | None,
     database_url: str | None,
 ) -> None:
     """Register upstream NAME for MODEL; its API key is read from stdin."""
@@ -61,6 +85,15 @@ def add(
     key = "" if no_key else sys.stdin.read().strip()
     if not no_key and not key:
         raise click.UsageError("pipe the upstream's API key on stdin, or pass --no-key")
+    if data_dir is None:
+        body = {"name": name, "model": model, "base_url": base_url, "upstream_model": upstream_model}
+        Client(url, cacert).call("POST", "/admin/upstreams", {**body, **({"api_key": key} if key else {})})
+        click.echo(
+            f"upstreams: {name} serves model {model} from {base_url}"
+            + (" (key stored encrypted)" if key else "")
+        )
+        return
+    offline_warning("stratus upstreams add")
     store = open_store(data_dir, database_url)
     try:
         box = SecretStore(store, load_keyring(data_dir))
@@ -78,25 +111,35 @@ def add(
 
 
 @upstreams.command("list")
-@store_options
-def list_(data_dir: str, database_url: str | None) -> None:
+@gateway_options(credential=ADMIN)
+@legacy_store_options
+def list_(url: str, cacert: str | None, output: str, data_dir: str | None, database_url: str | None) -> None:
     """The registered upstreams (keys are never shown)."""
     from stratus.store import upstreams as table
 
-    with open_store(data_dir, database_url).connect() as conn:
-        rows = table.list_all(conn)
-    for r in rows:
-        click.echo(f"{r['name']}\tmodel={r['model']}\t{r['base_url']}\tupstream_model={r['upstream_model']}")
+    if data_dir is None:
+        rows = Client(url, cacert).call("GET", "/admin/upstreams")["data"]
+    else:
+        offline_warning("stratus upstreams list")
+        with open_store(data_dir, database_url).connect() as conn:
+            rows = table.list_all(conn)
+    render(rows, output, COLUMNS, empty="no upstreams")
 
 
 @upstreams.command("remove")
-@store_options
 @click.argument("name")
-def remove(name: str, data_dir: str, database_url: str | None) -> None:
+@gateway_options(credential=ADMIN, output=False)
+@legacy_store_options
+def remove(name: str, url: str, cacert: str | None, data_dir: str | None, database_url: str | None) -> None:
     """Remove upstream NAME and its stored key."""
     from stratus.security.secrets import SecretStore, load_keyring
     from stratus.store import upstreams as table
 
+    if data_dir is None:
+        Client(url, cacert).call("DELETE", f"/admin/upstreams/{quote(name, safe='')}")
+        click.echo(f"upstreams: removed {name}")
+        return
+    offline_warning("stratus upstreams remove")
     store = open_store(data_dir, database_url)
     with store.begin() as conn:
         found = table.remove(conn, name)

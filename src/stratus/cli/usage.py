@@ -1,19 +1,18 @@
 """`stratus usage`: usage totals of a running server (its /admin/usage, api/routes/usage.py).
 
-    export STRATUS_API_KEY=sk-stratus-...
-    stratus usage --by team,day --since 2026-11-01 --format csv > usage.csv
-
-The key comes from STRATUS_API_KEY, the server from --url or STRATUS_URL.
+export STRATUS_API_KEY=sk-stratus-...
+stratus usage --by team,day --since 2026-11-01 --output csv > usage.csv
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from stratus.cli.common import cacert_option, request, terminal_safe, url_option
+from stratus.cli.common import Client, Column, deprecated_alias, gateway_options, render, terminal_safe
+
+TOTALS = ["requests", "refused", "prompt_tokens", "completion_tokens", "cost_usd"]
 
 
 @click.command()
@@ -22,28 +21,28 @@ from stratus.cli.common import cacert_option, request, terminal_safe, url_option
 )
 @click.option("--since", default=None, help="Start: ISO date/time or Unix seconds. [default: 30 days ago]")
 @click.option("--until", default=None, help="End (exclusive). [default: now]")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+@deprecated_alias(
+    "--format", "--output", value=None, dest="output", type=click.Choice(["table", "json", "csv"])
 )
-@url_option
-@cacert_option
-def usage(by: str, since: str | None, until: str | None, fmt: str, url: str, cacert: str | None) -> None:
+@gateway_options(
+    credential="any key: a member sees their own usage, a team admin their team's, an auditor "
+    "or an admin everyone's."
+)
+def usage(by: str, since: str | None, until: str | None, url: str, cacert: str | None, output: str) -> None:
     """Usage totals (requests, tokens, cost) that your key may see."""
-    params = {"by": by, "format": "csv" if fmt == "csv" else "json"}
+    params = {"by": by, "format": "csv" if output == "csv" else "json"}
     params.update({k: v for k, v in (("since", since), ("until", until)) if v})
-    r = request(url, cacert, "GET", "/admin/usage", params=params)
-    if fmt == "csv":
+    r = Client(url, cacert).raw("GET", "/admin/usage", params=params)
+    if output == "csv":  # the server's own CSV (api/routes/usage.py), as it came
         sys.stdout.write(terminal_safe(r.text) if sys.stdout.isatty() else r.text)
         return
     data = r.json()
-    if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
+    if output == "json":
+        render(data, "json")
         return
-    columns = [*data["by"], "requests", "refused", "prompt_tokens", "completion_tokens", "cost_usd"]
-    rows = [
-        [terminal_safe(str(row.get(c) if row.get(c) is not None else "-")) for c in columns]
-        for row in data["data"]
-    ]
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
-    for line in [columns, *rows]:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+    render(
+        data["data"],
+        output,
+        [*(Column(c) for c in data["by"]), *(Column(c) for c in TOTALS)],
+        empty="no usage",
+    )

@@ -252,6 +252,9 @@ def _worker(model_spec: str, config_file: str | None, **flags: Any) -> None:
     Example:
       STRATUS_CLUSTER_SECRET=... stratus worker --model demo=models/demo --port 8101 \\
           --gateway http://127.0.0.1:8000
+
+    Credential: the cluster secret (STRATUS_CLUSTER_SECRET, or --cluster-secret-file), shared with
+    the gateway; no API key.
     """
     from stratus.cluster.worker_main import build_worker
     from stratus.observe.logs import setup_logging

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets as random
 import stat
 import time
@@ -29,6 +30,15 @@ from stratus.store import Store, review_tables, secret_tables
 from stratus.store.review_tables import content_aad
 
 ENV_VAR = "STRATUS_MASTER_KEY"
+# a stored secret's name ("upstream/vllm-a", "hook/slack"): path-like, no empty or '..' segment
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+NAME_MAX = 128
+
+
+def valid_name(name: str) -> bool:
+    return len(name) <= NAME_MAX and bool(NAME_RE.match(name)) and ".." not in name
+
+
 KEY_FILE = "master.key"
 VERSION = "v1"
 
