@@ -64,7 +64,9 @@ import click
 @click.option("--max-steps-per-second", type=float, help="Pace the job (a machine shared with others).")
 def train(**options) -> None:
     """Fine-tune a causal LM: full or LoRA, data parallel, restarted from its last checkpoint when
-    a worker dies. Writes a Hugging Face checkpoint or a PEFT adapter to --out, with metrics.jsonl."""
+    a worker dies. Writes a Hugging Face checkpoint or a PEFT adapter to --out, with metrics.jsonl.
+
+    Credential: none (local files and processes; no gateway is contacted)."""
     from stratus.hub import HubError, resolve_model
     from stratus.train.lora import LoraSpec
     from stratus.train.spec import TrainSpec
