@@ -16,14 +16,19 @@ without it the module is skipped and says so.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 import httpx
+import jwt as pyjwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from stratus.config import Settings, demo_model_path
 from tests import issued
@@ -43,6 +48,8 @@ if CHROMIUM is None:
     )
 
 DEMO = demo_model_path()
+ISSUER = "https://idp.example.test"
+IDP_KEY = ec.generate_private_key(ec.SECP256R1())  # the identity provider's signing key
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "docs" / "images"
 TIMEOUT_MS = 20_000
@@ -73,7 +80,14 @@ def gateway(tmp_path_factory, admin_key):
 
     secret = issued.record(secrets.token_urlsafe(32))
     data_dir = issued.data_dir_of(tmp_path_factory.mktemp("dashboard-gw"))
+    jwks = tmp_path_factory.mktemp("idp") / "jwks.json"
+    jwk = ECAlgorithm.to_jwk(IDP_KEY.public_key(), as_dict=True) | {"kid": "k1", "alg": "ES256", "use": "sig"}
+    jwks.write_text(json.dumps({"keys": [jwk]}))
     settings = Settings(
+        jwt_issuer=ISSUER,  # OIDC tokens from this issuer: its "auditors" group is the auditor role
+        jwt_audience="stratus",
+        jwt_jwks=str(jwks),
+        jwt_role_map="auditors=auditor",
         models={"demo": str(DEMO)},
         engine_isolation="thread",
         cluster_secret=secret,
@@ -374,6 +388,54 @@ def test_the_users_page_creates_a_team_and_adds_a_member(tab, admin_key, member_
     expect(page.locator("tr[data-team=austen]")).to_contain_text("mia")
     expect(page.locator("tr[data-user=mia]")).to_contain_text("austen (member)")
     screenshot(page, shots, "users")
+
+
+def test_an_oidc_token_signs_in_an_auditor_who_reads_the_audit_log(tab, gateway, shots):
+    url = gateway[0].url
+    claims = {
+        "iss": ISSUER,
+        "aud": "stratus",
+        "sub": "olga",
+        "exp": int(time.time()) + 600,
+        "groups": ["auditors"],
+    }
+    token = issued.record(pyjwt.encode(claims, IDP_KEY, algorithm="ES256", headers={"kid": "k1"}))
+    tab.sign_in(token)
+    page = tab.page
+    expect(page.locator("#who")).to_contain_text(f"oidc:{ISSUER}:olga (auditor")
+    expect(page.locator("#nav")).to_contain_text("Audit log")
+    expect(page.locator("#nav")).not_to_contain_text("Playground")  # an auditor calls no model
+    tab.open("audit")
+    expect(page.locator("#page-audit tbody tr").first).to_be_visible()
+    expect(page.locator("#page-audit .refusal")).to_have_count(0)
+    tab.open("alerts")  # reads alerts; acknowledging one is an admin's
+    expect(page.locator("#page-alerts")).to_contain_text("Recent alerts")
+    expect(page.locator("#page-alerts .refusal")).to_have_count(0)
+    ack = {"kind": "lockout", "source": "addr:127.0.0.7", "at": 1.0}
+    r = httpx.post(url + "/admin/alerts/ack", json=ack, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403
+
+
+def test_a_team_admin_sees_their_team_only(tab, admin, shots):
+    assert admin.post("/admin/teams", json={"name": "bronte"}).status_code == 201
+    for name, role in (("tess", "team_admin"), ("ben", "member")):
+        r = admin.post("/admin/users", json={"name": name, "team": "bronte", "team_role": role})
+        assert r.status_code == 201, r.text
+    assert (
+        admin.post("/admin/keys", json={"name": "ben-ci", "user": "ben", "team": "bronte"}).status_code == 201
+    )
+    r = admin.post("/admin/keys", json={"name": "tess-laptop", "user": "tess", "team": "bronte"})
+    tab.sign_in(issued.record(r.json()["secret"]))
+    page = tab.page
+    expect(page.locator("#who")).to_contain_text("team admin of bronte")
+    tab.open("users")
+    expect(page.locator("tr[data-user=ben]")).to_be_visible()
+    expect(page.locator("tr[data-user=admin]")).to_have_count(0)
+    expect(page.locator("tr[data-team]")).to_have_count(1)
+    tab.open("keys")
+    expect(page.locator("tr[data-key-name='ben-ci']")).to_be_visible()
+    expect(page.locator("tr[data-key-name='bootstrap admin key']")).to_have_count(0)
+    screenshot(page, shots, "team-admin-keys")
 
 
 def test_docs_render_with_every_outside_request_blocked(browser, gateway, shots):
