@@ -329,3 +329,33 @@ def test_actor_errors_and_early_close(ray_gateway):
     assert left == 0
     # 1000 tokens take 1000 / RATE s at least: a stream that ran to its end was never aborted
     assert generated < 1000, f"the closed stream went on generating ({generated} tokens)"
+
+
+def test_the_dashboard_shows_the_actors_nodes_and_scales_a_model(
+    ray_gateway, ray_nodes, admin_key, tmp_path_factory
+):
+    """The Models page in a real browser (tests/browser.py): the Ray actors of "pinned" on node B,
+    scaled to 2 and back to 1 from the page, the page following without a reload."""
+    from tests.browser import Tab, chromium, expect, screenshot, screenshot_dirs
+
+    cluster = _cluster(ray_gateway)
+    with chromium() as browser:
+        tab = Tab(browser, ray_gateway.url)
+        tab.sign_in(admin_key)
+        tab.open("models")
+        page = tab.page
+        panel = page.locator("[data-ray-model=pinned]")
+        expect(panel.locator("h3")).to_contain_text("Ray: 1 actors")
+        expect(panel.locator("tr[data-actor]")).to_contain_text(ray_nodes.b.node_id)
+        form = page.locator("form[data-scale=pinned]")
+        for count in (2, 1):
+            form.locator("input[name=replicas]").fill(str(count))
+            form.get_by_role("button", name="Scale").click()
+            expect(form.locator(".form-status")).to_contain_text(f"scaling to {count}")
+            expect(panel.locator("h3")).to_contain_text(f"Ray: {count} actors", timeout=120_000)
+            expect(panel.locator("tr[data-actor]")).to_have_count(count)
+            if count == 2:
+                screenshot(page, screenshot_dirs(tmp_path_factory), "models-ray")
+        assert len(cluster.replicas["pinned"]) == 1
+        expect(page.locator("ul.events")).to_contain_text("pinned: 2 → 1 replicas")
+        tab.close()

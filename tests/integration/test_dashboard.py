@@ -17,10 +17,8 @@ without it the module is skipped and says so.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import shutil
 import time
 from pathlib import Path
 
@@ -32,43 +30,28 @@ from jwt.algorithms import ECAlgorithm
 
 from stratus.config import Settings, demo_model_path
 from tests import issued
+from tests.browser import Tab, chromium, chromium_path, expect, screenshot, screenshot_dirs
 from tests.live_server import LiveServer
 from tests.waiting import wait_for
 from tests.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
-
-CHROMIUM = os.environ.get("STRATUS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
+if chromium_path() is None:
     pytest.skip(
         "no Chromium: install Debian's (`make browser`, or apt-get install -y chromium) or set STRATUS_CHROMIUM",
         allow_module_level=True,
     )
+pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
 
 DEMO = demo_model_path()
 ISSUER = "https://idp.example.test"
 IDP_KEY = ec.generate_private_key(ec.SECP256R1())  # the identity provider's signing key
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "docs" / "images"
-TIMEOUT_MS = 20_000
-expect = playwright_api.expect
 
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> list[Path]:
-    base = os.environ.get("STRATUS_ARTIFACTS")
-    folder = Path(base) / "dashboard" if base else tmp_path_factory.mktemp("dashboard")
-    folder.mkdir(parents=True, exist_ok=True)
-    return [folder] + ([IMAGES] if os.environ.get("STRATUS_UPDATE_SCREENSHOTS") == "1" else [])
-
-
-def screenshot(page, shots: list[Path], name: str, full_page: bool = True) -> None:
-    data = page.screenshot(full_page=full_page)
-    for folder in shots:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"dashboard-{name}.png").write_bytes(data)
+    return screenshot_dirs(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -136,49 +119,8 @@ def member_key(admin) -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-class Tab:
-    """One browser tab on the gateway; every CSP violation and page error is kept."""
-
-    def __init__(self, browser, url: str):
-        self.context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(TIMEOUT_MS)
-        self.problems: list[str] = []
-        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        # A blocked inline script, style or eval fires this event (and a console error): both kept.
-        self.page.add_init_script(
-            "document.addEventListener('securitypolicyviolation', e => "
-            "console.error('Content Security Policy violation: ' + e.violatedDirective + ' ' + e.blockedURI))"
-        )
-        self.page.on(
-            "console",
-            lambda m: (
-                self.problems.append(m.text) if m.type == "error" and "Content Security" in m.text else None
-            ),
-        )
-        self.url = url
-
-    def sign_in(self, credential: str) -> None:
-        self.page.goto(self.url + "/ui")
-        self.page.fill("#token", credential)
-        self.page.click("#signin-form button[type=submit]")
-        expect(self.page.locator("#who")).not_to_be_empty()
-
-    def open(self, name: str) -> None:
-        self.page.evaluate(f"location.hash = '#/{name}'")
-        expect(self.page.locator(f"#page-{name}")).to_be_visible()
-
-    def close(self) -> None:
-        self.context.close()
-        assert not self.problems, self.problems
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture

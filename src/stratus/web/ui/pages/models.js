@@ -1,13 +1,54 @@
 // Models and their replicas from /admin/cluster every 2 s: state, health, breaker, load,
 // learned capacity, retries and stream migrations. A replica that leaves (a worker that stopped
 // answering its heartbeats and a probe is removed) stays listed as "gone" while the page is open.
-import { get } from "../api.js";
+// Models served by Ray actors (--ray-address) show their actors' nodes and can be scaled
+// (POST /admin/cluster/scale: admins).
+import { get, post } from "../api.js";
 import { h, number, refusal, replace, table, time } from "../dom.js";
+
+// The scale form of a Ray model, made once and kept across refreshes (what is typed survives).
+function scaleForm(model, current) {
+  const count = h("input", { name: "replicas", type: "number", min: "0", value: String(current), "aria-label": `replicas of ${model}` });
+  const status = h("span", { class: "form-status", role: "status" });
+  const el = h("form", { class: "inline scale", "data-scale": model }, h("label", {}, "Replicas", count), h("button", { type: "submit", text: "Scale" }), status);
+  el.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    replace(status, "…");
+    try {
+      const r = await post("/admin/cluster/scale", { model, replicas: Number(count.value), wait: false });
+      replace(status, `scaling to ${r.requested} (now ${r.replicas})`);
+    } catch (error) {
+      replace(status, refusal(error));
+    }
+  });
+  return el;
+}
+
+function rayPanel(info, forms) {
+  if (!forms.has(info.model)) forms.set(info.model, scaleForm(info.model, info.replicas));
+  const bounds = info.autoscaled ? ` · autoscaled ${info.min_replicas}–${info.max_replicas}` : "";
+  return h(
+    "div",
+    { class: "ray", "data-ray-model": info.model },
+    h("h3", { text: `Ray: ${info.replicas} actors · resources ${JSON.stringify(info.resources)}${bounds}` }),
+    table(
+      [
+        { label: "Actor", value: (a) => a.id },
+        { label: "Node", value: (a) => h("code", { text: a.node_id || "" }) },
+        { label: "In flight", value: (a) => number(a.in_flight) },
+      ],
+      info.actors,
+      { empty: "No actors.", rowAttrs: (a) => ({ "data-actor": a.id }) },
+    ),
+    forms.get(info.model),
+  );
+}
 
 export async function render(root, page) {
   const body = h("div");
   root.append(body);
   const seen = new Map(); // model -> Map(replica id -> last row seen)
+  const forms = new Map(); // Ray model -> its scale form
 
   page.every(2000, async () => {
     let cluster;
@@ -22,6 +63,7 @@ export async function render(root, page) {
       return;
     }
     const now = Date.now() / 1000;
+    const ray = new Map(((cluster.ray && cluster.ray.models) || []).map((m) => [m.model, m]));
     replace(
       body,
       cluster.models.map((m) => {
@@ -65,9 +107,22 @@ export async function render(root, page) {
             rows,
             { empty: "No replicas.", rowAttrs: (r) => ({ "data-replica": r.id, "data-state": r.state }) },
           ),
+          ray.has(m.model) ? rayPanel(ray.get(m.model), forms) : null,
         );
       }),
-      cluster.ray ? h("pre", { class: "ray", text: JSON.stringify(cluster.ray, null, 2) }) : null,
+      cluster.ray && cluster.ray.events.length
+        ? [
+            h("h2", { text: "Recent scaling" }),
+            h(
+              "ul",
+              { class: "events" },
+              cluster.ray.events
+                .slice()
+                .reverse()
+                .map((e) => h("li", { text: `${e.model}: ${e.from} → ${e.to} replicas (${e.reason})` })),
+            ),
+          ]
+        : null,
     );
   });
 }
