@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from stratus.cli.main import main
 from stratus.cli.output import Column, render
-from stratus.cli.status import counters, overview
+from stratus.cli.status import counters, overview, quantile
 from stratus.config import load_settings
 
 # the names that one flag replaced (still accepted for one release, hidden from --help)
@@ -110,6 +110,13 @@ stratus_requests_total{route="/v1/chat/completions",model="tiny",status="503"} 1
 stratus_requests_total{route="/metrics",model="",status="200"} 7.0
 # TYPE stratus_generation_tokens counter
 stratus_generation_tokens_total{model="tiny"} 100.0
+# TYPE stratus_time_to_first_token_seconds histogram
+stratus_time_to_first_token_seconds_bucket{model="tiny",le="0.1"} 5.0
+stratus_time_to_first_token_seconds_bucket{model="tiny",le="0.5"} 5.0
+stratus_time_to_first_token_seconds_bucket{model="tiny",le="1.0"} 5.0
+stratus_time_to_first_token_seconds_bucket{model="tiny",le="+Inf"} 5.0
+stratus_time_to_first_token_seconds_count{model="tiny"} 5.0
+stratus_time_to_first_token_seconds_sum{model="tiny"} 0.25
 """
 METRICS_AFTER = """
 # TYPE stratus_requests counter
@@ -120,6 +127,13 @@ stratus_requests_total{route="/metrics",model="",status="200"} 9.0
 # TYPE stratus_generation_tokens counter
 stratus_generation_tokens_total{model="tiny"} 500.0
 stratus_generation_tokens_total{model="big"} 40.0
+# TYPE stratus_time_to_first_token_seconds histogram
+stratus_time_to_first_token_seconds_bucket{model="tiny",le="0.1"} 5.0
+stratus_time_to_first_token_seconds_bucket{model="tiny",le="0.5"} 9.0
+stratus_time_to_first_token_seconds_bucket{model="tiny",le="1.0"} 13.0
+stratus_time_to_first_token_seconds_bucket{model="tiny",le="+Inf"} 13.0
+stratus_time_to_first_token_seconds_count{model="tiny"} 13.0
+stratus_time_to_first_token_seconds_sum{model="tiny"} 5.0
 """
 
 
@@ -144,3 +158,16 @@ def test_status_rates_are_the_difference_of_two_scrapes():
     assert tiny["tokens_per_second"] == 200.0
     assert tiny["errors_per_second"] == 1.0 and tiny["errors"] == 3
     assert rows["big"]["requests_per_second"] == 1.0  # absent from the first scrape: counted from 0
+    # TTFT over the window: the 8 new observations, 4 in (0.1, 0.5] and 4 in (0.5, 1.0]; the five
+    # older ones (<= 0.1 s, before the window) do not count
+    assert tiny["ttft_p50"] == pytest.approx(0.5)
+    assert tiny["ttft_p95"] == pytest.approx(0.5 + 0.5 * (0.95 * 8 - 4) / 4)
+    assert tiny["tpot_p50"] is None and rows["big"]["ttft_p50"] is None  # nothing observed
+
+
+def test_quantile_is_prometheus_histogram_quantile():
+    buckets = {0.1: 10.0, 0.2: 30.0, float("inf"): 40.0}
+    assert quantile(0.25, {}, buckets) == pytest.approx(0.1)  # rank 10: the top of the first bucket
+    assert quantile(0.5, {}, buckets) == pytest.approx(0.15)  # rank 20: halfway through the second
+    assert quantile(0.99, {}, buckets) == 0.2  # in +Inf: the last finite bound
+    assert quantile(0.5, buckets, buckets) is None  # no observation between the scrapes
