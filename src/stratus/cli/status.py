@@ -106,7 +106,7 @@ def overview(
     zero = _empty()
     models = {m["model"]: m for m in cluster["models"]}
     for name in sorted(set(models) | set(after)):
-        m = models.get(name, {"state": "upstream", "replicas": []})
+        m = models.get(name, {"state": "-", "replicas": []})  # served no more, seen in the window
         a, b = after.get(name, zero), before.get(name, zero)
         replicas = m["replicas"]
 
