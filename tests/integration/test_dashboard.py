@@ -380,6 +380,24 @@ def test_a_team_admin_sees_their_team_only(tab, admin, shots):
     screenshot(page, shots, "team-admin-keys")
 
 
+def test_a_gateway_without_access_control_needs_no_sign_in(browser, tmp_path):
+    from stratus.api import create_app
+    from stratus.security.stage import OPEN_ACCESS
+
+    settings = Settings(auth=False, local_models=False, data_dir=str(tmp_path))
+    with LiveServer(create_app(settings, identity=OPEN_ACCESS)) as server:
+        t = Tab(browser, server.url)
+        t.page.goto(server.url + "/ui")
+        page = t.page
+        expect(page.locator("#who")).to_contain_text("access control is off")
+        expect(page.locator("#signin")).to_be_hidden()
+        expect(page.locator("#nav a")).to_have_text(["Overview", "Models", "Playground"])
+        expect(page.locator("[data-tile=total] strong")).not_to_have_text("0")  # its own /metrics calls
+        t.open("models")
+        expect(page.locator("#page-models")).to_contain_text("No models are served.")
+        t.close()
+
+
 def test_docs_render_with_every_outside_request_blocked(browser, gateway, shots):
     url = gateway[0].url
     t = Tab(browser, url)

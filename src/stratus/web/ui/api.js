@@ -46,7 +46,8 @@ async function errorOf(response) {
 
 // fetch() with the credential; the Response when it is 2xx, else an ApiError.
 export async function request(method, path, { body, signal } = {}) {
-  const headers = { Authorization: `Bearer ${credential()}` };
+  const token = credential();
+  const headers = token ? { Authorization: `Bearer ${token}` } : {}; // none: an open gateway
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
     method,

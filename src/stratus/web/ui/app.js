@@ -5,22 +5,24 @@
 import * as api from "./api.js";
 import { h, refusal, replace } from "./dom.js";
 
-// roles: the global roles whose navigation shows the page (team admins see "teamAdmin" pages).
+// roles: the global roles whose navigation shows the page (team admins see "teamAdmin" pages);
+// open: shown on a gateway without access control (--no-auth: no keys, usage or audit there).
 const PAGES = [
-  { id: "overview", title: "Overview", roles: ["admin", "auditor", "viewer"] },
-  { id: "models", title: "Models", roles: ["admin", "auditor", "viewer"] },
+  { id: "overview", title: "Overview", roles: ["admin", "auditor", "viewer"], open: true },
+  { id: "models", title: "Models", roles: ["admin", "auditor", "viewer"], open: true },
   { id: "keys", title: "Keys", roles: ["*"] },
   { id: "users", title: "Users & teams", roles: ["admin", "auditor", "teamAdmin"] },
   { id: "usage", title: "Usage", roles: ["*"] },
   { id: "audit", title: "Audit log", roles: ["admin", "auditor"] },
   { id: "alerts", title: "Alerts", roles: ["admin", "auditor"] },
-  { id: "playground", title: "Playground", roles: ["admin", "member"] },
+  { id: "playground", title: "Playground", roles: ["admin", "member"], open: true },
 ];
 
 let me = null;
 let current = null; // { stop() } of the page shown
 
 function shownTo(page, who) {
+  if (who.via === "none") return Boolean(page.open);
   const roles = new Set(who.roles);
   if (who.admin_of.length) roles.add("teamAdmin");
   return page.roles.includes("*") || page.roles.some((r) => roles.has(r));
@@ -97,7 +99,8 @@ function renderNav() {
     ),
   );
   const roles = me.roles.join(", ") + (me.admin_of.length ? `; team admin of ${me.admin_of.join(", ")}` : "");
-  replace(document.getElementById("who"), h("span", { text: `${me.user} (${roles})` }));
+  const who = me.via === "none" ? "access control is off (--no-auth)" : `${me.user} (${roles})`;
+  replace(document.getElementById("who"), h("span", { text: who }));
 }
 
 function signedOut(message) {
@@ -121,7 +124,7 @@ async function start() {
     return;
   }
   document.getElementById("signin").hidden = true;
-  document.getElementById("signout").hidden = false;
+  document.getElementById("signout").hidden = me.via === "none";
   renderNav();
   await show();
 }
@@ -137,5 +140,18 @@ document.getElementById("signout").addEventListener("click", () => signedOut("Si
 window.addEventListener("hashchange", show);
 api.onUnauthorized(() => signedOut("Your credential is no longer accepted (expired, revoked or rotated)."));
 
-if (api.credential()) start();
-else signedOut();
+// Without a stored credential: a gateway without access control answers whoami as "anonymous"
+// (via "none"), and then there is nothing to sign in with; any other answer asks for one.
+async function boot() {
+  if (api.credential()) return start();
+  try {
+    const response = await fetch("/admin/whoami", { cache: "no-store", credentials: "omit" });
+    const who = response.ok ? await response.json() : null;
+    if (who && who.via === "none") return start();
+  } catch {
+    // unreachable: ask for a credential; the sign-in says what went wrong
+  }
+  signedOut();
+}
+
+boot();
