@@ -177,3 +177,14 @@ def test_lora_fine_tune_of_the_demo_model_loads_in_peft(tmp_path):
         base = load_hf_model(DEMO)(ids).logits
     torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
     assert (mine - base).abs().max() > 1e-2  # the adapter does change the model
+
+
+def test_a_job_that_cannot_run_is_not_restarted(job, tmp_path):
+    from stratus.train.supervisor import TrainingFailed
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "a"}]}\n{"prompt": "b"}\n')
+    spec = job("bad", data=[str(bad)], workers=1)
+    with pytest.raises(TrainingFailed, match="cannot run"):
+        Supervisor(spec).run()
+    assert not any(m.get("event") == "restart" for m in _metrics(spec))

@@ -62,6 +62,17 @@ import click
     help="Restart with as many workers as before (default: with those that remain).",
 )
 @click.option("--max-steps-per-second", type=float, help="Pace the job (a machine shared with others).")
+@click.option(
+    "--deploy",
+    "deploy_url",
+    metavar="URL",
+    help="With --lora: then load the adapter into the gateway at URL (POST "
+    "/admin/models/BASE/adapters, with an admin's STRATUS_API_KEY; the gateway reads --out).",
+)
+@click.option(
+    "--deploy-as", metavar="BASE:NAME", help="With --deploy: the served model and the adapter's name."
+)
+@click.option("--cacert", envvar="STRATUS_CA_CERT", help="With --deploy: CA certificate for HTTPS.")
 def train(**options) -> None:
     """Fine-tune a causal LM: full or LoRA, data parallel, restarted from its last checkpoint when
     a worker dies. Writes a Hugging Face checkpoint or a PEFT adapter to --out, with metrics.jsonl.
@@ -84,6 +95,7 @@ def train(**options) -> None:
     for name in ("workers", "batch_size", "micro_batch", "seq_len"):
         if options[name] < 1:
             raise click.UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    deploy = _deploy_target(options)
     if options["batch_size"] % options["workers"]:
         raise click.UsageError("--batch-size must be a multiple of --workers (each takes an equal share)")
     spec = TrainSpec(
@@ -127,3 +139,31 @@ def train(**options) -> None:
     )
     restarts = f" after {result.attempts - 1} restart(s)" if result.attempts > 1 else ""
     click.echo(f"{kind} written to {result.out_dir}{restarts}{held}")
+    if deploy is not None:
+        from stratus.cli.common import Client
+
+        base, name = deploy
+        answer = Client(options["deploy_url"], options["cacert"]).call(
+            "POST", f"/admin/models/{base}/adapters", {"name": name, "path": str(result.out_dir)}
+        )
+        served = answer.get("id", f"{base}:{name}") if isinstance(answer, dict) else f"{base}:{name}"
+        click.echo(f"deployed: {options['deploy_url']} serves it as model {served}")
+
+
+def _deploy_target(options: dict) -> tuple[str, str] | None:
+    """(base model, adapter name) of --deploy-as, checked before any training."""
+    if not options["deploy_url"]:
+        if options["deploy_as"]:
+            raise click.UsageError("--deploy-as needs --deploy URL")
+        return None
+    if not options["lora"]:
+        raise click.UsageError(
+            "--deploy loads an adapter (--lora); serve a full checkpoint with stratus serve --model NAME=DIR"
+        )
+    base, _, name = (options["deploy_as"] or "").partition(":")
+    if not base or not name:
+        raise click.UsageError("--deploy needs --deploy-as BASE:NAME (the served model, the adapter's name)")
+    from stratus.cli.common import api_key
+
+    api_key()  # now, not after the training
+    return base, name

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from stratus.engine import gguf
-from stratus.engine.config import DTYPES
+from stratus.engine.config import DTYPES, SUPPORTED_ARCHITECTURES
 from stratus.engine.tokenizer import Tokenizer
 
 from .lora import LoraSpec, save_adapter
@@ -41,7 +41,8 @@ def save_checkpoint(model: CausalLM, source: Path, out_dir: Path) -> None:
             "chat_template": tokenizer.chat_template,
         }
         (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-        config["torch_dtype"] = "float32"
+        config["torch_dtype"] = "float32"  # dequantized: the weights trained are float32
+        config["model_type"] = SUPPORTED_ARCHITECTURES[config["architectures"][0]]  # transformers' key
     else:
         config = json.loads((source / "config.json").read_text())
         for name in TOKENIZER_FILES:

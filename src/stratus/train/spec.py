@@ -10,6 +10,10 @@ from pathlib import Path
 
 from .lora import LoraSpec
 
+# A worker's exit status when the job cannot run at all (unreadable data or checkpoint, a
+# checkpoint of another job): restarting cannot help, so the supervisor stops.
+EXIT_UNUSABLE = 3
+
 
 @dataclass
 class TrainSpec:

@@ -17,12 +17,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import latest, write_atomically
-from .spec import TrainSpec
+from .spec import EXIT_UNUSABLE, TrainSpec
 
 log = logging.getLogger("stratus.train")
 
@@ -68,6 +69,24 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class _terminate_raises:
+    """SIGTERM raises SystemExit while watching (main thread only), so the workers are stopped
+    with the supervisor."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 class Supervisor:
@@ -135,12 +154,15 @@ class Supervisor:
         while True:
             procs = self.launch(world, attempt)
             try:
-                failed = self.watch(procs)
-            except BaseException:  # Ctrl-C: take the workers down too
+                with _terminate_raises():
+                    failed = self.watch(procs)
+            except BaseException:  # Ctrl-C, SIGTERM: take the workers down too
                 _stop(procs)
                 raise
             if not failed:
                 break
+            if any(procs[rank].returncode == EXIT_UNUSABLE for rank in failed):
+                raise TrainingFailed("the job cannot run (the worker's message is above)")
             codes = stop_signal_names({rank: procs[rank].returncode for rank in failed})
             attempt += 1
             resume = latest(spec.checkpoint_dir)

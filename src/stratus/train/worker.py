@@ -19,6 +19,7 @@ import datetime
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,16 +29,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from stratus.engine.config import CheckpointError
 from stratus.engine.tokenizer import Tokenizer
 
 from . import checkpoint
-from .data import Example, ExampleReader, Order, collate, split_heldout
+from .data import DataError, Example, ExampleReader, Order, collate, split_heldout
 from .lora import adapter_state_dict, apply_lora, load_adapter_state
 from .model import CausalLM, load_causal_lm
 from .output import save_output
 from .progress import Progress
 from .schedule import cosine_with_warmup
-from .spec import TrainSpec
+from .spec import EXIT_UNUSABLE, TrainSpec
+
+
+class JobMismatch(ValueError):
+    """The output directory holds a checkpoint of another job."""
 
 
 def nll_sum(model: torch.nn.Module, examples: list[Example], pad_id: int, device, autocast) -> torch.Tensor:
@@ -146,7 +152,7 @@ class Trainer:
             return
         saved = checkpoint.load(found, self.rank)
         if saved["state"].get("identity") != self.spec.identity():
-            raise SystemExit(
+            raise JobMismatch(
                 f"{found}: a checkpoint of a different job (model, data or hyperparameters differ); "
                 "use another --out or remove it"
             )
@@ -236,8 +242,6 @@ class Trainer:
 
     def run(self) -> None:
         spec = self.spec
-        spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.resume()
         self.progress = Progress(self.total_steps, self.step, enabled=self.rank == 0)
         if self.rank == 0 and self.step == 0:
             self.log(
@@ -289,10 +293,31 @@ class Trainer:
             dist.destroy_process_group()
 
 
+def die_with_parent() -> None:
+    """Linux: the kernel kills this worker if its supervisor dies (even by SIGKILL), so no
+    worker outlives its job."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the supervisor was gone before the call
+        os._exit(1)
+
+
 def main(argv: list[str]) -> None:
+    die_with_parent()
     spec_file, rank, world, port, attempt = argv
     spec = TrainSpec.from_json(Path(spec_file).read_text())
-    Trainer(spec, int(rank), int(world), int(port), int(attempt)).run()
+    try:
+        trainer = Trainer(spec, int(rank), int(world), int(port), int(attempt))
+        spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        trainer.resume()
+    except (DataError, CheckpointError, ValueError) as exc:  # JobMismatch, a LoRA target not found
+        print(f"stratus train: {exc}", file=sys.stderr)
+        sys.exit(EXIT_UNUSABLE)
+    trainer.run()
 
 
 if __name__ == "__main__":

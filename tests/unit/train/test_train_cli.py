@@ -38,3 +38,19 @@ def test_a_missing_model_is_a_usage_error(tmp_path):
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "no such file or directory" in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--full", "--deploy", "http://127.0.0.1:9", "--deploy-as", "tiny:a"], "--deploy loads an adapter"),
+        (["--lora", "r=4", "--deploy", "http://127.0.0.1:9"], "--deploy-as BASE:NAME"),
+        (["--lora", "r=4", "--deploy-as", "tiny:a"], "--deploy-as needs --deploy"),
+    ],
+)
+def test_deploy_usage_errors(train_llama, tmp_path, extra, message):
+    data = tmp_path / "a.txt"
+    data.write_text("hello world")
+    args = ["train", "--model", str(train_llama), "--data", str(data), "--out", str(tmp_path / "o"), *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and message in result.output, result.output
