@@ -14,6 +14,10 @@ training the demo model (models/demo) on 256-token windows of Jane Austen's nove
 - 1 worker, 2 threads    the whole machine to one process (torch's intra-op threads);
 - 2 workers, 1 thread    data parallel over the same two cores.
 
+The peer: transformers' LlamaForCausalLM trained by a plain loop in this process (1 thread,
+AdamW, the same windows and global batch, micro-batches of 4, loss from `labels`): what a
+hand-written single-process fine-tune of the same model costs.
+
 Tokens/s is the median over the timed steps (the first --warmup steps are not counted) of the
 batch's tokens over the step's wall time, as metrics.jsonl records them. Scaling efficiency:
 tokens/s at 2 workers / (2 x tokens/s at 1 worker of 1 thread). Results print as a table and go
@@ -43,7 +47,7 @@ CONFIGS = [("1 worker, 1 thread", 1, 1), ("1 worker, 2 threads", 1, 2), ("2 work
 def run(args: argparse.Namespace, root: Path, workers: int, threads: int) -> dict:
     spec = TrainSpec(
         model=str(args.model),
-        data=[str(p) for p in sorted((REPO / "corpus" / "austen").glob("*.txt"))[:1]],
+        data=[str(p) for p in data_files()],
         out=str(root / f"w{workers}-t{threads}"),
         lora=LoraSpec.parse("r=16,alpha=32") if args.lora else None,
         eval_fraction=0.0,
@@ -71,6 +75,45 @@ def run(args: argparse.Namespace, root: Path, workers: int, threads: int) -> dic
     }
 
 
+def peer(args: argparse.Namespace, threads: int) -> dict:
+    """transformers' model, a plain loop: the same batches a 1-worker job trains on."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stratus.engine.tokenizer import Tokenizer
+    from stratus.train.data import ExampleReader, Order, collate
+
+    torch.set_num_threads(threads)
+    examples = ExampleReader(Tokenizer(args.model), args.seq_len).read(data_files()).examples
+    order = Order(len(examples), 8, 0)
+    model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=torch.float32).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times, tokens = [], 0
+    for step in range(args.steps):
+        batch = [examples[i] for i in order.batch(step)]
+        started = time.perf_counter()
+        for first in range(0, 8, 4):
+            ids, learn = collate(batch[first : first + 4], pad_id=0)
+            labels = ids.masked_fill(~torch.cat([learn[:, :1], learn], dim=1), -100)
+            (model(input_ids=ids, labels=labels).loss / 2).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+        tokens = sum(len(e.ids) for e in batch)
+    step_seconds = statistics.median(times[args.warmup :])
+    return {
+        "workers": 1,
+        "threads": threads,
+        "tokens_per_s": tokens / step_seconds,
+        "step_seconds": step_seconds,
+    }
+
+
+def data_files() -> list[Path]:
+    return sorted((REPO / "corpus" / "austen").glob("*.txt"))[:1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -92,6 +135,12 @@ def main() -> None:
             row = {"config": name, **run(args, Path(tmp), workers, threads)}
             rows.append(row)
             print(f"{name:<26} {row['tokens_per_s']:>9,.0f} tokens/s  ({row['step_seconds']:.3f} s/step)")
+    if not args.lora:
+        row = {"config": "peer: transformers, plain loop, 1 thread", **peer(args, 1)}
+        rows.append(row)
+        print(
+            f"{row['config']:<26} {row['tokens_per_s']:>9,.0f} tokens/s  ({row['step_seconds']:.3f} s/step)"
+        )
     base = rows[0]["tokens_per_s"]
     efficiency = rows[2]["tokens_per_s"] / (2 * base)
     print(f"scaling efficiency (2 workers vs 2 x 1 worker of 1 thread): {efficiency:.0%}")

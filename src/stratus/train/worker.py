@@ -91,6 +91,11 @@ class Trainer:
 
         torch.manual_seed(spec.seed)  # the same adapter initialisation on every rank
         self.model: CausalLM = load_causal_lm(source)
+        if spec.seq_len > self.model.config.max_position_embeddings:
+            raise ValueError(
+                f"--seq-len {spec.seq_len} is longer than the model's context "
+                f"({self.model.config.max_position_embeddings} positions)"
+            )
         if spec.lora is not None:
             apply_lora(self.model, spec.lora)
         self.model.to(self.device)
@@ -197,10 +202,11 @@ class Trainer:
 
     def train_step(self) -> tuple[float, int, int]:
         """One optimizer step: (mean loss over the global batch, its target tokens, its tokens)."""
-        batch = [self.train_set[i] for i in self.order.batch(self.step)]
+        indices = self.order.batch(self.step)
+        batch = [self.train_set[i] for i in indices]
         targets = sum(e.targets for e in batch)
         tokens = sum(len(e.ids) for e in batch)
-        mine = self.my_share(self.order.batch(self.step))
+        mine = self.my_share(indices)
         micro = [mine[i : i + self.spec.micro_batch] for i in range(0, len(mine), self.spec.micro_batch)]
         self.ddp.train()
         total = 0.0
