@@ -77,7 +77,8 @@ def train(**options) -> None:
     """Fine-tune a causal LM: full or LoRA, data parallel, restarted from its last checkpoint when
     a worker dies. Writes a Hugging Face checkpoint or a PEFT adapter to --out, with metrics.jsonl.
 
-    Credential: none (local files and processes; no gateway is contacted)."""
+    Credential: none for training (local files and processes); --deploy: STRATUS_API_KEY of a
+    gateway admin (cluster.manage)."""
     from stratus.hub import HubError, resolve_model
     from stratus.train.lora import LoraSpec
     from stratus.train.spec import TrainSpec
