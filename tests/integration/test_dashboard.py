@@ -393,6 +393,17 @@ def test_a_gateway_without_access_control_needs_no_sign_in(browser, tmp_path):
         expect(page.locator("#signin")).to_be_hidden()
         expect(page.locator("#nav a")).to_have_text(["Overview", "Models", "Playground"])
         expect(page.locator("[data-tile=total] strong")).not_to_have_text("0")  # its own /metrics calls
+        # A hidden tab polls nothing (each poll would be an audited request on a real gateway);
+        # shown again, it refreshes at once.
+        polls: list[str] = []
+        page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/metrics") else None)
+        hide = "hidden => { Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});"
+        hide += " document.dispatchEvent(new Event('visibilitychange')); }"
+        page.evaluate(hide, True)
+        page.wait_for_timeout(2500)  # more than one polling period of the overview (2 s)
+        assert polls == []
+        with page.expect_request(lambda r: r.url.endswith("/metrics"), timeout=1500):
+            page.evaluate(hide, False)
         t.open("models")
         expect(page.locator("#page-models")).to_contain_text("No models are served.")
         t.close()

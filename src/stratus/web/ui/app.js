@@ -36,15 +36,18 @@ function firstPage() {
 class Page {
   constructor() {
     this.timers = [];
+    this.ticks = [];
     this.controllers = [];
     this.stopped = false;
   }
 
-  // Run fn now and every `ms` while the page is shown (live updates without reload).
+  // Run fn now and every `ms` while the page is shown (live updates without reload). Each call
+  // is an API request, and every API request with a credential leaves an audit record: nothing
+  // is polled while the tab is hidden, and everything is refreshed when it shows again.
   every(ms, fn) {
     if (this.stopped) return; // the page was left while it was still loading
     const tick = async () => {
-      if (this.stopped) return;
+      if (this.stopped || document.hidden) return;
       try {
         await fn();
       } catch (error) {
@@ -52,7 +55,12 @@ class Page {
       }
     };
     tick();
+    this.ticks.push(tick);
     this.timers.push(setInterval(tick, ms));
+  }
+
+  resume() {
+    this.ticks.forEach((tick) => tick());
   }
 
   abortable() {
@@ -138,6 +146,9 @@ document.getElementById("signin-form").addEventListener("submit", (event) => {
 });
 document.getElementById("signout").addEventListener("click", () => signedOut("Signed out."));
 window.addEventListener("hashchange", show);
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden && current) current.resume();
+});
 api.onUnauthorized(() => signedOut("Your credential is no longer accepted (expired, revoked or rotated)."));
 
 // Without a stored credential: a gateway without access control answers whoami as "anonymous"

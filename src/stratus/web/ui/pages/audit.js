@@ -1,4 +1,6 @@
 // The audit log (audit.read: auditors and admins): filter, page back, verify the hash chain.
+// "Follow" refreshes the first page every 5 s; off by default, since each refresh is itself an
+// audited request that would appear at the top of the list it shows.
 import { get, query } from "../api.js";
 import { button, h, refusal, replace, table, time } from "../dom.js";
 
@@ -16,10 +18,17 @@ export async function render(root, page) {
     h("button", { type: "submit", text: "Filter" }),
   );
   const verdict = h("div", { class: "verdict", role: "status" });
+  const follow = h("input", { type: "checkbox", name: "follow" });
   const records = h("div");
   const more = h("div");
   root.append(
-    h("div", { class: "controls" }, button("Verify chain", verify, { id: "verify-chain" }), verdict),
+    h(
+      "div",
+      { class: "controls" },
+      button("Verify chain", verify, { id: "verify-chain" }),
+      verdict,
+      h("label", { class: "toggle" }, follow, " follow new records (every 5 s)"),
+    ),
     filters,
     records,
     more,
@@ -95,7 +104,8 @@ export async function render(root, page) {
     event.preventDefault();
     load();
   });
+  load();
   page.every(5000, async () => {
-    if (live) await load();
+    if (live && follow.checked) await load();
   });
 }
