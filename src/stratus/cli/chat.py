@@ -90,14 +90,21 @@ def chat(
         sys.stdout.flush()
 
     if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
         click.echo(f"chatting with {model} at {client.url}; /reset forgets, /exit or Ctrl-D ends", err=True)
     while True:
         if interactive:
-            click.echo(click.style(">>> ", bold=True), nl=False, err=True)
-        line = sys.stdin.readline()
-        if not line:
-            break
-        text = line.rstrip("\n")
+            try:
+                text = input(">>> ")
+            except (EOFError, KeyboardInterrupt):
+                click.echo("", err=True)
+                break
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                break
+            text = line.rstrip("\n")
         if not text.strip():
             continue
         if text.strip() == "/exit":
@@ -116,6 +123,13 @@ def chat(
             if not interactive:
                 raise
             click.echo(f"error: {exc.message}", err=True)  # at a terminal: say so and go on
+            continue
+        except KeyboardInterrupt:  # Ctrl-C stops this answer (the stream is closed), not the chat
+            messages.pop()
+            write("\n")
+            click.echo("(stopped)", err=True)
+            if not interactive:
+                raise
             continue
         write("\n")
         messages.append({"role": "assistant", "content": reply})
