@@ -258,10 +258,23 @@ FLAG_OF = {name: flags[0] for name, flags, _, _ in LIMIT_FLAGS}
 
 
 def limit_flags(func):
-    """Adds every limit flag; the command receives them by field name (None when not given)."""
+    """Adds every limit flag; the command receives them by field name (None when not given). A
+    flag's second name (--concurrency, --daily-tokens, --monthly-tokens) is a hidden deprecated
+    alias: one name per idea."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        for name, _, _, _ in LIMIT_FLAGS:
+            kwargs[name] = aliased(ctx, name, kwargs[name])
+        return func(*args, **kwargs)
+
     for name, flags, kind, text in reversed(LIMIT_FLAGS):
-        func = click.option(*flags, name, type=kind, default=None, help=text)(func)
-    return func
+        for old in flags[1:]:
+            wrapper = deprecated_alias(old, flags[0], value=None, dest=name, type=kind)(wrapper)
+        wrapper = click.option(flags[0], name, type=kind, default=None, help=text)(wrapper)
+    return wrapper
 
 
 def given(values: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,15 @@ from stratus.cli.status import counters, overview, quantile
 from stratus.config import load_settings
 
 # the names that one flag replaced (still accepted for one release, hidden from --help)
-RETIRED = {"--json", "--format", "--allow-insecure-http", "--insecure-worker-http"}
+RETIRED = {
+    "--json",
+    "--format",
+    "--allow-insecure-http",
+    "--insecure-worker-http",
+    "--concurrency",
+    "--daily-tokens",
+    "--monthly-tokens",
+}
 
 
 def leaves(group, path=()):
