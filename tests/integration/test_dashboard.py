@@ -314,7 +314,9 @@ def test_a_lockout_alert_is_acknowledged_and_lifted(tab, gateway, admin_key, sho
         assert attacker.get("/v1/models", headers=admin_there).status_code == 200
 
 
-def test_the_users_page_creates_a_team_and_adds_a_member(tab, admin_key, member_key, shots):
+def test_the_users_page_creates_a_team_adds_a_member_and_grants_a_model(
+    tab, admin, admin_key, member_key, shots
+):
     tab.sign_in(admin_key)
     tab.open("users")
     page = tab.page
@@ -329,6 +331,17 @@ def test_the_users_page_creates_a_team_and_adds_a_member(tab, admin_key, member_
     add.get_by_role("button").click()
     expect(page.locator("tr[data-team=austen]")).to_contain_text("mia")
     expect(page.locator("tr[data-user=mia]")).to_contain_text("austen (member)")
+    grant = page.locator("form", has=page.get_by_role("button", name="Grant model"))
+    grant.locator("select[name=kind]").select_option("team")
+    grant.locator("input[name=name]").fill("austen")
+    grant.locator("input[name=model]").fill("demo")
+    grant.get_by_role("button").click()
+    chip = page.locator("tr[data-team=austen] [data-grant=demo]")
+    expect(chip).to_be_visible()
+    assert admin.get("/admin/teams/austen").json()["models"] == ["demo"]
+    chip.get_by_role("button").click()  # withdraw it
+    expect(chip).to_have_count(0)
+    assert admin.get("/admin/teams/austen").json()["models"] == []
     screenshot(page, shots, "users")
 
 

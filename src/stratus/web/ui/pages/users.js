@@ -1,9 +1,12 @@
 // Users and teams the credential may see (admins, auditors: all; team admins: their teams):
-// create users and teams, change a user's role, disable or enable them, add team members.
-import { get, patch, post, put } from "../api.js";
+// create users and teams, change a user's role, disable or enable them, add team members, grant
+// and withdraw models (admins: grants.manage).
+import { del, get, patch, post, put } from "../api.js";
 import { button, form, h, refusal, replace, table, time } from "../dom.js";
 
 const ROLES = ["member", "viewer", "auditor", "admin"];
+const path = (kind, name, model) =>
+  `/admin/${kind === "team" ? "teams" : "users"}/${encodeURIComponent(name)}/models/${encodeURIComponent(model)}`;
 
 export async function render(root, page) {
   const users = h("div");
@@ -45,7 +48,47 @@ export async function render(root, page) {
       },
     ),
     teams,
+    h("h2", { text: "Model grants" }),
+    form(
+      [
+        { name: "kind", label: "Grant to", options: ["user", "team"] },
+        { name: "name", label: "User or team", required: true },
+        { name: "model", label: "Model", required: true },
+      ],
+      "Grant model",
+      async (v, el) => {
+        await put(path(v.kind, v.name, v.model));
+        el.reset();
+        await refresh();
+      },
+    ),
   );
+
+  // A subject's models, each with a button that withdraws it.
+  function grants(kind, subject) {
+    return h(
+      "span",
+      { class: "grants" },
+      subject.models.map((m) =>
+        h(
+          "span",
+          { class: "chip", "data-grant": m },
+          m,
+          button("×", () => withdraw(kind, subject.name, m), { "aria-label": `withdraw ${m} from ${subject.name}`, class: "chip-x" }),
+        ),
+      ),
+    );
+  }
+
+  async function withdraw(kind, name, model) {
+    try {
+      await del(path(kind, name, model));
+      replace(status);
+    } catch (error) {
+      replace(status, refusal(error));
+    }
+    await refresh();
+  }
 
   async function change(user, body) {
     try {
@@ -75,7 +118,7 @@ export async function render(root, page) {
               },
             },
             { label: "Teams", value: (x) => Object.entries(x.teams).map(([n, r]) => `${n} (${r})`).join(", ") },
-            { label: "Models", value: (x) => x.models.join(", ") },
+            { label: "Models", value: (x) => grants("user", x) },
             { label: "Created", value: (x) => time(x.created_at) },
             { label: "Status", value: (x) => h("span", { class: `badge ${x.disabled ? "bad" : "ok"}`, text: x.disabled ? "disabled" : "active" }) },
             { label: "", value: (x) => button(x.disabled ? "Enable" : "Disable", () => change(x, { disabled: !x.disabled })) },
@@ -90,7 +133,7 @@ export async function render(root, page) {
           [
             { label: "Team", value: (x) => x.name },
             { label: "Members", value: (x) => x.members.map((m) => `${m.user}${m.role === "team_admin" ? " (admin)" : ""}`).join(", ") },
-            { label: "Models", value: (x) => x.models.join(", ") },
+            { label: "Models", value: (x) => grants("team", x) },
             { label: "Created", value: (x) => time(x.created_at) },
           ],
           t.data,
