@@ -295,8 +295,8 @@ class LoraBatch:
             if ab is None:
                 continue
             a_t, b_t = ab
-            if isinstance(rows, slice):
-                y[rows] += (x[rows] @ a_t) @ b_t
+            if isinstance(rows, slice):  # the add fused into the second matmul
+                y[rows].addmm_(x[rows] @ a_t, b_t)
             else:
                 y.index_add_(0, rows, (x.index_select(0, rows) @ a_t) @ b_t)
 
