@@ -1,6 +1,10 @@
 """LoRA adapters through the HTTP API with the official `openai` client: `--lora` at start,
 POST/DELETE /admin/models/{base}/adapters at run time, grants, usage and audit by BASE:NAME."""
 
+import os
+import signal
+import time
+
 import httpx
 import openai
 import pytest
@@ -138,3 +142,19 @@ def test_adapters_served_granted_metered_and_audited(server, tiny_checkpoint, ad
         ("POST", 200),  # replaced
         ("POST", 201),
     ]
+
+
+def test_a_restarted_engine_process_serves_its_adapters_again(server, admin_key):
+    registry = server.app.state.stratus.registry
+    engine = registry.models[TINY_MODEL].engine
+    admin = openai.OpenAI(base_url=f"{server.url}/v1", api_key=admin_key, max_retries=0, timeout=60)
+    before = complete(admin, f"{TINY_MODEL}:a1")
+    restarts = engine.restarts
+    os.kill(engine._transport.process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    # back, and seen passing a probe by the replica set
+    while engine.restarts == restarts or not registry.available(registry.models[TINY_MODEL]):
+        assert time.monotonic() < deadline, "the engine process did not come back"
+        time.sleep(0.2)
+    assert "a1" in engine.adapters
+    assert complete(admin, f"{TINY_MODEL}:a1") == before

@@ -118,9 +118,15 @@ def test_task_and_pooling_per_model_with_a_default(tmp_path):
 
 
 def test_lora_adapters_per_model(tmp_path):
-    (tmp_path / "stratus.toml").write_text('lora = "big:sql=/a/sql"\n[models]\nbig = "/m/big"\nsmall = "/m/s"\n')
-    s = load_settings({"lora": "small:chat=~/chat,big:x.y-1=/a/x"}, env={}, config_file=tmp_path / "stratus.toml")
-    assert s.lora_adapters()["small"]["chat"].endswith("/chat") and "~" not in s.lora_adapters()["small"]["chat"]
+    (tmp_path / "stratus.toml").write_text(
+        'lora = "big:sql=/a/sql"\n[models]\nbig = "/m/big"\nsmall = "/m/s"\n'
+    )
+    s = load_settings(
+        {"lora": "small:chat=~/chat,big:x.y-1=/a/x"}, env={}, config_file=tmp_path / "stratus.toml"
+    )
+    assert (
+        s.lora_adapters()["small"]["chat"].endswith("/chat") and "~" not in s.lora_adapters()["small"]["chat"]
+    )
     assert s.lora_adapters()["big"] == {"x.y-1": "/a/x"}  # the flag replaced the file's setting
     one = load_settings({"lora": "sql=/a/sql", "models": {"only": "/m/o"}}, env={})
     assert one.lora_adapters() == {"only": {"sql": "/a/sql"}}  # one model: MODEL: may be left out

@@ -125,6 +125,8 @@ async def cluster_status(request: Request, me: Principal = Depends(principal)) -
     registry = app_state(request).registry
     models = []
     for name, served in registry.models.items():
+        if served.base is not None:  # a LoRA adapter: its base model's replicas, listed there
+            continue
         replicas = served.replicas
         models.append(
             {
