@@ -188,3 +188,38 @@ def test_a_job_that_cannot_run_is_not_restarted(job, tmp_path):
     with pytest.raises(TrainingFailed, match="cannot run"):
         Supervisor(spec).run()
     assert not any(m.get("event") == "restart" for m in _metrics(spec))
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, waiting for whoever adopted it to reap it, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="Linux only (PR_SET_PDEATHSIG)")
+def test_workers_die_with_their_supervisor(job):
+    import subprocess
+    import sys
+
+    spec = job("orphaned", steps=400, max_steps_per_second=2.0)
+    args = ["--model", spec.model, "--out", spec.out, "--full", "--workers", "2", "--batch-size", "4"]
+    args += ["--micro-batch", "2", "--seq-len", "48", "--steps", "400", "--threads", "1"]
+    args += ["--max-steps-per-second", "2", "--data", spec.data[0]]
+    supervisor = subprocess.Popen([sys.executable, "-m", "stratus.cli", "train", *args])
+    try:
+        deadline = time.monotonic() + 120
+        while not any("loss" in m for m in _metrics(spec)) and time.monotonic() < deadline:
+            assert supervisor.poll() is None, "stratus train ended early"
+            time.sleep(0.1)
+        pids = [w["pid"] for w in json.loads((spec.out_dir / "workers.json").read_text())["workers"]]
+        assert all(_alive(p) for p in pids)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "a worker outlived its supervisor"
