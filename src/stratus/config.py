@@ -42,11 +42,16 @@ TOOL_PARSERS = ("hermes", "mistral", "llama3_json")
 # What a model is served for: generation (chat, completions) or embeddings (/v1/embeddings).
 TASKS = ("generate", "embed")
 POOLING_MODES = ("last", "mean", "cls")  # engine/pooling.py; checked there too
+# What `stratus serve` serves without --model: SmolLM2-135M-Instruct (wheel_model.py, fetched once
+# into cache_dir; the demo model when it cannot be fetched), or the bundled demo model.
+DEFAULT_MODELS = ("smollm2", "demo")
 
 
 @dataclass
 class Settings:
-    models: dict[str, str] = field(default_factory=dict)  # name -> checkpoint or org/repo; empty: demo
+    models: dict[str, str] = field(default_factory=dict)  # name -> checkpoint or org/repo; empty: default
+    default_model: str = "smollm2"  # served without models (DEFAULT_MODELS); the demo if unfetchable
+    cache_dir: str | None = None  # where the default model is fetched; None: wheel_model.default_cache_dir()
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: str = "data"
@@ -372,6 +377,10 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"response_cache_size must be >= 0, got {s.response_cache_size}")
     if s.tool_parser is not None and s.tool_parser not in TOOL_PARSERS:
         raise ConfigError(f"tool_parser must be one of {', '.join(TOOL_PARSERS)}, got {s.tool_parser!r}")
+    if s.default_model not in DEFAULT_MODELS:
+        raise ConfigError(
+            f"default_model must be one of {', '.join(DEFAULT_MODELS)}, got {s.default_model!r}"
+        )
     if s.engine_isolation not in ("process", "thread"):
         raise ConfigError(f"engine_isolation must be 'process' or 'thread', got {s.engine_isolation!r}")
     if not 0 <= s.auth_cache_ttl <= 60:

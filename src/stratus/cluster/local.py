@@ -39,6 +39,7 @@ class LocalReplica:
 
     async def start(self) -> None:
         await self.engine.start()
+        self.max_model_len = self.engine.max_model_len  # an engine process knows its pool once started
 
     @property
     def problem(self) -> str | None:

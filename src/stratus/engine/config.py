@@ -142,8 +142,12 @@ class EngineConfig:
     dtype: str = "auto"  # auto: float32 on CPU (bf16 is slow without AVX512-BF16), checkpoint dtype on GPU
     device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
     block_size: int = 16  # tokens per KV block
-    kv_cache_memory_mb: int = 256  # size of the KV block pool
-    num_kv_blocks: int | None = None  # exact pool size in blocks; overrides kv_cache_memory_mb
+    # The KV block pool (memory.py): exactly num_kv_blocks, else kv_cache_memory_mb, else this
+    # fraction of the memory available after the weights (None: 0.25 on a CPU, 0.8 on CUDA),
+    # capped at max_num_seqs full-length sequences.
+    kv_cache_memory_mb: int | None = None
+    num_kv_blocks: int | None = None
+    kv_cache_memory_fraction: float | None = None
     max_num_seqs: int = 64  # sequences in one batch
     max_num_batched_tokens: int = 512  # per-step token budget (prefill chunks + decodes)
     max_model_len: int | None = None  # context window; default: the model's
@@ -168,6 +172,11 @@ class EngineConfig:
             raise ValueError(f"max_tokens_per_second must be a positive number, got {rate!r}")
         if not isinstance(self.max_loras, int) or self.max_loras < 1:
             raise ValueError(f"max_loras must be an integer >= 1, got {self.max_loras!r}")
+        fraction = self.kv_cache_memory_fraction
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction!r}")
+        if self.kv_cache_memory_mb is not None and self.kv_cache_memory_mb < 1:
+            raise ValueError(f"kv_cache_memory_mb must be at least 1, got {self.kv_cache_memory_mb}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

@@ -66,11 +66,13 @@ class EngineCore:
             if self.config.max_model_len:  # asked for: refuse rather than serve less
                 raise ValueError(
                     f"KV cache pool holds {pool_tokens} tokens, less than the context window "
-                    f"{self.max_model_len} asked for: raise kv_cache_memory_mb or lower max_model_len"
+                    f"{self.max_model_len} asked for: raise --kv-cache-memory-fraction or "
+                    "--kv-cache-memory-mb, or lower --max-model-len"
                 )
             log.warning(
                 "%s: the KV cache pool holds %d tokens, less than the model's context window of %d: "
-                "serving a context of %d tokens (raise --kv-cache-memory-mb to serve more)",
+                "serving a context of %d tokens (raise --kv-cache-memory-fraction or "
+                "--kv-cache-memory-mb, or use --dtype bfloat16, to serve more)",
                 self.path.name,
                 pool_tokens,
                 self.max_model_len,
@@ -78,12 +80,13 @@ class EngineCore:
             )
             self.max_model_len = pool_tokens
         log.info(
-            "%s: weights %.0f MiB, KV pool %d tokens (%.0f MiB), context %d tokens, %d full-length "
-            "sequences at once",
+            "%s: weights %.0f MiB, KV pool %d tokens (%.0f MiB: %s), context %d tokens, %d "
+            "full-length sequences at once",
             self.path.name,
             self.runner.weight_bytes / 2**20,
             pool_tokens,
             sum(c.numel() * c.element_size() for c in self.runner.kv_caches) / 2**20,
+            self.runner.pool.how,
             self.max_model_len,
             pool_tokens // self.max_model_len,
         )

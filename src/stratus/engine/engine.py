@@ -74,7 +74,11 @@ class Engine:
         else:  # the child loads the weights; this side needs only what validation reads
             self.model_config = ModelConfig.from_dir(self.path)
             self.tokenizer = Tokenizer(self.path)
-        self.max_model_len = context_window(self.model_config, self.config)
+        # The context served: the core's (capped to its KV pool); with process isolation the
+        # model's window until the child says what its pool holds (start).
+        self.max_model_len = (
+            self._core.max_model_len if self._core else context_window(self.model_config, self.config)
+        )
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._transport = None
         self._failure: str | None = None  # set when the step loop's process died
@@ -139,6 +143,8 @@ class Engine:
                     await asyncio.to_thread(transport.stop)
                     raise
                 self._transport = transport
+                if transport.max_model_len is not None:  # capped to what the child's pool holds
+                    self.max_model_len = transport.max_model_len
         if warmup:  # the first steps pay for allocator and kernel setup; pay before /ready
             await self._warm_up()
         self.state = "ready"

@@ -122,9 +122,21 @@ Result = Deltas | RequestError | Embeddings | AdapterChanged | Stats
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The child loaded the model; its KV pool has `num_blocks` blocks."""
+    """The child loaded the model; its KV pool has `num_blocks` blocks and it serves a context of
+    `max_model_len` tokens (capped to what the pool holds)."""
 
     num_blocks: int
+    max_model_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """A log record of the child's, re-emitted by the parent under the same logger name, so the
+    engine's lines (start-up memory, failed steps) appear in the gateway's log and format."""
+
+    level: int
+    logger: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,4 +158,4 @@ class Died:
     message: str
 
 
-ProcessMessage = Result | Ready | LoadFailed | Stopped
+ProcessMessage = Result | Ready | LoadFailed | Stopped | LogLine

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from . import native
+from . import memory, native
 from .config import EngineConfig, ModelConfig
 from .decode_groups import block_table_tensor, contiguous_start, make_decode_groups, overhead_tokens
 from .lora import LoraBatch
@@ -22,6 +22,12 @@ class ModelRunner:
         self.device = config.resolve_device()
         self.dtype = config.resolve_dtype(model_config, self.device)
         self.block_size = config.block_size
+        memory.check_weights_fit(
+            path.name,
+            memory.weight_bytes_estimate(path, model_config, self.dtype),
+            memory.available_bytes(self.device),
+            self.dtype,
+        )
         with torch.device("meta"):
             model = LlamaModel(model_config, max_positions=1)
         model = model.to_empty(device=self.device).to(self.dtype)
@@ -40,14 +46,22 @@ class ModelRunner:
         if packing_available(self.device, self.dtype):  # float32 on the CPU: see packed_linear.py
             pack_linears(model)
         self.model = model.eval()
-        self.num_blocks = self._pool_blocks(model_config, config)
+        self.pool = memory.plan_pool(
+            path.name,
+            model_config,
+            config,
+            self.dtype,
+            self.device,
+            max_model_len,
+            memory.available_bytes(self.device),  # after the weights
+        )
+        self.num_blocks = self.pool.num_blocks
         # Per layer, K heads then V heads: [2 * kv_heads, slots, head_dim]. Head-major, so a
         # gathered context is contiguous per head (see model.gather_blocks), and K and V of a
         # step are written, and read back, in one copy each.
         kv_shape = (2 * model_config.num_kv_heads, self.num_blocks * self.block_size, model_config.head_dim)
         self.kv_caches = [
-            torch.zeros(kv_shape, dtype=self.dtype, device=self.device)
-            for _ in range(model_config.num_layers)
+            memory.zeroed(kv_shape, self.dtype, self.device) for _ in range(model_config.num_layers)
         ]
         self.group_overhead = overhead_tokens(model_config.num_kv_heads, model_config.head_dim, self.dtype)
         # Float32 decode attention on the CPU in the C kernel (native.py), when it builds here.
@@ -57,20 +71,6 @@ class ModelRunner:
             and self.dtype == torch.float32
             and native.decode_attention_kernel() is not None
         )
-
-    def _pool_blocks(self, model_config: ModelConfig, config: EngineConfig) -> int:
-        if config.num_kv_blocks:
-            return config.num_kv_blocks
-        bytes_per_block = (
-            2
-            * model_config.num_layers
-            * self.block_size
-            * model_config.num_kv_heads
-            * model_config.head_dim
-            * torch.finfo(self.dtype).bits
-            // 8
-        )
-        return max(1, config.kv_cache_memory_mb * 2**20 // bytes_per_block)
 
     def block_tables(self, seqs: list[Sequence], length: int) -> torch.Tensor:
         """[len(seqs), W] the blocks holding positions 0..length-1 of each sequence (padded with 0)."""

@@ -3,6 +3,7 @@ multiprocessing queues."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import queue
@@ -10,19 +11,37 @@ import threading
 from pathlib import Path
 
 from .config import EngineConfig
-from .messages import Command, Died, LoadFailed, Ready, Stop, Stopped
+from .messages import Command, Died, LoadFailed, LogLine, Ready, Stop, Stopped
 
 
-def _child_main(path: str, config: EngineConfig, commands, results) -> None:
+class _ForwardLogs(logging.Handler):
+    """In the child: each record of the `stratus` loggers goes to the parent as a `LogLine`."""
+
+    def __init__(self, results) -> None:
+        super().__init__()
+        self.results = results
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.results.put(LogLine(record.levelno, record.name, record.getMessage()))
+        except Exception:  # a log line is never worth failing a step for
+            self.handleError(record)
+
+
+def _child_main(path: str, config: EngineConfig, commands, results, log_level: int = logging.INFO) -> None:
     from .core import EngineCore
     from .step_loop import run_step_loop
 
+    logger = logging.getLogger("stratus")
+    logger.addHandler(_ForwardLogs(results))
+    logger.setLevel(log_level)
+    logger.propagate = False
     try:
         core = EngineCore(path, config)
     except Exception as exc:  # report load failures to the parent instead of dying silently
         results.put(LoadFailed(f"{type(exc).__name__}: {exc}"))
         return
-    results.put(Ready(core.runner.num_blocks))
+    results.put(Ready(core.runner.num_blocks, core.max_model_len))
     parent = os.getppid()
 
     def next_command(timeout):
@@ -45,9 +64,11 @@ class ProcessTransport:
         self._on_result = on_result
         self._ready = threading.Event()
         self._failure: str | None = None
+        self.max_model_len: int | None = None  # the context the child serves, once Ready
+        level = logging.getLogger("stratus.engine").getEffectiveLevel()
         self.process = ctx.Process(
             target=_child_main,
-            args=(str(path), config, self._commands, self._results),
+            args=(str(path), config, self._commands, self._results, level),
             name="stratus-engine-core",
             daemon=True,
         )
@@ -69,8 +90,11 @@ class ProcessTransport:
                     return
                 continue
             match result:
-                case Ready():
+                case Ready(_, max_model_len):
+                    self.max_model_len = max_model_len
                     self._ready.set()
+                case LogLine(level, name, message):
+                    logging.getLogger(name).log(level, "%s", message)
                 case LoadFailed(message):
                     self._failure = message
                     self._ready.set()
