@@ -473,6 +473,13 @@ def _resolve_models(settings: Settings) -> None:
 
     if not settings.models and settings.local_models:
         settings.models = default_models(settings)
+        try:  # settings checked against the demo model may name it (--lora demo:NAME=PATH)
+            settings.lora_adapters()
+        except ValueError as exc:
+            raise click.ClickException(
+                f"--lora: {exc}; without --model the default model is {', '.join(settings.models)} "
+                "(--default-model demo serves the demo model)"
+            ) from None
     try:
         settings.models = {name: str(resolve_model(spec)) for name, spec in settings.models.items()}
     except HubError as exc:
