@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,16 +107,31 @@ def offline() -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def resolve_model(spec: str) -> Path:
+def resolve_model(spec: str, progress: Callable[[float], None] | None = None) -> Path:
     """The local path to load for `spec`: itself when it is a path, else the Hugging Face name's
-    snapshot directory (or .gguf file) in the cache, downloaded first unless offline."""
+    snapshot directory (or .gguf file) in the cache, downloaded first unless offline.
+    `progress(fraction)` hears how much of the download's bytes have arrived."""
     name = parse_source(spec)
     if name is None:
         return Path(spec).expanduser()
-    return fetch(name)
+    return fetch(name, progress)
 
 
-def fetch(name: HubName) -> Path:
+def _progress_bars(report: Callable[[float], None]):
+    """A tqdm class for huggingface_hub (`tqdm_class`) that also reports byte bars' fractions."""
+    from tqdm.auto import tqdm
+
+    class ReportingBar(tqdm):
+        def update(self, n=1):
+            shown = super().update(n)
+            if self.unit == "B" and self.total:
+                report(self.n / self.total)
+            return shown
+
+    return ReportingBar
+
+
+def fetch(name: HubName, progress: Callable[[float], None] | None = None) -> Path:
     from huggingface_hub import constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -130,6 +146,7 @@ def fetch(name: HubName) -> Path:
 
     cache, local_only = cache_dir(), offline() or constants.HF_HUB_OFFLINE
     revision = name.revision or "main"
+    bars = {"tqdm_class": _progress_bars(progress)} if progress is not None else {}
     if not local_only:
         log.info("fetching %s from the Hugging Face Hub into %s", name, cache)
     try:
@@ -140,6 +157,7 @@ def fetch(name: HubName) -> Path:
                 revision=revision,
                 cache_dir=cache,
                 local_files_only=local_only,
+                **bars,
             )
         else:
             path = snapshot_download(
@@ -149,6 +167,7 @@ def fetch(name: HubName) -> Path:
                 local_files_only=local_only,
                 allow_patterns=ALLOW_PATTERNS,
                 ignore_patterns=IGNORE_PATTERNS,
+                **bars,
             )
     except IncompleteSnapshotError as exc:
         raise HubError(

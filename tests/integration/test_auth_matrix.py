@@ -118,6 +118,10 @@ MATRIX = [
     ("GET", "/admin/secrets", "/admin/secrets", None, only(200, {"admin"})),
     ("PUT", "/admin/secrets/{name:path}", "/admin/secrets/hook/matrix", {"value": "v" * 24}, only(200, {"admin"})),
     ("DELETE", "/admin/secrets/{name:path}", "/admin/secrets/hook/nope", None, only(404, {"admin"})),
+    # issue 15 (live model management): 400 and 404 for admins, past authorization
+    ("GET", "/admin/models", "/admin/models", None, only(200, {"admin"})),
+    ("POST", "/admin/models", "/admin/models", {"name": "m-{who}", "model": "/nonexistent/x"}, only(400, {"admin"})),
+    ("DELETE", "/admin/models/{name}", "/admin/models/nope", None, only(404, {"admin"})),
 ]  # fmt: skip
 
 

@@ -159,12 +159,16 @@ def create_app(
         ui,
     ):
         app.include_router(module.router)
-    from stratus.api.routes import cluster_admin  # POST /admin/cluster/scale (Ray replicas)
+    from stratus.api.routes import (
+        cluster_admin,  # POST /admin/cluster/scale (Ray replicas)
+        models_admin,  # /admin/models: load and unload at run time
+    )
 
     app.include_router(cluster_admin.router)
     from stratus.api.routes import adapters  # LoRA adapters of the models served here
 
     app.include_router(adapters.router)
+    app.include_router(models_admin.router)
     internal.mount(app, settings, registry)  # /internal/v1/workers when a cluster secret is set
     if access is not None:  # OpenAI-compatible upstreams: registered by admins, keys encrypted
         state.upstreams = upstream_proxy.Upstreams(

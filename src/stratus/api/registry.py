@@ -7,6 +7,12 @@ Engines handed in ready-made (tests, benchmarks) are started but owned by the ca
 A LoRA adapter is a model of its own, named `BASE:NAME` (grants, limits, usage and audit see that
 name), served on its base model's local engines (`cluster/adapter_set.py`): loaded at start
 (`--lora`) or at run time (`add_adapter`, POST /admin/models/{base}/adapters).
+
+At run time (`/admin/models`, api/routes/models_admin.py) `add` loads another local model in the
+background (a Hugging Face name is downloaded first: state "downloading" with its progress) and
+`remove` unloads one: it stops being found at once (404), the requests it is running finish
+(until the drain timeout; then they fail cleanly), and its engine is shut down. Loads, at start
+and at run time, take turns, so that each sizes its KV pool from the memory the others left.
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stratus.api")
 
-State = Literal["loading", "ready", "failed"]
+State = Literal["downloading", "loading", "ready", "failed"]
+
+
+class ModelConflict(Exception):
+    """A model cannot be added or removed as asked; the message says why (a 409)."""
 
 
 @dataclass
@@ -51,11 +61,30 @@ class ServedModel:
     pooling: Pooling | None = None  # an embed model's, from its checkpoint and --pooling (at load)
     base: str | None = None  # a LoRA adapter's base model (its name is BASE:ADAPTER)
     adapter_path: str | None = None  # a LoRA adapter's directory
+    source: str | None = None  # what it was asked to serve: a path or a Hugging Face name
+    progress: float | None = None  # while downloading: the fraction fetched, when known
+    added_by: str | None = None  # who added it at run time (None: at start, or a replica joined)
 
     @property
     def adapter(self) -> str | None:
         """A LoRA adapter's own name (the part after BASE:)."""
         return self.name[len(self.base) + 1 :] if self.base is not None else None
+
+    @property
+    def quantization(self) -> str | None:
+        """How its weights are stored: a `stratus compress` method, or None (plain weights)."""
+        for replica in self.replicas.replicas:
+            config = getattr(replica, "model_config", None)
+            quant = getattr(config, "quantization", None)
+            if isinstance(quant, dict):
+                return str(quant.get("method") or quant.get("quant_method") or "quantized")
+            return str(quant) if quant else None
+        return None
+
+    @property
+    def managed(self) -> bool:
+        """Loaded by this gateway's own engine (at start or by `add`), so `remove` can unload it."""
+        return self.path is not None or self.source is not None
 
     @property
     def max_model_len(self) -> int | None:
@@ -92,6 +121,8 @@ class ModelRegistry:
         self.pooling = pooling or {}  # model -> pooling mode override ("*": the rest)
         self.embed_normalize = embed_normalize  # None: as each checkpoint says
         self.models: dict[str, ServedModel] = {}
+        self._load_turn = asyncio.Lock()  # one load at a time (memory.py sizes from what is left)
+        self._tasks: set[asyncio.Task] = set()  # loads started by `add`
         self._ready_engines = engines or {}  # handed in ready-made: started here, owned by the caller
         for name, path in (paths or {}).items():
             self.models[name] = self._served(name, Path(path))
@@ -177,6 +208,10 @@ class ModelRegistry:
             log.info("ready: serving %s", ", ".join(self.models))
 
     async def _load(self, model: ServedModel) -> None:
+        async with self._load_turn:
+            await self._load_now(model)
+
+    async def _load_now(self, model: ServedModel) -> None:
         started = time.perf_counter()
         engine = self._ready_engines.get(model.name)
         try:
@@ -203,6 +238,92 @@ class ModelRegistry:
             replica.max_model_len,
             time.perf_counter() - started,
         )
+
+    # -- models added and removed at run time (/admin/models) -----------------------------------
+
+    def add(
+        self,
+        name: str,
+        source: str,
+        resolve: Callable[[str, Callable[[float], None]], Path],
+        task: str | None = None,
+        added_by: str | None = None,
+        download: bool = False,
+    ) -> ServedModel:
+        """Start serving `source` as `name`: returns at once with the model "downloading" (a
+        `download`: a Hugging Face name) or "loading"; `resolve(source, progress)`, in a thread,
+        turns it into a local path (removed while downloading, it is not loaded)."""
+        if name in self.models:
+            raise ModelConflict(f"A model named '{name}' is already served here; remove it first.")
+        if task is not None:
+            self.tasks[name] = task
+        model = self._served(name, None, state="downloading" if download else "loading")
+        model.source, model.added_by = source, added_by
+        self.models[name] = model
+        job = asyncio.get_running_loop().create_task(self._add(model, resolve), name=f"stratus-add-{name}")
+        self._tasks.add(job)
+        job.add_done_callback(self._tasks.discard)
+        return model
+
+    async def _add(self, model: ServedModel, resolve: Callable[[str, Callable[[float], None]], Path]) -> None:
+        assert model.source is not None
+        loop = asyncio.get_running_loop()
+
+        def progress(fraction: float) -> None:  # from the download's thread
+            loop.call_soon_threadsafe(_set_progress, model, fraction)
+
+        try:
+            model.path = await asyncio.to_thread(resolve, model.source, progress)
+        except Exception as exc:
+            model.state, model.error, model.progress = "failed", f"{type(exc).__name__}: {exc}", None
+            log.error("model %s: %s", model.name, model.error)
+            return
+        model.progress = None
+        if self.models.get(model.name) is not model:  # removed while downloading
+            return
+        model.state = "loading"
+        if model.task == "embed":
+            model.pooling = None  # read from the checkpoint at load
+        await self._load(model)
+        if self.models.get(model.name) is not model and model.state == "ready":  # removed meanwhile
+            await model.replicas.shutdown()
+        elif model.state == "ready":
+            log.info("model %s added (%s)", model.name, model.source)
+
+    async def remove(self, name: str, timeout: float) -> int:
+        """Stop serving `name`: unknown to new requests at once; those it is running finish
+        within `timeout` seconds (then its engine shuts down and they fail). Returns how many
+        requests were still running when it stopped being found."""
+        model = self.models.get(name)
+        if model is None:
+            raise KeyError(name)
+        if model.base is not None:
+            raise ModelConflict(
+                f"'{name}' is a LoRA adapter of '{model.base}': remove it with "
+                f"DELETE /admin/models/{model.base}/adapters/{model.adapter}."
+            )
+        if not model.managed:
+            raise ModelConflict(
+                f"The model '{name}' is served by replicas that joined this gateway (stratus worker "
+                "or Ray actors), not loaded here: stop those workers, or scale its Ray replicas."
+            )
+        if model.state == "loading":  # an engine being built cannot be interrupted
+            raise ModelConflict(f"The model '{name}' is still loading; remove it once it is ready or failed.")
+        del self.models[name]  # from here on: 404 to new requests
+        for adapter in self.adapters_of(name):  # served on its engines, which are going
+            del self.models[adapter.name]
+        running = sum(e.inflight for e in model.replicas.entries.values())
+        for replica_id in list(model.replicas.entries):
+            replica = await model.replicas.drain(replica_id, timeout)
+            if replica is not None:
+                try:
+                    await replica.shutdown()
+                except Exception:
+                    log.exception("shutting down replica %s of %s failed", replica_id, name)
+        await model.replicas.shutdown()  # its prober
+        self.tasks.pop(name, None)
+        log.info("model %s removed (%d requests were running)", name, running)
+        return running
 
     # -- replicas that join and leave at run time (workers, Ray actors) -------------------------
 
@@ -356,6 +477,8 @@ class ModelRegistry:
         return aborted
 
     async def shutdown(self) -> None:
+        for job in list(self._tasks):
+            job.cancel()
         for model in self.models.values():
             if model.base is not None:  # its base model's replicas
                 continue
@@ -371,3 +494,8 @@ def _not_local(base: str, others: list[str]) -> str:
         f"LoRA adapters are served by this gateway's own engines only (not by stratus worker or Ray "
         f"replicas){where}. Serve '{base}' from this gateway (--model) to use adapters with it."
     )
+
+
+def _set_progress(model: ServedModel, fraction: float) -> None:
+    if model.state == "downloading":
+        model.progress = max(0.0, min(1.0, fraction))

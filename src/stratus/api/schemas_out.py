@@ -135,6 +135,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str
     max_model_len: int | None = None
+    quantization: str | None = None  # a `stratus compress` method (int8, int4, ...); None: plain weights
     ready: bool
     parent: str | None = None  # a LoRA adapter's base model
 

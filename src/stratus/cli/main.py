@@ -17,6 +17,7 @@ from stratus.cli.compress import compress
 from stratus.cli.keys import keys
 from stratus.cli.limits import limits
 from stratus.cli.lockouts import lockouts
+from stratus.cli.models import models
 from stratus.cli.secrets import secrets
 from stratus.cli.serve import serve
 from stratus.cli.status import status
@@ -48,6 +49,7 @@ for command in (
     secrets,
     upstreams,
     cluster,
+    models,
     lockouts,
     alerts,
     compress,

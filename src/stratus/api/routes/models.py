@@ -20,6 +20,7 @@ def _card(m: ServedModel) -> dict:
         "created": m.created,
         "owned_by": "stratus",
         "max_model_len": m.max_model_len,
+        "quantization": m.quantization,
         "ready": m.state == "ready",
         "parent": m.base,  # a LoRA adapter's base model (as vLLM names it); None for a model
     }
