@@ -4,6 +4,7 @@ while later calls get 404. Members lack `models.manage`: 403, and the attempt is
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -168,9 +169,14 @@ def test_a_member_gets_403_and_the_attempt_is_audited(gateway, admin_key, second
 
     # `stratus models list` for that member: the models she may call, with context and quantization
     env = {"STRATUS_API_KEY": member_key, "STRATUS_URL": gateway.url}
-    listed = CliRunner().invoke(main, ["models", "list"], env=env)
+    listed = CliRunner().invoke(main, ["models", "list", "--output", "csv"], env=env)
     assert listed.exit_code == 0, listed.output
-    assert listed.output.splitlines() == [f"{START}\tcontext 512\tquantization none\tstratus"]
+    assert listed.output.splitlines() == [
+        "id,max_model_len,quantization,owned_by,ready",
+        f"{START},512,,stratus,True",
+    ]
+    table = CliRunner().invoke(main, ["models", "list"], env=env, terminal_width=200)
+    assert "CONTEXT" in table.output and "512" in table.output and "none" in table.output
     denied = CliRunner().invoke(main, ["models", "add", "x", "/tmp"], env=env)
     assert denied.exit_code == 1 and "403" in denied.output
 
@@ -180,7 +186,10 @@ def test_the_cli_adds_and_removes(gateway, admin_key, second_checkpoint):
     added = CliRunner().invoke(main, ["models", "add", "cli-model", str(second_checkpoint)], env=env)
     assert added.exit_code == 0, added.output
     assert added.output.splitlines()[-1] == "cli-model: ready, context 2048 tokens"
-    status = CliRunner().invoke(main, ["models", "status"], env=env)
-    assert "cli-model: ready" in status.output and "added by admin" in status.output
+    status = CliRunner().invoke(main, ["models", "status", "--output", "json"], env=env)
+    listed = {m["name"]: m for m in json.loads(status.output)}
+    assert listed["cli-model"]["state"] == "ready" and listed["cli-model"]["added_by"] == "admin"
+    table = CliRunner().invoke(main, ["models", "status"], env=env, terminal_width=200)
+    assert "ready, context 2048 tokens" in table.output
     removed = CliRunner().invoke(main, ["models", "remove", "cli-model"], env=env)
     assert removed.exit_code == 0 and "removed (0 requests were running)" in removed.output

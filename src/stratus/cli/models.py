@@ -17,7 +17,28 @@ from typing import Any
 
 import click
 
-from stratus.cli.common import Client, connection_options, show
+from stratus.cli.common import Client, gateway_options, show
+from stratus.cli.output import Column, render, when
+
+MANAGE = "an admin's key (models.manage)."
+
+LIST_COLUMNS = [
+    Column("id", "MODEL"),
+    Column("max_model_len", "CONTEXT"),
+    Column("quantization", fmt=lambda q: q or "none"),
+    Column("owned_by", "SERVED BY"),
+    Column("ready"),
+]
+STATUS_COLUMNS = [
+    Column("name", "MODEL"),
+    Column("state", get=lambda m: _state(m)),
+    Column("max_model_len", "CONTEXT"),
+    Column("quantization", fmt=lambda q: q or "none"),
+    Column("source"),
+    Column("replicas", get=lambda m: [f"{r['id']} ({r['kind']})" for r in m["replicas"]]),
+    Column("added_by", "ADDED BY"),
+    Column("created", fmt=when),
+]
 
 
 @click.group()
@@ -26,17 +47,19 @@ def models() -> None:
 
 
 @models.command("list")
-@connection_options
-def list_(url: str, cacert: str | None, as_json: bool) -> None:
+@gateway_options(credential="any user's key: the models that key may call.")
+def list_(url: str, cacert: str | None, output: str) -> None:
     """The models you may call, with their context length and quantization."""
-    show(Client(url, cacert).call("GET", "/v1/models"), as_json, _list_lines)
+    data = Client(url, cacert).call("GET", "/v1/models")["data"]
+    render(data, output, LIST_COLUMNS, empty="no models you may call")
 
 
 @models.command("status")
-@connection_options
-def status(url: str, cacert: str | None, as_json: bool) -> None:
-    """Every model of the gateway and its state (needs models.manage)."""
-    show(Client(url, cacert).call("GET", "/admin/models"), as_json, _status_lines)
+@gateway_options(credential=MANAGE)
+def status(url: str, cacert: str | None, output: str) -> None:
+    """Every model of the gateway and its state: downloading n%, loading, ready, failed (why)."""
+    data = Client(url, cacert).call("GET", "/admin/models")["data"]
+    render(data, output, STATUS_COLUMNS, empty="no models")
 
 
 @models.command("add")
@@ -45,7 +68,7 @@ def status(url: str, cacert: str | None, as_json: bool) -> None:
 @click.option("--task", type=click.Choice(["generate", "embed"]), default=None, help="What it is served for.")
 @click.option("--wait/--no-wait", default=True, help="Follow it until it is ready or failed. [default: wait]")
 @click.option("--timeout", type=float, default=1800.0, show_default=True, help="Seconds to wait.")
-@connection_options
+@gateway_options(credential=MANAGE)
 def add(
     name: str,
     model: str,
@@ -54,7 +77,7 @@ def add(
     timeout: float,
     url: str,
     cacert: str | None,
-    as_json: bool,
+    output: str,
 ) -> None:
     """Load MODEL (a path on the gateway's machine, or a Hugging Face name) and serve it as NAME.
 
@@ -71,7 +94,7 @@ def add(
     shown = None
     while wait and data["state"] in ("downloading", "loading"):
         line = _state(data)
-        if line != shown and not as_json:
+        if line != shown and output == "table":
             click.echo(f"{name}: {line}")
             shown = line
         if time.monotonic() > deadline:
@@ -80,30 +103,19 @@ def add(
         data = next((m for m in client.call("GET", "/admin/models")["data"] if m["name"] == name), None)
         if data is None:
             raise click.ClickException(f"{name} was removed while it loaded")
-    show(data, as_json, lambda m: [f"{name}: {_state(m)}"])
+    show(data, output, lambda m: [f"{name}: {_state(m)}"])
     if data["state"] == "failed":
         raise SystemExit(1)
 
 
 @models.command("remove")
 @click.argument("name")
-@connection_options
-def remove(name: str, url: str, cacert: str | None, as_json: bool) -> None:
+@gateway_options(credential=MANAGE)
+def remove(name: str, url: str, cacert: str | None, output: str) -> None:
     """Stop serving NAME: new requests get 404, running ones finish, then it unloads."""
-    client = Client(url, cacert)
-    client.http.timeout = 600  # waits for the requests it is running (up to --drain-timeout)
+    client = Client(url, cacert, timeout=600)  # waits for its running requests (--drain-timeout)
     data = client.call("DELETE", f"/admin/models/{name}")
-    show(data, as_json, lambda d: [f"{name}: removed ({d['running']} requests were running)"])
-
-
-def _list_lines(data: dict[str, Any]) -> list[str]:
-    lines = []
-    for m in data["data"]:
-        context = m.get("max_model_len") or "-"
-        quant = m.get("quantization") or "none"
-        ready = "" if m.get("ready", True) else "  (not ready)"
-        lines.append(f"{m['id']}\tcontext {context}\tquantization {quant}\t{m['owned_by']}{ready}")
-    return lines
+    show(data, output, lambda d: [f"{name}: removed ({d['running']} requests were running)"])
 
 
 def _state(m: dict[str, Any]) -> str:
@@ -115,12 +127,3 @@ def _state(m: dict[str, Any]) -> str:
     if m.get("error"):
         state += f": {m['error']}"
     return state
-
-
-def _status_lines(data: dict[str, Any]) -> list[str]:
-    lines = []
-    for m in data["data"]:
-        replicas = ", ".join(f"{r['id']} ({r['kind']})" for r in m["replicas"]) or "no replicas"
-        by = f", added by {m['added_by']}" if m["added_by"] else ""
-        lines.append(f"{m['name']}: {_state(m)}  [{m['source'] or '-'}; {replicas}{by}]")
-    return lines

@@ -21,7 +21,14 @@ import click
 
 import stratus
 from stratus.cli.common import bind_socket, engine_options, warn_deprecated
-from stratus.config import DEFAULT_MODELS, TOOL_PARSERS, ConfigError, Settings, load_settings, parse_model_spec
+from stratus.config import (
+    DEFAULT_MODELS,
+    TOOL_PARSERS,
+    ConfigError,
+    Settings,
+    load_settings,
+    parse_model_spec,
+)
 from stratus.engine.gguf import is_gguf
 from stratus.net.urls import is_loopback
 
