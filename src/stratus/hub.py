@@ -122,10 +122,17 @@ def _progress_bars(report: Callable[[float], None]):
     from tqdm.auto import tqdm
 
     class ReportingBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            self.counts_bytes = kwargs.get("unit") == "B"
+            self.done = kwargs.get("initial") or 0  # counted here: a disabled bar counts nothing
+            super().__init__(*args, **kwargs)
+
         def update(self, n=1):
             shown = super().update(n)
-            if self.unit == "B" and self.total:
-                report(self.n / self.total)
+            self.done += n or 0
+            total = getattr(self, "total", None)  # huggingface_hub grows it as files are found
+            if self.counts_bytes and total:
+                report(min(self.done / total, 1.0))
             return shown
 
     return ReportingBar

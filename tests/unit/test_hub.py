@@ -136,3 +136,16 @@ def test_worker_refuses_an_uncached_name_offline(tmp_path, monkeypatch):
         worker_options("m=org/absent", settings)
     snapshot = fake_cache(str(tmp_path / "hf" / "hub"), "org/repo", {"config.json": "{}"})
     assert worker_options("m=org/repo", settings).path == snapshot
+
+
+def test_download_progress_is_reported_from_the_byte_bars():
+    from stratus.hub import _progress_bars
+
+    heard: list[float] = []
+    bar_class = _progress_bars(heard.append)
+    with bar_class(total=200, unit="B", disable=True) as bytes_bar:
+        bytes_bar.update(50)
+        bytes_bar.update(150)
+    with bar_class(total=3, unit="it", disable=True) as files_bar:  # files, not bytes: not reported
+        files_bar.update(1)
+    assert heard == [0.25, 1.0]
