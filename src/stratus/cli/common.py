@@ -399,6 +399,7 @@ ENGINE_HELP = {
     "num_threads": "PyTorch threads on CPU; default: PyTorch's choice.",
     "native_kernels": "On CPU in float32, run decode attention in stratus's C kernel (built on first use with the system C compiler).",
     "seed": "Seed for requests that do not set one.",
+    "gguf_dequantize": "Dequantize a GGUF file's Q8_0/Q4_0/Q4_1 weights to the serving dtype at load instead of serving them quantized (more memory; exact float math).",
     "max_tokens_per_second": "Cap the engine's output tokens per second, over all sequences (a replica of that capacity); default: no cap.",
     "max_loras": "LoRA adapters held in memory at once (an LRU; also the most distinct adapters in one batch).",
 }

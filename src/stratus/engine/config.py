@@ -92,7 +92,7 @@ class ModelConfig:
             kind = rope_scaling.get("rope_type") or rope_scaling.get("type")
             if kind in (None, "default"):
                 rope_scaling = None
-            elif kind not in ("llama3", "linear"):
+            elif kind not in ("llama3", "linear", "factors"):  # factors: a GGUF file's rope_freqs
                 raise CheckpointError(
                     f"{source}: rope_scaling type {kind!r} not supported; expected llama3 or linear"
                 )
@@ -157,6 +157,9 @@ class EngineConfig:
     # first use (native.py); without a C compiler the PyTorch path runs instead.
     native_kernels: bool = True
     seed: int = 0  # for unseeded sampling
+    # A GGUF file's Q8_0, Q4_0 and Q4_1 tensors are served as quantized layers (gguf_blocks.py);
+    # True: dequantized to the serving dtype at load, like its other types.
+    gguf_dequantize: bool = False
     # Pace the step loop so the whole engine generates at most this many output tokens per
     # second, shared by every running sequence: a replica of exactly that capacity (benchmarks
     # of routing over unequal replicas; sharing a machine politely). None: as fast as it can.

@@ -42,7 +42,10 @@ from .types import CheckpointError
 # written by llama.cpp's converter as "llama" (its GGUF metadata has no sliding window).
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 PERMUTED_QK = {"llama"}  # architectures whose q/k rows llama.cpp's converter permuted
+ROPE_FACTORS = "rope_freqs.weight"  # Llama 3.1's rotary frequency factors: config, not weights
 DEQUANTIZED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
+NATIVE = ("Q8_0", "Q4_0", "Q4_1")  # also served as quantized layers: gguf_blocks.py
+BLOCK = 32  # weights per block of those types
 
 # GGUF tensor names -> Hugging Face ones (the engine's loader fuses q/k/v and gate/up itself)
 TOP_LEVEL = {
@@ -160,11 +163,6 @@ def config_dict(path: str | Path) -> dict[str, Any]:
     embedding = file.tensors.get("token_embd.weight")
     if embedding is None:
         raise CheckpointError(f"{file.path}: tensor token_embd.weight missing")
-    if "rope_freqs.weight" in file.tensors:
-        raise CheckpointError(
-            f"{file.path}: rope frequency factors (rope_freqs.weight, Llama 3.1-style rope scaling) "
-            "are not supported yet"
-        )
     hidden, heads = int(need("embedding_length")), int(need("attention.head_count"))
     head_dim = int(file.get(f"{arch}.attention.key_length") or hidden // heads)
     rotary = file.get(f"{arch}.rope.dimension_count")
@@ -179,6 +177,19 @@ def config_dict(path: str | Path) -> dict[str, Any]:
         rope_scaling = {"rope_type": "linear", "factor": float(need("rope.scaling.factor"))}
     elif scaling_type not in (None, "none"):
         raise CheckpointError(f"{file.path}: rope scaling {scaling_type!r} not supported; expected linear")
+    factors = file.tensors.get(ROPE_FACTORS)
+    if factors is not None:
+        # Llama 3.1-style scaling, as llama.cpp's converter writes it: each rotary frequency is
+        # divided by its factor (the llama3 rule's outcome, tabulated)
+        if rope_scaling is not None:
+            raise CheckpointError(f"{file.path}: both {ROPE_FACTORS} and rope.scaling.type {scaling_type!r}")
+        values = [float(v) for v in GGUFTensor(factors).to(torch.float32).reshape(-1)]
+        if len(values) != head_dim // 2:
+            raise CheckpointError(
+                f"{file.path}: {ROPE_FACTORS} has {len(values)} values, expected {head_dim // 2} "
+                "(one per rotary frequency)"
+            )
+        rope_scaling = {"rope_type": "factors", "factors": values}
     types = {str(t.tensor_type.name) for t in file.tensors.values()}
     dtype = (
         "float32" if types == {"F32"} else "float16" if "F16" in types and "BF16" not in types else "bfloat16"
@@ -224,18 +235,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return chars
 
 
-def tokenizer_parts(path: str | Path) -> tuple[HFTokenizer, dict[str, Any]]:
-    """The tokenizer the file describes, and what its tokenizer_config.json would say."""
-    file = open_gguf(path)
-    kind = file.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise CheckpointError(
-            f"{file.path}: tokenizer.ggml.model {kind!r} not supported; stratus reads byte-level BPE "
-            "('gpt2') vocabularies from GGUF files (SentencePiece 'llama' ones not yet)"
-        )
-    tokens: list[str] = list(file.get("tokenizer.ggml.tokens") or [])
-    if not tokens:
-        raise CheckpointError(f"{file.path}: metadata tokenizer.ggml.tokens missing")
+def _byte_level(file: GGUFFile, tokens: list[str]) -> tuple[HFTokenizer, dict[str, int], set[str] | None]:
+    """A "gpt2" vocabulary: byte-level BPE, as transformers' GPT2Tokenizer builds it."""
     spelling = _bytes_to_unicode()
     alphabet = set(spelling.values())
     vocab = {
@@ -255,14 +256,74 @@ def tokenizer_parts(path: str | Path) -> tuple[HFTokenizer, dict[str, Any]]:
             ]
         )
     tok.decoder = decoders.ByteLevel()
+    return tok, vocab, alphabet
+
+
+def merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """The BPE merges a SentencePiece vocabulary implies when the file lists none: every split of
+    a token into two tokens, best score first (transformers' `generate_merges`, so ids agree)."""
+    found: list[tuple[str, str, float]] = []
+    for token, score in scores.items():
+        pairs = [(token[:i], token[i:], score) for i in range(1, len(token))]
+        pairs = [p for p in pairs if p[0] in vocab and p[1] in vocab]
+        found.extend(sorted(pairs, key=lambda p: (vocab[p[0]], vocab[p[1]])))
+    found.sort(key=lambda p: (p[2], len(p[0]), len(p[1])), reverse=True)
+    return [(left, right) for left, right, _ in found]
+
+
+def _sentencepiece(file: GGUFFile, tokens: list[str]) -> tuple[HFTokenizer, dict[str, int], None]:
+    """A "llama" vocabulary: SentencePiece BPE as transformers' LlamaTokenizer builds it: "▁" for
+    a space (and one before the text), byte-fallback tokens <0x00>..<0xFF> for what the
+    vocabulary cannot spell, merges from the file or else from the tokens' scores."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if file.get("tokenizer.ggml.merges"):
+        merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges")]
+    else:
+        scores = list(file.get("tokenizer.ggml.scores") or [])
+        if len(scores) != len(tokens):
+            raise CheckpointError(
+                f"{file.path}: a SentencePiece vocabulary needs tokenizer.ggml.merges or one "
+                f"tokenizer.ggml.scores value per token ({len(scores)} for {len(tokens)} tokens)"
+            )
+        merges = merges_from_scores(vocab, dict(zip(tokens, scores)))
+    unknown = file.get("tokenizer.ggml.unknown_token_id")
+    unk = tokens[int(unknown)] if unknown is not None and 0 <= int(unknown) < len(tokens) else None
+    model = models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, unk_token=unk)
+    tok = HFTokenizer(model)
+    # llama.cpp adds the leading space unless the file says not to (tokenizer.ggml.add_space_prefix)
+    prefix = bool(file.get("tokenizer.ggml.add_space_prefix", True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False
+    )
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if prefix:
+        steps.append(decoders.Strip(content=" ", left=1))
+    tok.decoder = decoders.Sequence(steps)
+    return tok, vocab, None
+
+
+def tokenizer_parts(path: str | Path) -> tuple[HFTokenizer, dict[str, Any]]:
+    """The tokenizer the file describes, and what its tokenizer_config.json would say."""
+    file = open_gguf(path)
+    kind = file.get("tokenizer.ggml.model")
+    if kind not in ("gpt2", "llama"):
+        raise CheckpointError(
+            f"{file.path}: tokenizer.ggml.model {kind!r} not supported; stratus reads byte-level BPE "
+            "('gpt2') and SentencePiece BPE ('llama') vocabularies from GGUF files"
+        )
+    tokens: list[str] = list(file.get("tokenizer.ggml.tokens") or [])
+    if not tokens:
+        raise CheckpointError(f"{file.path}: metadata tokenizer.ggml.tokens missing")
+    tok, vocab, alphabet = _byte_level(file, tokens) if kind == "gpt2" else _sentencepiece(file, tokens)
     types = list(file.get("tokenizer.ggml.token_type") or [])
-    # Control tokens are special (a control token spelled outside the byte alphabet is a
-    # llama.cpp mislabel, skipped as transformers does); user-defined ones are matched whole.
+    # Control tokens are special (in a byte-level vocabulary, a control token spelled outside the
+    # byte alphabet is a llama.cpp mislabel, skipped as transformers does); user-defined ones are
+    # matched whole.
     tok.add_special_tokens(
         [
             AddedToken(t, normalized=False, special=True)
             for t, kind_ in zip(tokens, types)
-            if kind_ == CONTROL and set(t) <= alphabet
+            if kind_ == CONTROL and (alphabet is None or set(t) <= alphabet)
         ]
     )
     tok.add_tokens(
@@ -282,7 +343,8 @@ def tokenizer_parts(path: str | Path) -> tuple[HFTokenizer, dict[str, Any]]:
         "eos_token": token("eos_token_id"),
         "unk_token": token("unknown_token_id"),
         "pad_token": token("padding_token_id"),
-        "add_bos_token": bool(file.get("tokenizer.ggml.add_bos_token", False)),
+        # llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise
+        "add_bos_token": bool(file.get("tokenizer.ggml.add_bos_token", kind == "llama")),
         "add_eos_token": bool(file.get("tokenizer.ggml.add_eos_token", False)),
         "chat_template": file.get("tokenizer.chat_template"),
     }
@@ -312,12 +374,14 @@ def checkpoint_files(path: str | Path) -> dict[str, str]:
 
 
 class GGUFTensor:
-    """One tensor of the file under its Hugging Face name and shape; dequantized when read."""
+    """One tensor of the file under its Hugging Face name and shape; dequantized when read, or
+    (a NATIVE type) read as its quantized layer's buffers."""
 
     def __init__(self, tensor: Any, unpermute_heads: int | None = None):
         self.tensor = tensor
         self.shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists innermost first
         self.dtype = torch.float32
+        self.kind = str(tensor.tensor_type.name)
         self.unpermute_heads = unpermute_heads
 
     def to(self, dtype: torch.dtype) -> torch.Tensor:
@@ -328,12 +392,48 @@ class GGUFTensor:
         else:
             values = quants.dequantize(self.tensor.data, self.tensor.tensor_type)
         out = torch.from_numpy(np.array(values, copy=True)).reshape(self.shape).to(dtype)
-        if self.unpermute_heads:
-            # llama.cpp interleaved each head's two halves of rows, (2, d) -> (d, 2); undo it
-            heads = self.unpermute_heads
-            out = out.reshape(heads, out.shape[0] // heads // 2, 2, *out.shape[1:])
-            out = out.transpose(1, 2).reshape(self.shape)
-        return out
+        return self._unpermute(out)
+
+    def blocks(self) -> dict[str, torch.Tensor]:
+        """The quantized layer's buffers, rows in the Hugging Face order (block_tensors)."""
+        rows, cols = self.shape
+        parts = block_tensors(self.tensor.data, self.kind, rows, cols)
+        return {key: self._unpermute(value) for key, value in parts.items()}
+
+    def _unpermute(self, out: torch.Tensor) -> torch.Tensor:
+        """Rows of a q or k projection: llama.cpp interleaved each head's two halves of rows,
+        (2, d) -> (d, 2); undo it (a row moves whole, with its blocks)."""
+        if not self.unpermute_heads:
+            return out
+        heads = self.unpermute_heads
+        shape = out.shape
+        out = out.reshape(heads, shape[0] // heads // 2, 2, *shape[1:])
+        return out.transpose(1, 2).reshape(shape)
+
+
+def block_tensors(data: Any, kind: str, rows: int, cols: int) -> dict[str, torch.Tensor]:
+    """A [rows, cols] tensor of a NATIVE type (the file's bytes, [rows, bytes per row]) as the
+    buffers of its quantized layer: Int4Linear's qweight/scales/zeros or Int8BlockLinear's
+    qweight/scales (the mapping: gguf_blocks.py)."""
+    if kind not in NATIVE:
+        raise ValueError(f"{kind} is not served natively; expected one of {NATIVE}")
+    blocks = np.ascontiguousarray(data, dtype=np.uint8).reshape(rows, cols // BLOCK, -1)
+
+    def half(start: int) -> torch.Tensor:  # the fp16 at `start` of every block, as float32
+        values = np.ascontiguousarray(blocks[..., start : start + 2]).view(np.float16)
+        return torch.from_numpy(values.reshape(rows, -1).astype(np.float32))
+
+    d = half(0)
+    if kind == "Q8_0":
+        q8 = np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(rows, cols)
+        return {"qweight": torch.from_numpy(q8), "scales": d}
+    qs = blocks[..., 4 if kind == "Q4_1" else 2 :]  # [rows, blocks, 16]: weight j | weight j + 16
+    # The engine's byte k holds weights 2k (low nibble) and 2k + 1: for k < 8 the low nibbles of
+    # bytes 2k and 2k + 1, for k >= 8 their high nibbles.
+    even, odd = qs[..., 0::2], qs[..., 1::2]
+    packed = np.concatenate(((even & 15) | ((odd & 15) << 4), (even >> 4) | (odd & 0xF0)), axis=-1)
+    zeros = half(2) + 8 * d if kind == "Q4_1" else torch.zeros_like(d)
+    return {"qweight": torch.from_numpy(packed.reshape(rows, cols // 2)), "scales": d, "zeros": zeros}
 
 
 def read_tensors(path: str | Path, config: Any) -> dict[str, tuple[Path, GGUFTensor]]:
@@ -344,6 +444,8 @@ def read_tensors(path: str | Path, config: Any) -> dict[str, tuple[Path, GGUFTen
     arch = _architecture(file)
     out: dict[str, tuple[Path, GGUFTensor]] = {}
     for name, tensor in file.tensors.items():
+        if name == ROPE_FACTORS:  # read by config_dict
+            continue
         kind = tensor.tensor_type.name
         if kind not in DEQUANTIZED:
             raise CheckpointError(

@@ -109,6 +109,8 @@ def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
     if not scaling:
         return inv_freq
     kind = scaling.get("rope_type") or scaling.get("type")
+    if kind == "factors":  # one divisor per frequency (a GGUF file's rope_freqs, Llama 3.1)
+        return inv_freq / torch.tensor(scaling["factors"], dtype=torch.float32)
     factor = float(scaling["factor"])
     if kind == "linear":
         return inv_freq / factor

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from . import memory, native
+from . import gguf, memory, native
 from .config import EngineConfig, ModelConfig
 from .decode_groups import block_table_tensor, contiguous_start, make_decode_groups, overhead_tokens
 from .lora import LoraBatch
@@ -37,6 +37,10 @@ class ModelRunner:
             from .quant import install_quant_linears
 
             install_quant_linears(model, model_config.quantization)
+        elif gguf.is_gguf(path) and not config.gguf_dequantize:  # Q8_0/Q4_0/Q4_1 kept quantized
+            from .gguf_blocks import install_native_layers, native_layers
+
+            install_native_layers(model, native_layers(path, model_config), self.dtype)
         from .model import RotaryEmbedding  # rope tables are computed, not loaded
 
         model.rope = RotaryEmbedding(model_config, max_model_len).to(self.device)

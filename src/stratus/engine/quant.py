@@ -35,12 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CheckpointError
+from .types import CheckpointError
 
 METHODS = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 PACKED_MAX_ROWS = 512  # float32 dense matmul: above this many rows dequantizing is no slower
-DENSE_MIN_ROWS = {"int8": 32, "int4": 128}  # bfloat16 dense matmul: from here on it is faster
+# bfloat16 dense matmul: from here on it is faster (int8_block multiplies with the int4 kernel)
+DENSE_MIN_ROWS = {"int8": 32, "int4": 128, "int8_block": 128}
 ROW_BLOCK = 32  # the CPU int4 kernel wants out_features in multiples of 16; 32 fixes its layout
 # torch 2.13's AVX512 `_weight_int8pack_mm` reads the input dimension in blocks of 16 with no
 # tail: any other width gave garbage or a segfault here (measured), so the layer pads it.
@@ -95,6 +96,31 @@ def dequantize_int4(
 
 def dequantize_int8(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return qweight.to(dtype) * scales.to(dtype).unsqueeze(-1)
+
+
+def int4_kernel_operands(
+    q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's CPU int4 kernel's operands for w = (q - 8) * scale + zero: q int32 [out, in] in
+    0..15, scales and zeros [out, in // G]. Rows are padded to a multiple of ROW_BLOCK."""
+    out = q.shape[0]
+    extra = -(-out // ROW_BLOCK) * ROW_BLOCK - out
+    if extra:
+        q = F.pad(q, (0, 0, 0, extra), value=8)
+        scales = F.pad(scales, (0, 0, 0, extra), value=1.0)
+        zeros = F.pad(zeros, (0, 0, 0, extra))
+    weight = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+    # [groups, out, 2] as the kernel reads it: (q - 8) * scale + zero
+    scale_zeros = torch.stack((scales.t(), zeros.t()), dim=-1).to(torch.bfloat16).contiguous()
+    return weight, scale_zeros
+
+
+def int4_kernel_matmul(
+    x: torch.Tensor, weight: torch.Tensor | None, group_size: int, scale_zeros: torch.Tensor | None
+) -> torch.Tensor:
+    """x (bfloat16) [rows, in] @ the kernel's weight: [rows, out rounded up to ROW_BLOCK]."""
+    assert weight is not None and scale_zeros is not None, "prepare() first"
+    return torch._weight_int4pack_mm_for_cpu(x, weight, group_size, scale_zeros)
 
 
 def bf16_matmul_is_native() -> bool:
@@ -232,16 +258,27 @@ class Int4Linear(QuantLinear):
     """4-bit weights, packed two per byte, a scale and a zero per group of input columns."""
 
     method = "int4"
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
 
-    def __init__(self, in_features: int, out_features: int, group_size: int, bias: bool = False, device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        group_size: int,
+        bias: bool = False,
+        device=None,
+        scale_dtype: torch.dtype = torch.float16,  # float32: a GGUF Q4_1's zero m + 8d, exactly
+    ):
         super().__init__(in_features, out_features, bias, device)
         if group_size not in INT4_GROUP_SIZES:
             raise ValueError(f"int4 group size must be one of {INT4_GROUP_SIZES}, got {group_size}")
         self.group_size = group_size
         shapes = int4_shapes(out_features, in_features, group_size)
         self.register_buffer("qweight", torch.full(shapes["qweight"], 0x88, dtype=torch.uint8, device=device))
-        self.register_buffer("scales", torch.ones(shapes["scales"], dtype=torch.float16, device=device))
-        self.register_buffer("zeros", torch.zeros(shapes["zeros"], dtype=torch.float16, device=device))
+        self.register_buffer("scales", torch.ones(shapes["scales"], dtype=scale_dtype, device=device))
+        self.register_buffer("zeros", torch.zeros(shapes["zeros"], dtype=scale_dtype, device=device))
         self._kernel_weight: torch.Tensor | None = None
         self._kernel_scale_zeros: torch.Tensor | None = None
 
@@ -254,41 +291,104 @@ class Int4Linear(QuantLinear):
         self._choose_paths(self.qweight.device)
         if not self.packed:
             return
-        rows = -(-self.out_features // ROW_BLOCK) * ROW_BLOCK
-        extra = rows - self.out_features
-        q = unpack_int4(self.qweight).to(torch.int32)
-        scales, zeros = self.scales.float(), self.zeros.float()
-        if extra:
-            q = F.pad(q, (0, 0, 0, extra), value=8)
-            scales = F.pad(scales, (0, 0, 0, extra), value=1.0)
-            zeros = F.pad(zeros, (0, 0, 0, extra))
-        self._kernel_weight = torch._convert_weight_to_int4pack_for_cpu(q, 1)
-        # [groups, out, 2] as the kernel reads it: (q - 8) * scale + zero
-        self._kernel_scale_zeros = (
-            torch.stack((scales.t(), zeros.t()), dim=-1).to(torch.bfloat16).contiguous()
+        self._kernel_weight, self._kernel_scale_zeros = int4_kernel_operands(
+            unpack_int4(self.qweight).to(torch.int32), self.scales.float(), self.zeros.float()
         )
         # The dense path uses the kernel's (bfloat16-rounded) scales and zeros, kept in float32.
         self.scales = self.scales.to(torch.bfloat16).float()
         self.zeros = self.zeros.to(torch.bfloat16).float()
 
     def _packed_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch._weight_int4pack_mm_for_cpu(
-            self._pad_input(x).to(torch.bfloat16),
-            self._kernel_weight,
-            self.group_size,
-            self._kernel_scale_zeros,
-        )
-        if y.shape[-1] != self.out_features:
-            y = y[:, : self.out_features]
-        return y.to(x.dtype)
+        xb = self._pad_input(x).to(torch.bfloat16)
+        y = int4_kernel_matmul(xb, self._kernel_weight, self.group_size, self._kernel_scale_zeros)
+        return y[:, : self.out_features].to(x.dtype)
 
     def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         return dequantize_int4(
             self.qweight[start:stop], self.scales[start:stop], self.zeros[start:stop], dtype
         )
 
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize_int4(self.qweight[ids], self.scales[ids], self.zeros[ids], dtype)[
+            :, : self.in_features
+        ]
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"
+
+
+class Int8BlockLinear(QuantLinear):
+    """int8 weights with one float scale per block of 32 input columns of a row (GGUF's Q8_0):
+    w = qweight * scales[:, k // 32].
+
+    torch's int8 kernel takes one scale per output channel only, so on the CPU the multiply goes
+    through the int4 kernel instead, exactly: with u = q + 128 = 16h + l (h, l in 0..15),
+    q * d = 16d (h - 8) + d (l - 8) + 8d, so the weight is two int4 planes [h | l] with group
+    size 32 (scales 16d and d, zeros 0 and 8d) that multiply the input twice over, [x | x]. The
+    planes take the same bytes as the int8 values, and the int4 kernel is vectorized."""
+
+    method = "int8_block"
+    group_size = 32
+    qweight: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None):
+        super().__init__(in_features, out_features, bias, device)
+        if in_features % self.group_size:
+            raise ValueError(f"in_features must be a multiple of {self.group_size}, got {in_features}")
+        self.register_buffer(
+            "qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
+        )
+        groups = in_features // self.group_size
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=torch.float32, device=device))
+        self._kernel_weight: torch.Tensor | None = None
+        self._kernel_scale_zeros: torch.Tensor | None = None
+
+    def prepare(self) -> None:
+        self._choose_paths(self.qweight.device)
+        if not self.packed:
+            return
+        scales = self.scales.to(torch.bfloat16).float()  # as the kernel holds them, for both paths
+        u = self.qweight.to(torch.int32) + 128
+        self._kernel_weight, self._kernel_scale_zeros = int4_kernel_operands(
+            torch.cat((u >> 4, u & 15), dim=1),
+            torch.cat((16 * scales, scales), dim=1),
+            torch.cat((torch.zeros_like(scales), 8 * scales), dim=1),
+        )
+        self.scales = scales
+
+    def _packed_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        xb = x.to(torch.bfloat16)
+        y = int4_kernel_matmul(
+            torch.cat((xb, xb), dim=-1), self._kernel_weight, self.group_size, self._kernel_scale_zeros
+        )
+        return y[:, : self.out_features].to(x.dtype)
+
+    def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        return self._dequantize(self.qweight[start:stop], self.scales[start:stop], dtype)
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self._dequantize(self.qweight[ids], self.scales[ids], dtype)
+
+    def _dequantize(self, q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        rows = q.shape[0]
+        q = q.to(dtype).view(rows, -1, self.group_size).mul_(scales.to(dtype).unsqueeze(-1))
+        return q.view(rows, self.in_features)
+
+
+class QuantEmbedding(nn.Module):
+    """An embedding table held by a quantized layer (tied: the lm_head itself); a lookup
+    dequantizes only the rows it reads."""
+
+    def __init__(self, table: Int4Linear | Int8BlockLinear, dtype: torch.dtype):
+        super().__init__()
+        self.table = table
+        self.dtype = dtype
+        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        return self.table.rows(flat, self.dtype).view(*ids.shape, self.embedding_dim)
 
 
 def check_spec(spec: object, source: str = "config.json") -> dict:

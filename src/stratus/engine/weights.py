@@ -20,7 +20,7 @@ from safetensors import safe_open
 from . import gguf
 from .config import CheckpointError, ModelConfig
 from .model import LlamaModel
-from .quant import QuantLinear, check_spec, int4_shapes, int8_shapes
+from .quant import QuantEmbedding, QuantLinear, check_spec, int4_shapes, int8_shapes
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # engine layer (under model.layers.N.) -> the checkpoint layers whose rows it concatenates
@@ -151,7 +151,8 @@ def _check(tensors: dict, expected: dict, path: Path, kind: str, qdtype: torch.d
 
 def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
     """Copy the checkpoint into `model`, fusing q/k/v and gate/up; every mismatch names its file.
-    A GGUF file's tensors come dequantized one at a time, under their Hugging Face names."""
+    A GGUF file's tensors come dequantized one at a time, under their Hugging Face names, except
+    into the layers gguf_blocks.py made quantized: those take the file's blocks as they are."""
     config = model.config
     if config.quantization:  # a `stratus compress` checkpoint: packed weights
         return load_quantized_weights(model, path, dtype)
@@ -163,24 +164,34 @@ def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
     def get(name: str) -> torch.Tensor:
         return tensors[name][1].to(dtype)
 
+    def put(module: torch.nn.Module, parts: list[str], prepare: bool = True) -> None:
+        """The rows of the checkpoint layers `parts` into one engine layer."""
+        if isinstance(module, QuantLinear):  # a GGUF file's blocks, kept quantized
+            blocks = [tensors[part + ".weight"][1].blocks() for part in parts]
+            for key in blocks[0]:
+                getattr(module, key).copy_(torch.cat([b[key] for b in blocks], dim=0))
+            if prepare:
+                module.prepare()
+        else:
+            module.weight.copy_(torch.cat([get(part + ".weight") for part in parts], dim=0))
+
     with torch.no_grad():
-        model.embed_tokens.weight.copy_(get("model.embed_tokens.weight"))
+        if isinstance(model.embed_tokens, QuantEmbedding):
+            table = model.embed_tokens.table  # tied: the lm_head, which multiplies too
+            put(table, ["model.embed_tokens"], prepare=table is model.lm_head)
+        else:
+            model.embed_tokens.weight.copy_(get("model.embed_tokens.weight"))
         model.norm.weight.copy_(get("model.norm.weight"))
         if not config.tie_word_embeddings:
-            model.lm_head.weight.copy_(get("lm_head.weight"))
+            put(model.lm_head, ["lm_head"])
         for n, layer in enumerate(model.layers):
             p = f"model.layers.{n}."
-            attn = layer.self_attn
-            attn.qkv_proj.weight.copy_(
-                torch.cat([get(p + f"self_attn.{x}_proj.weight") for x in "qkv"], dim=0)
-            )
+            for fused, parts in FUSED.items():
+                owner, attr = fused.split(".")
+                put(getattr(getattr(layer, owner), attr), [p + part for part in parts])
             if config.attention_bias:
-                attn.qkv_proj.bias.copy_(torch.cat([get(p + f"self_attn.{x}_proj.bias") for x in "qkv"]))
-            attn.o_proj.weight.copy_(get(p + "self_attn.o_proj.weight"))
-            layer.mlp.gate_up_proj.weight.copy_(
-                torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")], dim=0)
-            )
-            layer.mlp.down_proj.weight.copy_(get(p + "mlp.down_proj.weight"))
+                bias = torch.cat([get(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
+                layer.self_attn.qkv_proj.bias.copy_(bias)
             layer.input_layernorm.weight.copy_(get(p + "input_layernorm.weight"))
             layer.post_attention_layernorm.weight.copy_(get(p + "post_attention_layernorm.weight"))
     gguf.release()  # unmap a GGUF file: its tensors are in the model now
