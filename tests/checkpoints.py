@@ -83,7 +83,8 @@ def build_checkpoint(
     max_shard_size: str | None = None,
     init_std: float = 0.02,
 ) -> Path:
-    """Write a random `arch` checkpoint ('llama', 'llama3', 'mistral', 'qwen2') to out_dir."""
+    """Write a random `arch` checkpoint ('llama', 'llama3', 'mistral', 'qwen2', 'qwen3', 'phi3')
+    to out_dir."""
     import transformers
 
     out_dir = Path(out_dir)
@@ -121,6 +122,14 @@ def build_checkpoint(
     elif arch == "qwen2":
         config = transformers.Qwen2Config(**common, rope_theta=1000000.0)
         model_cls = transformers.Qwen2ForCausalLM
+    elif arch == "qwen3":  # head_dim set apart from hidden / heads, as Qwen3 does
+        config = transformers.Qwen3Config(
+            **common, rope_theta=1000000.0, head_dim=2 * hidden_size // num_heads
+        )
+        model_cls = transformers.Qwen3ForCausalLM
+    elif arch == "phi3":
+        config = transformers.Phi3Config(**common, rope_theta=10000.0, sliding_window=None)
+        model_cls = transformers.Phi3ForCausalLM
     else:
         raise ValueError(f"unknown arch {arch!r}")
     torch.manual_seed(seed)
@@ -131,6 +140,11 @@ def build_checkpoint(
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0.0, 0.1)
+    if arch == "qwen3":  # transformers initialises the q/k norms to ones; make them matter
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+                layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out_dir, **kwargs)
     return out_dir

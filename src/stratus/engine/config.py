@@ -15,6 +15,8 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",  # q/k RMSNorm per head (qk_norm)
+    "Phi3ForCausalLM": "phi3",  # q/k/v and gate/up stored fused (fused_checkpoint)
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -23,7 +25,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass(frozen=True)
 class ModelConfig:
     architecture: str
-    family: str  # llama | mistral | qwen2
+    family: str  # llama | mistral | qwen2 | qwen3 | phi3
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -42,6 +44,9 @@ class ModelConfig:
     bos_token_id: int | None
     eos_token_ids: list[int] = field(default_factory=list)
     quantization: dict | None = None  # written by `stratus compress`
+    qk_norm: bool = False  # an RMSNorm over each q and k head before rope (Qwen3)
+    # the checkpoint stores qkv_proj and gate_up_proj already fused (Phi-3)
+    fused_checkpoint: bool = False
 
     @classmethod
     def from_dir(cls, path: Path) -> ModelConfig:
@@ -99,8 +104,13 @@ class ModelConfig:
         eos = raw.get("eos_token_id")
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
-        if family == "qwen2" and not raw.get("use_sliding_window", False):
+        if family in ("qwen2", "qwen3") and not raw.get("use_sliding_window", False):
             sliding = None
+        if float(raw.get("partial_rotary_factor") or 1.0) != 1.0:
+            raise CheckpointError(
+                f"{source}: partial_rotary_factor={raw['partial_rotary_factor']} not supported "
+                "(rotary embeddings over the whole head only)"
+            )
         return cls(
             architecture=arch,
             family=family,
@@ -122,13 +132,15 @@ class ModelConfig:
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=eos_ids,
             quantization=raw.get("quantization"),
+            qk_norm=family == "qwen3",
+            fused_checkpoint=family == "phi3",
         )
 
     def num_parameters(self) -> int:
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
         q = self.num_heads * self.head_dim
         kv = self.num_kv_heads * self.head_dim
-        per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h
+        per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h + (2 * self.head_dim if self.qk_norm else 0)
         if self.attention_bias:
             per_layer += q + 2 * kv
         head = 0 if self.tie_word_embeddings else v * h

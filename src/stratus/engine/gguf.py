@@ -11,15 +11,17 @@ answers in the engine's terms, so that the rest of the engine never sees the for
     checkpoint_files(path)     # config.json, tokenizer.json, tokenizer_config.json as text
     read_tensors(path, config) # every tensor under its Hugging Face name, dequantized when read
 
-Weights: every supported tensor type (DEQUANTIZED) is dequantized at load with `gguf`'s own
-dequantization to the serving dtype, one tensor at a time; the file is memory-mapped, so the
-peak is the float model plus the largest tensor. llama.cpp's converter permutes the rows of a
+Weights: Q8_0, Q4_0 and Q4_1 tensors (NATIVE) are read as the buffers of quantized layers
+(`GGUFTensor.blocks`, installed by gguf_blocks.py); every other supported type (DEQUANTIZED),
+and those too with `gguf_dequantize`, is dequantized at load with `gguf`'s own dequantization
+to the serving dtype, one tensor at a time; the file is memory-mapped, so the peak is the model
+plus the largest tensor. llama.cpp's converter permutes the rows of a
 Llama model's q and k projections (its rotary embedding pairs neighbouring channels, not the two
 halves of a head); they are permuted back here, as transformers' GGUF loader does.
 
 Tokenizer: byte-level BPE ("gpt2") vocabularies are rebuilt as transformers builds them from a
 GGUF (`transformers/integrations/gguf/gguf_tokenizer_mapping.py`), so token ids agree with it;
-SentencePiece ("llama") vocabularies are not supported yet and are refused by name.
+so are SentencePiece BPE ("llama") vocabularies, as transformers' LlamaTokenizer.
 """
 
 from __future__ import annotations

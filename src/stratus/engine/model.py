@@ -1,4 +1,5 @@
-"""A Llama-family decoder (Llama 2/3, Mistral, Qwen2) that reads and writes a paged KV cache.
+"""A Llama-family decoder (Llama 2/3, Mistral, Qwen2/3, Phi-3) that reads and writes a paged KV
+cache; an architecture's differences are flags of its ModelConfig (qk_norm, attention_bias, ...).
 
 Tokens of all scheduled sequences travel flattened as one [T] batch through the linear layers
 (where the work is); only attention looks at sequences separately, through `AttentionBatch`.
@@ -165,6 +166,8 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
         self.scale = self.head_dim**-0.5
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -181,6 +184,10 @@ class Attention(nn.Module):
         if lora is not None:
             lora.apply(qkv, x, self.layer, "qkv")
         qkv = qkv.view(tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:  # Qwen3: per head, before rope
+            heads, kv_end = self.num_heads, self.num_heads + self.num_kv_heads
+            qkv[:, :heads] = self.q_norm(qkv[:, :heads])
+            qkv[:, heads:kv_end] = self.k_norm(qkv[:, heads:kv_end])
         apply_rope_(qkv[:, : self.num_heads + self.num_kv_heads], *rope)
         q = qkv[:, : self.num_heads]
         # K and V of the new tokens reach the pool in one copy.

@@ -30,7 +30,14 @@ FUSED = {
     "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
     "mlp.down_proj": ("mlp.down_proj",),
 }
+# a checkpoint that stores them fused already (Phi-3)
+FUSED_IN_CHECKPOINT = {engine: (engine,) for engine in FUSED}
 QWEIGHT_DTYPES = {"int8": torch.int8, "int4": torch.uint8}
+
+
+def fused_layers(config: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """Engine layer (under model.layers.N.) -> the checkpoint layers whose rows it concatenates."""
+    return FUSED_IN_CHECKPOINT if config.fused_checkpoint else FUSED
 
 
 def checkpoint_files(path: Path) -> list[Path]:
@@ -76,19 +83,32 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
     if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (v, h)
+    rows = {
+        "self_attn.q_proj": q,
+        "self_attn.k_proj": kv,
+        "self_attn.v_proj": kv,
+        "self_attn.qkv_proj": q + 2 * kv,
+        "self_attn.o_proj": h,
+        "mlp.gate_proj": i,
+        "mlp.up_proj": i,
+        "mlp.gate_up_proj": 2 * i,
+        "mlp.down_proj": h,
+    }
+    columns = {"self_attn.o_proj": q, "mlp.down_proj": i}
     for n in range(config.num_layers):
         p = f"model.layers.{n}."
+        for parts in fused_layers(config).values():
+            for part in parts:
+                shapes[p + part + ".weight"] = (rows[part], columns.get(part, h))
         shapes |= {
-            p + "self_attn.q_proj.weight": (q, h),
-            p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h),
-            p + "self_attn.o_proj.weight": (h, q),
-            p + "mlp.gate_proj.weight": (i, h),
-            p + "mlp.up_proj.weight": (i, h),
-            p + "mlp.down_proj.weight": (h, i),
             p + "input_layernorm.weight": (h,),
             p + "post_attention_layernorm.weight": (h,),
         }
+        if config.qk_norm:
+            shapes |= {
+                p + "self_attn.q_norm.weight": (config.head_dim,),
+                p + "self_attn.k_norm.weight": (config.head_dim,),
+            }
         if config.attention_bias:
             shapes |= {
                 p + "self_attn.q_proj.bias": (q,),
@@ -103,7 +123,7 @@ def quantized_layer_names(config: ModelConfig) -> list[str]:
     names = [
         f"model.layers.{n}.{part}"
         for n in range(config.num_layers)
-        for parts in FUSED.values()
+        for parts in fused_layers(config).values()
         for part in parts
     ]
     if config.quantization and config.quantization.get("lm_head"):
@@ -186,9 +206,12 @@ def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
             put(model.lm_head, ["lm_head"])
         for n, layer in enumerate(model.layers):
             p = f"model.layers.{n}."
-            for fused, parts in FUSED.items():
+            for fused, parts in fused_layers(config).items():
                 owner, attr = fused.split(".")
                 put(getattr(getattr(layer, owner), attr), [p + part for part in parts])
+            if config.qk_norm:
+                layer.self_attn.q_norm.weight.copy_(get(p + "self_attn.q_norm.weight"))
+                layer.self_attn.k_norm.weight.copy_(get(p + "self_attn.k_norm.weight"))
             if config.attention_bias:
                 bias = torch.cat([get(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
                 layer.self_attn.qkv_proj.bias.copy_(bias)
@@ -236,9 +259,12 @@ def load_quantized_weights(model: LlamaModel, path: Path, dtype: torch.dtype) ->
             model.lm_head.weight.copy_(get_float("lm_head.weight"))
         for n, layer in enumerate(model.layers):
             p = f"model.layers.{n}."
-            for fused, parts in FUSED.items():
+            for fused, parts in fused_layers(config).items():
                 owner, attr = fused.split(".")
                 _fill(getattr(getattr(layer, owner), attr), [p + part for part in parts], get)
+            if config.qk_norm:
+                layer.self_attn.q_norm.weight.copy_(get_float(p + "self_attn.q_norm.weight"))
+                layer.self_attn.k_norm.weight.copy_(get_float(p + "self_attn.k_norm.weight"))
             if config.attention_bias:
                 bias = torch.cat([get_float(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
                 layer.self_attn.qkv_proj.bias.copy_(bias)

@@ -21,7 +21,7 @@ def run_to_completion(engine: EngineCore) -> dict[str, list[int]]:
     return tokens
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3", "phi3"])
 def test_logits_and_greedy_match_transformers(arch, arch_dirs):
     path = arch_dirs[arch]
     hf = load_hf_model(path)
@@ -55,6 +55,10 @@ def test_loaded_config_reflects_checkpoint(arch_dirs):
     qwen = EngineCore(arch_dirs["qwen2"], EngineConfig(kv_cache_memory_mb=16))
     assert qwen.model_config.attention_bias and qwen.model_config.tie_word_embeddings
     assert qwen.runner.model.lm_head.weight is qwen.runner.model.embed_tokens.weight
+    qwen3 = EngineCore(arch_dirs["qwen3"], EngineConfig(kv_cache_memory_mb=16)).model_config
+    assert qwen3.qk_norm and not qwen3.attention_bias and qwen3.head_dim == 2 * 128 // 4
+    phi3 = EngineCore(arch_dirs["phi3"], EngineConfig(kv_cache_memory_mb=16)).model_config
+    assert phi3.fused_checkpoint and phi3.family == "phi3"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
