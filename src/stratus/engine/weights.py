@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -31,7 +32,7 @@ FUSED = {
     "mlp.down_proj": ("mlp.down_proj",),
 }
 # a checkpoint that stores them fused already (Phi-3)
-FUSED_IN_CHECKPOINT = {engine: (engine,) for engine in FUSED}
+FUSED_IN_CHECKPOINT: dict[str, tuple[str, ...]] = {engine: (engine,) for engine in FUSED}
 QWEIGHT_DTYPES = {"int8": torch.int8, "int4": torch.uint8}
 
 
@@ -210,14 +211,19 @@ def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
                 owner, attr = fused.split(".")
                 put(getattr(getattr(layer, owner), attr), [p + part for part in parts])
             if config.qk_norm:
-                layer.self_attn.q_norm.weight.copy_(get(p + "self_attn.q_norm.weight"))
-                layer.self_attn.k_norm.weight.copy_(get(p + "self_attn.k_norm.weight"))
+                _copy_qk_norms(layer.self_attn, p, get)
             if config.attention_bias:
                 bias = torch.cat([get(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
                 layer.self_attn.qkv_proj.bias.copy_(bias)
             layer.input_layernorm.weight.copy_(get(p + "input_layernorm.weight"))
             layer.post_attention_layernorm.weight.copy_(get(p + "post_attention_layernorm.weight"))
     gguf.release()  # unmap a GGUF file: its tensors are in the model now
+
+
+def _copy_qk_norms(attention: Any, prefix: str, get) -> None:
+    """Qwen3's per-head q and k RMSNorm weights."""
+    for name in ("q_norm", "k_norm"):
+        getattr(attention, name).weight.copy_(get(f"{prefix}self_attn.{name}.weight"))
 
 
 def _fill(layer: QuantLinear, parts: list[str], get) -> None:
@@ -263,8 +269,7 @@ def load_quantized_weights(model: LlamaModel, path: Path, dtype: torch.dtype) ->
                 owner, attr = fused.split(".")
                 _fill(getattr(getattr(layer, owner), attr), [p + part for part in parts], get)
             if config.qk_norm:
-                layer.self_attn.q_norm.weight.copy_(get_float(p + "self_attn.q_norm.weight"))
-                layer.self_attn.k_norm.weight.copy_(get_float(p + "self_attn.k_norm.weight"))
+                _copy_qk_norms(layer.self_attn, p, get_float)
             if config.attention_bias:
                 bias = torch.cat([get_float(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
                 layer.self_attn.qkv_proj.bias.copy_(bias)
