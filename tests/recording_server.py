@@ -36,6 +36,7 @@ class RecordingServer:
     def __init__(self, answer: Answer):
         self.answer = answer
         self.requests: list[Recorded] = []
+        self.extra_headers: list[tuple[str, str]] = []  # sent with every answer
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,6 +48,8 @@ class RecordingServer:
                 self.send_response(status)
                 self.send_header("Content-Type", media_type)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in server.extra_headers:
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

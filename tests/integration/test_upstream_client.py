@@ -78,3 +78,36 @@ def test_an_unread_body_closes_its_connection_and_the_next_request_still_works()
 
         asyncio.run(run())
     assert len(up.requests) == 2
+
+
+def test_no_cookie_an_upstream_sets_is_sent_again():
+    def answer(req):
+        return 200, "application/json", b"{}"
+
+    with RecordingServer(answer) as up:
+        up.extra_headers = [("Set-Cookie", "session=caller-a; Path=/")]
+
+        async def run():
+            pool = UpstreamPool()
+            pool.set(
+                [Upstream("a", "m", up.url.replace("127.0.0.1", "localhost"), "m")]
+            )  # a jar keeps no IP's cookies
+            for _ in range(2):
+                opened = await pool.open("m", "/chat/completions", {})
+                await opened.response.aread()
+                await opened.close(0, True)
+            await pool.aclose()
+
+        asyncio.run(run())
+    assert all("Cookie" not in r.headers for r in up.requests)
+
+
+def test_the_proxy_comes_from_the_environment_once_per_base_url(monkeypatch):
+    from stratus.cluster.upstream import env_proxy
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "10.0.0.7,.corp")
+    assert env_proxy("http://vllm.example:8000/v1") == "http://proxy.internal:3128"
+    assert env_proxy("http://10.0.0.7:8000/v1") is None
+    assert env_proxy("http://gpu.corp:8000/v1") is None
+    assert env_proxy("https://vllm.example/v1") is None  # no HTTPS_PROXY

@@ -28,6 +28,8 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
 import orjson
@@ -64,6 +66,15 @@ class Upstream:
     def headers(self) -> dict[str, str]:
         """The bearer key the upstream expects, if it has one."""
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy for `url` from the environment (HTTP_PROXY / HTTPS_PROXY, NO_PROXY honoured), as
+    httpx and requests read them; None for a direct connection."""
+    parts = urlsplit(url)
+    if parts.hostname and proxy_bypass_environment(parts.hostname):
+        return None
+    return getproxies_environment().get(parts.scheme) or None
 
 
 def _failure(exc: BaseException) -> str:
@@ -156,6 +167,7 @@ class UpstreamPool:
         )
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._proxies: dict[str, str | None] = {}
         self.upstreams: dict[str, Upstream] = {}
         self._routers: dict[str, Router] = {}  # model -> router over its upstreams
         # One breaker per upstream, fed by request outcomes: a dead upstream is skipped (it would
@@ -226,6 +238,7 @@ class UpstreamPool:
                     data=orjson.dumps(payload),
                     headers=headers,
                     allow_redirects=False,
+                    proxy=self._proxy(upstream.base_url),
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 why = _failure(exc)
@@ -261,6 +274,13 @@ class UpstreamPool:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    def _proxy(self, base_url: str) -> str | None:
+        """The proxy the environment names for `base_url` (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), read
+        once per base URL."""
+        if base_url not in self._proxies:
+            self._proxies[base_url] = env_proxy(base_url)
+        return self._proxies[base_url]
+
     def session(self) -> aiohttp.ClientSession:
         """The client session of the running event loop (made on first use: a session belongs to
         the loop it was made in)."""
@@ -268,9 +288,14 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         if session is None or session.closed or self._session_loop is not loop:
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-            # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as they did with httpx
+            # No cookie jar: a cookie an upstream sets must not ride along on other callers'
+            # requests. No trust_env: aiohttp would look the proxy up in a thread on every request;
+            # HTTP(S)_PROXY and NO_PROXY are read once per base URL instead (_proxy).
             session = self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, trust_env=True
+                connector=connector,
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
             )
             self._session_loop = loop
         return session
