@@ -42,7 +42,12 @@ def app_state(request: Request) -> AppState:
     return request.app.state.stratus
 
 
-StateDep = Annotated[AppState, Depends(app_state)]
+async def _app_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request
+    return request.app.state.stratus
+
+
+StateDep = Annotated[AppState, Depends(_app_state)]
 
 
 async def request_context(request: Request, state: StateDep) -> RequestContext:
@@ -143,6 +148,16 @@ async def gateway(request: Request, ctx: ContextDep, state: StateDep) -> Gateway
     return Gateway(request, ctx, state)
 
 
+async def gateway_of(request: Request) -> Gateway:
+    """What `GatewayDep` gives (screen, identify, the route's authorization), without FastAPI's
+    dependency solving, which cost the generation routes a third of their CPU per request (an
+    introspection of every dependency on every request; bench/gateway_profile.py, issue 18).
+    The generation routes call this first, then `parse_body`: the same order as their
+    dependencies had."""
+    state: AppState = request.app.state.stratus
+    return Gateway(request, await request_context(request, state), state)
+
+
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 
 
@@ -155,7 +170,7 @@ async def principal(ctx: ContextDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(principal)]
 
 
-def access_control(state: StateDep) -> AccessControl:
+async def access_control(state: StateDep) -> AccessControl:
     """The access control behind /admin/*; 404 when the server runs without it (--no-auth)."""
     access = state.access
     if access is None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from stratus.api import tool_calls
-from stratus.api.deps import Gateway, GatewayDep, Parsed, parsed
+from stratus.api.deps import Gateway, gateway_of, parse_body
 from stratus.api.formatting import ChatFormat
 from stratus.api.generation import Generation
 from stratus.api.prompts import chat_prompt_ids, fit_max_tokens, offered_tools, sampling_params
@@ -43,12 +42,10 @@ ROUTE = "/v1/chat/completions"
     },
     openapi_extra=json_body(ChatCompletionRequest),
 )
-async def chat_completions(
-    request: Request,
-    gw: GatewayDep,
-    parsed_body: Annotated[Parsed[ChatCompletionRequest], parsed(ChatCompletionRequest)],
-) -> Response:
-    body, raw = parsed_body.body, parsed_body.raw
+async def chat_completions(request: Request) -> Response:
+    # The steps GatewayDep and parsed() would run, called directly: this is the hot path
+    gw = await gateway_of(request)  # screen, identify, authorize the route
+    body, raw = await parse_body(request, ChatCompletionRequest)  # then the body
     if (proxied := await maybe_proxy(request, gw, "/chat/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from stratus.api.deps import GatewayDep, Parsed, parsed
+from stratus.api.deps import gateway_of, parse_body
 from stratus.api.formatting import CompletionFormat
 from stratus.api.generation import Generation
 from stratus.api.prompts import (
@@ -45,12 +44,10 @@ ROUTE = "/v1/completions"
     },
     openapi_extra=json_body(CompletionRequest),
 )
-async def completions(
-    request: Request,
-    gw: GatewayDep,
-    parsed_body: Annotated[Parsed[CompletionRequest], parsed(CompletionRequest)],
-) -> Response:
-    body, raw = parsed_body.body, parsed_body.raw
+async def completions(request: Request) -> Response:
+    # The steps GatewayDep and parsed() would run, called directly: this is the hot path
+    gw = await gateway_of(request)  # screen, identify, authorize the route
+    body, raw = await parse_body(request, CompletionRequest)  # then the body
     if (proxied := await maybe_proxy(request, gw, "/completions", body, raw)) is not None:
         return proxied  # a model served by OpenAI-compatible upstreams
     served_here(body)
