@@ -415,7 +415,8 @@ def test_a_response_whose_ledger_row_cannot_be_kept_is_refused(server, monkeypat
         raise OSError("disk full")
 
     writer = server.state.meter.writer
-    monkeypatch.setattr(ledger, "record", broken)
+    monkeypatch.setattr(ledger, "record", broken)  # one row at a time (the fallback)
+    monkeypatch.setattr(ledger, "record_many", broken)  # a batch
     monkeypatch.setattr(writer, "spool", tmp_path / "missing-dir" / "spool.jsonl")
     headers = {"Authorization": f"Bearer {server.admin}"}
     with httpx.Client(base_url=server.url, timeout=60) as c:

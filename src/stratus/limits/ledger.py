@@ -50,8 +50,7 @@ class LedgerWriter:
 
     def _insert(self, rows: list[ledger.UsageRow]) -> None:
         with self.store.begin() as conn:
-            for row in rows:
-                ledger.record(conn, row)
+            ledger.record_many(conn, rows)
 
     def _insert_missing(self, rows: list[ledger.UsageRow]) -> None:
         """A retry: a commit whose acknowledgement was lost (the connection dropped as it

@@ -41,21 +41,28 @@ def write_all(writer, rows):
 
 def test_a_bad_row_fails_only_itself_and_is_spooled_then_replayed(store, tmp_path, monkeypatch):
     monkeypatch.setattr(ledger_writer, "REPLAY_EVERY_S", 0.0)
-    real = ledger.record
+    real, real_many = ledger.record, ledger.record_many
 
     def refuse_r3(conn, r):
         if r.request_id == "r3":
             raise RuntimeError("constraint violation")
         real(conn, r)
 
+    def refuse_batch_with_r3(conn, rows):  # one statement for the batch: it fails as a whole
+        if any(r.request_id == "r3" for r in rows):
+            raise RuntimeError("constraint violation")
+        real_many(conn, rows)
+
     spool = tmp_path / "spool.jsonl"
     writer = LedgerWriter(store, spool)
     monkeypatch.setattr(ledger, "record", refuse_r3)
+    monkeypatch.setattr(ledger, "record_many", refuse_batch_with_r3)
     results = write_all(writer, [row(i) for i in range(6)])
     assert results == [None] * 6  # every caller's row is durable somewhere
     assert stored(store) == ["r0", "r1", "r2", "r4", "r5"]
     assert "r3" in spool.read_text()
     monkeypatch.setattr(ledger, "record", real)
+    monkeypatch.setattr(ledger, "record_many", real_many)
     write_all(writer, [row(7)])  # the next good commit replays the spool
     assert stored(store) == ["r0", "r1", "r2", "r3", "r4", "r5", "r7"]
     assert spool.read_text() == ""
@@ -84,6 +91,7 @@ def test_a_row_kept_nowhere_fails_its_caller(store, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ledger, "record", broken)
+    monkeypatch.setattr(ledger, "record_many", broken)
     writer = LedgerWriter(store, tmp_path / "no-such-dir" / "spool.jsonl")
     (result,) = write_all(writer, [row(1)])
     assert isinstance(result, OSError)
