@@ -4,7 +4,7 @@
     bash bench/peers/litellm.sh                      # once: LiteLLM's proxy in bench/.venv-litellm
     .venv/bin/python bench/gateway.py                # ~3 minutes
     .venv/bin/python bench/gateway.py --quick        # short rounds, a smoke test (not a measurement)
-    .venv/bin/python bench/gateway.py --profile docs/benchmarks/gateway-before   # + py-spy profile
+    .venv/bin/python bench/gateway.py --baseline-src ../before/src --repeats 3   # A/B against a checkout
 
 In one run, on loopback, with `wrk` (Debian's package) as the load generator, POSTing one small
 chat completion request (non-streamed) per request:
@@ -29,9 +29,9 @@ highest connection count, a second key whose rpm limit is 2 sends 6 requests and
 status 200 and in the usage ledger (the trail holds at most one more record per connection: the
 requests wrk cut off at its deadline).
 
-Results print and go to bench/results/gateway-<time>.json with the machine facts. With
-`--profile DIR`, py-spy (pip install py-spy) samples stratus during its 32-connection round and
-writes DIR.svg (a flame graph) and DIR.txt (collapsed stacks: grep-able).
+Results print and go to bench/results/gateway-<time>.json with the machine facts, and CPU
+milliseconds per request of each server's process tree (from /proc: robust to a busy machine where
+requests/s are not). Where the CPU goes: bench/gateway_profile.py.
 """
 
 from __future__ import annotations
@@ -236,10 +236,12 @@ def setup_steps(upstream: str) -> list[tuple[str, str, dict | None]]:
 class Stratus:
     """`stratus serve --no-local-models` on a fresh data dir, the upstream registered, a member's key."""
 
-    def __init__(self, upstream: str, data_dir: Path, extra: list[str]):
+    def __init__(self, upstream: str, data_dir: Path, extra: list[str], src: str | None = None):
         self.data_dir = data_dir
         self.admin_key = _fake_key()
         env = {"STRATUS_ADMIN_KEY": self.admin_key}
+        if src:  # another checkout's code (--baseline-src)
+            env["PYTHONPATH"] = src
         args = ["--no-local-models", "--data-dir", str(data_dir), "--log-level", "warning", *extra]
         self.server = ServeProcess(*args, env=env)
         self.url = self.server.url
@@ -360,61 +362,50 @@ def run_rounds(
         _print_round(name, r)
 
 
-def measure_stratus(
-    stratus: Stratus, conns: list[int], duration: float, profile: str | None, results: dict, checks: dict
-) -> dict:
-    """The stratus rounds; returns what was sent with the member's key: completed requests and the
-    connections wrk may have cut off at its deadlines (each may have left one more record)."""
-    url = stratus.url + "/v1/chat/completions"
-    r = httpx.post(url, json=BODY, headers={"Authorization": f"Bearer {stratus.key}"}, timeout=30)
-    assert r.status_code == 200, r.text
-    warm = wrk(url, stratus.key, max(conns), min(duration, 3.0))
-    completed, cut, non_2xx = 1 + warm["requests"], warm["connections"], warm["non_2xx"]
+def measure_servers(
+    servers: list[tuple[str, Stratus, dict]], conns: list[int], duration: float, repeats: int, results: dict
+) -> None:
+    """The stratus rounds, the servers' rounds interleaved (A B, then B A, ...) so that a machine
+    busy with other work weighs on each alike; each server's figure at a connection count is its
+    median round by requests/s. Into each server's checks goes what was sent with the member's
+    key: completed requests and the connections wrk may have cut off at its deadlines (each may
+    have left one more record), and what the rpm=2 key got during the first highest-count round."""
+    for _name, stratus, into in servers:
+        url = stratus.url + "/v1/chat/completions"
+        r = httpx.post(url, json=BODY, headers={"Authorization": f"Bearer {stratus.key}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        warm = wrk(url, stratus.key, max(conns), min(duration, 3.0))
+        into["sent"] = {
+            "completed": 1 + warm["requests"],
+            "cut_off_at_most": warm["connections"],
+            "non_2xx": warm["non_2xx"],
+        }
     for c in conns:
-        probe: dict = {}
-        stop = threading.Event()
-        prober = profiler = None
-        if c == max(conns):
-            prober = threading.Thread(
-                target=over_limit_probe, args=(stratus.url, stratus.limited_key, probe, stop)
-            )
-            prober.start()
-            if profile:
-                profiler = subprocess.Popen(
-                    [
-                        _py_spy(),
-                        "record",
-                        "-p",
-                        str(stratus.pid()),
-                        "-d",
-                        str(int(duration)),
-                        "-r",
-                        "200",
-                        "--nonblocking",
-                        "--gil",
-                        "-f",
-                        "raw",
-                        "-o",
-                        profile + ".txt",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.STDOUT,
-                )
-        res = wrk(url, stratus.key, c, duration, stratus.pid())
-        stop.set()
-        if prober is not None:
-            prober.join()
-            checks["over_limit_statuses"] = probe.get("statuses", [])
-        if profiler is not None:
-            profiler.wait(60)
-        results.setdefault("stratus", {})[str(c)] = res
-        _print_round("stratus", res)
-        completed, cut, non_2xx = completed + res["requests"], cut + c, non_2xx + res["non_2xx"]
-    return {"completed": completed, "cut_off_at_most": cut, "non_2xx": non_2xx}
-
-
-def _py_spy() -> str:
-    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        rounds: dict[str, list[dict]] = {name: [] for name, _, _ in servers}
+        for rep in range(repeats):
+            for name, stratus, into in servers if rep % 2 == 0 else servers[::-1]:
+                probe: dict = {}
+                stop = threading.Event()
+                prober = None
+                if c == max(conns) and rep == 0:
+                    prober = threading.Thread(
+                        target=over_limit_probe, args=(stratus.url, stratus.limited_key, probe, stop)
+                    )
+                    prober.start()
+                res = wrk(stratus.url + "/v1/chat/completions", stratus.key, c, duration, stratus.pid())
+                stop.set()
+                if prober is not None:
+                    prober.join()
+                    into["over_limit_statuses"] = probe.get("statuses", [])
+                rounds[name].append(res)
+                _print_round(name, res)
+                sent = into["sent"]
+                sent["completed"] += res["requests"]
+                sent["cut_off_at_most"] += c
+                sent["non_2xx"] += res["non_2xx"]
+        for name, got in rounds.items():
+            median = sorted(got, key=lambda r: r["rps"])[len(got) // 2]
+            results.setdefault(name, {})[str(c)] = {**median, "rounds_rps": [r["rps"] for r in got]}
 
 
 def _print_round(name: str, r: dict) -> None:
@@ -425,18 +416,6 @@ def _print_round(name: str, r: dict) -> None:
         f"   p99 {r['p99_ms']:7.3f} ms{cpu}   ({r['requests']} requests, non-2xx {r['non_2xx']}{errors})",
         flush=True,
     )
-
-
-def flamegraph(collapsed: Path) -> None:
-    """The SVG flame graph beside py-spy's collapsed stacks (bench/flame.py)."""
-    import flame  # bench/flame.py
-
-    stacks = flame.read(collapsed)
-    collapsed.with_suffix(".svg").write_text(flame.svg(stacks, "stratus under wrk, 32 connections"))
-    total = sum(stacks.values()) or 1
-    print(f"\nprofile: {collapsed} and .svg; inclusive / self share of samples:")
-    for name, inc, own in flame.top(stacks, 25):
-        print(f"  {100 * inc / total:5.1f}% {100 * own / total:5.1f}%  {name}")
 
 
 def ratios(results: dict, conns: list[int]) -> dict:
@@ -450,6 +429,13 @@ def ratios(results: dict, conns: list[int]) -> dict:
             out[f"stratus_added_p50_ms_c{c}"] = round(s["p50_ms"] - d["p50_ms"], 3)
             out[f"stratus_added_p99_ms_c{c}"] = round(s["p99_ms"] - d["p99_ms"], 3)
             out[f"stratus_over_direct_rps_c{c}"] = round(s["rps"] / d["rps"], 4)
+        base = results.get("baseline", {}).get(k)
+        if s and base:
+            out[f"stratus_over_baseline_rps_c{c}"] = round(s["rps"] / base["rps"], 2)
+            if s.get("cpu_ms_per_request") and base.get("cpu_ms_per_request"):
+                out[f"cpu_ms_per_request_c{c}_baseline_to_stratus"] = (
+                    f"{base['cpu_ms_per_request']} -> {s['cpu_ms_per_request']}"
+                )
         if lite and d:
             out[f"litellm_added_p50_ms_c{c}"] = round(lite["p50_ms"] - d["p50_ms"], 3)
     return out
@@ -507,11 +493,18 @@ def main() -> int:
     parser.add_argument("--connections", default="1,32")
     parser.add_argument("--quick", action="store_true", help="3 s rounds; a smoke test")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument(
+        "--baseline-src",
+        help="also measure stratus from another checkout's src/ (e.g. a git worktree of the commit before "
+        "a change), right after this one, same checks: the A/B of an optimisation in one run",
+    )
     parser.add_argument("--litellm-workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument(
         "--stratus-arg", action="append", default=[], help="an extra `stratus serve` argument"
     )
-    parser.add_argument("--profile", help="py-spy the 32-connection stratus round into PATH.svg / PATH.txt")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds per connection count for stratus (median shown)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -525,21 +518,27 @@ def main() -> int:
     checks: dict = {}
     work = Path(tempfile.mkdtemp(prefix="stratus-gateway-bench-"))
     upstream = Listening([sys.executable, str(REPO / "bench" / "instant_upstream.py")])
-    stratus = litellm = None
+    servers: list = []
+    litellm = None
     try:
         run_rounds(
             "direct", upstream.url + "/v1/chat/completions", "", conns, duration, results, upstream.proc.pid
         )
 
-        stratus = Stratus(upstream.url, work / "stratus-data", args.stratus_arg)
-        checks["sent"] = sent = measure_stratus(stratus, conns, duration, args.profile, results, checks)
-        checks["stratus_exit"] = stratus.stop()  # drains: the audit writer and the ledger flush
-        checks.update(stratus.counts())
-        verified = stratus.verify()
-        checks["audit_verify_rc"] = verified.returncode
-        checks["audit_verify"] = (verified.stdout + verified.stderr).strip().splitlines()[-1:]
-        stratus = None
-        del sent
+        runs = [("stratus", None, checks)]
+        if args.baseline_src:
+            checks["baseline"] = {}
+            runs.append(("baseline", args.baseline_src, checks["baseline"]))
+        for name, src, into in runs:
+            servers.append((name, Stratus(upstream.url, work / f"{name}-data", args.stratus_arg, src), into))
+        measure_servers(servers, conns, duration, args.repeats, results)
+        for _name, stratus, into in servers:
+            into["stratus_exit"] = stratus.stop()  # drains: the audit writer and the ledger flush
+            into.update(stratus.counts())
+            verified = stratus.verify()
+            into["audit_verify_rc"] = verified.returncode
+            into["audit_verify"] = (verified.stdout + verified.stderr).strip().splitlines()[-1:]
+        servers = []
 
         if not args.no_litellm:
             if not (LITELLM_VENV / "bin" / "litellm").exists():
@@ -558,15 +557,16 @@ def main() -> int:
                 litellm.stop()
                 litellm = None
     finally:
-        for p in (stratus, litellm):
-            if p is not None:
-                p.stop()
+        for _, server, _ in servers:
+            server.stop()
+        if litellm is not None:
+            litellm.stop()
         upstream.stop()
-    if args.profile and Path(args.profile + ".txt").exists():
-        flamegraph(Path(args.profile + ".txt"))
     report = {"machine": machine, "results": results, "checks": checks, "duration_s": duration}
     report["ratios"] = ratios(results, conns)
     failures = check(checks)
+    if "baseline" in checks:
+        failures += [f"baseline: {f}" for f in check(checks["baseline"])]
     report["failures"] = failures
     print_summary(report)
     common.write_report(report, common.RESULTS_DIR / f"gateway-{datetime.now():%Y%m%d-%H%M%S}.json")

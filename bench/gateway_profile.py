@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -45,9 +46,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--out", default=None, help="write OUT.prof and OUT.txt")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--no-gc-freeze", action="store_true", help="skip the gc.freeze() `stratus serve` does at start-up"
+    )
     args = parser.parse_args()
 
-    from stratus.cli.serve import build_server
+    from stratus.cli.serve import build_server, freeze_heap
     from stratus.config import Settings
 
     upstream = gateway.Listening([sys.executable, str(common.REPO / "bench" / "instant_upstream.py")])
@@ -85,9 +89,11 @@ def main() -> None:
             target = url + "/v1/chat/completions"
             gateway.wrk(target, key, args.connections, 3)  # warm-up
             loop[0].call_soon_threadsafe(profile.enable)
+            gc_times.clear()
             before = thread_cpu()
             r = gateway.wrk(target, key, args.connections, args.seconds)
             after = thread_cpu()
+            result["gc"] = summarize_gc(gc_times)
             loop[0].call_soon_threadsafe(profile.disable)
             result["threads"] = {n: after[n] - before.get(n, 0.0) for n in after}
             time.sleep(0.2)
@@ -95,6 +101,18 @@ def main() -> None:
         finally:
             server.should_exit = True
 
+    gc_times: list[tuple[int, float]] = []
+    gc_started: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_times.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(on_gc)
+    if not args.no_gc_freeze:
+        freeze_heap()  # as run_server does
     threading.Thread(target=drive, daemon=True).start()
     server.run(sockets=[sock])
     upstream.stop()
@@ -107,6 +125,7 @@ def main() -> None:
         f"{requests} requests; profiled CPU {1000 * total / requests:.3f} ms/request",
         file=out,
     )
+    print(f"garbage collections during the load (generation: count, ms): {result.get('gc')}", file=out)
     print("CPU ms per request by thread (this process):", file=out)
     for name, cpu in sorted(result.get("threads", {}).items(), key=lambda kv: -kv[1]):
         if cpu > 0:
@@ -120,6 +139,14 @@ def main() -> None:
         stats.dump_stats(args.out + ".prof")
         Path(args.out + ".txt").write_text(text)
         print(f"profile: {args.out}.prof, {args.out}.txt")
+
+
+def summarize_gc(times: list[tuple[int, float]]) -> dict:
+    out: dict = {}
+    for gen, seconds in times:
+        count, total = out.get(gen, (0, 0.0))
+        out[gen] = (count + 1, round(total + 1000 * seconds, 1))
+    return out
 
 
 def thread_cpu() -> dict[str, float]:

@@ -638,6 +638,18 @@ def access_hooks(settings: Settings):
     return IdentityStage(access)
 
 
+def freeze_heap() -> None:
+    """Move every object that exists now (the modules, the app, its store) out of the cyclic
+    garbage collector's sight. They live as long as the process, and with them in the heap a
+    full collection took ~0.7 s under load and collections cost ~2.5 ms of CPU per request; frozen,
+    ~37 ms and ~0.3 ms (bench/gateway_profile.py --gc-freeze, issue 18). Garbage made so far is
+    collected first, so none of it is kept."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def run_server(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, drain, and return the exit status."""
     from stratus.observe.logs import setup_logging
@@ -651,6 +663,7 @@ def run_server(settings: Settings) -> int:
     # clean exit, so both become no-ops here.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    freeze_heap()
     server.run(sockets=[sock])
     click.echo("stratus: stopped", err=True)
     return 0
