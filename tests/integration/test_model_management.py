@@ -36,7 +36,7 @@ def gateway(tiny_checkpoint, tmp_path_factory, admin_key):
     settings = Settings(
         models={START: str(tiny_checkpoint)},
         data_dir=str(data_dir),
-        engine_isolation="thread",
+        engine_isolation="thread",  # the same registry and drain as processes, at a fraction of the time
         drain_timeout=60,
         engine=EngineConfig(kv_cache_memory_mb=8),
     )

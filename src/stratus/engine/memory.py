@@ -77,9 +77,12 @@ def kv_bytes_per_token(model: ModelConfig, dtype: torch.dtype) -> int:
 
 
 def weight_bytes_estimate(path: Path, model: ModelConfig, dtype: torch.dtype) -> int:
-    """What the weights will take once loaded: a quantized checkpoint as stored, any other as
-    its parameters in the serving dtype (a GGUF file is dequantized to it)."""
-    if model.quantization and path.is_dir():
+    """The least the weights will take once loaded, so that only a model that surely cannot fit
+    is refused: a quantized checkpoint or a GGUF file as stored (a GGUF tensor type may be kept
+    packed, or dequantized to more), any other as its parameters in the serving dtype."""
+    if path.is_file():  # GGUF
+        return path.stat().st_size
+    if model.quantization:
         return sum(f.stat().st_size for f in path.glob("*.safetensors"))
     return model.num_parameters() * torch.finfo(dtype).bits // 8
 

@@ -71,6 +71,7 @@ def test_a_pool_that_cannot_hold_a_short_context_fails_with_the_numbers_and_the_
 def test_weights_larger_than_the_memory_available_fail_with_the_numbers(model, llama_dir):
     needed = weight_bytes_estimate(llama_dir, model, torch.float32)
     assert needed == model.num_parameters() * 4
+    assert weight_bytes_estimate(llama_dir, model, torch.bfloat16) == needed // 2
     check_weights_fit("m", needed, needed, torch.float32)  # exactly enough
     check_weights_fit("m", needed, None, torch.float32)  # unknown: not refused
     with pytest.raises(
