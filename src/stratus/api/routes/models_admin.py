@@ -173,7 +173,7 @@ async def add_model(request: Request, me: Principal = Depends(principal)) -> JSO
         hub_name = parse_source(body.model)
     except HubError as exc:
         raise APIError(400, str(exc), param="model") from None
-    source = body.model if hub_name is not None else str(_local_path(body.model))
+    source = body.model if hub_name is not None else str(_local_path(body.model).resolve())
     assert body.task is None or body.task in TASKS
     try:
         model = state.registry.add(
