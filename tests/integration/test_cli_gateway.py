@@ -6,6 +6,10 @@ trail through the gateway, and a streamed conversation with the caller's own key
 import csv
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -113,6 +117,28 @@ def test_status_shows_each_model_and_its_replicas(cli):
     assert {"requests_per_second", "tokens_per_second", "errors_per_second"} <= set(tiny)
     table = cli("status", "--interval", "0.2").stdout
     assert "REQ/S" in table and "TOK/S" in table and TINY_MODEL in table
+
+
+def test_status_watch_refreshes_until_interrupted(api_server, admin_key):
+    env = {**os.environ, "STRATUS_API_KEY": admin_key, "STRATUS_URL": api_server.url, "COLUMNS": "160"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "stratus.cli", "status", "--watch", "--interval", "0.3"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    try:  # piped, each refresh is a table of its own: read two
+        while sum(line.split()[:1] == [TINY_MODEL] for line in seen) < 2:
+            line = child.stdout.readline()
+            assert line, child.stderr.read()
+            seen.append(line)
+    finally:
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err  # Ctrl-C ends it cleanly
+    assert sum("REQ/S" in line for line in seen) == 2
 
 
 def test_chat_streams_a_conversation_with_the_callers_key(cli, admin_key):

@@ -150,7 +150,11 @@ def measure(client: Client, interval: float) -> list[dict[str, Any]]:
     show_default=True,
     help="Seconds between the two scrapes the rates are measured over (and between refreshes).",
 )
-@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C (table only).")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh every --interval seconds until Ctrl-C (table only; piped: one table after another).",
+)
 @gateway_options(credential="a viewer's, an auditor's or an admin's key (status.read).")
 def status(interval: float, watch: bool, url: str, cacert: str | None, output: str) -> None:
     """Models, replicas up, load, requests/s, tokens/s and errors of a running gateway."""
@@ -159,14 +163,20 @@ def status(interval: float, watch: bool, url: str, cacert: str | None, output: s
         rows = measure(client, interval)
         render({"interval": interval, "models": rows} if output == "json" else rows, output, COLUMNS)
         return
+    import sys
+
     from rich.live import Live
 
-    from stratus.cli.output import table
+    from stratus.cli.output import print_table, table
 
     title = f"stratus at {client.url} (rates over {interval:g} s; Ctrl-C to stop)"
-    with Live(table([], COLUMNS, title), auto_refresh=False) as live:
-        try:
+    try:
+        if not sys.stdout.isatty():  # a log, a pipe: one table after another
+            while True:
+                print_table(measure(client, interval), COLUMNS, title)
+                sys.stdout.flush()
+        with Live(table([], COLUMNS, title), auto_refresh=False) as live:
             while True:
                 live.update(table(measure(client, interval), COLUMNS, title), refresh=True)
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
