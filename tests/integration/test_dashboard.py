@@ -288,7 +288,9 @@ def test_a_member_cannot_reach_admin_data(tab, gateway, member_key, shots):
     expect(page.locator("#page-keys tbody tr")).to_have_count(1)
 
 
-def test_a_lockout_alert_is_acknowledged_and_lifted(tab, gateway, admin_key, shots):
+def test_a_lockout_alert_is_acknowledged_and_lifted_and_a_key_reinstated(
+    tab, gateway, admin, member_key, admin_key, shots
+):
     url = gateway[0].url
     attacker = httpx.Client(
         base_url=url, transport=httpx.HTTPTransport(local_address="127.0.0.7"), timeout=30
@@ -312,6 +314,23 @@ def test_a_lockout_alert_is_acknowledged_and_lifted(tab, gateway, admin_key, sho
         lockout.get_by_role("button", name="Lift").click()
         expect(lockout).to_have_count(0)
         assert attacker.get("/v1/models", headers=admin_there).status_code == 200
+
+    # A key suspended after an alert (what --alert-suspend does when one fires), reinstated here.
+    r = admin.post("/admin/keys", json={"name": "suspect", "user": "mia"})
+    key_id, suspect = r.json()["key"]["id"], issued.record(r.json()["secret"])
+    suspensions = gateway[0].app.state.stratus.audit.review.suspensions
+    assert suspensions.suspend(key_id, "rate_spike", {"count": 400, "baseline": 12.0})
+
+    def status_of_suspect() -> int:
+        return httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {suspect}"}).status_code
+
+    # Suspensions are seen within their cache TTL (2 s; a refresh already running may miss one).
+    wait_for(lambda: status_of_suspect() == 403, "the key refused while suspended", timeout=15, every=0.5)
+    suspended = page.locator(f"#page-alerts tr[data-key-id='{key_id}']")
+    expect(suspended).to_contain_text("rate_spike")
+    suspended.get_by_role("button", name="Reinstate").click()
+    expect(suspended).to_have_count(0)
+    wait_for(lambda: status_of_suspect() == 200, "the reinstated key accepted", timeout=15, every=0.5)
 
 
 def test_the_users_page_creates_a_team_adds_a_member_and_grants_a_model(
