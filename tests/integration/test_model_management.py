@@ -137,6 +137,8 @@ def test_a_model_that_fails_to_load_says_why_and_can_be_removed(
         assert c.post("/admin/models", json={"name": "broken", "model": str(broken)}).status_code == 202
         model = wait_settled(c, "broken")
         assert model["state"] == "failed" and "model.safetensors" in model["error"], model
+        # the gateway stays ready for its load balancer: what failed was an addition
+        assert httpx.get(gateway.url + "/ready").status_code == 200
         assert c.delete("/admin/models/broken").status_code == 200
 
 

@@ -64,6 +64,7 @@ class ServedModel:
     source: str | None = None  # what it was asked to serve: a path or a Hugging Face name
     progress: float | None = None  # while downloading: the fraction fetched, when known
     added_by: str | None = None  # who added it at run time (None: at start, or a replica joined)
+    runtime: bool = False  # added at run time (`add`): counts for /ready only once ready
 
     @property
     def adapter(self) -> str | None:
@@ -174,16 +175,22 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and all(self.available(m) for m in self.models.values())
+        counted = self._counted()
+        return bool(counted) and all(self.available(m) for m in counted)
 
     @property
     def status(self) -> State:
-        states = {m.state for m in self.models.values()}
-        if "failed" in states or any(
-            m.state == "ready" and not m.replicas.healthy for m in self.models.values()
-        ):
+        counted = self._counted()
+        states = {m.state for m in counted}
+        if "failed" in states or any(m.state == "ready" and not m.replicas.healthy for m in counted):
             return "failed"
-        return "ready" if self.models and states <= {"ready"} else "loading"  # none yet: waiting for replicas
+        return "ready" if counted and states <= {"ready"} else "loading"  # none yet: waiting for replicas
+
+    def _counted(self) -> list[ServedModel]:
+        """The models /ready answers for: a model added at run time counts once it is ready, so
+        that adding one (or failing to) does not take a serving gateway out of its load balancer;
+        /admin/models reports its progress."""
+        return [m for m in self.models.values() if not m.runtime or m.state == "ready"]
 
     async def load_all(self) -> None:
         for model in list(self.models.values()):
@@ -258,7 +265,7 @@ class ModelRegistry:
         if task is not None:
             self.tasks[name] = task
         model = self._served(name, None, state="downloading" if download else "loading")
-        model.source, model.added_by = source, added_by
+        model.source, model.added_by, model.runtime = source, added_by, True
         self.models[name] = model
         job = asyncio.get_running_loop().create_task(self._add(model, resolve), name=f"stratus-add-{name}")
         self._tasks.add(job)
