@@ -110,8 +110,24 @@ def test_full_output_is_a_checkpoint_transformers_loads(two_workers):
 @pytest.mark.parametrize("victim", [1, 0])  # rank 0 also hosts the rendezvous and writes checkpoints
 def test_a_killed_worker_resumes_from_the_checkpoint_and_finishes(job, two_workers, victim):
     spec = job(f"killed-{victim}", max_steps_per_second=3.0)  # ~5 s of steps: room to kill one mid-run
+    result, killed_at = run_and_kill(spec, victim)
+    assert (result.attempts, result.workers) == (2, 1)
+    rows = read_metrics(spec.metrics_file)
+    restart = next(m for m in rows if m.get("event") == "restart")
+    assert victim in restart["failed_ranks"] and restart["exit_codes"][str(victim)] == "SIGKILL"
+    resumed = next(m for m in rows if m.get("event") == "resumed")
+    assert 0 < resumed["step"] <= killed_at and resumed["step"] % spec.checkpoint_every == 0
+    assert max(m["step"] for m in rows if "loss" in m) == spec.steps
+    survived, uninterrupted = final_eval(spec), final_eval(two_workers)
+    assert abs(survived - uninterrupted) < 1e-4, (survived, uninterrupted)
+
+
+def run_and_kill(spec: TrainSpec, victim: int, launcher=None):
+    """Run the job, SIGKILL rank `victim` once a checkpoint is behind it; (result, step killed at)."""
     outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=Supervisor(spec).run()), daemon=True)
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=Supervisor(spec, launcher).run()), daemon=True
+    )
     thread.start()
     killed_at = None
     deadline = time.monotonic() + 240
@@ -124,19 +140,28 @@ def test_a_killed_worker_resumes_from_the_checkpoint_and_finishes(job, two_worke
         time.sleep(0.02)
     assert killed_at is not None, "the run ended before a worker could be killed after a checkpoint"
     thread.join(timeout=240)
-    result = outcome["result"]
+    return outcome["result"], killed_at
+
+
+def final_eval(spec: TrainSpec) -> float:
+    return max((m["step"], m["eval_loss"]) for m in read_metrics(spec.metrics_file) if "eval_loss" in m)[1]
+
+
+def test_ray_actors_survive_a_lost_actor(job, two_workers):
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[test]'")
+    from stratus.train.ray_workers import RayLauncher
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="stratus-train-test")
+    try:
+        spec = job("ray", max_steps_per_second=3.0)
+        result, _ = run_and_kill(spec, 1, RayLauncher())
+    finally:
+        ray.shutdown()
     assert (result.attempts, result.workers) == (2, 1)
-    rows = read_metrics(spec.metrics_file)
-    restart = next(m for m in rows if m.get("event") == "restart")
-    assert victim in restart["failed_ranks"] and restart["exit_codes"][str(victim)] == "SIGKILL"
-    resumed = next(m for m in rows if m.get("event") == "resumed")
-    assert 0 < resumed["step"] <= killed_at and resumed["step"] % spec.checkpoint_every == 0
-    assert max(m["step"] for m in rows if "loss" in m) == spec.steps
-    (_, uninterrupted), (_, survived) = (
-        max((m["step"], m["eval_loss"]) for m in read_metrics(s.metrics_file) if "eval_loss" in m)
-        for s in (two_workers, spec)
-    )
-    assert abs(survived - uninterrupted) < 1e-4, (survived, uninterrupted)
+    restart = next(m for m in read_metrics(spec.metrics_file) if m.get("event") == "restart")
+    assert restart["exit_codes"]["1"] == "actor lost"
+    assert abs(final_eval(spec) - final_eval(two_workers)) < 1e-4
 
 
 def _metrics(spec: TrainSpec) -> list[dict]:

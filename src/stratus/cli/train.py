@@ -63,6 +63,11 @@ import click
 )
 @click.option("--max-steps-per-second", type=float, help="Pace the job (a machine shared with others).")
 @click.option(
+    "--ray-address",
+    help="Run the workers as Ray actors spread over a cluster: 'auto', 'HOST:6379' or 'local'. The "
+    "model, data and --out must be on storage every node sees at the same path.",
+)
+@click.option(
     "--deploy",
     "deploy_url",
     metavar="URL",
@@ -128,8 +133,18 @@ def train(**options) -> None:
         shrink_on_failure=not options["same_workers_on_failure"],
         max_steps_per_second=options["max_steps_per_second"],
     )
+    launcher = None
+    if options["ray_address"]:
+        from stratus.cluster.ray_connect import connect
+        from stratus.train.ray_workers import RayLauncher
+
+        try:
+            connect(options["ray_address"])
+        except (ConnectionError, ImportError) as exc:
+            raise click.ClickException(str(exc)) from None
+        launcher = RayLauncher()
     try:
-        result = Supervisor(spec).run()
+        result = Supervisor(spec, launcher).run()
     except TrainingFailed as exc:
         raise click.ClickException(str(exc)) from None
     kind = "adapter" if lora else "checkpoint"

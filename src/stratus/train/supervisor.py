@@ -2,27 +2,25 @@
 the rest and starts the job again from its last checkpoint, with the workers that remain (or
 as many as before), until it finishes or has restarted `max_restarts` times.
 
-The workers are local processes (`python -m stratus.train.worker`); the one process group they
-form rendezvous on a fresh loopback port per attempt. `workers.json` in the output directory
-names the current attempt's processes.
+The workers are local processes (processes.py) or Ray actors (ray_workers.py); the process group
+they form meets on a fresh port per attempt. `workers.json` in the output directory names the
+current attempt's processes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .checkpoint import latest, write_atomically
+from .processes import ProcessLauncher
 from .spec import EXIT_UNUSABLE, TrainSpec
 
 log = logging.getLogger("stratus.train")
@@ -35,6 +33,25 @@ class TrainingFailed(RuntimeError):
     pass
 
 
+class WorkerGroup(Protocol):
+    """One attempt's workers, however they run (processes.py, ray_workers.py)."""
+
+    pids: list[int]
+
+    def poll(self) -> list[int | None]:
+        """Each rank's exit status, None while it runs; negative: lost (killed by a signal,
+        its actor or node gone)."""
+        ...
+
+    def describe(self, code: int) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+class Launcher(Protocol):
+    def launch(self, spec: TrainSpec, spec_file: str, world: int, attempt: int) -> WorkerGroup: ...
+
+
 @dataclass
 class Result:
     out_dir: Path
@@ -44,31 +61,12 @@ class Result:
     eval_ppl: float | None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def workers_that_fit(spec: TrainSpec, available: int) -> int:
     """The most workers, at most `available`, that share the global batch evenly."""
     for count in range(max(1, available), 0, -1):
         if spec.batch_size % count == 0:
             return count
     return 1
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class _terminate_raises:
@@ -90,53 +88,36 @@ class _terminate_raises:
 
 
 class Supervisor:
-    def __init__(self, spec: TrainSpec):
+    def __init__(self, spec: TrainSpec, launcher: Launcher | None = None):
         self.spec = spec
         self.spec_file = spec.out_dir / "train.json"
+        self.launcher: Launcher = launcher or ProcessLauncher()
 
     def event(self, row: dict) -> None:
         with self.spec.metrics_file.open("a") as handle:
             handle.write(json.dumps({"time": round(time.time(), 3), **row}) + "\n")
 
-    def launch(self, world: int, attempt: int) -> list[subprocess.Popen]:
-        port = free_port()
-        threads = self.spec.threads or max(1, (os.cpu_count() or 1) // world)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "stratus.train.worker",
-                    str(self.spec_file),
-                    str(rank),
-                    str(world),
-                    str(port),
-                    str(attempt),
-                ],
-                env=env,
-            )
-            for rank in range(world)
-        ]
+    def launch(self, world: int, attempt: int) -> WorkerGroup:
+        group = self.launcher.launch(self.spec, str(self.spec_file), world, attempt)
         write_atomically(
             self.spec.out_dir / "workers.json",
             json.dumps(
-                {"attempt": attempt, "workers": [{"rank": r, "pid": p.pid} for r, p in enumerate(procs)]}
+                {"attempt": attempt, "workers": [{"rank": r, "pid": p} for r, p in enumerate(group.pids)]}
             ),
         )
-        return procs
+        return group
 
-    def watch(self, procs: list[subprocess.Popen]) -> list[int]:
-        """Wait until every worker exits 0 (returns []) or one fails: then stop the others and
-        return the ranks that failed on their own."""
+    def watch(self, group: WorkerGroup) -> dict[int, int]:
+        """Wait until every worker exits 0 (returns {}) or one fails: then stop the others and
+        return the exit status of each rank that failed on its own."""
         while True:
-            codes = [p.poll() for p in procs]
-            failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
+            codes = group.poll()
+            failed = {rank: code for rank, code in enumerate(codes) if code not in (None, 0)}
             if failed:
-                _stop(procs)
+                group.stop()
                 return failed
             if all(code == 0 for code in codes):
-                return []
+                return {}
             time.sleep(POLL_SECONDS)
 
     def run(self) -> Result:
@@ -152,32 +133,32 @@ class Supervisor:
             )
         attempt = 0
         while True:
-            procs = self.launch(world, attempt)
+            group = self.launch(world, attempt)
             try:
                 with _terminate_raises():
-                    failed = self.watch(procs)
+                    failed = self.watch(group)
             except BaseException:  # Ctrl-C, SIGTERM: take the workers down too
-                _stop(procs)
+                group.stop()
                 raise
             if not failed:
                 break
-            if any(procs[rank].returncode == EXIT_UNUSABLE for rank in failed):
+            if EXIT_UNUSABLE in failed.values():
                 raise TrainingFailed("the job cannot run (the worker's message is above)")
-            codes = stop_signal_names({rank: procs[rank].returncode for rank in failed})
+            codes = {rank: group.describe(code) for rank, code in failed.items()}
             attempt += 1
             resume = latest(spec.checkpoint_dir)
             if attempt > spec.max_restarts:
                 raise TrainingFailed(
-                    f"worker(s) {failed} failed (exit codes {codes}); gave up after {spec.max_restarts} restarts"
+                    f"worker(s) {sorted(failed)} failed (exit codes {codes}); gave up after {spec.max_restarts} restarts"
                 )
             if spec.shrink_on_failure:
                 # Killed by a signal (SIGKILL, the OOM killer): lost. A rank that exited with an
                 # error because a peer vanished from its collective is not, when one was killed.
-                lost = [r for r in failed if procs[r].returncode < 0] or failed
+                lost = [r for r, code in failed.items() if code < 0] or list(failed)
                 world = workers_that_fit(spec, world - len(lost))
             log.warning(
                 "worker(s) %s failed (exit codes %s); restarting with %d worker(s) from %s",
-                failed,
+                sorted(failed),
                 codes,
                 world,
                 resume.name if resume else "the beginning",
@@ -186,7 +167,7 @@ class Supervisor:
                 {
                     "event": "restart",
                     "attempt": attempt,
-                    "failed_ranks": failed,
+                    "failed_ranks": sorted(failed),
                     "exit_codes": codes,
                     "workers": world,
                     "from": resume.name if resume else None,
@@ -208,7 +189,3 @@ def last_eval(metrics_file: Path) -> tuple[float | None, float | None]:
 
 def read_metrics(metrics_file: Path) -> list[dict]:
     return [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-
-
-def stop_signal_names(codes: dict[int, int]) -> dict[int, str]:
-    return {r: (signal.Signals(-c).name if c < 0 else f"exit {c}") for r, c in codes.items()}

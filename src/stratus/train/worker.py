@@ -57,7 +57,7 @@ def nll_sum(model: torch.nn.Module, examples: list[Example], pad_id: int, device
 
 
 class Trainer:
-    def __init__(self, spec: TrainSpec, rank: int, world: int, port: int, attempt: int):
+    def __init__(self, spec: TrainSpec, rank: int, world: int, init_method: str, attempt: int):
         self.spec, self.rank, self.world, self.attempt = spec, rank, world, attempt
         self.device = self._device()
         cores = os.cpu_count() or 1
@@ -65,7 +65,7 @@ class Trainer:
         if world > 1:
             dist.init_process_group(
                 "nccl" if self.device.type == "cuda" else "gloo",
-                init_method=f"tcp://127.0.0.1:{port}",
+                init_method=init_method,
                 rank=rank,
                 world_size=world,
                 timeout=datetime.timedelta(seconds=300),
@@ -312,18 +312,25 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def main(argv: list[str]) -> None:
-    die_with_parent()
-    spec_file, rank, world, port, attempt = argv
-    spec = TrainSpec.from_json(Path(spec_file).read_text())
+def run_rank(spec: TrainSpec, rank: int, world: int, init_method: str, attempt: int) -> int:
+    """Train as `rank` of `world` (the process group meets at `init_method`): 0 when done,
+    EXIT_UNUSABLE when the job cannot run; a failure while training raises."""
     try:
-        trainer = Trainer(spec, int(rank), int(world), int(port), int(attempt))
+        trainer = Trainer(spec, rank, world, init_method, attempt)
         spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         trainer.resume()
     except (DataError, CheckpointError, ValueError) as exc:  # JobMismatch, a LoRA target not found
         print(f"stratus train: {exc}", file=sys.stderr)
-        sys.exit(EXIT_UNUSABLE)
+        return EXIT_UNUSABLE
     trainer.run()
+    return 0
+
+
+def main(argv: list[str]) -> None:
+    die_with_parent()
+    spec_file, rank, world, port, attempt = argv
+    spec = TrainSpec.from_json(Path(spec_file).read_text())
+    sys.exit(run_rank(spec, int(rank), int(world), f"tcp://127.0.0.1:{port}", int(attempt)))
 
 
 if __name__ == "__main__":
