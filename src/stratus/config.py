@@ -155,7 +155,9 @@ class Settings:
     def lora_adapters(self) -> dict[str, dict[str, str]]:
         """{base model: {adapter: directory}} from `lora`; raises ValueError for a bad spec."""
         out: dict[str, dict[str, str]] = {}
-        served = list(self.models) or [DEMO_MODEL_NAME]
+        # without --model: the default model's name (stratus serve checks again once it knows
+        # whether that is the demo model after all)
+        served = list(self.models) or [self.default_model]
         for item in filter(None, (part.strip() for part in (self.lora or "").split(","))):
             spec, sep, path = item.partition("=")
             base, colon, name = spec.rpartition(":")
@@ -166,7 +168,8 @@ class Settings:
                     raise ValueError(f"{item!r}: several models are served; name one as MODEL:NAME=PATH")
                 base = served[0]
             if base not in served and self.local_models:
-                raise ValueError(f"{item!r}: no model {base!r} is served (--model)")
+                hint = " or --default-model demo" if base == DEMO_MODEL_NAME and not self.models else ""
+                raise ValueError(f"{item!r}: no model {base!r} is served (--model NAME=PATH{hint})")
             if not ADAPTER_NAME_RE.match(name):
                 raise ValueError(f"{item!r}: an adapter name uses at most 64 letters, digits and . _ -")
             adapters = out.setdefault(base, {})

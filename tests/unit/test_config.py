@@ -130,7 +130,10 @@ def test_lora_adapters_per_model(tmp_path):
     assert s.lora_adapters()["big"] == {"x.y-1": "/a/x"}  # the flag replaced the file's setting
     one = load_settings({"lora": "sql=/a/sql", "models": {"only": "/m/o"}}, env={})
     assert one.lora_adapters() == {"only": {"sql": "/a/sql"}}  # one model: MODEL: may be left out
-    assert load_settings({"lora": "sql=/a"}, env={}).lora_adapters() == {"demo": {"sql": "/a"}}
+    default = load_settings({"lora": "sql=/a"}, env={})  # without --model: the default model's
+    assert default.lora_adapters() == {default.default_model: {"sql": "/a"}}
+    demo = load_settings({"lora": "demo:sql=/a", "default_model": "demo"}, env={})
+    assert demo.lora_adapters() == {"demo": {"sql": "/a"}}
 
 
 @pytest.mark.parametrize(
