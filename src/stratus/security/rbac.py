@@ -54,7 +54,7 @@ KEYS_MANAGE = "keys.manage"  # the same for other people's keys (within the scop
 AUDIT_READ = "audit.read"  # the audit log (issue 6)
 USAGE_READ = "usage.read"  # usage and spend (issue 5)
 LIMITS_MANAGE = "limits.manage"  # rate limits, quotas and budgets (issue 5)
-CLUSTER_MANAGE = "cluster.manage"  # replicas, upstreams, LoRA adapters of served models (admin)
+CLUSTER_MANAGE = "cluster.manage"  # replicas: scale Ray replicas, register upstreams (issue 7; admin)
 MODELS_MANAGE = "models.manage"  # load and unload models on a running gateway (issue 15; admin)
 SECURITY_MANAGE = "security.manage"  # lift lockouts, reinstate keys, content logging, webhook (admin)
 
@@ -116,9 +116,9 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/admin/upstreams"): CLUSTER_MANAGE,
     ("POST", "/admin/upstreams"): CLUSTER_MANAGE,
     ("DELETE", "/admin/upstreams/{name}"): CLUSTER_MANAGE,
-    ("GET", "/admin/models/{base:path}/adapters"): CLUSTER_MANAGE,
-    ("POST", "/admin/models/{base:path}/adapters"): CLUSTER_MANAGE,  # reads a path on the gateway
-    ("DELETE", "/admin/models/{base:path}/adapters/{name}"): CLUSTER_MANAGE,
+    ("GET", "/admin/models/{base:path}/adapters"): MODELS_MANAGE,
+    ("POST", "/admin/models/{base:path}/adapters"): MODELS_MANAGE,  # reads a path on the gateway
+    ("DELETE", "/admin/models/{base:path}/adapters/{name}"): MODELS_MANAGE,
     ("GET", "/admin/models"): MODELS_MANAGE,
     ("POST", "/admin/models"): MODELS_MANAGE,
     ("DELETE", "/admin/models/{name}"): MODELS_MANAGE,

@@ -1,4 +1,4 @@
-"""LoRA adapters of a served model, at run time (cluster.manage: admins).
+"""LoRA adapters of a served model, at run time (models.manage: admins).
 
     curl -H "Authorization: Bearer $STRATUS_API_KEY" http://127.0.0.1:8000/admin/models/demo/adapters \\
          -d '{"name": "sql", "path": "/adapters/sql"}'       # then clients call model "demo:sql"
