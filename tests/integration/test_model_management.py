@@ -195,3 +195,32 @@ def test_the_cli_adds_and_removes(gateway, admin_key, second_checkpoint):
     assert "ready, context 2048 tokens" in table.output
     removed = CliRunner().invoke(main, ["models", "remove", "cli-model"], env=env)
     assert removed.exit_code == 0 and "removed (0 requests were running)" in removed.output
+
+
+def test_the_dashboard_adds_and_removes_a_model(gateway, admin_key, second_checkpoint, tmp_path_factory):
+    """The Models page in a real browser (tests/browser.py): a model added from the page loads
+    and answers, then is removed from it."""
+    from tests.browser import Tab, chromium, expect, screenshot, screenshot_dirs
+
+    with chromium() as browser:
+        tab = Tab(browser, gateway.url)
+        tab.sign_in(admin_key)
+        tab.open("models")
+        page = tab.page
+        form = page.locator("#add-model")
+        form.locator("input[name=name]").fill("from-ui")
+        form.locator("input[name=model]").fill(str(second_checkpoint))
+        form.get_by_role("button", name="Add model").click()
+        article = page.locator("article[data-model=from-ui]")
+        expect(article.locator("h2 .badge")).to_have_text("ready", timeout=60_000)
+        expect(article.locator(".managed")).to_contain_text("added by admin")
+        screenshot(page, screenshot_dirs(tmp_path_factory), "models-managed")
+        oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key=admin_key, max_retries=0)
+        answer = oa.completions.create(model="from-ui", prompt="hello there", max_tokens=4)
+        assert answer.usage.completion_tokens > 0
+        page.once("dialog", lambda d: d.accept())
+        article.get_by_role("button", name="Remove").click()
+        expect(article).to_have_count(0)
+        with admin(gateway, admin_key) as c:
+            assert state_of(c, "from-ui") is None
+        tab.close()

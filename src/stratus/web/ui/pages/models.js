@@ -2,9 +2,10 @@
 // learned capacity, retries and stream migrations. A replica that leaves (a worker that stopped
 // answering its heartbeats and a probe is removed) stays listed as "gone" while the page is open.
 // Models served by Ray actors (--ray-address) show their actors' nodes and can be scaled
-// (POST /admin/cluster/scale: admins).
-import { get, post } from "../api.js";
-import { h, number, refusal, replace, table, time } from "../dom.js";
+// (POST /admin/cluster/scale: admins). Where the credential may manage models (/admin/models:
+// admins), each model shows what it serves and can be removed, and a form adds one.
+import { del, get, post } from "../api.js";
+import { button, h, number, refusal, replace, table, time } from "../dom.js";
 
 // The scale form of a Ray model, made once and kept across refreshes (what is typed survives).
 function scaleForm(model, current) {
@@ -44,13 +45,69 @@ function rayPanel(info, forms) {
   );
 }
 
+// The add-a-model form: a name and a checkpoint path or Hugging Face name on the gateway.
+function addForm(refresh) {
+  const status = h("div", { class: "form-status", role: "status" });
+  const el = h(
+    "form",
+    { class: "inline", id: "add-model" },
+    h("label", {}, "Name", h("input", { name: "name", required: true, autocomplete: "off", placeholder: "qwen" })),
+    h("label", {}, "Checkpoint or Hugging Face name", h("input", { name: "model", required: true, autocomplete: "off", class: "wide-input", placeholder: "/models/qwen2.5-0.5b or Qwen/Qwen2.5-0.5B-Instruct" })),
+    h("label", {}, "Task", h("select", { name: "task" }, ["generate", "embed"].map((t) => h("option", { value: t, text: t })))),
+    h("button", { type: "submit", text: "Add model" }),
+  );
+  el.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const v = Object.fromEntries(new FormData(el).entries());
+    try {
+      const r = await post("/admin/models", { name: v.name, model: v.model, task: v.task });
+      replace(status, `${r.name}: ${r.state}`);
+      el.reset();
+    } catch (error) {
+      replace(status, refusal(error));
+    }
+    await refresh();
+  });
+  return h("section", { class: "add-model" }, h("h2", { text: "Add a model" }), el, status);
+}
+
+// What a managed model serves, and its Remove button.
+function managedLine(m, onRemove) {
+  const parts = [`${m.task}`, m.source ? `from ${m.source}` : null, m.max_model_len ? `context ${m.max_model_len}` : null];
+  if (m.quantization) parts.push(m.quantization);
+  if (m.added_by) parts.push(`added by ${m.added_by}`);
+  if (m.state === "downloading" && m.progress !== null) parts.push(`downloading ${m.progress}%`);
+  return h(
+    "div",
+    { class: "managed" },
+    h("span", { class: "meta", text: parts.filter(Boolean).join(" · ") }),
+    m.error ? h("p", { class: "error", text: m.error }) : null,
+    button("Remove", onRemove, { class: "danger" }),
+  );
+}
+
 export async function render(root, page) {
+  const notice = h("div");
   const body = h("div");
-  root.append(body);
+  let managed = null; // name -> /admin/models entry; null: this credential may not manage models
+  let mayManage = true; // until /admin/models refuses
+  let adding = null;
+  root.append(notice, body);
+
+  async function remove(name) {
+    if (!confirm(`Remove model "${name}"? New requests get 404 at once; running ones may finish.`)) return;
+    try {
+      await del(`/admin/models/${encodeURIComponent(name)}`);
+      replace(notice);
+    } catch (error) {
+      replace(notice, refusal(error));
+    }
+    await refresh();
+  }
   const seen = new Map(); // model -> Map(replica id -> last row seen)
   const forms = new Map(); // Ray model -> its scale form
 
-  page.every(2000, async () => {
+  async function refresh() {
     let cluster;
     try {
       cluster = await get("/admin/cluster");
@@ -58,8 +115,18 @@ export async function render(root, page) {
       replace(body, refusal(error));
       return;
     }
+    if (mayManage) {
+      try {
+        managed = new Map((await get("/admin/models")).data.map((m) => [m.name, m]));
+      } catch (error) {
+        if (error.status !== 403 && error.status !== 404) throw error;
+        mayManage = false; // not this credential's (403), or not this gateway's (404)
+        managed = null;
+      }
+    }
+    if (managed && !adding) adding = addForm(refresh);
     if (!cluster.models.length) {
-      replace(body, h("p", { class: "empty", text: "No models are served." }));
+      replace(body, h("p", { class: "empty", text: "No models are served." }), managed ? adding : null);
       return;
     }
     const now = Date.now() / 1000;
@@ -86,6 +153,7 @@ export async function render(root, page) {
             h("span", { class: `badge ${m.available ? "ok" : "bad"}`, text: m.state }),
             h("span", { class: "meta", text: `${up} of ${m.replicas.length} replicas up · policy ${m.policy} · retries ${m.retries} · migrations ${m.migrations}` }),
           ),
+          managed && managed.has(m.model) ? managedLine(managed.get(m.model), () => remove(m.model)) : null,
           table(
             [
               { label: "Replica", value: (r) => r.id },
@@ -123,6 +191,9 @@ export async function render(root, page) {
             ),
           ]
         : null,
+      managed ? adding : null,
     );
-  });
+  }
+
+  page.every(2000, refresh);
 }
