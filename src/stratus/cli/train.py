@@ -83,7 +83,7 @@ def train(**options) -> None:
     a worker dies. Writes a Hugging Face checkpoint or a PEFT adapter to --out, with metrics.jsonl.
 
     Credential: none for training (local files and processes); --deploy: STRATUS_API_KEY of a
-    gateway admin (cluster.manage)."""
+    gateway admin (models.manage)."""
     from stratus.hub import HubError, resolve_model
     from stratus.train.lora import LoraSpec
     from stratus.train.spec import TrainSpec
@@ -156,30 +156,48 @@ def train(**options) -> None:
     restarts = f" after {result.attempts - 1} restart(s)" if result.attempts > 1 else ""
     click.echo(f"{kind} written to {result.out_dir}{restarts}{held}")
     if deploy is not None:
-        from stratus.cli.common import Client
+        _deploy(options, deploy, result.out_dir)
 
-        base, name = deploy
-        answer = Client(options["deploy_url"], options["cacert"]).call(
-            "POST", f"/admin/models/{base}/adapters", {"name": name, "path": str(result.out_dir)}
+
+def _deploy(options: dict, target: tuple[str | None, str], out_dir: Path) -> None:
+    """Load the output into the gateway at --deploy: an adapter onto its base model, a full
+    checkpoint as a model of its own (loaded in the background)."""
+    from stratus.cli.common import Client
+
+    client = Client(options["deploy_url"], options["cacert"])
+    base, name = target
+    if base is not None:
+        answer = client.call("POST", f"/admin/models/{base}/adapters", {"name": name, "path": str(out_dir)})
+        click.echo(
+            f"deployed: {options['deploy_url']} serves it as model {answer.get('id', f'{base}:{name}')}"
         )
-        served = answer.get("id", f"{base}:{name}") if isinstance(answer, dict) else f"{base}:{name}"
-        click.echo(f"deployed: {options['deploy_url']} serves it as model {served}")
+    else:
+        answer = client.call("POST", "/admin/models", {"name": name, "model": str(out_dir)})
+        click.echo(
+            f"deployed: {options['deploy_url']} is loading it as model {name} ({answer.get('state')}; "
+            "stratus models list shows when it is ready)"
+        )
 
 
-def _deploy_target(options: dict) -> tuple[str, str] | None:
-    """(base model, adapter name) of --deploy-as, checked before any training."""
+def _deploy_target(options: dict) -> tuple[str | None, str] | None:
+    """(base model, adapter name) or (None, model name) of --deploy-as, checked before training."""
     if not options["deploy_url"]:
         if options["deploy_as"]:
             raise click.UsageError("--deploy-as needs --deploy URL")
         return None
-    if not options["lora"]:
-        raise click.UsageError(
-            "--deploy loads an adapter (--lora); serve a full checkpoint with stratus serve --model NAME=DIR"
-        )
-    base, _, name = (options["deploy_as"] or "").partition(":")
-    if not base or not name:
-        raise click.UsageError("--deploy needs --deploy-as BASE:NAME (the served model, the adapter's name)")
+    text = options["deploy_as"] or ""
+    if options["lora"]:
+        base, _, name = text.partition(":")
+        if not base or not name:
+            raise click.UsageError(
+                "--deploy with --lora needs --deploy-as BASE:NAME (the served model, the adapter's name)"
+            )
+        target: tuple[str | None, str] = (base, name)
+    else:
+        if not text or ":" in text:
+            raise click.UsageError("--deploy with --full needs --deploy-as NAME (the new model's name)")
+        target = (None, text)
     from stratus.cli.common import api_key
 
     api_key()  # now, not after the training
-    return base, name
+    return target

@@ -43,8 +43,9 @@ def test_a_missing_model_is_a_usage_error(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--full", "--deploy", "http://127.0.0.1:9", "--deploy-as", "tiny:a"], "--deploy loads an adapter"),
+        (["--full", "--deploy", "http://127.0.0.1:9", "--deploy-as", "tiny:a"], "needs --deploy-as NAME"),
         (["--lora", "r=4", "--deploy", "http://127.0.0.1:9"], "--deploy-as BASE:NAME"),
+        (["--lora", "r=4", "--deploy", "http://127.0.0.1:9", "--deploy-as", "a"], "--deploy-as BASE:NAME"),
         (["--lora", "r=4", "--deploy-as", "tiny:a"], "--deploy-as needs --deploy"),
     ],
 )
