@@ -130,7 +130,24 @@ class Settings:
     max_replicas: str | None = None
     autoscale_target: float = 4.0  # running + waiting requests per replica the autoscaler aims for
     autoscale_cooldown: float = 30.0  # seconds after a change before the next one
+    # one replica over several processes, per model: "big=2x1,huge=2x2" (tensor x pipeline
+    # parallel ranks); a model not named uses --tensor-parallel-size x --pipeline-parallel-size
+    model_parallel: str | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def parallel_layouts(self) -> dict[str, tuple[int, int]]:
+        """{model: (tensor_parallel_size, pipeline_parallel_size)} from `model_parallel`."""
+        out: dict[str, tuple[int, int]] = {}
+        for item in filter(None, (part.strip() for part in (self.model_parallel or "").split(","))):
+            model, sep, value = item.partition("=")
+            match = re.fullmatch(r"\s*(\d+)\s*(?:x\s*(\d+)\s*)?", value)
+            if not sep or not model.strip() or match is None:
+                raise ValueError(f"{item!r}: expected MODEL=TPxPP, such as big=2x1 or huge=2x2")
+            tp, pp = int(match[1]), int(match[2] or 1)
+            if not (1 <= tp <= 64 and 1 <= pp <= 64):
+                raise ValueError(f"{item!r}: sizes must be from 1 to 64")
+            out[model.strip()] = (tp, pp)
+        return out
 
     def routing_policies(self) -> dict[str, str]:
         """{model: policy}; the key "*" holds the policy of models not named."""
@@ -404,7 +421,12 @@ def _check(s: Settings) -> None:
             s.routing_policies()
         except ValueError as exc:
             raise ConfigError(f"routing: {exc}") from None
-    for name, parse in (("task", s.model_tasks), ("pooling", s.pooling_modes), ("lora", s.lora_adapters)):
+    for name, parse in (
+        ("task", s.model_tasks),
+        ("pooling", s.pooling_modes),
+        ("lora", s.lora_adapters),
+        ("model_parallel", s.parallel_layouts),
+    ):
         try:
             parse()
         except ValueError as exc:

@@ -86,6 +86,7 @@ def create_app(
         pooling=settings.pooling_modes(),
         embed_normalize=settings.embed_normalize,
         loras=settings.lora_adapters(),
+        parallel=settings.parallel_layouts(),
     )
     cache = None
     if settings.response_cache_size > 0:

@@ -18,6 +18,7 @@ and at run time, take turns, so that each sizes its KV pool from the memory the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -113,9 +114,11 @@ class ModelRegistry:
         pooling: dict[str, str] | None = None,
         embed_normalize: bool | None = None,
         loras: dict[str, dict[str, str]] | None = None,
+        parallel: dict[str, tuple[int, int]] | None = None,
     ):
         self.engine_config = engine_config
         self.loras = loras or {}  # base model -> {adapter: directory}, loaded after the models (--lora)
+        self.parallel = parallel or {}  # model -> (tensor, pipeline) parallel ranks of its replica
         self.isolation = isolation
         self.routing = routing or {}  # model -> router policy ("*": the rest); default capacity-aware
         self.tasks = tasks or {}  # model -> task ("*": the rest); default generate
@@ -146,6 +149,16 @@ class ModelRegistry:
         mode = self.pooling.get(name, self.pooling.get("*", declared.mode))
         normalize = declared.normalize if self.embed_normalize is None else self.embed_normalize
         return Pooling(mode, normalize)
+
+    def _engine_config(self, name: str) -> EngineConfig | None:
+        """The engine settings, with this model's own parallel layout (--model-parallel)."""
+        if name not in self.parallel:
+            return self.engine_config
+        from stratus.engine import EngineConfig
+
+        tp, pp = self.parallel[name]
+        base = self.engine_config or EngineConfig()
+        return dataclasses.replace(base, tensor_parallel_size=tp, pipeline_parallel_size=pp)
 
     def _replica_set(self, name: str) -> ReplicaSet:
         return ReplicaSet(name, self.routing.get(name, self.routing.get("*", "capacity")))
@@ -227,7 +240,7 @@ class ModelRegistry:
 
                 log.info("loading model %s from %s", model.name, model.path)
                 engine = await asyncio.to_thread(
-                    Engine.from_pretrained, model.path, self.engine_config, self.isolation
+                    Engine.from_pretrained, model.path, self._engine_config(model.name), self.isolation
                 )
             replica = LocalReplica(model.name, engine, owned=model.name not in self._ready_engines)
             if model.task == "embed":  # a checkpoint whose pooling cannot be honoured fails here

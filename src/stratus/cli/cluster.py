@@ -55,6 +55,9 @@ def status(url: str, cacert: str | None, output: bool) -> None:
         render(data if output == "json" else replica_rows(data), output, REPLICA_COLUMNS)
         return
     render(replica_rows(data), "table", REPLICA_COLUMNS, empty="no models")
+    ranks = rank_rows(data)
+    if ranks:  # replicas split over processes (tensor/pipeline parallel): one row per rank
+        render(ranks, "table", RANK_COLUMNS)
     ray = (data.get("ray") or {}).get("models", [])
     if ray:
         rows = [{**a, "model": m["model"], "resources": m["resources"]} for m in ray for a in m["actors"]]
@@ -75,6 +78,20 @@ REPLICA_COLUMNS = [
     Column("inflight", "IN FLIGHT"),
     Column("running"),
     Column("waiting"),
+    Column("layout", "TPxPP"),
+]
+
+RANK_COLUMNS = [
+    Column("replica"),
+    Column("rank"),
+    Column("stage"),
+    Column("tp_rank", "TP RANK"),
+    Column("layers", fmt=lambda v: f"{v[0]}-{v[1] - 1}"),
+    Column("node"),
+    Column("pid"),
+    Column("weight_mib", "WEIGHTS MiB"),
+    Column("kv_cache_mib", "KV MiB"),
+    Column("max_rss_mib", "PEAK RSS MiB"),
 ]
 
 
@@ -94,11 +111,29 @@ def replica_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                     "inflight": r["inflight"],
                     "running": r["running"],
                     "waiting": r["waiting"],
+                    "layout": _layout_text(r.get("layout")),
                 }
             )
         if not m["replicas"]:
             rows.append(base)
     return rows
+
+
+def _layout_text(layout: dict | None) -> str | None:
+    if not layout:
+        return None
+    return f"{layout['tensor_parallel_size']}x{layout['pipeline_parallel_size']}"
+
+
+def rank_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per rank of each replica split over several processes."""
+    return [
+        {"replica": r["id"], **rank}
+        for m in data["models"]
+        for r in m["replicas"]
+        if r.get("layout") and len(r["layout"]["ranks"]) > 1
+        for rank in r["layout"]["ranks"]
+    ]
 
 
 def _scale_lines(data: dict[str, Any]) -> list[str]:

@@ -402,6 +402,10 @@ ENGINE_HELP = {
     "gguf_dequantize": "Dequantize a GGUF file's Q8_0/Q4_0/Q4_1 weights to the serving dtype at load instead of serving them quantized (more memory; exact float math).",
     "max_tokens_per_second": "Cap the engine's output tokens per second, over all sequences (a replica of that capacity); default: no cap.",
     "max_loras": "LoRA adapters held in memory at once (an LRU; also the most distinct adapters in one batch).",
+    "tensor_parallel_size": "Split each replica's layers over this many processes (heads, MLP and vocabulary sharded; one all-reduce per attention and per MLP). docs/PARALLEL.md",
+    "pipeline_parallel_size": "Split each replica's layers into this many stages, one process each (TP x PP processes in all). docs/PARALLEL.md",
+    "parallel_timeout_s": "Seconds a parallel rank may take in one collective before its replica is failed and restarted.",
+    "max_weight_memory_mb": "Refuse to load a replica whose weights need more than this many MiB in one process (per rank when split); the message names a tensor-parallel size that fits.",
 }
 
 

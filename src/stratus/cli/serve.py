@@ -230,6 +230,15 @@ def ray_options(func):
     "/admin/models/MODEL/adapters.",
 )
 @click.option(
+    "--model-parallel",
+    multiple=True,
+    metavar="MODEL=TPxPP",
+    callback=_joined(","),
+    help="Split one replica of MODEL over TP tensor-parallel x PP pipeline-parallel processes "
+    "(big=2x1, huge=2x2); repeat per model. Models not named use --tensor-parallel-size and "
+    "--pipeline-parallel-size. See docs/PARALLEL.md.",
+)
+@click.option(
     "--pooling",
     multiple=True,
     metavar="[MODEL=]MODE",

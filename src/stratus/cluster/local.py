@@ -42,6 +42,11 @@ class LocalReplica:
         self.max_model_len = self.engine.max_model_len  # an engine process knows its pool once started
 
     @property
+    def layout(self) -> dict | None:
+        """Its engine's split over processes (TP x PP) and per-rank memory, for /admin/cluster."""
+        return getattr(self.engine, "layout", None)
+
+    @property
     def problem(self) -> str | None:
         """Why the replica cannot serve right now (its engine is restarting, or gave up)."""
         problem = getattr(self.engine, "problem", None)

@@ -207,6 +207,7 @@ class ReplicaSet:
                     "running": s.running,
                     "waiting": s.waiting,
                     "tokens_per_second": s.tokens_per_second,
+                    "layout": getattr(e.replica, "layout", None),  # local engines: TP x PP, ranks
                     **{k: v for k, v in routing.get(rid, {}).items() if k not in ("id",)},
                 }
             )

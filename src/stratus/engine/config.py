@@ -179,8 +179,25 @@ class EngineConfig:
     # LoRA adapters held in memory at once (engine/lora.py): an LRU, and the most distinct
     # adapters one batch can mix; an adapter evicted is read again from disk when next used.
     max_loras: int = 8
+    # One replica split over tensor_parallel_size x pipeline_parallel_size processes
+    # (engine/parallel/): each rank holds 1/N of each layer's weights (TP) or a run of whole
+    # layers (PP). parallel_timeout_s bounds every collective, so a dead or hung rank takes the
+    # replica out (and it is restarted) instead of hanging it.
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    parallel_timeout_s: float = 60.0
+    # Refuse, before loading, a replica whose weights need more than this per process (a
+    # container's memory budget): the message says which tensor_parallel_size would fit.
+    max_weight_memory_mb: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            size = getattr(self, name)
+            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 64:
+                raise ValueError(f"{name} must be an integer from 1 to 64, got {size!r}")
+        timeout = self.parallel_timeout_s
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout < 86400:
+            raise ValueError(f"parallel_timeout_s must be a number of seconds in (0, 86400), got {timeout!r}")
         rate = self.max_tokens_per_second
         number = isinstance(rate, (int, float)) and not isinstance(rate, bool)
         if rate is not None and not (number and 0 < rate < float("inf")):
@@ -192,6 +209,11 @@ class EngineConfig:
             raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction!r}")
         if self.kv_cache_memory_mb is not None and self.kv_cache_memory_mb < 1:
             raise ValueError(f"kv_cache_memory_mb must be at least 1, got {self.kv_cache_memory_mb}")
+
+    @property
+    def world_size(self) -> int:
+        """Processes that hold one replica: tensor x pipeline parallel ranks."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
+import socket
 import threading
 import time
 from collections import deque
@@ -23,7 +26,7 @@ from .config import CheckpointError, EngineConfig, ModelConfig
 from .gguf import is_gguf
 from .grammar import Constraint, GrammarError, GrammarVocab, mask_rows
 from .inputs import check_embedding_inputs, context_window, prepare_prompt
-from .lora import AdapterStore, LoraWeights
+from .lora import AdapterError, AdapterStore, LoraWeights
 from .model_runner import ModelRunner
 from .pooling import Pooling, pool
 from .sampler import apply_penalties, sample, top_logprobs
@@ -33,6 +36,7 @@ from .tokenizer import IncrementalDetokenizer, Tokenizer
 from .types import (
     Delta,
     EngineStats,
+    FatalEngineError,
     GenerateRequest,
     SamplingParams,
     TokenLogprob,
@@ -60,7 +64,15 @@ class EngineCore:
                 f"says vocab_size={self.model_config.vocab_size}"
             )
         self.max_model_len = context_window(self.model_config, self.config)
-        self.runner = ModelRunner(self.path, self.model_config, self.config, self.max_model_len)
+        self._check_weight_memory()
+        if self.config.world_size > 1:  # one replica over several processes: parallel/
+            from .parallel.runner import ParallelRunner
+
+            self.runner: ModelRunner = ParallelRunner(
+                self.path, self.model_config, self.config, self.max_model_len
+            )
+        else:
+            self.runner = ModelRunner(self.path, self.model_config, self.config, self.max_model_len)
         pool_tokens = self.runner.num_blocks * self.config.block_size
         if pool_tokens < self.max_model_len:
             if self.config.max_model_len:  # asked for: refuse rather than serve less
@@ -118,6 +130,42 @@ class EngineCore:
             target=self._build_grammar_vocab, name="stratus-grammar-vocab", daemon=True
         )
         self._grammar_vocab_built.start()
+
+    def _check_weight_memory(self) -> None:
+        limit = self.config.max_weight_memory_mb
+        if not limit or self.model_config.quantization:  # packed weights: the float count overstates
+            return
+        from .parallel.layout import check_weight_memory, plan
+
+        config = self.config
+        dtype = config.resolve_dtype(self.model_config, config.resolve_device())
+        layout = plan(self.model_config, config.tensor_parallel_size, config.pipeline_parallel_size)
+        check_weight_memory(self.model_config, layout, torch.finfo(dtype).bits // 8, limit)
+
+    def close(self) -> None:
+        """Stop what the core started beside this process (a parallel replica's other ranks)."""
+        self.runner.close()
+
+    def layout(self) -> dict:
+        """How this replica is split over processes (TP x PP) and what each rank holds."""
+        from .parallel.layout import RankReport, describe
+
+        ranks = getattr(self.runner, "ranks", None)
+        if not ranks:  # one process holds it all
+            ranks = [
+                RankReport(
+                    0,
+                    0,
+                    0,
+                    (0, self.model_config.num_layers),
+                    socket.gethostname(),
+                    os.getpid(),
+                    self.runner.weight_bytes,
+                    sum(c.numel() * c.element_size() for c in self.runner.kv_caches),
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                )
+            ]
+        return describe(self.config.tensor_parallel_size, self.config.pipeline_parallel_size, ranks)
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set(self.model_config.eos_token_ids)
@@ -210,6 +258,11 @@ class EngineCore:
     def load_adapter(self, name: str, path: str | Path) -> LoraWeights:
         """Serve the PEFT adapter at `path` as `name` (replacing one of that name); raises
         AdapterError (a CheckpointError) when it cannot be served on this model."""
+        if self.config.world_size > 1:
+            raise AdapterError(
+                f"LoRA adapters are not served by a replica split over {self.config.world_size} "
+                "processes (tensor/pipeline parallel) yet: serve the adapter on a replica of one process"
+            )
         return self.adapters.register(name, path)
 
     def unload_adapter(self, name: str) -> bool:
@@ -242,6 +295,8 @@ class EngineCore:
             return []
         try:
             finishing, logits = self.runner.run(batch)
+        except FatalEngineError:
+            raise  # not this batch's fault: the replica itself is broken
         except Exception as exc:
             finishing, logits = self._run_one_by_one(batch, exc)
         for seq, n in batch.items:
@@ -287,6 +342,8 @@ class EngineCore:
         for item in batch.items:
             try:
                 done, logits = self.runner.run(ScheduledBatch([item]))
+            except FatalEngineError:
+                raise
             except Exception as exc:
                 self._fail(item[0], exc)
                 continue

@@ -47,7 +47,15 @@ from .messages import (
 from .pooling import Pooling
 from .step_loop import run_step_loop
 from .tokenizer import Tokenizer
-from .types import Delta, EngineStats, GenerateRequest, RequestFailed, SamplingParams, ValidationError
+from .types import (
+    Delta,
+    EngineStats,
+    FatalEngineError,
+    GenerateRequest,
+    RequestFailed,
+    SamplingParams,
+    ValidationError,
+)
 
 log = logging.getLogger("stratus.engine")
 
@@ -123,6 +131,14 @@ class Engine:
         if self._failure is not None:
             return f"its engine failed: {self._failure}"
         return None
+
+    @property
+    def layout(self) -> dict | None:
+        """How the replica is split over processes and what each holds (EngineCore.layout);
+        None until its process has loaded the model."""
+        if self._core is not None:
+            return self._core.layout()
+        return getattr(self._transport, "layout", None)
 
     @property
     def model_name_or_path(self) -> str:
@@ -253,6 +269,8 @@ class Engine:
         if self._transport is not None:
             await asyncio.to_thread(self._transport.stop)
             self._transport = None
+        if self._core is not None:
+            await asyncio.to_thread(self._core.close)
         for loop, stream in list(self._streams.values()):
             loop.call_soon_threadsafe(stream.put_nowait, EngineError("the engine shut down"))
 
@@ -392,9 +410,15 @@ class ThreadTransport:
     def __init__(self, core: EngineCore, on_result):
         self._inbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(
-            target=run_step_loop, args=(core, self._next, on_result), name="stratus-engine", daemon=True
+            target=self._loop, args=(core, on_result), name="stratus-engine", daemon=True
         )
         self._thread.start()
+
+    def _loop(self, core: EngineCore, on_result) -> None:
+        try:
+            run_step_loop(core, self._next, on_result)
+        except FatalEngineError as exc:  # the replica is broken: its callers fail, not hang
+            on_result(Died(str(exc)))
 
     def _next(self, timeout: float | None):
         try:

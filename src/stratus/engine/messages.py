@@ -122,11 +122,13 @@ Result = Deltas | RequestError | Embeddings | AdapterChanged | Stats
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The child loaded the model; its KV pool has `num_blocks` blocks and it serves a context of
-    `max_model_len` tokens (capped to what the pool holds)."""
+    """The child loaded the model; its KV pool has `num_blocks` blocks, it serves a context of
+    `max_model_len` tokens (capped to what the pool holds), and `layout` is how the replica is
+    split over processes and what each holds (EngineCore.layout)."""
 
     num_blocks: int
     max_model_len: int
+    layout: dict | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,33 @@ class ModelRunner:
         self.device = config.resolve_device()
         self.dtype = config.resolve_dtype(model_config, self.device)
         self.block_size = config.block_size
+        model = self._load_model(path, model_config, config, max_model_len)
+        if packing_available(self.device, self.dtype):  # float32 on the CPU: see packed_linear.py
+            pack_linears(model)
+        self.model = model.eval()
+        local = model.config  # what this process computes: all of it, or a rank's share
+        self.pool = self._plan_pool(path, local, config, max_model_len)
+        self.num_blocks = self.pool.num_blocks
+        # Per layer, K heads then V heads: [2 * kv_heads, slots, head_dim]. Head-major, so a
+        # gathered context is contiguous per head (see model.gather_blocks), and K and V of a
+        # step are written, and read back, in one copy each.
+        kv_shape = (2 * local.num_kv_heads, self.num_blocks * self.block_size, local.head_dim)
+        self.kv_caches = [memory.zeroed(kv_shape, self.dtype, self.device) for _ in range(local.num_layers)]
+        self.group_overhead = overhead_tokens(local.num_kv_heads, local.head_dim, self.dtype)
+        # Float32 decode attention on the CPU in the C kernel (native.py), when it builds here.
+        self.native_decode = (
+            config.native_kernels
+            and self.device.type == "cpu"
+            and self.dtype == torch.float32
+            and native.decode_attention_kernel() is not None
+        )
+
+    def _load_model(
+        self, path: Path, model_config: ModelConfig, config: EngineConfig, max_model_len: int
+    ) -> LlamaModel:
+        """The model with its weights (sets `weight_bytes`), refused first when the memory
+        available cannot hold them; parallel/runner.py loads a rank's share (a StageModel,
+        which answers the same calls)."""
         memory.check_weights_fit(
             path.name,
             memory.weight_bytes_estimate(path, model_config, self.dtype),
@@ -47,34 +74,25 @@ class ModelRunner:
         load_weights(model, path, self.dtype)
         # what the weights hold as loaded (quantized layers keep theirs as buffers), before packing
         self.weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-        if packing_available(self.device, self.dtype):  # float32 on the CPU: see packed_linear.py
-            pack_linears(model)
-        self.model = model.eval()
-        self.pool = memory.plan_pool(
+        return model
+
+    def _plan_pool(
+        self, path: Path, local: ModelConfig, config: EngineConfig, max_model_len: int
+    ) -> memory.PoolPlan:
+        """The KV pool's size for what this process computes (`local`), from the memory
+        available after the weights."""
+        return memory.plan_pool(
             path.name,
-            model_config,
+            local,
             config,
             self.dtype,
             self.device,
             max_model_len,
-            memory.available_bytes(self.device),  # after the weights
+            memory.available_bytes(self.device),
         )
-        self.num_blocks = self.pool.num_blocks
-        # Per layer, K heads then V heads: [2 * kv_heads, slots, head_dim]. Head-major, so a
-        # gathered context is contiguous per head (see model.gather_blocks), and K and V of a
-        # step are written, and read back, in one copy each.
-        kv_shape = (2 * model_config.num_kv_heads, self.num_blocks * self.block_size, model_config.head_dim)
-        self.kv_caches = [
-            memory.zeroed(kv_shape, self.dtype, self.device) for _ in range(model_config.num_layers)
-        ]
-        self.group_overhead = overhead_tokens(model_config.num_kv_heads, model_config.head_dim, self.dtype)
-        # Float32 decode attention on the CPU in the C kernel (native.py), when it builds here.
-        self.native_decode = (
-            config.native_kernels
-            and self.device.type == "cpu"
-            and self.dtype == torch.float32
-            and native.decode_attention_kernel() is not None
-        )
+
+    def close(self) -> None:
+        """Release what outlives this object (a parallel runner's ranks); nothing here."""
 
     def block_tables(self, seqs: list[Sequence], length: int) -> torch.Tensor:
         """[len(seqs), W] the blocks holding positions 0..length-1 of each sequence (padded with 0)."""
@@ -163,13 +181,6 @@ class ModelRunner:
             lora = LoraBatch.of_rows(
                 [seq.lora for seq, n in decodes + prefills for _ in range(n)], self.device
             )
-        hidden = self.model(
-            torch.tensor(input_ids, dtype=torch.long, device=self.device),
-            pos_t.to(self.device),
-            self.kv_caches,
-            attn,
-            lora,
-        )
         # Only a sequence whose last token was computed this step samples a next token; results
         # keep the scheduler's order, whatever order the rows ran in.
         last_row, row = {}, 0
@@ -181,14 +192,36 @@ class ModelRunner:
             if seq.num_computed_tokens + n == seq.num_tokens:
                 last_rows.append(last_row[seq.seq_id])
                 finishing.append(seq)
-        logits = self.model.logits(hidden[torch.tensor(last_rows, device=self.device)]) if last_rows else None
+        ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
+        logits = self._compute(ids, pos_t.to(self.device), attn, lora, "logits", last_rows)
         return finishing, logits
+
+    def _compute(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attn: AttentionBatch,
+        lora: LoraBatch | None,
+        want: str,
+        rows: list[int] | None = None,
+    ) -> torch.Tensor | None:
+        """One forward pass. want "hidden": the final hidden states of every row; "logits": the
+        logits of `rows` (None: every row; empty: none, the pass only fills the KV cache)."""
+        hidden = self.model(input_ids, positions, self.kv_caches, attn, lora)
+        if want == "hidden":
+            return hidden
+        if rows is None:
+            return self.model.logits(hidden)
+        if not rows:
+            return None
+        return self.model.logits(hidden[torch.tensor(rows, device=self.device)])
 
     @torch.inference_mode()
     def full_logits(self, seqs: list[Sequence]) -> list[torch.Tensor]:
         """Logits at every position of each sequence, all in one forward pass (parity, perplexity).
         The sequences must already own blocks for all their tokens."""
-        logits = self.model.logits(self.hidden_states(seqs))
+        logits = self._compute(*self._whole_sequences(seqs), "logits")
+        assert logits is not None
         return list(logits.split([s.num_tokens for s in seqs]))
 
     @torch.inference_mode()
@@ -196,6 +229,15 @@ class ModelRunner:
         """[sum of lengths, hidden] final hidden states (after the last norm) of every position
         of each sequence, back to back, in one forward pass from position 0 (embeddings, logits).
         The sequences must already own blocks for all their tokens."""
+        hidden = self._compute(*self._whole_sequences(seqs), "hidden")
+        assert hidden is not None
+        return hidden
+
+    def _whole_sequences(
+        self, seqs: list[Sequence]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch, LoraBatch | None]:
+        """Input ids, positions, attention plan and adapters of every position of each sequence
+        from 0."""
         spans, rows, slot_mapping = [], 0, []
         for seq in seqs:
             blocks = self.block_tables([seq], seq.num_tokens)[0]
@@ -207,13 +249,7 @@ class ModelRunner:
         ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.long, device=self.device)
         positions = torch.cat([torch.arange(s.num_tokens, device=self.device) for s in seqs])
         lora = LoraBatch.of_rows([s.lora for s in seqs for _ in range(s.num_tokens)], self.device)
-        return self.model(
-            ids,
-            positions,
-            self.kv_caches,
-            AttentionBatch(slot_mapping, self.block_size, 0, [], spans),
-            lora,
-        )
+        return ids, positions, AttentionBatch(slot_mapping, self.block_size, 0, [], spans), lora
 
 
 def _adapter_order(item: tuple[Sequence, int]) -> int:

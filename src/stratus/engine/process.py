@@ -12,6 +12,9 @@ from pathlib import Path
 
 from .config import EngineConfig
 from .messages import Command, Died, LoadFailed, LogLine, Ready, Stop, Stopped
+from .types import FatalEngineError
+
+EXIT_FATAL = 70  # the step loop hit a FatalEngineError (a parallel rank died or hung)
 
 
 class _ForwardLogs(logging.Handler):
@@ -41,7 +44,7 @@ def _child_main(path: str, config: EngineConfig, commands, results, log_level: i
     except Exception as exc:  # report load failures to the parent instead of dying silently
         results.put(LoadFailed(f"{type(exc).__name__}: {exc}"))
         return
-    results.put(Ready(core.runner.num_blocks, core.max_model_len))
+    results.put(Ready(core.runner.num_blocks, core.max_model_len, core.layout()))
     parent = os.getppid()
 
     def next_command(timeout):
@@ -52,7 +55,15 @@ def _child_main(path: str, config: EngineConfig, commands, results, log_level: i
         except queue.Empty:
             return None
 
-    run_step_loop(core, next_command, results.put)
+    try:
+        run_step_loop(core, next_command, results.put)
+    except FatalEngineError as exc:  # say why, then exit: the parent restarts the engine
+        results.put(Died(str(exc)))
+        core.close()
+        results.close()
+        results.join_thread()
+        os._exit(EXIT_FATAL)
+    core.close()
     results.put(Stopped())
 
 
@@ -66,6 +77,7 @@ class ProcessTransport:
         self._failure: str | None = None
         self.max_model_len: int | None = None  # the context the child serves, once Ready
         level = logging.getLogger("stratus.engine").getEffectiveLevel()
+        self.layout: dict | None = None  # the replica's split, once loaded (messages.Ready)
         self.process = ctx.Process(
             target=_child_main,
             args=(str(path), config, self._commands, self._results, level),
@@ -90,8 +102,9 @@ class ProcessTransport:
                     return
                 continue
             match result:
-                case Ready(_, max_model_len):
+                case Ready(_, max_model_len, layout):
                     self.max_model_len = max_model_len
+                    self.layout = layout
                     self._ready.set()
                 case LogLine(level, name, message):
                     logging.getLogger(name).log(level, "%s", message)
@@ -100,6 +113,8 @@ class ProcessTransport:
                     self._ready.set()
                 case Stopped():
                     return
+                case Died(message):  # why the process is about to exit; reported when it has
+                    self._failure = message
                 case _:
                     self._on_result(result)
 

@@ -27,7 +27,7 @@ from .messages import (
     Stop,
     UnloadAdapter,
 )
-from .types import CheckpointError, ValidationError
+from .types import CheckpointError, FatalEngineError, ValidationError
 
 log = logging.getLogger("stratus.engine")
 
@@ -106,6 +106,8 @@ def run_step_loop(core: EngineCore, next_command: NextCommand, publish: Publish)
                     pacer.stepped(started, core.generated_tokens_total - produced)
                 for rid, why in core.take_failures().items():
                     publish(RequestError(rid, "request", why))
+        except FatalEngineError:
+            raise  # the replica cannot go on (a rank is gone): the caller ends the loop
         except Exception as exc:  # a bug must not hang every caller: fail what is in flight
             log.exception("engine step failed; failing in-flight requests")
             for rid in list(core.requests):
@@ -143,6 +145,8 @@ def _apply(
                 vectors = core.embed(prompts, pooling)
             except ValidationError as exc:
                 publish(RequestError(request_id, "validation", str(exc), exc.param))
+            except FatalEngineError:
+                raise
             except Exception as exc:  # this request fails; the loop and the others go on
                 log.exception("embedding request %s failed", request_id)
                 publish(RequestError(request_id, "request", f"{type(exc).__name__} while embedding"))

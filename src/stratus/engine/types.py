@@ -29,6 +29,11 @@ class ValidationError(ValueError):
         self.param = param
 
 
+class FatalEngineError(RuntimeError):
+    """The replica cannot go on (one of its parallel ranks died or hung): the step loop stops,
+    its requests fail, and an engine process is restarted (engine.py `Engine._restart`)."""
+
+
 class RequestFailed(Exception):
     """The engine failed while computing this one request; the others, and the engine, go on.
     Not a replica failure: the same request would fail on any replica, so it is not retried."""
