@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from ..config import ModelConfig
 from ..types import CheckpointError
 
+# Families whose checkpoints the rank loader (stage.py) slices: q/k/v and gate/up stored apart,
+# no per-head q/k norms (Qwen3) and no fused projections in the checkpoint (Phi-3).
+SPLITTABLE_FAMILIES = frozenset({"llama", "mistral", "qwen2"})
+
 
 class LayoutError(CheckpointError):
     """This model cannot be split this way; the message says why and what would work."""
@@ -93,6 +97,12 @@ def describe(tp: int, pp: int, ranks: list[RankReport]) -> dict:
 
 def plan(config: ModelConfig, tp: int, pp: int) -> Layout:
     """The layout of `config` over tp x pp ranks, or LayoutError."""
+    if tp * pp > 1 and config.family not in SPLITTABLE_FAMILIES:
+        raise LayoutError(
+            f"a {config.architecture} model cannot be split across ranks yet (tensor and pipeline "
+            f"parallelism cover {', '.join(sorted(SPLITTABLE_FAMILIES))}): serve it with "
+            "tensor_parallel_size=1 and pipeline_parallel_size=1"
+        )
     check_tensor_parallel(config, tp)
     if config.quantization and tp * pp > 1:
         raise LayoutError(
