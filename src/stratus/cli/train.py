@@ -98,6 +98,8 @@ def train(**options) -> None:
         raise click.UsageError(str(exc)) from None
     if not model.exists():
         raise click.UsageError(f"--model {options['model']}: no such file or directory")
+    if options["out"].resolve() == model.resolve():
+        raise click.UsageError("--out is the model's own directory; write the result somewhere else")
     for name in ("workers", "batch_size", "micro_batch", "seq_len"):
         if options[name] < 1:
             raise click.UsageError(f"--{name.replace('_', '-')} must be at least 1")

@@ -25,6 +25,14 @@ def test_usage_errors(train_llama, tmp_path, extra, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_out_may_not_be_the_model(train_llama, tmp_path):
+    data = tmp_path / "a.txt"
+    data.write_text("hello world")
+    args = ["train", "--model", str(train_llama), "--data", str(data), "--out", str(train_llama), "--full"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--out is the model's own directory" in result.output
+
+
 def test_a_missing_model_is_a_usage_error(tmp_path):
     args = [
         "train",
