@@ -16,6 +16,7 @@ machine; waits are bounded polls, never measurements.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -282,16 +283,23 @@ def test_cluster_status_shows_the_ray_actors(ray_gateway, ray_nodes, auth_header
     assert [a["node_id"] for a in ray_models["pinned"]["actors"]] == [ray_nodes.b.node_id]
     kinds = {r["kind"] for m in r.json()["models"] for r in m["replicas"]}
     assert kinds == {"ray"}
-    # the same through the command line
-    out = subprocess.run(
-        [sys.executable, "-m", "stratus.cli", "cluster", "status", "--url", ray_gateway.url],
-        env={**os.environ, "STRATUS_API_KEY": admin_key},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "ray pinned: 1 actors" in out.stdout and ray_nodes.b.node_id in out.stdout
+
+    # the same through the command line: a table for people, JSON for scripts
+    def cli_status(*extra: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "stratus.cli", "cluster", "status", "--url", ray_gateway.url, *extra],
+            env={**os.environ, "STRATUS_API_KEY": admin_key, "COLUMNS": "250"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    table = cli_status()
+    assert "pinned" in table and ray_nodes.b.node_id in table
+    shown = {m["model"]: m for m in json.loads(cli_status("--output", "json"))["ray"]["models"]}
+    assert [a["node_id"] for a in shown["pinned"]["actors"]] == [ray_nodes.b.node_id]
 
 
 def test_actor_errors_and_early_close(ray_gateway):
