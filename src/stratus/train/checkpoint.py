@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 KEEP = 2  # checkpoints kept on disk: the newest and the one before it
+NAME_RE = re.compile(r"step-[0-9]{8}")  # what `latest` may name: a directory beside it
+
+
+class CheckpointUnreadable(ValueError):
+    """A checkpoint that cannot be read back (corrupt, or holding more than tensors and plain
+    data): the job cannot resume from it, and restarting it would not help."""
 
 
 def _fsync(path: Path) -> None:
@@ -66,7 +75,10 @@ def latest(directory: Path) -> Path | None:
     pointer = directory / "latest"
     if not pointer.is_file():
         return None
-    found = directory / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    if not NAME_RE.fullmatch(name):  # never a path elsewhere ("../x"): only step-N beside it
+        raise CheckpointUnreadable(f"{pointer}: names {name[:80]!r}, not a checkpoint (step-N)")
+    found = directory / name
     return found if (found / "state.json").is_file() else None
 
 
@@ -114,8 +126,26 @@ def load(path: Path, rank: int) -> dict:
     rank's RNG state (None when the job had fewer ranks then)."""
     rng_file = path / f"rng-rank{rank}.pt"
     return {
-        "state": json.loads((path / "state.json").read_text()),
-        "weights": load_file(str(path / "weights.safetensors")),
-        "optim": torch.load(path / "optim.pt", weights_only=False),
-        "rng": torch.load(rng_file, weights_only=False) if rng_file.is_file() else None,
+        "state": _read(path / "state.json", lambda f: json.loads(f.read_text())),
+        "weights": _read(path / "weights.safetensors", lambda f: load_file(str(f))),
+        "optim": _read(path / "optim.pt", _unpickle),
+        "rng": _read(rng_file, _unpickle) if rng_file.is_file() else None,
     }
+
+
+def _unpickle(file: Path) -> Any:
+    # torch's restricted unpickler (tensors, numbers, strings, containers: all that save()
+    # writes), so a file planted in a checkpoint directory runs no code when it is resumed.
+    return torch.load(file, weights_only=True)
+
+
+def _read(file: Path, read: Callable[[Path], Any]) -> Any:
+    try:
+        return read(file)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: not here
+        raise CheckpointUnreadable(
+            f"{file}: holds more than tensors and plain data; not written by stratus train, "
+            "so it is not loaded"
+        ) from None
+    except Exception as exc:  # missing, corrupt JSON or safetensors, a truncated pickle
+        raise CheckpointUnreadable(f"{file}: cannot be read back ({type(exc).__name__}: {exc})") from None

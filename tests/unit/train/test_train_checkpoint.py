@@ -59,3 +59,44 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert [lr_factor(s, 4, 20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_factor(12, 4, 20) == 0.5
     assert lr_factor(20, 4, 20, min_ratio=0.1) == 0.1
+
+
+class _Planted:
+    """A pickle that runs code when loaded: what a file planted in a checkpoint could hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_pickle_in_a_checkpoint_runs_nothing_and_is_refused(tmp_path):
+    import pytest
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    found = _save(tmp_path, 4, model, optimizer, cosine_with_warmup(optimizer, 0, 10))
+    marker = tmp_path / "ran"
+    for planted in ("optim.pt", "rng-rank0.pt"):
+        saved = (found / planted).read_bytes()
+        torch.save({"optimizer": _Planted(marker)}, found / planted)
+        with pytest.raises(checkpoint.CheckpointUnreadable, match=planted.replace(".", r"\.")):
+            checkpoint.load(found, 0)
+        assert not marker.exists()
+        (found / planted).write_bytes(saved)
+    assert checkpoint.load(found, 0)["state"]["step"] == 4
+
+
+def test_latest_names_only_a_checkpoint_beside_it(tmp_path):
+    import pytest
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    _save(tmp_path / "job", 4, model, optimizer, cosine_with_warmup(optimizer, 0, 10))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "state.json").write_text("{}")
+    (tmp_path / "job" / "latest").write_text("../elsewhere")
+    with pytest.raises(checkpoint.CheckpointUnreadable, match="not a checkpoint"):
+        checkpoint.latest(tmp_path / "job")
