@@ -73,3 +73,52 @@ def test_no_secret_reaches_the_database_or_the_logs(tmp_path, caplog):
         for f in files:
             blob = f.read_bytes()
             assert secret.encode() not in blob and body.encode() not in blob, f"{secret[:22]}... in {f}"
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_admin_bodies_are_never_kept_for_content_logging(tmp_path):
+    """An admin in a team that logs content stores a secret and an upstream's api_key: neither
+    body is kept on the request (only a generation route's is, for content logging)."""
+    data = issued.data_dir_of(tmp_path / "data")
+    settings = Settings(models={"m": "/nonexistent"}, data_dir=str(data), lockout_failures=0)
+    access = build_access(settings)
+    app = create_app(settings, identity=IdentityStage(access))
+    root_secret = issued.record(bootstrap(access.store).generated_secret)
+    value, api_key = "hunter2-" + "v" * 24, "upstream-" + "k" * 24
+    kept: dict[str, object] = {}
+
+    async def capture(scope, receive, send):  # the request's context, as the stages saw it
+        await app(scope, receive, send)
+        ctx = scope.get("state", {}).get("ctx")
+        if ctx is not None:
+            kept[f"{scope['method']} {scope['path']}"] = ctx.body
+
+    async def calls():
+        transport = httpx.ASGITransport(app=capture)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            root = {"Authorization": f"Bearer {root_secret}"}
+            assert (await c.post("/admin/teams", json={"name": "ops"}, headers=root)).status_code == 201
+            r = await c.put("/admin/teams/ops/content-logging", json={"enabled": True}, headers=root)
+            assert r.status_code == 200
+            r = await c.post(
+                "/admin/users", json={"name": "op", "role": "admin", "team": "ops"}, headers=root
+            )
+            assert r.status_code == 201, r.text
+            made = await c.post("/admin/keys", json={"name": "o", "user": "op", "team": "ops"}, headers=root)
+            op = {"Authorization": f"Bearer {issued.record(made.json()['secret'])}"}
+            r = await c.put("/admin/secrets/hook/x", json={"value": value}, headers=op)
+            assert r.status_code == 200, r.text
+            upstream = {"name": "u", "model": "m-up", "base_url": "http://127.0.0.1:9/v1"}
+            r = await c.post(
+                "/admin/upstreams", json={**upstream, "upstream_model": "x", "api_key": api_key}, headers=op
+            )
+            assert r.status_code == 201, r.text
+            await c.post("/v1/chat/completions", json=CHAT, headers=op)
+
+    asyncio.run(calls())
+    access.store.close()
+    assert kept["PUT /admin/secrets/hook/x"] is None
+    assert kept["POST /admin/upstreams"] is None
+    assert kept["POST /v1/chat/completions"] == CHAT  # the one body content logging reads

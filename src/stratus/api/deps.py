@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from stratus.api.errors import validation_message
 from stratus.api.state import AppState
+from stratus.audit.content_log import CONTENT_ROUTES
 from stratus.observe.tracing import span
 from stratus.request.context import RequestContext, Usage
 from stratus.request.errors import APIError, unavailable
@@ -205,8 +206,10 @@ async def parse_body(request: Request, model: type[M]) -> tuple[M, dict]:
     if not isinstance(data, dict):
         raise APIError(400, f"The request body must be a JSON object, not {type(data).__name__}.")
     ctx = getattr(request.state, "ctx", None)
-    if ctx is not None:
-        ctx.body = data  # a reference, for content logging of the teams that turned it on
+    if ctx is not None and ctx.route in CONTENT_ROUTES:
+        # A reference, for content logging of the teams that turned it on; only a generation
+        # route's body is kept: an admin body (an upstream's api_key, a secret's value) never is.
+        ctx.body = data
     try:
         return model.model_validate(data), data
     except PydanticValidationError as exc:
