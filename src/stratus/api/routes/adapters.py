@@ -79,6 +79,14 @@ def _schema() -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+def _forget_answers(request: Request) -> None:
+    """The response cache keys on the model name: answers given as BASE:NAME are not answers of
+    the adapter loaded under that name next (as DELETE /admin/models does for a model)."""
+    cache = app_state(request).cache
+    if cache is not None:
+        cache.clear()
+
+
 @router.get(
     "/models/{base:path}/adapters",
     summary="The LoRA adapters served on a model",
@@ -103,6 +111,7 @@ async def add_adapter(base: str, request: Request, me: Principal = Depends(princ
     body, _ = await parse_body(request, AdapterRequest)
     request.state.ctx.name_model(adapter_model_name(base, body.name))  # the audit record names it
     served, replaced = await app_state(request).registry.add_adapter(base, body.name, body.path)
+    _forget_answers(request)
     log.info("adapter %s loaded from %s by %s", served.name, body.path, me.user)
     return JSONBody(_view(served), status_code=200 if replaced else 201, headers=NO_STORE)
 
@@ -120,6 +129,7 @@ async def remove_adapter(
     registry = app_state(request).registry
     served = registry.models.get(adapter_model_name(base, name))
     await registry.remove_adapter(base, name)
+    _forget_answers(request)
     assert served is not None
     log.info("adapter %s removed by %s", served.name, me.user)
     return JSONBody({**_view(served), "state": "removed"}, headers=NO_STORE)
