@@ -121,7 +121,7 @@ MATRIX = [
     # issue 15 (live model management): 400 and 404 for admins, past authorization
     ("GET", "/admin/models", "/admin/models", None, only(200, {"admin"})),
     ("POST", "/admin/models", "/admin/models", {"name": "m-{who}", "model": "/nonexistent/x"}, only(400, {"admin"})),
-    ("DELETE", "/admin/models/{name}", "/admin/models/nope", None, only(404, {"admin"})),
+    ("DELETE", "/admin/models/{name:path}", "/admin/models/org/nope", None, only(404, {"admin"})),
 ]  # fmt: skip
 
 

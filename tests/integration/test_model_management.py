@@ -142,6 +142,23 @@ def test_a_model_that_fails_to_load_says_why_and_can_be_removed(
         assert c.delete("/admin/models/broken").status_code == 200
 
 
+def test_a_model_named_org_repo_is_removed_by_its_name(gateway, admin_key, second_checkpoint, tmp_path):
+    """Review finding: a model name may hold '/', but DELETE /admin/models/{name} matched one path
+    segment, so `stratus models remove org/repo` got a 404 for a model that was served."""
+    broken = tmp_path / "broken"  # fails at once: the name is what is tested
+    broken.mkdir()
+    (broken / "config.json").write_text((second_checkpoint / "config.json").read_text())
+    with admin(gateway, admin_key) as c:
+        r = c.post("/admin/models", json={"name": "org/repo", "model": str(broken)})
+        assert r.status_code == 202, r.text
+        wait_settled(c, "org/repo")
+        r = c.delete("/admin/models/org/repo")
+        assert r.status_code == 200, r.text
+        assert r.json()["name"] == "org/repo" and state_of(c, "org/repo") is None
+        # an adapter's route is still its own: BASE/adapters/NAME is not a model's name
+        assert c.delete(f"/admin/models/{START}/adapters/nope").json()["error"]["code"] == "model_not_found"
+
+
 def test_refusals_say_what_is_wrong(gateway, admin_key, tmp_path):
     with admin(gateway, admin_key) as c:
         taken = c.post("/admin/models", json={"name": START, "model": str(tmp_path)})

@@ -121,7 +121,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("DELETE", "/admin/models/{base:path}/adapters/{name}"): MODELS_MANAGE,
     ("GET", "/admin/models"): MODELS_MANAGE,
     ("POST", "/admin/models"): MODELS_MANAGE,
-    ("DELETE", "/admin/models/{name}"): MODELS_MANAGE,
+    ("DELETE", "/admin/models/{name:path}"): MODELS_MANAGE,
     ("GET", "/admin/audit/content"): AUDIT_READ,
     ("GET", "/admin/lockouts"): AUDIT_READ,
     ("DELETE", "/admin/lockouts/{source}"): SECURITY_MANAGE,

@@ -184,8 +184,8 @@ async def add_model(request: Request, me: Principal = Depends(principal)) -> JSO
     return JSONBody(_view(request, model), status_code=202, headers=NO_STORE)
 
 
-@router.delete(
-    "/models/{name}",
+@router.delete(  # {name:path}: a model may be named org/repo; BASE/adapters/NAME is adapters.py's
+    "/models/{name:path}",
     summary="Unload a model: new requests get 404, running ones finish (up to --drain-timeout)",
     response_model=ModelRemoved,
     responses=_errors(404, 409),
