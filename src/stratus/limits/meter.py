@@ -100,6 +100,8 @@ class Meter:
         self.prefix = prefix
         self._rules: list[LimitRule] | None = None
         self._rules_at = 0.0
+        self._generation = 0  # bumped by invalidate(): a read begun before it is not kept
+        self._loading: asyncio.Future | None = None  # the read under way, shared
         self.static_rules: list[LimitRule] = []  # rules given in code (tests, benchmarks)
         self.answered_at = 0.0  # when the newest limiter call that got an answer began (monotonic)
         # rows the database will not take wait in `spool` (a local file) and are replayed
@@ -108,7 +110,11 @@ class Meter:
     # -- rules --------------------------------------------------------------------------------
 
     def invalidate(self) -> None:
+        """The rules changed here: the next request reads them again (a read already under way
+        may finish, but its older rules are not kept)."""
         self._rules_at = 0.0
+        self._generation += 1
+        self._loading = None
 
     def _load_rules(self) -> list[LimitRule]:
         if self.store is None:
@@ -117,16 +123,27 @@ class Meter:
             return [LimitRule(**r) for r in ledger.list_limits(conn)]
 
     async def rules(self) -> list[LimitRule]:
+        """The rules, re-read from the store once they are older than `rules_ttl`: one read (in a
+        thread) shared by every request that finds them stale, not one per request."""
         now = time.monotonic()
         if self._rules is None or now - self._rules_at > self.rules_ttl:
+            loading = self._loading
+            if loading is None or loading.done():
+                loading = self._loading = asyncio.ensure_future(self._reload(now, self._generation))
             try:
-                self._rules = await asyncio.to_thread(self._load_rules)
-                self._rules_at = now
+                await asyncio.shield(loading)
             except StoreUnavailable:
                 if self._rules is None:
                     raise LimiterUnavailable("the limit rules cannot be read from the database") from None
                 log.warning("limit rules could not be refreshed; using the last known ones")
+            if self._rules is None:  # read before an invalidation and dropped: read again
+                return await self.rules()
         return self.static_rules + self._rules
+
+    async def _reload(self, started: float, generation: int) -> None:
+        rules = await asyncio.to_thread(self._load_rules)
+        if generation == self._generation:  # else invalidated meanwhile: the next read counts
+            self._rules, self._rules_at = rules, started
 
     # -- admit and settle ---------------------------------------------------------------------
 
