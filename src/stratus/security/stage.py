@@ -21,7 +21,7 @@ from stratus.request.context import RequestContext
 from stratus.request.errors import APIError, model_not_found
 from stratus.request.stage import Stage
 from stratus.security import errors as sec
-from stratus.security import rbac
+from stratus.security import keys, rbac
 from stratus.security.access import AccessControl
 from stratus.security.identity import ANONYMOUS, Principal
 from stratus.store import StoreUnavailable
@@ -76,6 +76,9 @@ OPEN_ACCESS = OpenAccess()
 class IdentityStage(Stage):
     def __init__(self, access: AccessControl):
         self.access = access
+        # credential digest -> its verification under way: the requests that arrive with the
+        # same credential while it runs wait for it instead of each verifying it in a thread
+        self._verifying: dict[str, asyncio.Future[Principal]] = {}
         self._served: Any = []  # a live view of the served model names (bind)
 
     def bind(self, state: Any) -> None:
@@ -84,14 +87,33 @@ class IdentityStage(Stage):
     async def _principal(self, ctx: RequestContext) -> Principal:
         token = bearer(ctx.authorization)
         try:
-            principal = self.access.cached(token)
+            principal = self.access.cached(token)  # refuses a missing token
             if principal is None:
-                principal = await asyncio.to_thread(self.access.authenticate, token)
+                assert token is not None
+                principal = await self._verify(token)
         except sec.Unauthenticated:
             raise unauthenticated() from None
         except (sec.Unavailable, StoreUnavailable):
             raise unavailable() from None
         return principal
+
+    async def _verify(self, token: str) -> Principal:
+        """Verify `token` in a thread, once for all the requests that carry it meanwhile (when
+        its cache entry expires, every request in flight with that key would otherwise verify it
+        again, each in a thread of its own)."""
+        digest = keys.digest(token)
+        flight = self._verifying.get(digest)
+        if flight is None:
+            flight = asyncio.ensure_future(asyncio.to_thread(self.access.authenticate, token))
+            self._verifying[digest] = flight
+            flight.add_done_callback(lambda done: self._landed(digest, done))
+        return await asyncio.shield(flight)
+
+    def _landed(self, digest: str, done: asyncio.Future) -> None:
+        if self._verifying.get(digest) is done:
+            del self._verifying[digest]
+        if not done.cancelled():
+            done.exception()  # retrieved: a refusal every waiter left is not reported as lost
 
     async def identify(self, ctx: RequestContext) -> None:
         ctx.principal = await self._principal(ctx)  # known even if the route is refused (for the record)
