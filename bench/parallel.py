@@ -12,7 +12,9 @@ Per layout (TPxPP), one EngineCore in this process (rank 0; the other ranks are 
     the logits' gather and the stage-to-stage sends, including the wait for the slowest rank;
   - per rank: the weights it holds, its KV pool, its peak RSS.
 Threads: the machine's cores are shared by the ranks (cores // ranks each), so every layout
-uses the same cores. Writes bench/results/parallel.json. On a 2-core CPU, TP costs speed (each
+uses the same cores; --threads sets the threads per rank instead (e.g. TP=1 on one thread, to
+compare with TP=2's one thread per rank on a machine where a 2-thread OpenMP run collapses
+under other load). Writes bench/results/parallel.json. On a 2-core CPU, TP costs speed (each
 rank has one core and the same memory bandwidth); what it buys there is memory per process.
 """
 
@@ -75,12 +77,12 @@ def ttft(core: EngineCore, prompt: list[int], repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(path: Path, tp: int, pp: int, repeats: int) -> dict:
+def measure(path: Path, tp: int, pp: int, repeats: int, threads: int | None) -> dict:
     cores = os.cpu_count() or 1
     config = EngineConfig(
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
-        num_threads=max(1, cores // (tp * pp)),
+        num_threads=threads or max(1, cores // (tp * pp)),
         kv_cache_memory_mb=512,
         max_num_seqs=64,
     )
@@ -130,6 +132,11 @@ def main() -> None:
     parser.add_argument("--model", help="a checkpoint; default: the ~100M random Llama")
     parser.add_argument("--layouts", default="1x1,2x1,1x2", help="TPxPP, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads per rank; default: the cores shared by the ranks (cores // ranks)",
+    )
     parser.add_argument("--out", default=str(common.RESULTS_DIR / "parallel.json"))
     args = parser.parse_args()
     path = Path(args.model) if args.model else common.random_llama("llama-100m", common.LLAMA_100M)
@@ -140,14 +147,14 @@ def main() -> None:
     results = []
     for spec in args.layouts.split(","):
         tp, _, pp = spec.partition("x")
-        result = measure(path, int(tp), int(pp or 1), args.repeats)
+        result = measure(path, int(tp), int(pp or 1), args.repeats, args.threads)
         results.append(result)
         ranks = ", ".join(
             f"r{r['rank']} {r['weight_mib']:.0f}+{r['kv_cache_mib']:.0f} MiB (rss {r['max_rss_mib']:.0f})"
             for r in result["ranks"]
         )
         print(
-            f"{result['layout']}: TTFT {result['ttft_ms']} ms | b1 {result['decode_tok_s_b1']} tok/s "
+            f"{result['layout']} ({result['threads_per_rank']} thread(s) per rank): TTFT {result['ttft_ms']} ms | b1 {result['decode_tok_s_b1']} tok/s "
             f"({result['decode_step_ms_b1']} ms/step, comm {result['comm_ms_per_step_b1']}) | b32 "
             f"{result['decode_tok_s_b32']} tok/s ({result['decode_step_ms_b32']} ms/step, comm "
             f"{result['comm_ms_per_step_b32']}) | weights+KV per rank: {ranks}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import socket
 import threading
 import time
@@ -148,7 +147,7 @@ class EngineCore:
 
     def layout(self) -> dict:
         """How this replica is split over processes (TP x PP) and what each rank holds."""
-        from .parallel.layout import RankReport, describe
+        from .parallel.layout import RankReport, describe, peak_rss_bytes
 
         ranks = getattr(self.runner, "ranks", None)
         if not ranks:  # one process holds it all
@@ -162,7 +161,7 @@ class EngineCore:
                     os.getpid(),
                     self.runner.weight_bytes,
                     sum(c.numel() * c.element_size() for c in self.runner.kv_caches),
-                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                    peak_rss_bytes(),
                 )
             ]
         return describe(self.config.tensor_parallel_size, self.config.pipeline_parallel_size, ranks)

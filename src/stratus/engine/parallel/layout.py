@@ -86,6 +86,21 @@ class RankReport:
         }
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries
+    that over fork and exec, so a rank started by rank 0 would report rank 0's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def describe(tp: int, pp: int, ranks: list[RankReport]) -> dict:
     """A replica's layout as /admin/cluster shows it."""
     return {

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import os
 import pickle
-import resource
 import socket
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from ..lora import LoraBatch
 from ..model import AttentionBatch
 from ..model_runner import ModelRunner
 from .group import Group, ParallelFailure
-from .layout import Layout, RankReport, plan, rank_parameters
+from .layout import Layout, RankReport, peak_rss_bytes, plan, rank_parameters
 from .slices import TensorSource
 from .stage import StageModel
 
@@ -97,7 +96,7 @@ class ParallelRunner(ModelRunner):
             os.getpid(),
             self.weight_bytes,
             sum(c.numel() * c.element_size() for c in self.kv_caches),
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            peak_rss_bytes(),
         )
         reports = self.group.gather_objects(report)
         self.ranks = list(reports) if reports is not None else []  # type: ignore[arg-type]
