@@ -24,6 +24,7 @@ other layer is dequantized to the serving dtype at load (gguf.py).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -93,3 +94,39 @@ def install_native_layers(model: LlamaModel, plan: dict[str, str], dtype: torch.
             table = block_linear(config.hidden_size, config.vocab_size, plan["embed_tokens"], False, device)
         assert isinstance(table, (Int4Linear, Int8BlockLinear))
         setattr(model, "embed_tokens", QuantEmbedding(table, dtype))  # noqa: B010 (typed nn.Embedding)
+
+
+# Bytes per weight of a native layer on the CPU: the loaded form (nibbles or int8, float32 scale
+# and zero per 32 weights) plus the kernel's repacked copy with bfloat16 scales (docs/ENGINE.md).
+BYTES_PER_WEIGHT = {"Q4_0": 1.375, "Q4_1": 1.375, "Q8_0": 2.375}
+TABLE_BYTES_PER_WEIGHT = {"Q4_0": 0.75, "Q4_1": 0.75, "Q8_0": 1.125}  # an untied embedding: no kernel copy
+
+
+def weight_bytes(path: str | Path, config: ModelConfig, dtype: torch.dtype) -> int:
+    """About what the model's weights take served natively: native layers as above, the rest in
+    the serving dtype."""
+    plan = native_layers(path, config)
+    total = 0.0
+    for name, (_, tensor) in gguf.read_tensors(path, config).items():
+        count = math.prod(tensor.shape)
+        if name == "model.embed_tokens.weight" and "embed_tokens" in plan:
+            table = BYTES_PER_WEIGHT if config.tie_word_embeddings else TABLE_BYTES_PER_WEIGHT
+            total += count * table[tensor.kind]
+        elif _engine_layer(name) in plan:
+            total += count * BYTES_PER_WEIGHT[tensor.kind]
+        else:
+            total += count * torch.finfo(dtype).bits // 8
+    return int(total)
+
+
+def _engine_layer(name: str) -> str | None:
+    """The engine layer a checkpoint tensor goes into ("layers.3.mlp.gate_up_proj", "lm_head")."""
+    if name == "lm_head.weight":
+        return "lm_head"
+    parts = name.split(".")  # model.layers.N.owner.part.weight
+    if len(parts) != 6 or parts[1] != "layers":
+        return None
+    for fused, sources in FUSED.items():
+        if f"{parts[3]}.{parts[4]}" in sources:
+            return f"layers.{parts[2]}.{fused}"
+    return None

@@ -12,6 +12,7 @@ import torch
 
 from stratus.engine import CheckpointError, EngineConfig, EngineCore, ModelConfig
 from stratus.engine import gguf as engine_gguf
+from stratus.engine.gguf_blocks import weight_bytes
 from stratus.engine.quant import Int4Linear, Int8BlockLinear, QuantEmbedding, QuantLinear
 from stratus.engine.tokenizer import Tokenizer
 from tests.checkpoints import build_checkpoint, load_hf_model
@@ -90,6 +91,18 @@ def test_native_types_are_served_quantized_and_match_transformers(kind, tied, tm
     assert isinstance(model.embed_tokens, QuantEmbedding)
     assert (model.embed_tokens.table is model.lm_head) == tied
     assert not any(isinstance(p, torch.nn.Parameter) and p.dim() == 2 for p in model.parameters())
+    # what the memory check counts (gguf_blocks.weight_bytes) is what the layers hold
+    held = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    held -= sum(t.numel() * t.element_size() for t in model.rope.buffers())  # computed, not weights
+    held += sum(
+        t.numel() * t.element_size()
+        for m in model.modules()
+        if isinstance(m, QuantLinear)
+        for t in (m._kernel_weight, m._kernel_scale_zeros)
+        if t is not None
+    )
+    estimate = weight_bytes(path, engine.model_config, torch.float32)
+    assert abs(estimate - held) <= 0.1 * held, (estimate, held)
     ids = engine.tokenizer.encode(PROMPT)
     with torch.no_grad():
         ref = hf_from_gguf(path)(torch.tensor([ids])).logits[0]
