@@ -83,8 +83,8 @@ def build_checkpoint(
     max_shard_size: str | None = None,
     init_std: float = 0.02,
 ) -> Path:
-    """Write a random `arch` checkpoint ('llama', 'llama3', 'mistral', 'qwen2', 'qwen3', 'phi3')
-    to out_dir."""
+    """Write a random `arch` checkpoint ('llama', 'llama3', 'mistral', 'qwen2', 'qwen3', 'phi3',
+    'gemma2') to out_dir."""
     import transformers
 
     out_dir = Path(out_dir)
@@ -127,6 +127,16 @@ def build_checkpoint(
             **common, rope_theta=1000000.0, head_dim=2 * hidden_size // num_heads
         )
         model_cls = transformers.Qwen3ForCausalLM
+    elif arch == "gemma2":  # a small window, so that sliding layers differ from the others
+        config = transformers.Gemma2Config(
+            **common,
+            head_dim=hidden_size // num_heads,
+            query_pre_attn_scalar=hidden_size // num_heads,
+            sliding_window=8,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+        )
+        model_cls = transformers.Gemma2ForCausalLM
     elif arch == "phi3":
         config = transformers.Phi3Config(**common, rope_theta=10000.0, sliding_window=None)
         model_cls = transformers.Phi3ForCausalLM
@@ -140,6 +150,11 @@ def build_checkpoint(
             for layer in model.model.layers:
                 for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     proj.bias.normal_(0.0, 0.1)
+    if arch == "gemma2":  # transformers initialises Gemma's norms to zero (scale 1); make them matter
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.uniform_(-0.5, 0.5)
     if arch == "qwen3":  # transformers initialises the q/k norms to ones; make them matter
         with torch.no_grad():
             for layer in model.model.layers:

@@ -17,7 +17,10 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",  # q/k RMSNorm per head (qk_norm)
     "Phi3ForCausalLM": "phi3",  # q/k/v and gate/up stored fused (fused_checkpoint)
+    "Gemma2ForCausalLM": "gemma2",  # soft-capping, sliding-window layers, GeGLU, sandwich norms
 }
+
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # of the MLP's gate
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,7 +28,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass(frozen=True)
 class ModelConfig:
     architecture: str
-    family: str  # llama | mistral | qwen2 | qwen3 | phi3
+    family: str  # llama | mistral | qwen2 | qwen3 | phi3 | gemma2
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -47,6 +50,19 @@ class ModelConfig:
     qk_norm: bool = False  # an RMSNorm over each q and k head before rope (Qwen3)
     # the checkpoint stores qkv_proj and gate_up_proj already fused (Phi-3)
     fused_checkpoint: bool = False
+    # Gemma 2's differences from Llama, each a flag:
+    hidden_act: str = "silu"  # of the gate: silu | gelu_pytorch_tanh (GeGLU)
+    norm_offset: float = 0.0  # RMSNorm scales by (offset + weight): Gemma's weights are stored as w - 1
+    sandwich_norms: bool = False  # norms after attention and around the MLP too (4 per layer)
+    embedding_scale: float | None = None  # embeddings times this (sqrt(hidden) for Gemma)
+    attention_scale: float | None = None  # query scaling; None: head_dim ** -0.5
+    attn_logit_softcap: float | None = None  # scores -> cap * tanh(scores / cap)
+    final_logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap)
+    layer_windows: tuple[int | None, ...] | None = None  # per layer; None: sliding_window for all
+
+    def window(self, layer: int) -> int | None:
+        """Layer `layer`'s sliding window (None: it attends to the whole context)."""
+        return self.layer_windows[layer] if self.layer_windows is not None else self.sliding_window
 
     @classmethod
     def from_dir(cls, path: Path) -> ModelConfig:
@@ -106,6 +122,22 @@ class ModelConfig:
         sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
         if family in ("qwen2", "qwen3") and not raw.get("use_sliding_window", False):
             sliding = None
+        act = str(raw.get("hidden_activation") or raw.get("hidden_act") or "silu")
+        if act not in ACTIVATIONS:
+            raise CheckpointError(
+                f"{source}: activation {act!r} not supported; expected one of {ACTIVATIONS}"
+            )
+        gemma = family == "gemma2"
+        layer_windows = None
+        if gemma:  # alternate layers slide (transformers' default layer_types), the others see all
+            layers = int(need("num_hidden_layers"))
+            types = raw.get("layer_types") or [
+                "sliding_attention" if (n + 1) % 2 else "full_attention" for n in range(layers)
+            ]
+            layer_windows = tuple(
+                int(sliding) if sliding and kind == "sliding_attention" else None for kind in types
+            )
+            sliding = None
         if float(raw.get("partial_rotary_factor") or 1.0) != 1.0:
             raise CheckpointError(
                 f"{source}: partial_rotary_factor={raw['partial_rotary_factor']} not supported "
@@ -134,13 +166,22 @@ class ModelConfig:
             quantization=raw.get("quantization"),
             qk_norm=family == "qwen3",
             fused_checkpoint=family == "phi3",
+            hidden_act=act,
+            norm_offset=1.0 if gemma else 0.0,
+            sandwich_norms=gemma,
+            embedding_scale=hidden**0.5 if gemma else None,
+            attention_scale=float(raw["query_pre_attn_scalar"]) ** -0.5 if gemma else None,
+            attn_logit_softcap=raw.get("attn_logit_softcapping") if gemma else None,
+            final_logit_softcap=raw.get("final_logit_softcapping") if gemma else None,
+            layer_windows=layer_windows,
         )
 
     def num_parameters(self) -> int:
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
         q = self.num_heads * self.head_dim
         kv = self.num_kv_heads * self.head_dim
-        per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h + (2 * self.head_dim if self.qk_norm else 0)
+        per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + (4 if self.sandwich_norms else 2) * h
+        per_layer += 2 * self.head_dim if self.qk_norm else 0
         if self.attention_bias:
             per_layer += q + 2 * kv
         head = 0 if self.tie_word_embeddings else v * h

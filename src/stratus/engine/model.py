@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -88,12 +89,17 @@ def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor, block_size: int) ->
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.offset = offset  # Gemma: the scale is 1 + weight, computed in float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.offset:
+            dtype = x.dtype
+            scale = self.weight.float() + self.offset
+            return F.rms_norm(x.float(), self.weight.shape, scale, self.eps).to(dtype)
         if x.dtype == torch.float32:  # one call instead of six; identical in float32
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Half precision: normalize in float32, round, then scale, exactly as transformers does.
@@ -101,6 +107,19 @@ class RMSNorm(nn.Module):
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+
+def eager_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float, softcap: float
+) -> torch.Tensor:
+    """softmax(cap * tanh(q k^T * scale / cap) + mask) v: attention with soft-capped scores (Gemma
+    2), which scaled_dot_product_attention cannot do. `mask`: boolean (True = may attend) or
+    additive, broadcast over the scores."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v)
 
 
 def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
@@ -158,14 +177,16 @@ class Attention(nn.Module):
         self.num_kv_heads = config.num_kv_heads
         self.group = config.num_heads // config.num_kv_heads  # query heads per KV head
         self.head_dim = config.head_dim
-        self.sliding_window = config.sliding_window
+        self.sliding_window = config.window(layer)
+        self.softcap = config.attn_logit_softcap
+        self.model_window = config.sliding_window  # the one the batch's decode masks carry
         q_size = config.num_heads * config.head_dim
         kv_size = config.num_kv_heads * config.head_dim
         self.q_size, self.kv_size = q_size, kv_size
         # q, k and v share one matmul: fewer kernel launches per step.
         self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
-        self.scale = self.head_dim**-0.5
+        self.scale = config.attention_scale or self.head_dim**-0.5
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
@@ -224,7 +245,10 @@ class Attention(nn.Module):
     def _decode(self, q, kv_cache, group: DecodeGroup, block_size: int, out: torch.Tensor) -> None:
         rows = slice(group.start, group.start + group.count)
         kv = gather_blocks(kv_cache, group.blocks, block_size)[:, :, : group.length].transpose(0, 1)
-        out[rows] = self._attend_one_query(q[rows], kv, group.mask)
+        mask = group.mask
+        if self.sliding_window is not None and self.sliding_window != self.model_window:
+            mask = window_mask(mask, group.count, group.length, self.sliding_window, q.device)
+        out[rows] = self._attend_one_query(q[rows], kv, mask)
 
     def _decode_in_place(self, q, kv_cache, piece: DecodeSlice, out: torch.Tensor) -> None:
         """One row whose context is one slice of the pool: attention reads the keys where they lie."""
@@ -239,13 +263,13 @@ class Attention(nn.Module):
         query heads that share a KV head go in as that head's queries, so each key is read once,
         not once per query head."""
         n, kvh = q.shape[0], self.num_kv_heads
-        result = F.scaled_dot_product_attention(
-            q.view(n, kvh, self.group, self.head_dim),
-            kv[:, :kvh],
-            kv[:, kvh:],
-            attn_mask=mask,
-            scale=self.scale,
-        )
+        query = q.view(n, kvh, self.group, self.head_dim)
+        if self.softcap:
+            result = eager_attention(query, kv[:, :kvh], kv[:, kvh:], mask, self.scale, self.softcap)
+        else:
+            result = F.scaled_dot_product_attention(
+                query, kv[:, :kvh], kv[:, kvh:], attn_mask=mask, scale=self.scale
+            )
         return result.view(n, self.num_heads, self.head_dim)
 
     def _prefill(self, q, kv_cache, span: PrefillSpan, block_size: int) -> torch.Tensor:
@@ -255,13 +279,31 @@ class Attention(nn.Module):
         values = kv[self.num_kv_heads :].unsqueeze(0)
         query = q.transpose(0, 1).unsqueeze(0)  # [1, H, len, D]
         mask = None
-        causal = span.first_position == 0 and self.sliding_window is None
+        causal = span.first_position == 0 and self.sliding_window is None and not self.softcap
         if not causal:
             mask = causal_mask(span.first_position, span.length, self.sliding_window, q.device)
-        out = F.scaled_dot_product_attention(
-            query, keys, values, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=True
-        )
+        if self.softcap:  # the query heads of a KV head as one [group * len] block of rows
+            assert mask is not None  # never `causal` with a soft cap
+            grouped = query.reshape(1, self.num_kv_heads, self.group * span.length, self.head_dim)
+            out = eager_attention(grouped, keys, values, mask.repeat(self.group, 1), self.scale, self.softcap)
+            out = out.view(1, self.num_heads, span.length, self.head_dim)
+        else:
+            out = F.scaled_dot_product_attention(
+                query, keys, values, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=True
+            )
         return out.squeeze(0).transpose(0, 1)
+
+
+def window_mask(mask: torch.Tensor | None, rows: int, length: int, window: int, device) -> torch.Tensor:
+    """A decode group's additive mask [rows, 1, 1, length] with keys older than `window` masked
+    too: a row's keys are its first (unmasked) positions, its query the last of them."""
+    if mask is None:
+        lengths = torch.full((rows, 1, 1, 1), length, device=device)
+        mask = torch.zeros(rows, 1, 1, length, device=device)
+    else:
+        lengths = (mask == 0).sum(-1, keepdim=True)
+    keys = torch.arange(length, device=device)
+    return mask.masked_fill(keys < lengths - window, float("-inf"))
 
 
 def causal_mask(first: int, length: int, window: int | None, device) -> torch.Tensor:
@@ -279,6 +321,7 @@ class MLP(nn.Module):
         super().__init__()
         self.layer = layer
         self.intermediate = config.intermediate_size
+        self.act = partial(F.gelu, approximate="tanh") if config.hidden_act == "gelu_pytorch_tanh" else F.silu
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
@@ -287,7 +330,7 @@ class MLP(nn.Module):
         if lora is not None:
             lora.apply(gate_up, x, self.layer, "gate_up")
         gate, up = gate_up.split(self.intermediate, dim=-1)
-        hidden = F.silu(gate).mul_(up)
+        hidden = self.act(gate).mul_(up)
         y = self.down_proj(hidden)
         if lora is not None:
             lora.apply(y, hidden, self.layer, "down")
@@ -297,13 +340,25 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        h, eps, offset = config.hidden_size, config.rms_norm_eps, config.norm_offset
+        self.input_layernorm = RMSNorm(h, eps, offset)
         self.self_attn = Attention(config, layer)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(h, eps, offset)
         self.mlp = MLP(config, layer)
+        # Gemma 2: post_attention_layernorm normalizes the attention's output, and the MLP has a
+        # norm before and after it
+        self.sandwich = config.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(h, eps, offset)
+            self.post_feedforward_layernorm = RMSNorm(h, eps, offset)
 
     def forward(self, x, rope, kv_cache, batch, lora: LoraBatch | None = None):
         # In place: x is this forward pass's own residual stream (inference only).
+        if self.sandwich:
+            attended = self.self_attn(self.input_layernorm(x), rope, kv_cache, batch, lora)
+            x += self.post_attention_layernorm(attended)
+            x += self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x), lora))
+            return x
         x += self.self_attn(self.input_layernorm(x), rope, kv_cache, batch, lora)
         x += self.mlp(self.post_attention_layernorm(x), lora)
         return x
@@ -315,7 +370,7 @@ class LlamaModel(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, n) for n in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_offset)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -331,10 +386,16 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm; `lora`: rows that use an adapter."""
         x = self.embed_tokens(input_ids)
+        if self.config.embedding_scale is not None:  # Gemma: sqrt(hidden), in the model's dtype
+            x = x * torch.tensor(self.config.embedding_scale, dtype=x.dtype)
         rope = self.rope(positions, x.dtype)  # shared by every layer
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(x, rope, kv_cache, batch, lora)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        logits = self.lm_head(hidden)
+        cap = self.config.final_logit_softcap
+        if cap:  # Gemma 2, in the model's dtype as transformers does
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float()

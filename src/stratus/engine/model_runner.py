@@ -40,6 +40,7 @@ class ModelRunner:
             config.native_kernels
             and self.device.type == "cpu"
             and self.dtype == torch.float32
+            and not model_config.attn_logit_softcap  # the C kernel does not soft-cap scores
             and native.decode_attention_kernel() is not None
         )
 

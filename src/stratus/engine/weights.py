@@ -105,6 +105,8 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
             p + "input_layernorm.weight": (h,),
             p + "post_attention_layernorm.weight": (h,),
         }
+        if config.sandwich_norms:
+            shapes |= {p + f"{norm}.weight": (h,) for norm in SANDWICH_NORMS}
         if config.qk_norm:
             shapes |= {
                 p + "self_attn.q_norm.weight": (config.head_dim,),
@@ -212,12 +214,23 @@ def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
                 put(getattr(getattr(layer, owner), attr), [p + part for part in parts])
             if config.qk_norm:
                 _copy_qk_norms(layer.self_attn, p, get)
+            if config.sandwich_norms:
+                _copy_extra_norms(layer, p, get)
             if config.attention_bias:
                 bias = torch.cat([get(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
                 layer.self_attn.qkv_proj.bias.copy_(bias)
             layer.input_layernorm.weight.copy_(get(p + "input_layernorm.weight"))
             layer.post_attention_layernorm.weight.copy_(get(p + "post_attention_layernorm.weight"))
     gguf.release()  # unmap a GGUF file: its tensors are in the model now
+
+
+SANDWICH_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")  # Gemma 2
+
+
+def _copy_extra_norms(layer: Any, prefix: str, get) -> None:
+    """Gemma 2's norms around the MLP."""
+    for name in SANDWICH_NORMS:
+        getattr(layer, name).weight.copy_(get(f"{prefix}{name}.weight"))
 
 
 def _copy_qk_norms(attention: Any, prefix: str, get) -> None:
@@ -270,6 +283,8 @@ def load_quantized_weights(model: LlamaModel, path: Path, dtype: torch.dtype) ->
                 _fill(getattr(getattr(layer, owner), attr), [p + part for part in parts], get)
             if config.qk_norm:
                 _copy_qk_norms(layer.self_attn, p, get_float)
+            if config.sandwich_norms:
+                _copy_extra_norms(layer, p, get_float)
             if config.attention_bias:
                 bias = torch.cat([get_float(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
                 layer.self_attn.qkv_proj.bias.copy_(bias)

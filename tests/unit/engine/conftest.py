@@ -15,13 +15,13 @@ def llama_dir(tmp_path_factory):
 def arch_dirs(tmp_path_factory):
     """One checkpoint per supported architecture, exercising tied embeddings and shards."""
     dirs = {}
-    for arch in ("llama", "llama3", "mistral", "qwen2", "qwen3", "phi3"):
+    for arch in ("llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma2"):
         dirs[arch] = build_checkpoint(
             tmp_path_factory.mktemp(arch),
             arch,
             hidden_size=128,
             init_std=0.1,
-            tie_word_embeddings=arch in ("qwen2", "qwen3"),
+            tie_word_embeddings=arch in ("qwen2", "qwen3", "gemma2"),
             max_shard_size="200KB" if arch == "mistral" else None,
         )
     return dirs

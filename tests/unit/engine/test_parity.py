@@ -21,7 +21,7 @@ def run_to_completion(engine: EngineCore) -> dict[str, list[int]]:
     return tokens
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma2"])
 def test_logits_and_greedy_match_transformers(arch, arch_dirs):
     path = arch_dirs[arch]
     hf = load_hf_model(path)
@@ -59,6 +59,12 @@ def test_loaded_config_reflects_checkpoint(arch_dirs):
     assert qwen3.qk_norm and not qwen3.attention_bias and qwen3.head_dim == 2 * 128 // 4
     phi3 = EngineCore(arch_dirs["phi3"], EngineConfig(kv_cache_memory_mb=16)).model_config
     assert phi3.fused_checkpoint and phi3.family == "phi3"
+    gemma = EngineCore(arch_dirs["gemma2"], EngineConfig(kv_cache_memory_mb=16))
+    config = gemma.model_config
+    assert config.layer_windows == (8, None) and config.sliding_window is None
+    assert config.attn_logit_softcap == 50.0 and config.final_logit_softcap == 30.0
+    assert config.sandwich_norms and config.norm_offset == 1.0 and config.hidden_act == "gelu_pytorch_tanh"
+    assert not gemma.runner.native_decode  # the C kernel does not soft-cap
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
