@@ -269,6 +269,7 @@ class ModelRegistry:
         task: str | None = None,
         added_by: str | None = None,
         download: bool = False,
+        parallel: tuple[int, int] | None = None,
     ) -> ServedModel:
         """Start serving `source` as `name`: returns at once with the model "downloading" (a
         `download`: a Hugging Face name) or "loading"; `resolve(source, progress)`, in a thread,
@@ -277,6 +278,8 @@ class ModelRegistry:
             raise ModelConflict(f"A model named '{name}' is already served here; remove it first.")
         if task is not None:
             self.tasks[name] = task
+        if parallel is not None:  # (tensor, pipeline) parallel ranks of its replica
+            self.parallel[name] = parallel
         model = self._served(name, None, state="downloading" if download else "loading")
         model.source, model.added_by, model.runtime = source, added_by, True
         self.models[name] = model

@@ -49,6 +49,15 @@ class ModelAdd(BaseModel):
         "Face name org/repo[@revision][:file.gguf]",
     )
     task: Literal["generate", "embed"] | None = Field(None, description="What it is served for")
+    tensor_parallel_size: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Split its replica's layers over this many processes (docs/PARALLEL.md)",
+    )
+    pipeline_parallel_size: int | None = Field(
+        None, ge=1, le=64, description="Split its replica's layers into this many stages, a process each"
+    )
 
 
 class ReplicaOut(BaseModel):
@@ -176,8 +185,17 @@ async def add_model(request: Request, me: Principal = Depends(principal)) -> JSO
     source = body.model if hub_name is not None else str(_local_path(body.model).resolve())
     assert body.task is None or body.task in TASKS
     try:
+        parallel = None
+        if body.tensor_parallel_size is not None or body.pipeline_parallel_size is not None:
+            parallel = (body.tensor_parallel_size or 1, body.pipeline_parallel_size or 1)
         model = state.registry.add(
-            body.name, source, _resolve, body.task, added_by=me.user, download=hub_name is not None
+            body.name,
+            source,
+            _resolve,
+            body.task,
+            added_by=me.user,
+            download=hub_name is not None,
+            parallel=parallel,
         )
     except ModelConflict as exc:
         raise APIError(409, str(exc), param="name") from None
