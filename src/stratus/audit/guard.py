@@ -75,7 +75,7 @@ def suspended_error(key_id: str) -> APIError:
 async def check_suspended(suspensions: Suspensions, principal: Principal) -> None:
     if principal.key_id is None:
         return
-    if suspensions.ids.stale():
+    if suspensions.ids.needs_refresh():
         await asyncio.to_thread(suspensions.ids.refresh)  # fails closed: a store error is a 503
     if principal.key_id in suspensions.ids:
         raise suspended_error(principal.key_id)

@@ -137,7 +137,7 @@ class AuditRecorder:
         content = self.content
         if content is None or ctx.route not in CONTENT_ROUTES or ctx.principal is None:
             return None
-        if content.teams.stale():
+        if content.teams.needs_refresh():
             try:
                 await asyncio.to_thread(content.teams.refresh)
             except Exception as exc:  # keep the last known set; the record itself still goes

@@ -1,7 +1,7 @@
 """A set read from the database and kept for a few seconds, so a per-request check costs no query.
 
     teams = TTLSet(load=lambda: {...}, ttl=2.0)
-    if teams.stale(): await asyncio.to_thread(teams.refresh)
+    if teams.needs_refresh(): await asyncio.to_thread(teams.refresh)
     "ml" in teams
 
 A change made by this process updates the set at once (`add`, `discard`); one made by another
@@ -27,6 +27,11 @@ class TTLSet:
 
     def stale(self) -> bool:
         return time.monotonic() - self._loaded_at >= self.ttl
+
+    def needs_refresh(self) -> bool:
+        """Stale, and no reload under way: the requests that find it stale while one runs use
+        the current set without a thread hop each (refresh would return at once for them)."""
+        return self.stale() and not self._loading.locked()
 
     def refresh(self) -> None:
         if not self._loading.acquire(blocking=False):

@@ -50,3 +50,22 @@ def test_one_reload_at_a_time():
     gate.set()
     first.join(10)
     assert len(calls) == 1 and "x" in s
+
+
+def test_a_stale_set_needs_a_refresh_only_while_none_runs():
+    gate, started = threading.Event(), threading.Event()
+
+    def load():
+        started.set()
+        gate.wait(10)
+        return {"x"}
+
+    s = TTLSet(load, ttl=60)
+    assert s.stale() and s.needs_refresh()  # never loaded
+    reload = threading.Thread(target=s.refresh)
+    reload.start()
+    started.wait(10)
+    assert s.stale() and not s.needs_refresh()  # one is under way: the others use the current set
+    gate.set()
+    reload.join(10)
+    assert not s.stale() and not s.needs_refresh() and "x" in s
