@@ -331,3 +331,33 @@ def test_admins_list_and_lift_lockouts(server):
         lifted = c.get("/admin/audit", params={"action": "DELETE /admin/lockouts/{source}"}).json()["data"]
         statuses = sorted(r["status"] for r in lifted)
         assert statuses == [200, 403, 404]
+
+
+def test_a_responses_api_call_is_content_logged_like_a_chat(server):
+    """Review finding: /v1/responses was not among the content-logged routes, so a team with
+    content logging on had none of its Responses API prompts or answers logged."""
+    _, key = user_key(server, "resp-u", team="cl-resp")
+    assert cli(server, server.admin, "teams", "content-logging", "cl-resp", "--on").exit_code == 0
+    body = {
+        "model": TINY_MODEL,
+        "instructions": "Answer briefly.",
+        "input": issued.record_prompt(f"Responses API, mail {EMAIL}"),
+        "max_output_tokens": 4,
+    }
+    with client(server, key) as c:
+        r = c.post("/v1/responses", json=body)
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-request-id"]
+    with client(server, server.admin) as c:
+        deadline = time.monotonic() + 10
+        while not (rows := c.get("/admin/audit/content", params={"request_id": rid}).json()["data"]):
+            assert time.monotonic() < deadline, f"no content logged for {rid}"
+            time.sleep(0.1)
+    messages = rows[0]["content"]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[1]["content"] == "Responses API, mail [email]"
+    answer = "".join(
+        p["text"] for item in r.json()["output"] if item["type"] == "message" for p in item["content"]
+    )
+    assert rows[0]["content"]["completions"] == [redact(answer)]
+    assert cli(server, server.admin, "teams", "content-logging", "cl-resp", "--off").exit_code == 0

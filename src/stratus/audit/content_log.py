@@ -26,7 +26,9 @@ from stratus.store import Store, review_tables
 from stratus.store.directory import get_team
 from stratus.store.review_tables import content_aad
 
-CONTENT_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+# The routes whose prompts and completions are logged; /v1/responses logs its conversation as
+# the chat request it is served as (api/routes/responses.py).
+CONTENT_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 
 
 def _message_text(content: Any) -> str:

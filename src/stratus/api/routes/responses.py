@@ -48,6 +48,8 @@ async def create_response(
     except PydanticValidationError as exc:  # a field that chat refuses, e.g. an unknown role
         message, param = validation_message([dict(e) for e in exc.errors(include_url=False)])
         raise APIError(400, message, param=param) from None
+    if gw.ctx.body is not None:  # content logging reads messages: the conversation as chat has it
+        gw.ctx.body = {"messages": [m.model_dump(exclude_none=True) for m in chat.messages]}
 
     def responses_format(request_id: str, tools: tool_calls.Format | None) -> ResponsesFormat:
         return ResponsesFormat(request_id, body, tools)
