@@ -38,7 +38,10 @@ class StageModel(nn.Module):
         self.first, self.last = stage == 0, stage == layout.pp - 1
         self.group = group
         with torch.device("meta"):
-            layers = nn.ModuleList(DecoderLayer(self.config) for _ in range(self.config.num_layers))
+            first = self.layer_range[0]  # layers know their index in the whole model
+            layers = nn.ModuleList(
+                DecoderLayer(self.config, first + i) for i in range(self.config.num_layers)
+            )
         self.layers = layers.to_empty(device=device).to(dtype)
         if layout.tp > 1:
             for layer in self.decoder_layers():
