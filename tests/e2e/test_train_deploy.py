@@ -12,8 +12,8 @@ from stratus.cli import main
 from stratus.engine.tokenizer import Tokenizer
 from stratus.train.lora import LoraSpec, apply_lora, load_adapter_state
 from stratus.train.model import load_causal_lm
+from tests.chat_data import write_chat_set
 from tests.conftest import TINY_MODEL
-from tests.integration.test_train_distributed import write_chat_set
 
 pytestmark = pytest.mark.timeout(300)
 

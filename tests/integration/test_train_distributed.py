@@ -25,25 +25,12 @@ import torch
 
 from stratus.train.spec import TrainSpec
 from stratus.train.supervisor import Supervisor, read_metrics
+from tests.chat_data import write_chat_set
 from tests.checkpoints import build_checkpoint, load_hf_model
 
 pytestmark = pytest.mark.timeout(300)
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
-WORDS = ["fox", "dog", "hello", "world", "models", "stratus", "simple", "flat"]
-
-
-def write_chat_set(path: Path, count: int) -> Path:
-    """Conversations with a rule to learn: "say W N" is answered "W W N is better than W"."""
-    with path.open("w") as handle:
-        for i in range(count):
-            word, n = WORDS[i % len(WORDS)], (i * 7) % 10
-            messages = [
-                {"role": "user", "content": f"say {word} {n}"},
-                {"role": "assistant", "content": f"{word} {word} {n} is better than {word}."},
-            ]
-            handle.write(json.dumps({"messages": messages}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
