@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from ..config import ModelConfig
 from ..types import CheckpointError
 
-# Families whose checkpoints the rank loader (stage.py) slices: q/k/v and gate/up stored apart,
-# no per-head q/k norms (Qwen3) and no fused projections in the checkpoint (Phi-3).
-SPLITTABLE_FAMILIES = frozenset({"llama", "mistral", "qwen2"})
+# Families whose checkpoints the rank loader (stage.py) slices and whose forward a stage runs
+# (Gemma 2's embedding scale, sandwich norms and logit soft-capping are not in stage.py yet).
+SPLITTABLE_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
 
 
 class LayoutError(CheckpointError):
@@ -242,6 +242,7 @@ def rank_parameters(config: ModelConfig, layout: Layout, rank: int) -> int:
     h, d = local.hidden_size, local.head_dim
     q, kv = local.num_heads * d, local.num_kv_heads * d
     per_layer = h * (q + 2 * kv) + q * h + 3 * h * local.intermediate_size + 2 * h
+    per_layer += 2 * d if local.qk_norm else 0  # Qwen3's per-head q/k norms, whole on every rank
     if local.attention_bias:
         per_layer += q + 2 * kv
     total = local.num_layers * per_layer

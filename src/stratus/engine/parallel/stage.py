@@ -79,11 +79,29 @@ class StageModel(nn.Module):
             for i, layer in enumerate(self.decoder_layers()):
                 p = f"model.layers.{self.layer_range[0] + i}."
                 attn, mlp = layer.self_attn, layer.mlp
-                qkv = [
-                    source.rows(p + "self_attn.q_proj.weight", *q_rows, dtype),
-                    source.rows(p + "self_attn.k_proj.weight", *kv_rows, dtype),
-                    source.rows(p + "self_attn.v_proj.weight", *kv_rows, dtype),
-                ]
+                inter = part.intermediate
+                if full.fused_checkpoint:  # Phi-3 stores q/k/v and gate/up fused: cut each part
+                    q, kv, i_all = full.num_heads * d, full.num_kv_heads * d, full.intermediate_size
+                    fused = p + "self_attn.qkv_proj.weight"
+                    qkv = [
+                        source.rows(fused, *q_rows, dtype),
+                        source.rows(fused, q + kv_rows[0], q + kv_rows[1], dtype),
+                        source.rows(fused, q + kv + kv_rows[0], q + kv + kv_rows[1], dtype),
+                    ]
+                    gate_up = [
+                        source.rows(p + "mlp.gate_up_proj.weight", *inter, dtype),
+                        source.rows(p + "mlp.gate_up_proj.weight", i_all + inter[0], i_all + inter[1], dtype),
+                    ]
+                else:
+                    qkv = [
+                        source.rows(p + "self_attn.q_proj.weight", *q_rows, dtype),
+                        source.rows(p + "self_attn.k_proj.weight", *kv_rows, dtype),
+                        source.rows(p + "self_attn.v_proj.weight", *kv_rows, dtype),
+                    ]
+                    gate_up = [
+                        source.rows(p + "mlp.gate_proj.weight", *inter, dtype),
+                        source.rows(p + "mlp.up_proj.weight", *inter, dtype),
+                    ]
                 attn.qkv_proj.weight.copy_(torch.cat(qkv))
                 if full.attention_bias:
                     bias = [
@@ -92,14 +110,12 @@ class StageModel(nn.Module):
                         source.rows(p + "self_attn.v_proj.bias", *kv_rows, dtype),
                     ]
                     attn.qkv_proj.bias.copy_(torch.cat(bias))
+                if attn.q_norm is not None and attn.k_norm is not None:  # Qwen3: per head, whole
+                    attn.q_norm.weight.copy_(source.full(p + "self_attn.q_norm.weight", dtype))
+                    attn.k_norm.weight.copy_(source.full(p + "self_attn.k_norm.weight", dtype))
                 _inner(attn.o_proj).weight.copy_(
                     source.columns(p + "self_attn.o_proj.weight", *q_rows, dtype)
                 )
-                inter = part.intermediate
-                gate_up = [
-                    source.rows(p + "mlp.gate_proj.weight", *inter, dtype),
-                    source.rows(p + "mlp.up_proj.weight", *inter, dtype),
-                ]
                 mlp.gate_up_proj.weight.copy_(torch.cat(gate_up))
                 _inner(mlp.down_proj).weight.copy_(source.columns(p + "mlp.down_proj.weight", *inter, dtype))
                 layer.input_layernorm.weight.copy_(source.full(p + "input_layernorm.weight", dtype))

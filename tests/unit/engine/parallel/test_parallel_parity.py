@@ -2,6 +2,7 @@
 and the same greedy tokens, for tensor parallel (GQA, bias, tied embeddings, sharded files),
 pipeline parallel and both together; each rank holds only its share of the weights."""
 
+import dataclasses
 import os
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from stratus.engine import CheckpointError, EngineConfig, EngineCore, GenerateRequest, SamplingParams
 from stratus.engine.parallel.layout import LayoutError, rank_parameters
 from stratus.engine.pooling import Pooling
+from tests.checkpoints import build_checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -63,6 +65,28 @@ def check_parity(core: EngineCore, ref) -> None:
         assert (want - got).abs().max().item() <= 1e-5
     assert generate_all(core) == tokens
     assert all(len(t) == GREEDY_TOKENS for t in tokens.values())
+
+
+@pytest.fixture(scope="module")
+def more_dirs(tmp_path_factory):
+    """Qwen3 (per-head q/k norms, head_dim apart from hidden / heads) and Phi-3 (q/k/v and
+    gate/up fused in the checkpoint)."""
+    return {
+        arch: build_checkpoint(tmp_path_factory.mktemp(arch), arch, hidden_size=128, init_std=0.1)
+        for arch in ("qwen3", "phi3")
+    }
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "phi3"])
+def test_tensor_parallel_2_of_fused_and_qk_norm_checkpoints(arch, more_dirs):
+    config = EngineConfig(kv_cache_memory_mb=8, max_num_batched_tokens=8)
+    one = EngineCore(more_dirs[arch], config)
+    want = one.prompt_logits(PROMPTS), generate_all(one)
+    core = EngineCore(more_dirs[arch], dataclasses.replace(config, tensor_parallel_size=2))
+    try:
+        check_parity(core, (*want, None, one.model_config))
+    finally:
+        core.close()
 
 
 @pytest.mark.parametrize("arch", ["llama3", "qwen2", "mistral"])
