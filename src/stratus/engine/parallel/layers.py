@@ -48,12 +48,16 @@ class VocabParallelHead(nn.Module):
     """The output head over rows [start, end) of the vocabulary; an all-gather puts every
     rank's logits side by side and the padding past `vocab_size` is cut off."""
 
-    def __init__(self, linear: nn.Module, vocab_size: int, group: Group):
+    def __init__(self, linear: nn.Module, vocab_size: int, group: Group, softcap: float | None = None):
         super().__init__()
         self.linear = linear
         self.vocab_size = vocab_size
         self.group = group
+        self.softcap = softcap  # Gemma 2: logits -> cap * tanh(logits / cap), element by element
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.linear(hidden).float()
+        logits = self.linear(hidden)
+        if self.softcap:  # in the model's dtype, as transformers does
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logits = logits.float()
         return self.group.all_gather_last_dim(logits)[..., : self.vocab_size]

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from ..config import ModelConfig
 from ..types import CheckpointError
 
-# Families whose checkpoints the rank loader (stage.py) slices and whose forward a stage runs
-# (Gemma 2's embedding scale, sandwich norms and logit soft-capping are not in stage.py yet).
-SPLITTABLE_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+# Families whose checkpoints the rank loader (stage.py) slices and whose forward a stage runs.
+SPLITTABLE_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2"})
 
 
 class LayoutError(CheckpointError):
@@ -241,7 +240,8 @@ def rank_parameters(config: ModelConfig, layout: Layout, rank: int) -> int:
     local = local_config(config, shard(config, layout.tp, tp_rank), layout.stages[stage])
     h, d = local.hidden_size, local.head_dim
     q, kv = local.num_heads * d, local.num_kv_heads * d
-    per_layer = h * (q + 2 * kv) + q * h + 3 * h * local.intermediate_size + 2 * h
+    per_layer = h * (q + 2 * kv) + q * h + 3 * h * local.intermediate_size
+    per_layer += (4 if local.sandwich_norms else 2) * h  # norms, whole on every rank
     per_layer += 2 * d if local.qk_norm else 0  # Qwen3's per-head q/k norms, whole on every rank
     if local.attention_bias:
         per_layer += q + 2 * kv

@@ -66,7 +66,9 @@ class StageModel(nn.Module):
                 rows = source.rows("model.embed_tokens.weight", *vocab, dtype, pad_to=vocab[1])
                 self.embed = VocabParallelEmbedding(rows.to(self._device), vocab[0], self.group)
             if self.last:
-                self.norm = RMSNorm(full.hidden_size, full.rms_norm_eps).to(self._device, dtype)
+                self.norm = RMSNorm(full.hidden_size, full.rms_norm_eps, full.norm_offset).to(
+                    self._device, dtype
+                )
                 self.norm.weight.copy_(source.full("model.norm.weight", dtype))
                 head = nn.Linear(full.hidden_size, vocab[1] - vocab[0], bias=False, device="meta")
                 if full.tie_word_embeddings and self.embed is not None:
@@ -75,7 +77,7 @@ class StageModel(nn.Module):
                     name = "model.embed_tokens.weight" if full.tie_word_embeddings else "lm_head.weight"
                     rows = source.rows(name, *vocab, dtype, pad_to=vocab[1])
                     head.weight = nn.Parameter(rows.to(self._device), requires_grad=False)
-                self.head = VocabParallelHead(head, full.vocab_size, self.group)
+                self.head = VocabParallelHead(head, full.vocab_size, self.group, full.final_logit_softcap)
             for i, layer in enumerate(self.decoder_layers()):
                 p = f"model.layers.{self.layer_range[0] + i}."
                 attn, mlp = layer.self_attn, layer.mlp
@@ -122,6 +124,9 @@ class StageModel(nn.Module):
                 layer.post_attention_layernorm.weight.copy_(
                     source.full(p + "post_attention_layernorm.weight", dtype)
                 )
+                if full.sandwich_norms:  # Gemma 2: a norm before and after the MLP too
+                    for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+                        getattr(layer, name).weight.copy_(source.full(p + f"{name}.weight", dtype))
 
     def decoder_layers(self) -> list[DecoderLayer]:
         return [layer for layer in self.layers if isinstance(layer, DecoderLayer)]
@@ -136,8 +141,13 @@ class StageModel(nn.Module):
     ) -> torch.Tensor:
         """The first stage embeds `input_ids`; a later one continues from the previous stage's
         `hidden`. The last stage returns the states after the final norm."""
-        x = self.embed(input_ids) if self.embed is not None else hidden
-        assert x is not None, "a stage after the first needs the previous stage's hidden states"
+        if self.embed is not None:
+            x = self.embed(input_ids)
+            if self.full.embedding_scale is not None:  # Gemma: sqrt(hidden), in the model's dtype
+                x = x * torch.tensor(self.full.embedding_scale, dtype=x.dtype)
+        else:
+            assert hidden is not None, "a stage after the first needs the previous stage's hidden states"
+            x = hidden
         rope = self.rope(positions, x.dtype)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x = layer(x, rope, kv_cache, batch)

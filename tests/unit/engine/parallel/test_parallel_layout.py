@@ -81,9 +81,9 @@ def test_more_stages_than_layers_and_quantized_checkpoints_are_refused():
         plan(config(), 1, 5)
     with pytest.raises(LayoutError, match="int8 checkpoint cannot be split"):
         plan(config(quantization={"method": "int8"}), 2, 1)
-    with pytest.raises(LayoutError, match="Gemma2ForCausalLM model cannot be split"):
-        plan(config(architecture="Gemma2ForCausalLM", family="gemma2"), 2, 1)
-    assert plan(config(architecture="Gemma2ForCausalLM", family="gemma2"), 1, 1).world_size == 1
+    with pytest.raises(LayoutError, match="FutureForCausalLM model cannot be split"):
+        plan(config(architecture="FutureForCausalLM", family="future"), 2, 1)
+    assert plan(config(architecture="FutureForCausalLM", family="future"), 1, 1).world_size == 1
 
 
 @pytest.mark.parametrize(

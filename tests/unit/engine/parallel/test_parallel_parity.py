@@ -69,15 +69,22 @@ def check_parity(core: EngineCore, ref) -> None:
 
 @pytest.fixture(scope="module")
 def more_dirs(tmp_path_factory):
-    """Qwen3 (per-head q/k norms, head_dim apart from hidden / heads) and Phi-3 (q/k/v and
-    gate/up fused in the checkpoint)."""
+    """Qwen3 (per-head q/k norms, head_dim apart from hidden / heads), Phi-3 (q/k/v and gate/up
+    fused in the checkpoint), Gemma 2 (embedding scale, sandwich norms, soft-capped logits,
+    tied head, sliding-window layers)."""
     return {
-        arch: build_checkpoint(tmp_path_factory.mktemp(arch), arch, hidden_size=128, init_std=0.1)
-        for arch in ("qwen3", "phi3")
+        arch: build_checkpoint(
+            tmp_path_factory.mktemp(arch),
+            arch,
+            hidden_size=128,
+            init_std=0.1,
+            tie_word_embeddings=arch == "gemma2",
+        )
+        for arch in ("qwen3", "phi3", "gemma2")
     }
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "phi3"])
+@pytest.mark.parametrize("arch", ["qwen3", "phi3", "gemma2"])
 def test_tensor_parallel_2_of_fused_and_qk_norm_checkpoints(arch, more_dirs):
     config = EngineConfig(kv_cache_memory_mb=8, max_num_batched_tokens=8)
     one = EngineCore(more_dirs[arch], config)
@@ -158,5 +165,20 @@ def test_kv_heads_replicated_over_4_ranks(arch_dirs, reference):
             assert (want - got).abs().max().item() <= 1e-5
         kv = [r.kv_cache_bytes for r in core.runner.ranks]
         assert len(set(kv)) == 1 and core.runner.kv_caches[0].shape[0] == 2  # one K and one V head
+    finally:
+        core.close()
+
+
+def test_a_gguf_file_splits_too(arch_dirs, tmp_path):
+    """A GGUF file's tensors are dequantized one at a time, then cut to each rank's slice."""
+    from tests.gguf_files import write_gguf
+
+    path = write_gguf(arch_dirs["llama3"], tmp_path / "tiny.gguf", "F32")
+    one = EngineCore(path, EngineConfig(kv_cache_memory_mb=8))
+    want = one.prompt_logits(PROMPTS)
+    core = EngineCore(path, EngineConfig(kv_cache_memory_mb=8, tensor_parallel_size=2))
+    try:
+        for a, b in zip(want, core.prompt_logits(PROMPTS), strict=True):
+            assert (a - b).abs().max().item() <= 1e-5
     finally:
         core.close()
