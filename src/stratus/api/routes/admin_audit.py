@@ -119,7 +119,20 @@ async def audit_verify(request: Request) -> JSONBody:
             "problems": problems + report.problems,
         }
 
-    return JSONBody(await asyncio.to_thread(check), headers=NO_STORE)
+    async with _verify_turn(request):  # one at a time: each holds a thread for the whole chain
+        report = await asyncio.to_thread(check)
+    return JSONBody(report, headers=NO_STORE)
+
+
+def _verify_turn(request: Request) -> asyncio.Lock:
+    """Verifications take turns: concurrent calls (an auditor's script, a reloaded dashboard)
+    each held a worker thread for seconds, and those threads are the ones that also verify API
+    keys (asyncio.to_thread), so enough of them stalled every new caller's authentication."""
+    state = request.app.state
+    turn = getattr(state, "audit_verify_turn", None)
+    if turn is None:
+        turn = state.audit_verify_turn = asyncio.Lock()
+    return turn
 
 
 @router.get("/alerts", summary="Lockouts in force and recent alerts", dependencies=[Depends(principal)])
