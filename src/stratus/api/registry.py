@@ -101,6 +101,10 @@ class ServedModel:
         return None
 
 
+def _removed_meanwhile(base: str) -> APIError:
+    return APIError(404, f"The model '{base}' was removed while the adapter loaded.", code="model_not_found")
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -414,7 +418,13 @@ class ModelRegistry:
                 raise APIError(
                     400, f"The adapter cannot be served on '{base}': {exc}", param="path"
                 ) from None
+            except Exception:
+                if self.models.get(base) is not served:  # its engine stopped: not a server error
+                    raise _removed_meanwhile(base) from None
+                raise
             loaded.append(replica)
+        if self.models.get(base) is not served:  # removed while the adapter loaded: engines gone
+            raise _removed_meanwhile(base)
         view = cast(ReplicaSet, AdapterReplicas(served.replicas, name))  # the base's, stamped
         self.models[full] = ServedModel(full, None, view, state="ready", base=base, adapter_path=path)
         log.info("LoRA adapter %s served from %s", full, path)

@@ -75,3 +75,39 @@ def test_an_adapter_that_fails_at_start_is_a_failed_model(tmp_path):
             await engine.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_an_adapter_whose_base_is_removed_while_it_loads_is_not_served(tmp_path):
+    """Review finding: DELETE /admin/models/BASE while POST .../BASE/adapters was loading left
+    BASE:NAME served on the removed model's stopped engines (503 for good, listed nowhere)."""
+    base = build_checkpoint(tmp_path / "base", "llama")
+    adapter = build_lora_adapter(base, tmp_path / "sql", targets=("q_proj", "v_proj"))
+
+    async def scenario():
+        registry = ModelRegistry(
+            paths={"m": base}, engine_config=EngineConfig(kv_cache_memory_mb=4), isolation="thread"
+        )
+        await registry.load_all()
+        engine = registry.models["m"].engine
+        loading, go_on = asyncio.Event(), asyncio.Event()
+        real_load = engine.load_adapter
+
+        async def slow_load(name, path):
+            loading.set()
+            await go_on.wait()
+            return await real_load(name, path)
+
+        engine.load_adapter = slow_load
+        try:
+            adding = asyncio.ensure_future(registry.add_adapter("m", "sql", str(adapter)))
+            await loading.wait()
+            await registry.remove("m", timeout=5)  # its engine stops under the load
+            go_on.set()
+            with pytest.raises(APIError) as gone:
+                await adding
+            assert gone.value.status == 404 and "removed" in gone.value.message
+            assert "m:sql" not in registry.models
+        finally:
+            await registry.shutdown()
+
+    asyncio.run(scenario())
