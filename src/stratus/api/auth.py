@@ -114,6 +114,12 @@ _AUTH_RESPONSES = {
         "description": "The credential's role does not allow this",
         "content": {"application/json": {"schema": _ERROR_REF}},
     },
+    "429": {  # the screen step (audit/guard.py): before the credential is even checked
+        "description": "Too many failed authentication attempts from this address or against this "
+        "key (locked out), or a limit reached; see Retry-After",
+        "headers": {"Retry-After": {"schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": _ERROR_REF}},
+    },
     "503": {
         "description": "Access control cannot reach its database; see Retry-After",
         "headers": {"Retry-After": {"schema": {"type": "string"}}},
