@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from stratus.api.deps import Gateway, app_state, gateway
+from stratus.api.errors import ErrorResponse
 from stratus.api.routes.common import errors
 from stratus.api.schemas_out import HealthResponse, ReadyResponse
 from stratus.api.streaming import JSONBody
@@ -31,7 +32,12 @@ async def health(request: Request) -> JSONBody:
     "/ready",
     summary="Readiness: 200 once every model is loaded and warmed up, else 503",
     response_model=ReadyResponse,
-    responses={503: {"model": ReadyResponse, "description": "Still loading, or a model failed"}},
+    responses={
+        503: {"model": ReadyResponse, "description": "Still loading, or a model failed"},
+        # Only when a credential is sent: it is checked like on any route (see below).
+        401: {"model": ErrorResponse, "description": "The credential sent is bad"},
+        429: {"model": ErrorResponse, "description": "The address or key is locked out; see Retry-After"},
+    },
 )
 async def ready(request: Request) -> JSONBody:
     """Everyone gets the status; model names and errors only callers allowed to read status. A
