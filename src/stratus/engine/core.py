@@ -123,10 +123,12 @@ class EngineCore:
         self._failures: dict[str, str] = {}  # request id -> why it failed (take_failures)
         # The vocabulary guided decoding needs (0.4 s for a 49k vocabulary) is built beside the
         # start-up, not inside the step loop on the first guided request, which would stall
-        # every sequence in the batch meanwhile.
+        # every sequence in the batch meanwhile. Not a daemon: a process that exits while native
+        # code is building it aborts ("terminate called without an active exception", exit 134),
+        # so exiting waits for it (under a second).
         self._grammar_vocab: GrammarVocab | None = None
         self._grammar_vocab_built = threading.Thread(
-            target=self._build_grammar_vocab, name="stratus-grammar-vocab", daemon=True
+            target=self._build_grammar_vocab, name="stratus-grammar-vocab", daemon=False
         )
         self._grammar_vocab_built.start()
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from tqdm import tqdm
 
 from . import gguf
 from .config import CheckpointError, ModelConfig
@@ -207,7 +208,7 @@ def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
         model.norm.weight.copy_(get("model.norm.weight"))
         if not config.tie_word_embeddings:
             put(model.lm_head, ["lm_head"])
-        for n, layer in enumerate(model.layers):
+        for n, layer in enumerate(_progress(model.layers, path)):
             p = f"model.layers.{n}."
             for fused, parts in fused_layers(config).items():
                 owner, attr = fused.split(".")
@@ -225,6 +226,12 @@ def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
 
 
 SANDWICH_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")  # Gemma 2
+
+
+def _progress(layers: Any, path: Path) -> Any:
+    """A progress bar over the layers being loaded (and, for a GGUF file, repacked), at a terminal
+    only: tqdm's disable=None turns it off when stderr is not one (logs, tests, services)."""
+    return tqdm(layers, desc=f"loading {path.name}", unit="layer", disable=None, leave=False)
 
 
 def _copy_extra_norms(layer: Any, prefix: str, get) -> None:
@@ -276,7 +283,7 @@ def load_quantized_weights(model: LlamaModel, path: Path, dtype: torch.dtype) ->
             _fill(model.lm_head, ["lm_head"], get)
         elif not config.tie_word_embeddings:
             model.lm_head.weight.copy_(get_float("lm_head.weight"))
-        for n, layer in enumerate(model.layers):
+        for n, layer in enumerate(_progress(model.layers, path)):
             p = f"model.layers.{n}."
             for fused, parts in fused_layers(config).items():
                 owner, attr = fused.split(".")
