@@ -153,7 +153,9 @@ def stored_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _check(tensors: dict, expected: dict, path: Path, kind: str, qdtype: torch.dtype | None = None) -> None:
+def check_tensors(
+    tensors: dict, expected: dict, path: Path, kind: str, qdtype: torch.dtype | None = None
+) -> None:
     """Every expected tensor present with its shape (a `.qweight` of `qdtype`), no other one;
     each mismatch names its file. `kind` names the checkpoint in the unexpected-tensor error."""
     for name, shape in expected.items():
@@ -183,7 +185,7 @@ def load_weights(model: LlamaModel, path: Path, dtype: torch.dtype) -> None:
     tensors: dict = gguf.read_tensors(path, config) if gguf.is_gguf(path) else read_tensors(path)
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)  # some tied checkpoints still store the copy
-    _check(tensors, expected_shapes(config), path, config.architecture)
+    check_tensors(tensors, expected_shapes(config), path, config.architecture)
 
     def get(name: str) -> torch.Tensor:
         return tensors[name][1].to(dtype)
@@ -262,7 +264,7 @@ def load_quantized_weights(model: LlamaModel, path: Path, dtype: torch.dtype) ->
     if config.tie_word_embeddings and not spec.get("lm_head"):
         tensors.pop("lm_head.weight", None)
     method = config.quantization["method"]
-    _check(
+    check_tensors(
         tensors,
         stored_shapes(config),
         path,

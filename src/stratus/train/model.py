@@ -19,7 +19,7 @@ from torch import nn
 from stratus.engine import gguf
 from stratus.engine.config import CheckpointError, ModelConfig
 from stratus.engine.model import RMSNorm, rope_inverse_frequencies
-from stratus.engine.weights import IGNORED_SUFFIXES, expected_shapes, read_tensors
+from stratus.engine.weights import check_tensors, expected_shapes, read_tensors
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -145,17 +145,7 @@ def load_causal_lm(path: Path, dtype: torch.dtype = torch.float32) -> CausalLM:
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
     expected = expected_shapes(config)
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise CheckpointError(f"{path}: tensor {name} missing (expected shape {list(shape)})")
-        file, tensor = tensors[name]
-        if tuple(tensor.shape) != shape:
-            raise CheckpointError(
-                f"{file}: tensor {name} has shape {list(tensor.shape)}, expected {list(shape)}"
-            )
-    unexpected = [n for n in tensors if n not in expected and not n.endswith(IGNORED_SUFFIXES)]
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensor(s) {unexpected[:5]} for {config.architecture}")
+    check_tensors(tensors, expected, path, config.architecture)
     with torch.device("meta"):
         model = CausalLM(config)
     state = {name: tensors[name][1].to(dtype) for name in expected}

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from .. import gguf
 from ..config import CheckpointError, ModelConfig
-from ..weights import _check, checkpoint_files, expected_shapes
+from ..weights import check_tensors, checkpoint_files, expected_shapes
 
 
 class _Shape:
@@ -48,7 +48,7 @@ class TensorSource:
                     raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from exc
         if config.tie_word_embeddings:
             found.pop("lm_head.weight", None)  # some tied checkpoints still store the copy
-        _check(found, expected_shapes(config), path, config.architecture)
+        check_tensors(found, expected_shapes(config), path, config.architecture)
 
     def close(self) -> None:
         self._stack.close()
