@@ -46,5 +46,5 @@ def test_verifications_take_turns(tmp_path, monkeypatch):
     replies = asyncio.run(calls())
     access.store.close()
     assert [r.status_code for r in replies] == [200, 200], [r.text for r in replies]
-    assert all(r.json()["ok"] for r in replies)
+    assert all(r.json()["ok"] for r in replies), [r.json() for r in replies]
     assert True not in overlapped, overlapped
