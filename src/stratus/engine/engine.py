@@ -242,14 +242,18 @@ class Engine:
         changed = await self._adapter_command(UnloadAdapter(f"adapter-{uuid.uuid4().hex}", name))
         return changed.found
 
-    async def _adapter_command(self, command: LoadAdapter | UnloadAdapter) -> AdapterChanged:
+    async def _running(self):
+        """The transport to the core, started on first use; EngineError once the engine gave up."""
         if self._failure is not None:
             raise EngineError(self._failure)
         if self._transport is None:
             await self.start(warmup=False)
-        transport = self._transport
-        if transport is None:
+        if self._transport is None:
             raise EngineError("the engine is not running")
+        return self._transport
+
+    async def _adapter_command(self, command: LoadAdapter | UnloadAdapter) -> AdapterChanged:
+        transport = await self._running()
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[command.request_id] = (asyncio.get_running_loop(), stream)
         try:
@@ -282,16 +286,13 @@ class Engine:
         """Deltas for every choice until each has a finish_reason. Raises ValidationError first
         if the request is invalid. Closing the iterator early aborts the request."""
         prompt_ids = self.prepare(request)
-        if self._failure is not None:
-            raise EngineError(self._failure)
-        if self._transport is None:
-            await self.start(warmup=False)
+        transport = await self._running()
         rid = request.request_id
         if rid in self._streams:
             raise ValidationError(f"request id {rid!r} is already running", "request_id")
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[rid] = (asyncio.get_running_loop(), stream)
-        self._transport.send(AddRequest(request, prompt_ids))
+        transport.send(AddRequest(request, prompt_ids))
         remaining = request.params.n
         try:
             while remaining:
@@ -316,13 +317,7 @@ class Engine:
         empty, longer than the context window or outside the vocabulary. Abandoning the call
         does not stop the computation; its result is dropped."""
         check_embedding_inputs(prompts, self.model_config.vocab_size, self.max_model_len)
-        if self._failure is not None:
-            raise EngineError(self._failure)
-        if self._transport is None:
-            await self.start(warmup=False)
-        transport = self._transport
-        if transport is None:
-            raise EngineError("the engine is not running")
+        transport = await self._running()
         rid = request_id or f"embed-{uuid.uuid4().hex}"
         if rid in self._streams:
             raise ValidationError(f"request id {rid!r} is already running", "request_id")
